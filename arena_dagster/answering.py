@@ -1,0 +1,103 @@
+"""Models answering prompt tables through the cached backend layer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from arena_dagster.backends.base import ChatRequest, ModelSpec, user_messages
+
+RESPONSE_SCHEMA = {
+    "round": pl.Int64,
+    "prompt_id": pl.Utf8,
+    "model": pl.Utf8,
+    "role": pl.Utf8,
+    "response_id": pl.Utf8,
+    "response": pl.Utf8,
+    "tokens_in": pl.Int64,
+    "tokens_out": pl.Int64,
+    "finish_reason": pl.Utf8,
+    "cached": pl.Boolean,
+}
+
+
+@dataclass
+class AnswerStats:
+    model: str
+    requests: int
+    cache_hits: int
+    cache_misses: int
+    tokens_in: int
+    tokens_out: int
+    wall_s: float
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def prompt_messages(row: dict) -> tuple[dict[str, str], ...]:
+    messages = row.get("messages")
+    if messages:
+        parsed = json.loads(messages) if isinstance(messages, str) else messages
+        return tuple({"role": m["role"], "content": m["content"]} for m in parsed)
+    return user_messages(row["prompt"])
+
+
+def answer_prompts(
+    spec: ModelSpec,
+    prompts: pl.DataFrame,
+    cache_path: Path,
+    *,
+    round_key: int,
+    role: str,
+    log: Callable[[str], None] | None = None,
+) -> tuple[pl.DataFrame, AnswerStats]:
+    """One response row per prompt; answers already in the cache are never generated again."""
+    from arena_dagster.backends.cache import CompletionCache
+    from arena_dagster.backends.generation import generate_cached
+    from arena_dagster.backends.registry import make_backend
+
+    rows = list(prompts.iter_rows(named=True))
+    requests = [
+        ChatRequest(request_id=row["prompt_id"], messages=prompt_messages(row), sampling=spec.sampling)
+        for row in rows
+    ]
+    cache = CompletionCache(cache_path)
+    result = generate_cached(make_backend(spec), requests, cache, log=log)
+    if result.stopped_by_budget or len(result.completions) != len(requests):
+        raise RuntimeError(
+            f"{spec.name}: {len(requests) - len(result.completions)} of {len(requests)} prompts unanswered "
+            "(generation budget reached); rerun to resume from the cache"
+        )
+    frame = pl.DataFrame(
+        [
+            {
+                "round": round_key,
+                "prompt_id": req.request_id,
+                "model": spec.name,
+                "role": role,
+                "response_id": req.cache_key(spec),
+                "response": comp.text,
+                "tokens_in": comp.tokens_in,
+                "tokens_out": comp.tokens_out,
+                "finish_reason": comp.finish_reason,
+                "cached": comp.cached,
+            }
+            for req, comp in zip(requests, result.completions)
+        ],
+        schema=RESPONSE_SCHEMA,
+    )
+    stats = AnswerStats(
+        model=spec.name,
+        requests=len(requests),
+        cache_hits=result.hits,
+        cache_misses=result.misses,
+        tokens_in=result.tokens_in,
+        tokens_out=result.tokens_out,
+        wall_s=round(result.wall_s, 3),
+    )
+    return frame, stats

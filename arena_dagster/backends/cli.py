@@ -1,0 +1,204 @@
+"""`arena-dagster generate`: answer a prompt file with one model through the cached backend layer.
+
+    arena-dagster generate --config FILE --model NAME --prompts IN.jsonl --out OUT.jsonl [--home DIR]
+    arena-dagster generate --backend openai --base-url URL --model-name NAME [--api-key-env VAR]
+        [--concurrency N] [--max-tokens N] --prompts IN.jsonl --out OUT.jsonl
+
+Input rows: `id` and `prompt` (a string) or `messages` (a list of {role, content}).
+Output rows: `id`, `model`, `completion`, `tokens_in`, `tokens_out`, `finish_reason`, `cached`,
+in input order, written atomically. The cache is HOME/cache/completions.sqlite, shared with the
+Dagster assets, so this fills or warms it for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams
+from arena_dagster.backends.registry import BACKENDS, ModelConfigError, model_spec_from_config
+
+EXIT_BUDGET = 3
+
+
+class PromptFileError(ValueError):
+    pass
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    source = parser.add_argument_group("model from a config file")
+    source.add_argument("--config", type=Path, help="YAML file with a `models:` mapping (name -> model config)")
+    source.add_argument("--model", help="name of the model in --config")
+    one_off = parser.add_argument_group("one-off model (instead of --config/--model)")
+    one_off.add_argument("--backend", choices=BACKENDS, help="backend of a one-off model")
+    one_off.add_argument("--base-url", help="server URL, e.g. http://127.0.0.1:8000/v1")
+    one_off.add_argument("--model-name", help="served model name (openai) or model path (transformers, vllm, recorded)")
+    one_off.add_argument("--api-key-env", default="", help="name of the environment variable that holds the API key")
+    one_off.add_argument("--concurrency", type=int, help="requests in flight (openai)")
+    one_off.add_argument("--revision", default="", help="model revision: part of every cache key")
+    parser.add_argument("--max-tokens", type=int, help="override sampling.max_tokens")
+    parser.add_argument("--prompts", type=Path, required=True, help="input JSONL: id + prompt or messages")
+    parser.add_argument("--out", type=Path, required=True, help="output JSONL (written atomically)")
+    parser.add_argument("--home", help="ARENA_HOME (default: $ARENA_HOME or ./.arena); the cache lives under it")
+    parser.add_argument("--template-version", default="", help="prompt template version: part of every cache key")
+    parser.add_argument("--batch-size", type=int, default=64, help="requests per cached batch")
+    parser.add_argument("--max-requests", type=int, help="budget: stop cleanly after this many generated requests")
+    parser.add_argument("--max-total-tokens", type=int, help="budget: stop cleanly after this many tokens in+out")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def _spec_from_args(args: argparse.Namespace) -> ModelSpec:
+    if args.config or args.model:
+        if args.backend or args.model_name or args.base_url:
+            raise ModelConfigError("give either --config/--model or --backend/--model-name, not both")
+        if not (args.config and args.model):
+            raise ModelConfigError("--config and --model go together")
+        from arena_dagster.config import load_profile
+
+        config = load_profile(args.config)
+        models = config.get("models")
+        if not isinstance(models, dict) or not models:
+            raise ModelConfigError(f"{args.config}: no `models:` mapping")
+        if args.model not in models:
+            raise ModelConfigError(f"{args.config}: no model {args.model!r} (known: {', '.join(sorted(models))})")
+        spec = model_spec_from_config(args.model, models[args.model])
+        overrides: dict[str, Any] = {}
+        if args.concurrency:
+            overrides["concurrency"] = args.concurrency
+        if overrides:
+            spec = dataclasses.replace(spec, **overrides)
+    else:
+        if not (args.backend and args.model_name):
+            raise ModelConfigError("give --config and --model, or --backend and --model-name")
+        cfg: dict[str, Any] = {"backend": args.backend, "model": args.model_name, "revision": args.revision}
+        if args.base_url:
+            cfg["base_url"] = args.base_url
+        if args.api_key_env:
+            cfg["api_key_env"] = args.api_key_env
+        if args.concurrency:
+            cfg["concurrency"] = args.concurrency
+        spec = model_spec_from_config(args.model_name, cfg)
+    if args.max_tokens:
+        spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, max_tokens=args.max_tokens))
+    return spec
+
+
+def read_prompts(path: Path, sampling: SamplingParams, template_version: str = "") -> list[ChatRequest]:
+    """Chat requests from a prompt JSONL; a bad row is an error naming its line."""
+    if not path.is_file():
+        raise PromptFileError(f"prompt file {path} does not exist")
+    requests: list[ChatRequest] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptFileError(f"{where}: not JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise PromptFileError(f"{where}: a row must be a JSON object")
+            row_id = row.get("id")
+            if row_id is None or str(row_id) == "":
+                raise PromptFileError(f"{where}: missing `id`")
+            row_id = str(row_id)
+            if row_id in seen:
+                raise PromptFileError(f"{where}: duplicate id {row_id!r} (first on line {seen[row_id]})")
+            seen[row_id] = number
+            messages = row.get("messages")
+            if messages is not None:
+                if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in messages
+                ):
+                    raise PromptFileError(f"{where}: `messages` must be a non-empty list of {{role, content}} strings")
+                chat = tuple({"role": m["role"], "content": m["content"]} for m in messages)
+            elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
+                chat = ({"role": "user", "content": row["prompt"]},)
+            else:
+                raise PromptFileError(f"{where}: row {row_id!r} needs a non-empty `prompt` string or `messages`")
+            requests.append(ChatRequest(row_id, chat, sampling=sampling, template_version=template_version))
+    return requests
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write all rows or nothing: a temp file in the same folder, fsynced, then renamed over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    from arena_dagster.backends.cache import CompletionCache
+    from arena_dagster.backends.generation import GenerationBudget, generate_cached
+    from arena_dagster.backends.registry import make_backend
+    from arena_dagster.config import resolve_home
+
+    def say(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    try:
+        spec = _spec_from_args(args)
+        requests = read_prompts(args.prompts, spec.sampling, args.template_version)
+    except ValueError as exc:
+        print(f"arena-dagster generate: {exc}", file=sys.stderr)
+        return 2
+    cache = CompletionCache(resolve_home(args.home) / "cache" / "completions.sqlite")
+    budget = None
+    if args.max_requests is not None or args.max_total_tokens is not None:
+        budget = GenerationBudget(max_requests=args.max_requests, max_tokens=args.max_total_tokens)
+    result = generate_cached(make_backend(spec), requests, cache, batch_size=args.batch_size, budget=budget, log=say)
+    write_jsonl_atomic(
+        args.out,
+        [
+            {
+                "id": c.request_id,
+                "model": spec.name,
+                "completion": c.text,
+                "tokens_in": c.tokens_in,
+                "tokens_out": c.tokens_out,
+                "finish_reason": c.finish_reason,
+                "cached": c.cached,
+            }
+            for c in result.completions
+        ],
+    )
+    say(
+        f"{spec.name}: wrote {len(result.completions)} rows to {args.out} "
+        f"({result.hits} cached, {result.generated} generated, {result.tokens_in}+{result.tokens_out} tokens, "
+        f"{result.wall_s:.2f} s)"
+    )
+    if result.stopped_by_budget:
+        say(f"{spec.name}: budget reached, {len(result.missing_request_ids)} prompts unanswered; rerun to resume")
+        return EXIT_BUDGET
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="arena-dagster generate", description=__doc__.split("\n")[0]))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Shared pieces of the Dagster layer: partitions, resources, checks and metadata."""
+
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+
+from arena_dagster.config import load_profile, resolve_home
+from arena_dagster.quality.expectations import TABLE_EXPECTATIONS
+from arena_dagster.quality.table_checks import expectation_check_names, run_expectations
+from arena_dagster.warehouse import column_schema, quote_ident, table_exists
+
+OWNERS = ["team:post-training"]
+
+round_partitions = dg.DynamicPartitionsDefinition(name="round")
+
+
+@lru_cache(maxsize=8)
+def _profile(ref: str) -> dict[str, Any]:
+    return load_profile(ref)
+
+
+class ArenaHome(dg.ConfigurableResource):
+    """Where the flywheel keeps its warehouse, caches, models and exports, and which profile it runs."""
+
+    home: str
+    profile: str = "skills"
+
+    def settings(self) -> dict[str, Any]:
+        return _profile(self.profile)
+
+    @property
+    def root(self) -> Path:
+        return resolve_home(self.home)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.root / "cache" / "completions.sqlite"
+
+    def folder(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def warehouse_resource(home: Path) -> DuckDBResource:
+    home.mkdir(parents=True, exist_ok=True)
+    return DuckDBResource(database=str(home / "warehouse.duckdb"))
+
+
+def round_of(context: dg.AssetExecutionContext) -> int:
+    try:
+        return int(context.partition_key)
+    except ValueError as exc:
+        raise dg.Failure(f"round partitions are integers, got {context.partition_key!r}") from exc
+
+
+def table_check_specs(table: str) -> list[dg.AssetCheckSpec]:
+    expectation = TABLE_EXPECTATIONS[table]
+    return [
+        dg.AssetCheckSpec(name=name, asset=table, blocking=expectation.blocking, description=f"{table}: {name}")
+        for name in expectation_check_names(expectation)
+    ]
+
+
+def table_check_results(conn: duckdb.DuckDBPyConnection, table: str, round_key: int | None) -> list[dg.AssetCheckResult]:
+    outcomes = run_expectations(conn, table, TABLE_EXPECTATIONS[table], round_key=round_key)
+    return [
+        dg.AssetCheckResult(
+            asset_key=table,
+            check_name=outcome.name,
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
+            description=outcome.description,
+            metadata=outcome.metadata,
+        )
+        for outcome in outcomes
+    ]
+
+
+def table_metadata(conn: duckdb.DuckDBPyConnection, table: str, round_key: int | None, preview_rows: int = 5) -> dict[str, Any]:
+    if not table_exists(conn, table):
+        return {}
+    name = quote_ident(table)
+    where, params = ("WHERE round = ?", [round_key]) if round_key is not None else ("", [])
+    rows = conn.execute(f"SELECT count(*) FROM {name} {where}", params).fetchone()[0]
+    schema = column_schema(conn, table)
+    preview = conn.execute(f"SELECT * FROM {name} {where} LIMIT {preview_rows}", params).pl()
+    text_cols = [c for c, t in schema.items() if t == "VARCHAR"]
+    preview = preview.with_columns([preview[c].str.slice(0, 60) for c in text_cols if c in preview.columns])
+    return {
+        "dagster/row_count": dg.MetadataValue.int(int(rows)),
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name=c, type=t) for c, t in schema.items()]
+        ),
+        "preview": dg.MetadataValue.md(_markdown_table(preview)),
+        "table": dg.MetadataValue.text(table),
+    }
+
+
+def _markdown_table(frame) -> str:
+    if frame.is_empty():
+        return "(no rows)"
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join([header, rule, *body])
+
+
+def table_result(
+    conn: duckdb.DuckDBPyConnection, table: str, round_key: int | None, extra: dict[str, Any] | None = None
+) -> dg.MaterializeResult:
+    metadata = table_metadata(conn, table, round_key)
+    metadata.update(extra or {})
+    return dg.MaterializeResult(metadata=metadata, check_results=table_check_results(conn, table, round_key))

@@ -1,0 +1,83 @@
+"""prompts group: the raw pool, the arena test set and the curated pool sliced by round."""
+
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from arena_dagster.defs.common import OWNERS, ArenaHome, table_check_specs, table_result
+from arena_dagster.prompts.pools import curated_pool, raw_prompt_frame, testset_frame
+from arena_dagster.warehouse import read_table, write_table
+
+
+@dg.asset(
+    group_name="prompts",
+    kinds={"python", "duckdb"},
+    owners=OWNERS,
+    check_specs=table_check_specs("raw_prompts"),
+    description="Instruction prompts as ingested from the profile's source, duplicates and junk included.",
+)
+def raw_prompts(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    frame = raw_prompt_frame(arena.settings())
+    with duckdb.get_connection() as conn:
+        write_table(conn, "raw_prompts", frame)
+        return table_result(conn, "raw_prompts", None, {"source": arena.settings()["prompts"]["source"]})
+
+
+@dg.asset(
+    group_name="prompts",
+    kinds={"python", "duckdb"},
+    owners=OWNERS,
+    check_specs=table_check_specs("arena_testset"),
+    description=(
+        "The fixed offline arena (WizardArena-style): a diverse part spread across clusters/families "
+        "and a hard part; versioned by a hash of its prompts."
+    ),
+)
+def arena_testset(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    frame = testset_frame(arena.settings())
+    with duckdb.get_connection() as conn:
+        write_table(conn, "arena_testset", frame)
+        counts = frame.group_by("subset").len().to_dicts()
+        return table_result(
+            conn,
+            "arena_testset",
+            None,
+            {
+                "testset_version": frame["testset_version"][0],
+                "subsets": dg.MetadataValue.json({c["subset"]: c["len"] for c in counts}),
+            },
+        )
+
+
+@dg.asset(
+    group_name="prompts",
+    kinds={"python", "duckdb"},
+    owners=OWNERS,
+    deps=[raw_prompts, arena_testset],
+    check_specs=table_check_specs("prompt_pool"),
+    description=(
+        "The curated pool: normalized, short instructions dropped, exact and near duplicates removed, "
+        "decontaminated against the arena test set, and sliced into rounds. Removed rows are kept in "
+        "prompt_quarantine with the step that removed them."
+    ),
+)
+def prompt_pool(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    with duckdb.get_connection() as conn:
+        raw = read_table(conn, "raw_prompts")
+        testset = read_table(conn, "arena_testset")
+        pool, removed, quarantine = curated_pool(raw, testset, arena.settings())
+        write_table(conn, "prompt_pool", pool)
+        write_table(conn, "prompt_quarantine", quarantine)
+        per_round = pool.group_by("round").len().sort("round")
+        return table_result(
+            conn,
+            "prompt_pool",
+            None,
+            {
+                "input_rows": raw.height,
+                "kept_rows": pool.height,
+                "removed_by_step": dg.MetadataValue.json(removed),
+                **{f"removed/{step}": count for step, count in removed.items()},
+                "rows_per_round": dg.MetadataValue.json({str(r): n for r, n in per_round.iter_rows()}),
+            },
+        )

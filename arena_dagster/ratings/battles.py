@@ -1,0 +1,174 @@
+"""From a battles table of strings to the counts the Bradley-Terry fit works on.
+
+A battle is one comparison of two models. Its order does not matter to the Bradley-Terry
+likelihood, so every battle is folded onto the unordered pair (lo, hi) of model indices
+(lo < hi, models sorted by name) with its outcome seen from `lo`: 2 = lo won, 1 = tie,
+0 = hi won. The fit only ever needs how many battles fell into each (pair, outcome) cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from arena_dagster.ratings.errors import BattlesInputError
+
+WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
+TIES = ("tie", "tie (bothbad)")
+BATTLE_COLUMNS = ("model_a", "model_b", "winner")
+# Above this many possible cells a dense bincount wastes more memory than sorting costs.
+_DENSE_CELL_LIMIT = 1 << 24
+
+
+@dataclass(frozen=True)
+class BattleCells:
+    """The battles of a table, counted per (unordered pair, outcome) cell.
+
+    `pair_lo[k] < pair_hi[k]` index `models`; `outcome[k]` is 2 (lo won), 1 (tie) or 0
+    (hi won); `count[k]` > 0 is how many battles fell in cell k. With prompts,
+    `question_cells` is a (questions x cells) sparse matrix of the same counts split by
+    question_id, so a cluster bootstrap can resample whole prompts.
+    """
+
+    models: list[str]
+    pair_lo: np.ndarray
+    pair_hi: np.ndarray
+    outcome: np.ndarray
+    count: np.ndarray
+    battles_per_model: np.ndarray
+    n_battles: int
+    question_cells: object | None = None  # scipy.sparse.csr_matrix (n_questions x n_cells)
+
+    @property
+    def n_models(self) -> int:
+        return len(self.models)
+
+
+def _check_columns(battles: pl.DataFrame, columns: tuple[str, ...]) -> None:
+    if not isinstance(battles, pl.DataFrame):
+        raise BattlesInputError(f"battles must be a polars DataFrame, got {type(battles).__name__}")
+    missing = [c for c in columns if c not in battles.columns]
+    if missing:
+        raise BattlesInputError(
+            f"battles table lacks column(s) {missing}; it has {battles.columns}"
+        )
+    if battles.height == 0:
+        raise BattlesInputError("battles table is empty: there is nothing to rate")
+    for name in ("model_a", "model_b", "winner"):
+        dtype = battles.schema[name]
+        if not (dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum))):
+            raise BattlesInputError(f"column {name!r} must hold strings, got {dtype}")
+    for name in columns:
+        nulls = battles.get_column(name).null_count()
+        if nulls:
+            row = int(battles.get_column(name).is_null().arg_true()[0])
+            raise BattlesInputError(f"column {name!r} has {nulls} null value(s), the first in row {row}")
+
+
+def _first_row(mask: pl.Series | np.ndarray) -> int:
+    if isinstance(mask, pl.Series):
+        return int(mask.arg_true()[0])
+    return int(np.flatnonzero(mask)[0])
+
+
+def encode_battles(battles: pl.DataFrame, *, by_question: bool = False) -> BattleCells:
+    """Validate a battles table and count its battles per (pair, outcome) cell.
+
+    Raises BattlesInputError naming the first bad row for a missing column, a null name,
+    a winner outside `WINNERS`, or a model playing itself.
+    """
+    columns = BATTLE_COLUMNS + (("question_id",) if by_question else ())
+    _check_columns(battles, columns)
+
+    model_a = battles.get_column("model_a")
+    model_b = battles.get_column("model_b")
+    models = pl.concat([model_a.cast(pl.String).unique(), model_b.cast(pl.String).unique()]).unique().sort()
+    names = pl.Enum(models)
+    winner = pl.col("winner").cast(pl.String)
+    coded = battles.lazy().select(
+        pl.col("model_a").cast(pl.String).cast(names).to_physical().alias("a"),
+        pl.col("model_b").cast(pl.String).cast(names).to_physical().alias("b"),
+        (winner == "model_a").alias("a_won"),
+        (winner == "model_b").alias("b_won"),
+        (winner == "tie").alias("tie"),
+        (winner == "tie (bothbad)").alias("tie_bothbad"),
+    ).collect()
+    a = coded.get_column("a").to_numpy()
+    b = coded.get_column("b").to_numpy()
+    a_won, b_won, tie, tie_bothbad = (coded.get_column(c).to_numpy() for c in ("a_won", "b_won", "tie", "tie_bothbad"))
+    # outcome seen from model_a: 2 won, 1 tie, 0 lost
+    o = a_won.view(np.uint8) * np.uint8(2) + tie.view(np.uint8) + tie_bothbad.view(np.uint8)
+    unknown = (o == 0) & ~b_won
+    if unknown.any():
+        row = _first_row(unknown)
+        values = battles.get_column("winner").filter(pl.Series(unknown)).unique().sort().head(5).to_list()
+        raise BattlesInputError(
+            f"row {row}: winner {battles.get_column('winner')[row]!r} is not one of {list(WINNERS)} "
+            f"({int(unknown.sum())} such rows; values seen: {values})"
+        )
+    same = a == b
+    if same.any():
+        row = _first_row(same)
+        raise BattlesInputError(
+            f"row {row}: model {models[int(a[row])]!r} plays itself ({int(same.sum())} such rows); "
+            "a self-battle carries no information about ratings"
+        )
+
+    n_models = len(models)
+    question_cells = None
+    if by_question:
+        code = _cell_code(a, b, o, n_models)
+        question_idx, n_questions = _question_index(battles.get_column("question_id"))
+        cell_codes, cell_of_battle = np.unique(code, return_inverse=True)
+        counts = np.bincount(cell_of_battle.ravel(), minlength=len(cell_codes))
+        from scipy import sparse
+
+        question_cells = sparse.csr_matrix(
+            (np.ones(len(code)), (question_idx, cell_of_battle.ravel())),
+            shape=(n_questions, len(cell_codes)),
+        )
+        question_cells.sum_duplicates()
+    elif n_models * n_models * 3 <= max(_DENSE_CELL_LIMIT, 4 * len(a)):
+        # count ordered (a, b, outcome) cells, then fold (hi, lo, o) onto (lo, hi, 2 - o)
+        ordered = np.bincount(
+            (a.astype(np.int64) * n_models + b) * 3 + o, minlength=n_models * n_models * 3
+        ).reshape(n_models, n_models, 3)
+        mirrored = ordered.transpose(1, 0, 2)[:, :, ::-1]
+        upper = np.triu(np.ones((n_models, n_models), dtype=bool), k=1)[:, :, None]
+        folded = (ordered + mirrored) * upper
+        cell_codes = np.flatnonzero(folded)
+        counts = folded.ravel()[cell_codes]
+    else:
+        cell_codes, counts = np.unique(_cell_code(a, b, o, n_models), return_counts=True)
+
+    pair, cell_outcome = np.divmod(cell_codes, 3)
+    pair_lo, pair_hi = np.divmod(pair, n_models)
+    per_model = np.bincount(pair_lo, weights=counts, minlength=n_models) + np.bincount(
+        pair_hi, weights=counts, minlength=n_models
+    )
+    return BattleCells(
+        models=models.to_list(),
+        pair_lo=pair_lo,
+        pair_hi=pair_hi,
+        outcome=cell_outcome,
+        count=counts.astype(np.int64),
+        battles_per_model=per_model.astype(np.int64),
+        n_battles=len(a),
+        question_cells=question_cells,
+    )
+
+
+def _cell_code(a: np.ndarray, b: np.ndarray, o: np.ndarray, n_models: int) -> np.ndarray:
+    """(lo * n_models + hi) * 3 + outcome seen from lo, per battle."""
+    lo = np.minimum(a, b).astype(np.int64)
+    hi = np.maximum(a, b).astype(np.int64)
+    return (lo * n_models + hi) * 3 + np.where(a < b, o, 2 - o)
+
+
+def _question_index(question_id: pl.Series) -> tuple[np.ndarray, int]:
+    """Dense 0..Q-1 index of each battle's question, whatever the id's type."""
+    distinct = question_id.unique().sort()  # sorted: the replicates of a seed must not depend on hash order
+    index = question_id.replace_strict(distinct, pl.Series(np.arange(len(distinct), dtype=np.int64)))
+    return index.to_numpy(), len(distinct)

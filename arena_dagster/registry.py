@@ -1,0 +1,137 @@
+"""Model registry and promotions: which checkpoint is whose parent, and who is the target."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from arena_dagster.warehouse import read_frame, table_exists
+
+REGISTRY_DDL = """
+CREATE TABLE IF NOT EXISTS model_registry (
+    model VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,          -- competitor | initial | sft | dpo | rl
+    round BIGINT NOT NULL,
+    path VARCHAR NOT NULL,
+    revision VARCHAR NOT NULL,      -- content hash that keys every cached answer of the model
+    parent VARCHAR,
+    dataset_hash VARCHAR,
+    manifest JSON,
+    registered_at TIMESTAMP NOT NULL
+)
+"""
+
+PROMOTIONS_DDL = """
+CREATE TABLE IF NOT EXISTS promotions (
+    round BIGINT PRIMARY KEY,
+    candidate VARCHAR NOT NULL,
+    incumbent VARCHAR NOT NULL,
+    promoted BOOLEAN NOT NULL,
+    new_target VARCHAR NOT NULL,
+    candidate_rating DOUBLE,
+    incumbent_rating DOUBLE,
+    reason VARCHAR NOT NULL,
+    decided_at TIMESTAMP NOT NULL
+)
+"""
+
+
+class RegistryError(LookupError):
+    pass
+
+
+def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(REGISTRY_DDL)
+    conn.execute(PROMOTIONS_DDL)
+
+
+def register_model(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    model: str,
+    kind: str,
+    round_key: int,
+    path: str,
+    revision: str,
+    parent: str | None = None,
+    dataset_hash: str | None = None,
+    manifest: dict[str, Any] | None = None,
+) -> None:
+    ensure_tables(conn)
+    conn.execute(
+        "INSERT OR REPLACE INTO model_registry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            model,
+            kind,
+            round_key,
+            path,
+            revision,
+            parent,
+            dataset_hash,
+            json.dumps(manifest or {}, default=str),
+            datetime.now(timezone.utc),
+        ],
+    )
+
+
+def get_model(conn: duckdb.DuckDBPyConnection, model: str) -> dict[str, Any]:
+    ensure_tables(conn)
+    frame = read_frame(conn, "SELECT * FROM model_registry WHERE model = ?", [model])
+    if frame.is_empty():
+        raise RegistryError(f"model {model!r} is not registered: materialize the asset that trains it first")
+    return frame.row(0, named=True)
+
+
+def models_of_kind(conn: duckdb.DuckDBPyConnection, kind: str) -> pl.DataFrame:
+    ensure_tables(conn)
+    return read_frame(conn, "SELECT * FROM model_registry WHERE kind = ? ORDER BY model", [kind])
+
+
+def round_checkpoint(conn: duckdb.DuckDBPyConnection, kind: str, round_key: int) -> dict[str, Any]:
+    ensure_tables(conn)
+    frame = read_frame(conn, "SELECT * FROM model_registry WHERE kind = ? AND round = ?", [kind, round_key])
+    if frame.is_empty():
+        raise RegistryError(f"no {kind} checkpoint registered for round {round_key}")
+    return frame.row(0, named=True)
+
+
+def current_target(conn: duckdb.DuckDBPyConnection, round_key: int) -> dict[str, Any]:
+    """The model that plays the target in `round_key`: the last promotion before it, else the initial target."""
+    ensure_tables(conn)
+    frame = read_frame(
+        conn, "SELECT new_target FROM promotions WHERE round < ? ORDER BY round DESC LIMIT 1", [round_key]
+    )
+    if not frame.is_empty():
+        return get_model(conn, frame.item(0, 0))
+    initial = models_of_kind(conn, "initial")
+    if initial.is_empty():
+        raise RegistryError("no initial target registered: materialize the base models first")
+    return initial.row(0, named=True)
+
+
+def record_promotion(conn: duckdb.DuckDBPyConnection, round_key: int, decision: dict[str, Any]) -> None:
+    ensure_tables(conn)
+    conn.execute(
+        "INSERT OR REPLACE INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            round_key,
+            decision["candidate"],
+            decision["incumbent"],
+            decision["promoted"],
+            decision["new_target"],
+            decision.get("candidate_rating"),
+            decision.get("incumbent_rating"),
+            decision["reason"],
+            datetime.now(timezone.utc),
+        ],
+    )
+
+
+def promotions(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    if not table_exists(conn, "promotions"):
+        return pl.DataFrame()
+    return read_frame(conn, "SELECT * FROM promotions ORDER BY round")

@@ -1,0 +1,157 @@
+"""A small dbt-like runner: one SELECT per file in dbt_like_sql/, refs read from the Jinja AST.
+
+A model file may start with `--` header lines; `-- group: NAME` sets its asset group,
+`-- key: col1, col2` names the columns that identify a row (checked for uniqueness), and
+the other header lines form its description. `{{ ref('table') }}` names an upstream table,
+`{{ var('name') }}` a profile setting, and `{{ round }}` the flywheel round being built.
+Macros live in dbt_like_sql/macros/ and are imported like any Jinja template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import duckdb
+import jinja2
+from jinja2 import nodes
+
+from arena_dagster.warehouse import column_schema, quote_ident, table_exists
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "dbt_like_sql"
+
+
+class SqlModelError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SqlModel:
+    name: str
+    path: Path
+    sql: str
+    refs: tuple[str, ...]
+    group: str
+    key: tuple[str, ...]
+    description: str
+    vars: tuple[str, ...] = field(default=())
+
+
+def _environment(sql_dir: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(sql_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+
+
+def _called_names(tree: nodes.Node, function: str) -> list[str]:
+    found: list[str] = []
+    for call in tree.find_all(nodes.Call):
+        if isinstance(call.node, nodes.Name) and call.node.name == function:
+            if len(call.args) != 1 or not isinstance(call.args[0], nodes.Const):
+                raise SqlModelError(f"{function}() takes one literal string argument")
+            found.append(str(call.args[0].value))
+    return found
+
+
+def _header(sql: str) -> tuple[str, tuple[str, ...], str]:
+    group, key, lines = "", (), []
+    for line in sql.splitlines():
+        if not line.startswith("--"):
+            break
+        text = line[2:].strip()
+        if text.startswith("group:"):
+            group = text.split(":", 1)[1].strip()
+        elif text.startswith("key:"):
+            key = tuple(c.strip() for c in text.split(":", 1)[1].split(",") if c.strip())
+        else:
+            lines.append(text)
+    return group, key, " ".join(lines).strip()
+
+
+def load_models(sql_dir: Path = SQL_DIR) -> dict[str, SqlModel]:
+    env = _environment(sql_dir)
+    models: dict[str, SqlModel] = {}
+    for path in sorted(sql_dir.glob("*.sql")):
+        sql = path.read_text()
+        try:
+            tree = env.parse(sql)
+        except jinja2.TemplateSyntaxError as exc:
+            raise SqlModelError(f"{path.name}: {exc}") from exc
+        group, key, description = _header(sql)
+        if not group:
+            raise SqlModelError(f"{path.name}: missing '-- group: NAME' header")
+        models[path.stem] = SqlModel(
+            name=path.stem,
+            path=path,
+            sql=sql,
+            refs=tuple(dict.fromkeys(_called_names(tree, "ref"))),
+            group=group,
+            key=key,
+            description=description,
+            vars=tuple(dict.fromkeys(_called_names(tree, "var"))),
+        )
+    for model in models.values():
+        if model.name in model.refs:
+            raise SqlModelError(f"{model.name}: a model cannot ref itself")
+    return models
+
+
+def render(model: SqlModel, *, round_key: int, variables: Mapping[str, Any], sql_dir: Path = SQL_DIR) -> str:
+    def var(name: str) -> Any:
+        if name not in variables:
+            raise SqlModelError(f"{model.name}: var({name!r}) is not set in the profile")
+        return variables[name]
+
+    template = _environment(sql_dir).from_string(model.sql)
+    return template.render(ref=quote_ident, var=var, round=int(round_key))
+
+
+@dataclass
+class SqlRunResult:
+    rows: int
+    schema: dict[str, str]
+    duplicate_keys: int
+
+
+def run_model(
+    conn: duckdb.DuckDBPyConnection,
+    model: SqlModel,
+    *,
+    round_key: int,
+    variables: Mapping[str, Any],
+    sql_dir: Path = SQL_DIR,
+) -> SqlRunResult:
+    """Build one round of the model's table: that round's rows are replaced atomically."""
+    missing = [ref for ref in model.refs if not table_exists(conn, ref)]
+    if missing:
+        raise SqlModelError(f"{model.name}: upstream tables missing: {', '.join(missing)}")
+    select = render(model, round_key=round_key, variables=variables, sql_dir=sql_dir).strip().rstrip(";")
+    name = quote_ident(model.name)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"CREATE TEMP TABLE _model_out AS {select}")
+        columns = [r[0] for r in conn.execute("DESCRIBE _model_out").fetchall()]
+        if "round" not in columns:
+            raise SqlModelError(f"{model.name}: the SELECT must return a `round` column")
+        stray = conn.execute("SELECT count(*) FROM _model_out WHERE round IS DISTINCT FROM ?", [round_key]).fetchone()[0]
+        if stray:
+            raise SqlModelError(f"{model.name}: {stray} rows are not of round {round_key}")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM _model_out LIMIT 0")
+        conn.execute(f"DELETE FROM {name} WHERE round = ?", [round_key])
+        conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _model_out")
+        rows = conn.execute("SELECT count(*) FROM _model_out").fetchone()[0]
+        duplicates = 0
+        if model.key:
+            cols = ", ".join(quote_ident(c) for c in model.key)
+            duplicates = conn.execute(
+                f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM _model_out GROUP BY {cols})"
+            ).fetchone()[0]
+        conn.execute("DROP TABLE _model_out")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return SqlRunResult(rows=int(rows), schema=column_schema(conn, model.name), duplicate_keys=int(duplicates))

@@ -1,0 +1,261 @@
+"""The embedded default's starting models: a shared tokenizer, specialist competitors, a weak target.
+
+Each competitor is trained on its own subset of skill families, so it is strong there and
+weak elsewhere; the initial target sees every family but is trained briefly, so it is
+weak but not hopeless (it wins some battles). Everything is cached: a second call with the
+same profile reuses every folder whose manifest matches.
+
+`DEFAULT_SKILLS_MODELS` documents the profile shape (the `models:` key of
+assets/profiles/skills.yaml); `resolve_profile` merges a partial profile into it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+from arena_dagster.prompts.skills import FAMILIES, make_items
+from arena_dagster.training.entrypoint import DEFAULT_MODEL_CONFIG, replace_dir
+
+DEFAULT_SKILLS_MODELS: dict = {
+    "seed": 0,
+    # "char": one token per character (letter tasks need it); "bpe": byte-level BPE, digits split.
+    "tokenizer": {"kind": "char", "corpus_items": 3000},
+    "model_config": dict(DEFAULT_MODEL_CONFIG),
+    "max_parallel": 2,  # training processes at once
+    "threads_per_process": 1,
+    "competitors": {
+        "letters": {
+            "families": ["reverse_word", "uppercase", "acronym", "last_letter", "count_letter"],
+            "items": 5000,
+            "hyperparams": {"max_steps": 550, "batch_size": 32, "learning_rate": 3e-3},
+        },
+        "numbers": {
+            "families": ["sort_numbers", "add", "max_number", "min_number", "word_length"],
+            "items": 5000,
+            "hyperparams": {"max_steps": 550, "batch_size": 32, "learning_rate": 3e-3},
+        },
+        "mixed": {
+            "families": ["uppercase", "last_letter", "max_number", "word_length", "reverse_word", "add"],
+            "items": 5000,
+            "hyperparams": {"max_steps": 550, "batch_size": 32, "learning_rate": 3e-3},
+        },
+    },
+    "initial_target": {
+        "name": "target_r0",
+        "families": list(FAMILIES),
+        "items": 4000,
+        "hyperparams": {"max_steps": 200, "batch_size": 32, "learning_rate": 3e-3},
+    },
+    # Per-round training of the flywheel (see `round_training_specs`).
+    "flywheel": {
+        "sft": {
+            "hyperparams": {"epochs": 3, "max_steps": 0, "batch_size": 32, "learning_rate": 1e-3},
+            "max_steps": 250,
+            "replay_rows": 600,  # rows of the target's original data mixed into every SFT round
+        },
+        "dpo": {
+            "hyperparams": {"epochs": 1, "max_steps": 0, "batch_size": 16, "learning_rate": 1e-4, "beta": 0.1},
+            "max_steps": 60,
+        },
+    },
+}
+
+
+class ProfileError(ValueError):
+    pass
+
+
+def resolve_profile(profile: dict | None) -> dict:
+    """Deep-merge `profile` over the defaults; a competitor map given in full replaces the default one."""
+
+    def merge(base: dict, override: dict, where: str) -> dict:
+        out = copy.deepcopy(base)
+        for key, value in override.items():
+            if key == "competitors":
+                out[key] = {name: merge(_COMPETITOR_DEFAULTS, spec or {}, f"{where}competitors.{name}.") for name, spec in value.items()}
+            elif isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value, f"{where}{key}.")
+            else:
+                out[key] = copy.deepcopy(value)
+        return out
+
+    resolved = merge(DEFAULT_SKILLS_MODELS, profile or {}, "")
+    if not resolved["competitors"]:
+        raise ProfileError("models.competitors: at least one competitor is needed")
+    for name, spec in [*resolved["competitors"].items(), ("initial_target", resolved["initial_target"])]:
+        unknown = [f for f in spec.get("families", []) if f not in FAMILIES]
+        if unknown or not spec.get("families"):
+            raise ProfileError(f"models {name}: families {spec.get('families')} must be a non-empty subset of {FAMILIES}")
+        if int(spec.get("items", 0)) < 1:
+            raise ProfileError(f"models {name}: items must be >= 1")
+    return resolved
+
+
+_COMPETITOR_DEFAULTS = {"families": [], "items": 5000, "hyperparams": {"max_steps": 550, "batch_size": 32, "learning_rate": 3e-3}}
+
+
+def chat_row(prompt: str, answer: str, **lineage) -> dict:
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], **lineage}
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+    """Write atomically and only when the content changed, so file hashes (and cached runs) stay stable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+    if path.is_file() and path.read_text(encoding="utf-8") == blob:
+        return path
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(blob, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _model_items(name: str, spec: dict, seed: int, excluded: set[str]):
+    # A name-derived seed: each model sees its own sample of the families it learns.
+    model_seed = int(hashlib.sha256(f"{seed}-{name}".encode()).hexdigest()[:8], 16)
+    items = make_items(int(spec["items"]) + len(excluded), seed=model_seed, families=spec["families"])
+    return [item for item in items if item.prompt not in excluded][: int(spec["items"])]
+
+
+def build_tokenizer_folder(home: Path, profile: dict) -> Path:
+    """Train (or reuse) the shared tokenizer on suite text covering every family and template."""
+    from arena_dagster.training.tokenizer import build_tokenizer, save_tokenizer
+
+    settings = profile["tokenizer"]
+    items = make_items(int(settings["corpus_items"]), seed=int(profile["seed"]) + 7919)
+    texts = [i.prompt for i in items] + [i.reference for i in items]
+    fingerprint = hashlib.sha256(json.dumps([settings, texts], sort_keys=True).encode()).hexdigest()
+    folder = Path(home) / "tokenizer"
+    stamp = folder / "tokenizer_fingerprint.txt"
+    if stamp.is_file() and stamp.read_text() == fingerprint:
+        return folder
+    tokenizer = build_tokenizer(texts, kind=settings["kind"], vocab_size=int(settings.get("vocab_size", 512)))
+    tmp = folder.with_name(folder.name + ".tmp")
+    save_tokenizer(tokenizer, tmp)
+    (tmp / "tokenizer_fingerprint.txt").write_text(fingerprint)
+    replace_dir(tmp, folder)
+    return folder
+
+
+def base_training_specs(home: Path, profile: dict, tokenizer: Path, *, exclude_prompts: Iterable[str] = ()) -> dict[str, dict]:
+    """One `base` stage spec per competitor and the initial target, datasets written under home/data."""
+    home = Path(home)
+    excluded = set(exclude_prompts)
+    seed = int(profile["seed"])
+    members = {**{name: spec for name, spec in profile["competitors"].items()}, profile["initial_target"]["name"]: profile["initial_target"]}
+    specs = {}
+    for name, spec in members.items():
+        items = _model_items(name, spec, seed, excluded)
+        dataset = write_jsonl(home / "data" / f"{name}.jsonl", (chat_row(i.prompt, i.reference, family=i.family) for i in items))
+        specs[name] = {
+            "stage": "base",
+            "round": 0,
+            "name": name,
+            "output_dir": str(home / "models" / name),
+            "dataset_path": str(dataset),
+            "tokenizer": str(tokenizer),
+            "model_config": profile["model_config"],
+            "hyperparams": {"seed": seed, **spec["hyperparams"]},
+            "threads": int(profile["threads_per_process"]),
+        }
+    return specs
+
+
+def build_base_models(
+    home: Path,
+    profile: dict | None = None,
+    *,
+    exclude_prompts: Iterable[str] = (),
+    log: Callable[[str], None] = print,
+    timeout_s: float | None = None,
+) -> dict:
+    """Train (or reuse) the tokenizer, the competitors and the initial target under `home`.
+
+    `profile` is the `models:` section of the profile (merged over DEFAULT_SKILLS_MODELS).
+    `exclude_prompts`: prompts (e.g. the arena test set) that no base model may train on.
+    Returns {"tokenizer": path, "competitors": {name: path}, "initial_target": path,
+    "manifests": {name: manifest}, "datasets": {name: jsonl path}, "replay_dataset": path}.
+    """
+    from arena_dagster.training.runner import run_trainings
+
+    resolved = resolve_profile(profile)
+    home = Path(home)
+    tokenizer = build_tokenizer_folder(home, resolved)
+    specs = base_training_specs(home, resolved, tokenizer, exclude_prompts=exclude_prompts)
+    target_name = resolved["initial_target"]["name"]
+    # Longest runs first, so the pool does not end on one long run while a core idles.
+    order = sorted(specs, key=lambda n: -int(specs[n]["hyperparams"].get("max_steps") or 0))
+    manifests = run_trainings(
+        [specs[n] for n in order],
+        max_parallel=int(resolved["max_parallel"]),
+        threads_per_process=int(resolved["threads_per_process"]),
+        log=log,
+        timeout_s=timeout_s,
+    )
+    by_name = dict(zip(order, manifests))
+    return {
+        "tokenizer": str(tokenizer),
+        "competitors": {name: specs[name]["output_dir"] for name in resolved["competitors"]},
+        "initial_target": specs[target_name]["output_dir"],
+        "manifests": {name: by_name[name] for name in specs},
+        "datasets": {name: specs[name]["dataset_path"] for name in specs},
+        "replay_dataset": specs[target_name]["dataset_path"],
+    }
+
+
+def round_training_specs(
+    *,
+    round_key: int,
+    target_model: str | Path,
+    sft_dataset: str | Path,
+    dpo_dataset: str | Path,
+    output_root: str | Path,
+    replay_dataset: str | Path | None,
+    profile: dict | None = None,
+    sft_rows: int | None = None,
+) -> tuple[dict, dict]:
+    """The (sft, dpo) specs of one flywheel round: SFT from the current target, DPO from the SFT checkpoint.
+
+    SFT trains `epochs` over the harvested rows plus `replay_rows` rows of the original data,
+    capped at `max_steps`; pass `sft_rows` (the harvested row count) so the cap can be applied.
+    """
+    resolved = resolve_profile(profile)
+    flywheel = resolved["flywheel"]
+    seed = int(resolved["seed"])
+    output_root = Path(output_root)
+    sft_hyper = {"seed": seed + round_key, **flywheel["sft"]["hyperparams"]}
+    replay_rows = int(flywheel["sft"].get("replay_rows", 0)) if replay_dataset else 0
+    if sft_rows is not None:
+        steps = -(-(sft_rows + replay_rows) // int(sft_hyper["batch_size"])) * float(sft_hyper.get("epochs") or 1)
+        sft_hyper["max_steps"] = max(1, min(int(flywheel["sft"]["max_steps"]), round(steps)))
+    sft = {
+        "stage": "sft",
+        "round": round_key,
+        "name": f"sft_r{round_key}",
+        "output_dir": str(output_root / f"sft_r{round_key}"),
+        "base_model": str(target_model),
+        "dataset_path": str(sft_dataset),
+        "hyperparams": sft_hyper,
+        "threads": int(resolved["threads_per_process"]),
+    }
+    if replay_rows:
+        sft["replay"] = {"dataset_path": str(replay_dataset), "rows": replay_rows, "seed": seed + round_key}
+    dpo_hyper = {"seed": seed + round_key, **flywheel["dpo"]["hyperparams"]}
+    dpo_hyper["max_steps"] = int(flywheel["dpo"]["max_steps"])
+    dpo = {
+        "stage": "dpo",
+        "round": round_key,
+        "name": f"dpo_r{round_key}",
+        "output_dir": str(output_root / f"dpo_r{round_key}"),
+        "base_model": sft["output_dir"],
+        "dataset_path": str(dpo_dataset),
+        "hyperparams": dpo_hyper,
+        "threads": int(resolved["threads_per_process"]),
+    }
+    return sft, dpo

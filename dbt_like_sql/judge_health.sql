@@ -1,0 +1,36 @@
+-- group: battles
+-- key: judge
+-- Judge health of a round's training battles, per judge: parse failures, two-game flips,
+-- first-position wins, longer-answer wins and ties. Checks on it gate the training stage.
+WITH judged AS (
+    SELECT j.*, ra.response AS text_a, rb.response AS text_b
+    FROM {{ ref('judgments') }} AS j
+    LEFT JOIN {{ ref('responses') }} AS ra
+      ON ra.round = j.round AND ra.prompt_id = j.prompt_id AND ra.model = j.model_a
+    LEFT JOIN {{ ref('responses') }} AS rb
+      ON rb.round = j.round AND rb.prompt_id = j.prompt_id AND rb.model = j.model_b
+    WHERE j.round = {{ round }}
+),
+decided AS (
+    SELECT * FROM judged WHERE parse_ok AND score_a <> score_b
+),
+battles AS (
+    SELECT * FROM {{ ref('battle_outcomes') }} WHERE round = {{ round }}
+),
+per_judge AS (
+    SELECT judge, count(*) AS judgments, avg(CASE WHEN parse_ok THEN 0.0 ELSE 1.0 END) AS parse_failure_rate
+    FROM judged GROUP BY judge
+)
+SELECT
+    {{ round }} AS round,
+    p.judge,
+    p.judgments,
+    p.parse_failure_rate,
+    (SELECT count(*) FROM battles AS b WHERE b.judge = p.judge) AS battles,
+    (SELECT avg(CASE WHEN b.inconsistent THEN 1.0 ELSE 0.0 END) FROM battles AS b WHERE b.judge = p.judge) AS flip_rate,
+    (SELECT avg(CASE WHEN b.winner = 'tie' THEN 1.0 ELSE 0.0 END) FROM battles AS b WHERE b.judge = p.judge) AS tie_rate,
+    (SELECT avg(CASE WHEN d.score_a > d.score_b THEN 1.0 ELSE 0.0 END) FROM decided AS d WHERE d.judge = p.judge)
+        AS first_position_win_rate,
+    (SELECT avg(CASE WHEN (length(d.text_a) > length(d.text_b)) = (d.score_a > d.score_b) THEN 1.0 ELSE 0.0 END)
+       FROM decided AS d WHERE d.judge = p.judge AND length(d.text_a) <> length(d.text_b)) AS longer_answer_win_rate
+FROM per_judge AS p

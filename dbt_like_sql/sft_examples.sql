@@ -1,0 +1,38 @@
+-- group: preferences
+-- key: prompt_id
+-- SFT data of a round: prompts the target lost, answered by the best winning competitor,
+-- where the winner scored at least sft_min_winner_score and won by at least sft_min_margin.
+WITH lost AS (
+    SELECT
+        o.*,
+        row_number() OVER (
+            PARTITION BY o.prompt_id ORDER BY o.score_b DESC, o.margin DESC, o.model_b
+        ) AS pick
+    FROM {{ ref('battle_outcomes') }} AS o
+    WHERE o.round = {{ round }}
+      AND o.winner = 'model_b'
+      AND o.margin >= {{ var('sft_min_margin') }}
+      AND o.score_b >= {{ var('sft_min_winner_score') }}
+)
+SELECT
+    l.round,
+    sha256(concat_ws('|', 'sft', l.round, l.prompt_id, l.battle_id)) AS example_id,
+    l.prompt_id,
+    p.prompt,
+    r.response AS response,
+    l.model_b AS winner_model,
+    l.model_a AS target_model,
+    l.score_b AS winner_score,
+    l.score_a AS target_score,
+    l.margin,
+    l.battle_id,
+    l.judgment_1_id,
+    l.judgment_2_id,
+    l.response_b_id AS winner_response_id,
+    l.response_a_id AS target_response_id,
+    l.judge
+FROM lost AS l
+JOIN {{ ref('prompt_pool') }} AS p ON p.prompt_id = l.prompt_id
+JOIN {{ ref('responses') }} AS r
+  ON r.round = l.round AND r.prompt_id = l.prompt_id AND r.model = l.model_b
+WHERE l.pick = 1

