@@ -148,7 +148,9 @@ def main() -> int:
     parser.add_argument("--tf-prompts", type=int, default=32)
     parser.add_argument("--tf-max-tokens", type=int, default=32)
     parser.add_argument("--tf-batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads for the transformers part")
+    # 1 by default: on a small shared machine, OpenMP threads waiting for a busy core make every op
+    # of a one-prompt forward pass ~10x slower, which would flatter batching.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the transformers part (0: torch default)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--min-winner-score", type=int, default=10)
     parser.add_argument("--profile", default="", help="JSON file with a partial models profile")
     parser.add_argument("--no-dpo", action="store_true")
+    parser.add_argument("--no-accumulate", dest="accumulate", action="store_false", help="SFT on this round's rows only")
     args = parser.parse_args()
     home = Path(args.home)
     profile = resolve_profile(json.loads(Path(args.profile).read_text()) if args.profile else None)
@@ -126,6 +127,7 @@ def main() -> None:
     timings["eval_base"] = time.time() - t
     print_accuracy(test, test_scores)
 
+    accumulated: dict[str, dict] = {}
     target_path = base["initial_target"]
     competitor_paths = base["competitors"]
     for round_key in range(1, args.rounds + 1):
@@ -149,6 +151,9 @@ def main() -> None:
                     sft_rows[item.prompt] = chat_row(item.prompt, chosen)
                 dpo_rows[(item.prompt, chosen, rejected)] = {"prompt": item.prompt, "chosen": chosen, "rejected": rejected}
         round_dir = home / f"round{round_key}"
+        if args.accumulate:
+            accumulated.update(sft_rows)
+            sft_rows = dict(accumulated)
         sft_path = write_jsonl(round_dir / "sft.jsonl", sft_rows.values())
         dpo_path = write_jsonl(round_dir / "dpo.jsonl", dpo_rows.values())
         sft_spec, dpo_spec = round_training_specs(
@@ -159,7 +164,6 @@ def main() -> None:
             output_root=round_dir,
             replay_dataset=base["replay_dataset"],
             profile=profile,
-            sft_rows=len(sft_rows),
         )
         t = time.time()
         sft_manifest = run_training(sft_spec, log=log)

@@ -352,8 +352,8 @@ def test_curate_cli_writes_kept_rows_and_prints_counts(tmp_path, capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     kept = [json.loads(line) for line in out.read_text().splitlines()]
-    assert summary["input"] == 9 and summary["kept"] == len(kept) and summary["quarantined"] == 4
-    assert summary["removed"]["decontam_exact"] == 1 and summary["removed"]["near_dup"] == 1
+    assert summary["input"] == 9 and summary["kept"] == len(kept) and summary["quarantined"] == 5
+    assert summary["removed"]["decontam_exact"] == 1 and summary["removed"]["prefix_dup"] == 1
     assert sum(summary["removed"].values()) == 9 - len(kept) == len(removed.read_text().splitlines())
     assert "List three uses of baking soda." not in {row["prompt"] for row in kept}
     assert [p.name for p in out.parent.iterdir()] == ["kept.jsonl"]  # no temporary file left behind

@@ -184,3 +184,14 @@ def test_bad_model_config_names_model_and_field(cfg: dict, message: str) -> None
 def test_make_backend_rejects_unknown_backend() -> None:
     with pytest.raises(UnknownBackendError, match="'nope'"):
         make_backend(ModelSpec(name="x", backend="nope"))
+
+
+def test_vllm_backend_without_vllm_says_how_to_install() -> None:
+    import importlib.util
+
+    from arena_dagster.backends.vllm_backend import BackendUnavailableError
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is importable in this environment")
+    with pytest.raises(BackendUnavailableError, match=r"arena-dagster\[vllm\]"):
+        make_backend(ModelSpec(name="m", backend="vllm", path="x"))

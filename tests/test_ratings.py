@@ -22,7 +22,8 @@ from arena_dagster.ratings import (
     rating_difference,
     win_rate_matrix,
 )
-from arena_dagster.ratings.bradley_terry import _multinomial
+from arena_dagster.ratings.battles import encode_battles
+from arena_dagster.ratings.bradley_terry import _categorical, _draw_counts, _multinomial
 
 ELO_PER_NAT = 400 / math.log(10)
 
@@ -245,6 +246,38 @@ def test_multinomial_draws_are_exact_in_total_and_moments():
     assert drawn.mean(axis=0) == pytest.approx(n * p, rel=0.02, abs=0.1)
     assert drawn.var(axis=0) == pytest.approx(n * p * (1 - p), rel=0.1)
     assert np.corrcoef(drawn[:, 4], drawn[:, 5])[0, 1] == pytest.approx(-np.sqrt(p[4] * p[5] / ((1 - p[4]) * (1 - p[5]))), abs=0.05)
+
+
+def test_categorical_draws_follow_their_probabilities():
+    rng = np.random.default_rng(1)
+    p = np.array([0.5, 0.0, 1e-4, 0.2999, 0.0, 0.2])
+    drawn = np.bincount(_categorical(rng, p, 200_000), minlength=len(p))
+    assert drawn[1] == drawn[4] == 0  # an empty category is never drawn
+    assert drawn / 200_000 == pytest.approx(p, abs=0.004)
+    assert _multinomial(rng, 3, np.array([1, 1, 1]), 50).sum(axis=1).tolist() == [3] * 50
+
+
+@pytest.mark.parametrize(("n", "models", "seed"), [(240, 6, 1), (5000, 8, 2)])
+def test_every_bootstrap_replicate_is_the_maximum_likelihood_fit_of_its_resample(n, models, seed):
+    from scipy.optimize import minimize
+    from scipy.special import log_expit
+
+    frame = simulate({f"m{i}": 1000 + 60 * i for i in range(models)}, n, seed=seed)
+    replicates = fit(frame, bootstrap=20, seed=seed, warn=False).bootstrap_strength
+    cells = encode_battles(frame)
+    counts = _draw_counts(cells, 20, "battle", np.random.default_rng(seed))  # the same draws
+    score_lo = cells.outcome / 2.0
+    for replicate, weight in zip(replicates, counts):
+
+        def loss(theta):
+            gap = theta[cells.pair_lo] - theta[cells.pair_hi]
+            value = -(weight * (score_lo * log_expit(gap) + (1 - score_lo) * log_expit(-gap))).sum()
+            residual = weight * (score_lo - 1 / (1 + np.exp(-gap)))
+            grad = -np.bincount(cells.pair_lo, residual, models) + np.bincount(cells.pair_hi, residual, models)
+            return value + 0.5e-6 * theta @ theta, grad + 1e-6 * theta
+
+        expected = minimize(loss, np.zeros(models), jac=True, method="L-BFGS-B", options={"gtol": 1e-11, "ftol": 1e-16}).x
+        assert replicate * ELO_PER_NAT == pytest.approx((expected - expected.mean()) * ELO_PER_NAT, abs=2e-3)
 
 
 def test_rating_difference_is_paired():

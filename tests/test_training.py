@@ -82,8 +82,8 @@ def test_sft_with_replay_then_dpo_from_sft(workspace):
     home = workspace["home"]
     profile = {
         "flywheel": {
-            "sft": {"hyperparams": {"batch_size": 8, "logging_steps": 1}, "max_steps": 4, "replay_rows": 10},
-            "dpo": {"hyperparams": {"batch_size": 4, "logging_steps": 1}, "max_steps": 3},
+            "sft": {"hyperparams": {"max_steps": 4, "batch_size": 8, "logging_steps": 1}, "replay_rows": 10},
+            "dpo": {"hyperparams": {"max_steps": 3, "batch_size": 4, "logging_steps": 1}},
         }
     }
     sft_spec, dpo_spec = round_training_specs(
@@ -94,7 +94,6 @@ def test_sft_with_replay_then_dpo_from_sft(workspace):
         output_root=home / "round1",
         replay_dataset=workspace["base_data"],
         profile=profile,
-        sft_rows=20,
     )
     sft_spec["threads"] = dpo_spec["threads"] = 1
     sft = run_training(sft_spec, log=lambda _: None, timeout_s=120)

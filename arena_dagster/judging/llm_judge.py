@@ -13,12 +13,13 @@ Injection safety, in two layers:
 1. Prompt side: history, instruction and answers sit between BEGIN/END markers carrying a
    nonce derived from the request content (a hash: stable for caching, unknowable to an
    answer written before the request existed), so an answer cannot close its own block.
-2. Parser side: only the judge's own output is parsed, and within it a candidate (a JSON
-   object with the full schema, or a verdict token) is ignored when its text occurs
-   verbatim in one of the answers (the judge echoing an answer's fake verdict). If the
-   remaining candidates disagree the judgment is ambiguous and a parse failure (the
-   caller retries, then records the raw text); agreeing duplicates count once. Missing,
-   non-integer or out-of-range scores are parse failures, never clamped.
+2. Parser side: only the judge's own output is parsed. A score object (JSON with the full
+   schema) is ignored when its text occurs in one of the answers (the judge quoting an
+   answer's fake judgment); a verdict token is ignored when it occurs in an answer, unless
+   it closes the judge's output (the judge's own verdict line). If the remaining
+   candidates disagree the judgment is ambiguous and a parse failure (the caller retries,
+   then records the raw text); agreeing duplicates count once. Missing, non-integer or
+   out-of-range scores are parse failures, never clamped.
 """
 
 from __future__ import annotations

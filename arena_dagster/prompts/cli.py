@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.removed:
         write_jsonl_atomic(args.removed, result.removed_rows)
     summary = result.summary()
-    summary["quarantined"] = len(pool.quarantine)
+    summary["quarantined"] = sum(int(stats.get("quarantined", 0)) for stats in pool.stats.values())
     summary["against"] = len(tests)
     summary["against_quarantined"] = len(test_ingest.quarantine) if test_ingest is not None else 0
     if args.json:

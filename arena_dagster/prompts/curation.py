@@ -58,7 +58,7 @@ import re
 import unicodedata
 import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -761,7 +761,3 @@ def slice_rounds(
                 current[chosen] -= 1.0
                 out[index]["stage"] = chosen
     return out
-
-
-def calibration_note() -> str:
-    return __doc__ or ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import polars as pl
@@ -96,9 +97,11 @@ def curated_pool(raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, An
         seed=int(settings.get("seed", 0)),
         stage_fractions=settings.get("stage_fractions"),
     )
-    pool = pl.DataFrame(rows).with_columns(
-        pl.col("prompt").map_elements(prompt_id, return_dtype=pl.Utf8).alias("prompt_id")
-    )
+    for row in rows:
+        # A follow-up is its whole conversation: the same last turn in two conversations is two prompts.
+        messages = row.get("messages")
+        row["prompt_id"] = prompt_id(json.dumps(messages, sort_keys=True) if messages else row["prompt"])
+    pool = pl.DataFrame(rows)
     removed_rows = pl.DataFrame(
         [{"source_id": r.get("source_id"), "prompt": r.get("prompt"), "step": r.get("step"), "reason": str(r.get("reason", ""))}
          for r in result.removed_rows],

@@ -2,7 +2,7 @@
 
 Every item carries its reference answer, so a deterministic verifier can score any model's
 answer 1-10 without an LLM judge. Answer distributions are balanced on purpose (count
-answers spread over 0-4, word lengths over 3-9, last letters over many letters): with a
+answers spread over 0-3, word lengths over 3-9, last letters over many letters): with a
 skewed distribution a tiny model looks good by always guessing the majority answer.
 """
 
@@ -32,67 +32,68 @@ NUMERIC_FAMILIES = frozenset({"add", "count_letter", "max_number", "min_number",
 # Families where letter case is part of the answer.
 CASE_SENSITIVE_FAMILIES = frozenset({"uppercase", "acronym"})
 
-# Every template starts with a fixed instruction word: near-duplicates are made by editing
-# the text around that word, which never changes the answer.
+# Every template starts with a fixed instruction word (near-duplicates edit the text around
+# it, which never changes the answer) and ends with the task's input after a colon: tiny
+# models find the input by its distance from the end of the prompt.
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "reverse_word": (
-        "Reverse the word {word}.",
-        "Spell '{word}' backwards.",
-        "Write {word} in reverse order.",
+        "Reverse the word: {word}",
+        "Spell backwards: {word}",
+        "Write in reverse order: {word}",
         "Reverse the letters of: {word}",
     ),
     "uppercase": (
         "Convert to upper case: {phrase}",
-        "Write '{phrase}' in capital letters.",
+        "Write in capital letters: {phrase}",
         "Uppercase this text: {phrase}",
         "Rewrite in all caps: {phrase}",
     ),
     "sort_numbers": (
-        "Sort these numbers in ascending order: {numbers}",
+        "Sort ascending: {numbers}",
         "Order from smallest to largest: {numbers}",
-        "Sort {numbers} from low to high.",
+        "Sort from low to high: {numbers}",
         "Arrange in increasing order: {numbers}",
     ),
     "add": (
-        "Add {a} and {b}.",
-        "What is {a} plus {b}?",
-        "Compute {a} + {b}.",
-        "Find the sum of {a} and {b}.",
+        "Add the numbers: {a} + {b}",
+        "What is the sum of: {a} + {b}",
+        "Compute: {a} + {b}",
+        "Find the total of: {a} + {b}",
     ),
     "count_letter": (
-        "Count the letter '{letter}' in '{phrase}'.",
-        "How many times does '{letter}' appear in '{phrase}'?",
-        "Number of '{letter}' letters in: {phrase}",
-        "Tell me how many '{letter}' are in '{phrase}'.",
+        "Count the letter {letter} in: {phrase}",
+        "How many times does {letter} appear in: {phrase}",
+        "Number of {letter} letters in: {phrase}",
+        "Tell me how many {letter} are in: {phrase}",
     ),
     "acronym": (
         "Make an acronym from: {phrase}",
-        "Give the acronym of '{phrase}'.",
-        "Form an acronym for {phrase}.",
-        "Write the initials of '{phrase}' in capitals.",
+        "Give the acronym of: {phrase}",
+        "Form an acronym for: {phrase}",
+        "Write the initials in capitals: {phrase}",
     ),
     "last_letter": (
-        "What is the last letter of {word}?",
-        "Give the final letter of '{word}'.",
-        "Which letter ends the word {word}?",
+        "What is the last letter of: {word}",
+        "Give the final letter of: {word}",
+        "Which letter ends the word: {word}",
         "Last letter of: {word}",
     ),
     "max_number": (
         "What is the largest number in: {numbers}",
-        "Find the maximum of {numbers}.",
-        "Which is biggest: {numbers}?",
+        "Find the maximum of: {numbers}",
+        "Which is biggest: {numbers}",
         "Pick the largest of these numbers: {numbers}",
     ),
     "min_number": (
         "What is the smallest number in: {numbers}",
-        "Find the minimum of {numbers}.",
-        "Which is smallest: {numbers}?",
+        "Find the minimum of: {numbers}",
+        "Which is smallest: {numbers}",
         "Pick the smallest of these numbers: {numbers}",
     ),
     "word_length": (
-        "How many letters are in {word}?",
-        "Count the letters of '{word}'.",
-        "What is the length of the word {word}?",
+        "How many letters are in: {word}",
+        "Count the letters of: {word}",
+        "What is the length of the word: {word}",
         "Letter count of: {word}",
     ),
 }
@@ -189,48 +190,46 @@ def _phrase(rng: random.Random, n_words: int, max_len: int = 6) -> str:
     return " ".join(_word(rng, MIN_WORD_LEN, max_len) for _ in range(n_words))
 
 
-def _numbers(rng: random.Random, count: int) -> list[int]:
-    return rng.sample(range(100), count)
-
-
 # Each builder returns (template fields, reference, difficulty).
 def _reverse_word(rng: random.Random) -> tuple[dict, str, int]:
-    word = _word(rng, 3, 8)
-    return {"word": word}, word[::-1], _scale(len(word), 3, 8)
+    word = _word(rng, 3, 6)
+    return {"word": word}, word[::-1], _scale(len(word), 3, 6)
 
 
 def _uppercase(rng: random.Random) -> tuple[dict, str, int]:
-    phrase = _phrase(rng, rng.randint(1, 3), max_len=6)
-    return {"phrase": phrase}, phrase.upper(), _scale(len(phrase), 3, 20)
+    phrase = _phrase(rng, rng.randint(1, 2), max_len=5)
+    return {"phrase": phrase}, phrase.upper(), _scale(len(phrase), 3, 11)
+
+
+def _digits(rng: random.Random, count: int) -> list[int]:
+    return rng.sample(range(10), count)
 
 
 def _sort_numbers(rng: random.Random) -> tuple[dict, str, int]:
-    numbers = _numbers(rng, rng.randint(3, 5))
-    shown = " ".join(map(str, numbers))
-    return {"numbers": shown}, " ".join(map(str, sorted(numbers))), _scale(len(numbers) * 2 + len(shown) / 6, 6, 14)
+    numbers = _digits(rng, rng.randint(3, 5))
+    return {"numbers": " ".join(map(str, numbers))}, " ".join(map(str, sorted(numbers))), _scale(len(numbers), 3, 5)
 
 
 def _add(rng: random.Random) -> tuple[dict, str, int]:
-    a, b = rng.randint(0, 99), rng.randint(0, 99)
-    carries = int(a % 10 + b % 10 >= 10) + int(a + b >= 100)
-    return {"a": a, "b": b}, str(a + b), _scale(len(str(a)) + len(str(b)) + 2 * carries, 2, 8)
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    return {"a": a, "b": b}, str(a + b), _scale(a + b, 0, 18)
 
 
 def _count_letter(rng: random.Random) -> tuple[dict, str, int]:
-    target = rng.randint(0, 4)
+    target = rng.randint(0, 3)
     for _ in range(10_000):
-        phrase = _phrase(rng, rng.randint(1, 3), max_len=7)
+        phrase = _phrase(rng, rng.randint(1, 2), max_len=7)
         letters = sorted(set(phrase.replace(" ", ""))) if target else sorted(set("abcdefghijklmnoprstuwy") - set(phrase))
         candidates = [c for c in letters if phrase.count(c) == target]
         if candidates:
             letter = rng.choice(candidates)
-            return {"letter": letter, "phrase": phrase}, str(target), _scale(len(phrase) + 2 * target, 3, 28)
+            return {"letter": letter, "phrase": phrase}, str(target), _scale(len(phrase) + 2 * target, 3, 21)
     raise RuntimeError(f"could not build a count_letter item with answer {target}")
 
 
 def _acronym(rng: random.Random) -> tuple[dict, str, int]:
-    phrase = _phrase(rng, rng.randint(2, 4), max_len=7)
-    return {"phrase": phrase}, "".join(w[0] for w in phrase.split()).upper(), _scale(len(phrase.split()), 2, 4)
+    phrase = _phrase(rng, rng.randint(2, 3), max_len=7)
+    return {"phrase": phrase}, "".join(w[0] for w in phrase.split()).upper(), _scale(len(phrase), 7, 21)
 
 
 def _last_letter(rng: random.Random) -> tuple[dict, str, int]:
@@ -239,9 +238,14 @@ def _last_letter(rng: random.Random) -> tuple[dict, str, int]:
     return {"word": word}, word[-1], _scale(len(word), 3, 9)
 
 
-def _extreme(rng: random.Random, pick: Callable[[list[int]], int]) -> tuple[dict, str, int]:
-    numbers = _numbers(rng, rng.randint(3, 6))
-    return {"numbers": " ".join(map(str, numbers))}, str(pick(numbers)), _scale(len(numbers), 3, 6)
+def _extreme(rng: random.Random, largest: bool) -> tuple[dict, str, int]:
+    # The answer is drawn first, uniformly, so "9" (or "0") is not the usual answer.
+    count = rng.randint(3, 6)
+    answer = rng.randint(count - 1, 9) if largest else rng.randint(0, 10 - count)
+    others = range(0, answer) if largest else range(answer + 1, 10)
+    numbers = [answer, *rng.sample(others, count - 1)]
+    rng.shuffle(numbers)
+    return {"numbers": " ".join(map(str, numbers))}, str(answer), _scale(count, 3, 6)
 
 
 def _word_length(rng: random.Random) -> tuple[dict, str, int]:
@@ -257,8 +261,8 @@ _BUILDERS: dict[str, Callable[[random.Random], tuple[dict, str, int]]] = {
     "count_letter": _count_letter,
     "acronym": _acronym,
     "last_letter": _last_letter,
-    "max_number": lambda rng: _extreme(rng, max),
-    "min_number": lambda rng: _extreme(rng, min),
+    "max_number": lambda rng: _extreme(rng, largest=True),
+    "min_number": lambda rng: _extreme(rng, largest=False),
     "word_length": _word_length,
 }
 
@@ -295,7 +299,7 @@ def make_items(n: int, *, seed: int, families: Sequence[str] | None = None) -> l
     return items
 
 
-_JUNK = ("hi", "ok?", "test", "help", "Reverse", "Add.", "sort ??", "asdf", "...", "hmm", "What?", "1 2 3")
+_JUNK = ("hi", "ok?", "test", "help", "Reverse:", "Add:", "sort ??", "asdf", "...", "hmm", "What?", "1 2 3")
 
 
 def _near_duplicate(prompt: str, rng: random.Random) -> str:

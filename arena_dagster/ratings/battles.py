@@ -18,7 +18,8 @@ from arena_dagster.ratings.errors import BattlesInputError
 WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 TIES = ("tie", "tie (bothbad)")
 BATTLE_COLUMNS = ("model_a", "model_b", "winner")
-# Above this many possible cells a dense bincount wastes more memory than sorting costs.
+# Up to this many possible (a, b, outcome) cells, or 4 per battle, counting them in a dense
+# array beats sorting the battles.
 _DENSE_CELL_LIMIT = 1 << 24
 
 
@@ -51,9 +52,7 @@ def _check_columns(battles: pl.DataFrame, columns: tuple[str, ...]) -> None:
         raise BattlesInputError(f"battles must be a polars DataFrame, got {type(battles).__name__}")
     missing = [c for c in columns if c not in battles.columns]
     if missing:
-        raise BattlesInputError(
-            f"battles table lacks column(s) {missing}; it has {battles.columns}"
-        )
+        raise BattlesInputError(f"battles table lacks column(s) {missing}; it has {battles.columns}")
     if battles.height == 0:
         raise BattlesInputError("battles table is empty: there is nothing to rate")
     for name in ("model_a", "model_b", "winner"):
@@ -67,9 +66,7 @@ def _check_columns(battles: pl.DataFrame, columns: tuple[str, ...]) -> None:
             raise BattlesInputError(f"column {name!r} has {nulls} null value(s), the first in row {row}")
 
 
-def _first_row(mask: pl.Series | np.ndarray) -> int:
-    if isinstance(mask, pl.Series):
-        return int(mask.arg_true()[0])
+def _first_row(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 

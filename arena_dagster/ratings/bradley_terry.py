@@ -6,9 +6,11 @@ on the (pair, outcome) cell counts of `battles.encode_battles`, never on single 
 so the cost of a fit does not grow with the number of battles.
 
 Internally a model's strength is theta = r * ln(base) / scale (natural-log odds units).
-The fit is a damped Newton method on the dense models x models matrices of battle counts
-and scores; bootstrap replicates are fitted together, as one batch of Newton problems
-warm-started from the point estimate, and their cell counts are all drawn at once.
+The point estimate comes from a damped Newton method on the per-pair battle counts and
+scores. Bootstrap replicates are fitted as one batch: their cell counts are drawn at once,
+and every replicate starts at the point estimate and iterates with the point estimate's
+inverted Hessian (a chord iteration: a gradient and a matrix product per step); the rare
+replicate that does not settle that way gets the full Newton method.
 """
 
 from __future__ import annotations
@@ -36,10 +38,14 @@ RIDGE = 1e-6
 # of its square, 1e-12 in theta units (2e-10 Elo).
 _STEP_TOLERANCE = 1e-6
 _DECREMENT_TOLERANCE = 1e-20  # log-likelihood units
+# The chord iteration converges linearly at a rate below 1/2 (else Newton takes over), so
+# the error left after a step is at most the step itself.
+_CHORD_TOLERANCE = 1e-8  # theta units: 1.7e-6 Elo
+_CHORD_ITERATIONS = 40
 _MAX_STEP = 2.0  # Newton steps are capped at 2 natural-log odds (350 Elo) per model
 _TRUSTED_STEP = 0.25  # shorter steps skip the line search: Newton is in its quadratic regime
 _MAX_ITERATIONS = 200
-# Working memory per Newton batch: a handful of (batch, models, models) float64 arrays.
+# Working memory of a batch of replicates (their pair arrays; Newton's (models, models) matrices).
 _BATCH_BYTES = 256 * 1024 * 1024
 
 
@@ -81,34 +87,26 @@ def parse_anchor(anchor: tuple[str, float] | str | None) -> tuple[str, float] | 
     raise RatingsError(f"anchor must be 'MODEL=RATING' or (model, rating), got {anchor!r}")
 
 
-@dataclass(frozen=True)
 class _Pairs:
-    """The compared pairs (lo < hi) and, per cell, the index of its pair."""
+    """The compared pairs (lo < hi), the pair of every cell, and their incidence matrices."""
 
-    lo: np.ndarray
-    hi: np.ndarray
-    of_cell: np.ndarray
-    n_models: int
+    def __init__(self, cells: BattleCells):
+        from scipy import sparse
 
-    @classmethod
-    def of(cls, cells: BattleCells) -> "_Pairs":
         pairs, of_cell = np.unique(cells.pair_lo * cells.n_models + cells.pair_hi, return_inverse=True)
-        lo, hi = np.divmod(pairs, cells.n_models)
-        return cls(lo=lo, hi=hi, of_cell=of_cell.ravel(), n_models=cells.n_models)
+        self.lo, self.hi = np.divmod(pairs, cells.n_models)
+        self.of_cell = of_cell.ravel()
+        self.n_models = cells.n_models
+        n = len(pairs)
+        rows = np.concatenate([self.lo, self.hi])
+        cols = np.concatenate([np.arange(n), np.arange(n)])
+        shape = (self.n_models, n)
+        # (models x pairs): +1 at lo and -1 at hi (gradients), +1 at both (Hessian diagonals)
+        self.signed = sparse.csr_matrix((np.r_[np.ones(n), -np.ones(n)], (rows, cols)), shape=shape)
+        self.both = sparse.csr_matrix((np.ones(2 * n), (rows, cols)), shape=shape)
 
     def __len__(self) -> int:
         return len(self.lo)
-
-    def incidence(self):
-        """(models x pairs) sparse matrices: +1 at lo and -1 at hi, and +1 at both."""
-        from scipy import sparse
-
-        n = len(self.lo)
-        rows = np.concatenate([self.lo, self.hi])
-        cols = np.concatenate([np.arange(n), np.arange(n)])
-        signed = sparse.csr_matrix((np.r_[np.ones(n), -np.ones(n)], (rows, cols)), shape=(self.n_models, n))
-        both = sparse.csr_matrix((np.ones(2 * n), (rows, cols)), shape=(self.n_models, n))
-        return signed, both
 
     def totals(self, cells: BattleCells, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rounds, cells) counts -> battles and lo's score (wins + ties / 2) per pair, (rounds, pairs)."""
@@ -129,35 +127,50 @@ def _log_likelihood(theta, pairs: _Pairs, played, score, ridge):
     return fitted - 0.5 * ridge * (theta * theta).sum(axis=1)
 
 
+def _gradient(theta, pairs: _Pairs, played, score, ridge):
+    """Gradient of the penalised log-likelihood, (rounds, models), and P(lo beats hi) per pair."""
+    prob = theta[:, pairs.hi] - theta[:, pairs.lo]
+    # 1 / (1 + exp(-gap)) in place: twice as fast as scipy's expit, to the same last bit;
+    # exp overflowing to inf gives the right limit 0
+    with np.errstate(over="ignore"):
+        np.exp(prob, out=prob)
+    prob += 1.0
+    np.reciprocal(prob, out=prob)
+    residual = score - played * prob
+    return (pairs.signed @ np.ascontiguousarray(residual.T)).T - ridge * theta, prob
+
+
+def _hessian(pairs: _Pairs, played, prob, ridge):
+    """Minus the Hessian, (rounds, models, models), plus (c/m) 1 1^T.
+
+    A Bradley-Terry likelihood is flat along the all-ones direction (adding a constant to
+    every strength changes nothing); the added term leaves the Newton step of a mean-zero
+    problem unchanged and makes the system well conditioned.
+    """
+    m = pairs.n_models
+    curvature = played * prob * (1.0 - prob)
+    hessian = np.zeros((len(played), m * m))
+    hessian[:, pairs.lo * m + pairs.hi] = -curvature
+    hessian[:, pairs.hi * m + pairs.lo] = -curvature
+    diagonal = np.arange(m) * (m + 1)
+    hessian[:, diagonal] = (pairs.both @ curvature.T).T + ridge
+    hessian += hessian[:, diagonal].mean(axis=1, keepdims=True) / m
+    return hessian.reshape(-1, m, m)
+
+
 def _newton(theta, pairs: _Pairs, played, score, ridge=RIDGE):
     """Maximise the penalised log-likelihood of each replicate; theta, played, score are (rounds, ...).
 
-    The Hessian of a Bradley-Terry likelihood is singular along the all-ones direction
-    (adding a constant to every strength changes nothing); adding (c/m) * 1 1^T leaves the
-    Newton step of a mean-zero problem unchanged and makes the system well conditioned.
     Long steps are capped and halved until the objective does not decrease, so the method
     converges from a cold start and when a strength runs off towards its ridge-held limit;
-    short ones (a warm-started bootstrap replicate) are taken as they are.
+    short ones (Newton's quadratic regime) are taken as they are.
     """
-    from scipy.special import expit
-
-    signed, both = pairs.incidence()
-    m = pairs.n_models
-    diagonal = np.arange(m) * (m + 1)
-    upper, lower = pairs.lo * m + pairs.hi, pairs.hi * m + pairs.lo
     theta = theta - theta.mean(axis=1, keepdims=True)
     active = np.arange(theta.shape[0])
     for _ in range(_MAX_ITERATIONS):
         th, n, s = theta[active], played[active], score[active]
-        prob = expit(th[:, pairs.lo] - th[:, pairs.hi])
-        gradient = (signed @ (s - n * prob).T).T - ridge * th
-        curvature = n * prob * (1.0 - prob)
-        hessian = np.zeros((len(active), m * m))
-        hessian[:, upper] = -curvature
-        hessian[:, lower] = -curvature
-        hessian[:, diagonal] = (both @ curvature.T).T + ridge
-        hessian += hessian[:, diagonal].mean(axis=1, keepdims=True) / m
-        step = np.linalg.solve(hessian.reshape(-1, m, m), gradient[:, :, None])[:, :, 0]
+        gradient, prob = _gradient(th, pairs, n, s, ridge)
+        step = np.linalg.solve(_hessian(pairs, n, prob, ridge), gradient[:, :, None])[:, :, 0]
         step -= step.mean(axis=1, keepdims=True)
         # g' H^-1 g: twice the gain a full step promises. Along directions the data leave
         # almost flat (a model held only by the ridge) rounding keeps steps above the step
@@ -186,7 +199,48 @@ def _newton(theta, pairs: _Pairs, played, score, ridge=RIDGE):
     )
 
 
-def _check_connected(cells: BattleCells, lo: np.ndarray, hi: np.ndarray, played: np.ndarray, score: np.ndarray, *, warn: bool):
+def _chord(theta, pairs: _Pairs, played, score, inverse, ridge=RIDGE):
+    """Simplified Newton for bootstrap replicates: all reuse one inverted Hessian.
+
+    Replicates start at the point estimate, whose Hessian is close to theirs, so each
+    iteration costs a gradient and a product with `inverse` (that Hessian's inverse)
+    instead of forming and solving a Hessian per replicate; the fixed point is the exact
+    optimum whatever matrix is used. The convergence is linear; a replicate whose steps
+    do not at least halve each time, or that moves far, is returned in `unsettled` for
+    the full Newton method.
+    """
+    theta = theta.copy()
+    index = np.arange(len(theta))  # the replicates still iterating, and their arrays below
+    th, n, s = theta, played, score
+    previous = np.full(len(theta), np.inf)
+    unsettled = []
+    for _ in range(_CHORD_ITERATIONS):
+        gradient, _ = _gradient(th, pairs, n, s, ridge)
+        step = gradient @ inverse
+        step -= step.mean(axis=1, keepdims=True)
+        size = np.abs(step).max(axis=1)
+        th = th + step
+        done = (size <= _CHORD_TOLERANCE) | ((gradient * step).sum(axis=1) <= _DECREMENT_TOLERANCE)
+        failing = ~done & ((size > 0.5 * previous) | (size > _TRUSTED_STEP))
+        unsettled.append(index[failing])
+        previous = size
+        stopped = done | failing
+        if stopped.any():
+            # compact only when the active set shrinks: copying the pair arrays costs
+            # as much as an iteration
+            theta[index[stopped]] = th[stopped]
+            keep = ~stopped
+            index, th, n, s, previous = index[keep], th[keep], n[keep], s[keep], previous[keep]
+        if len(index) == 0:
+            break
+    theta[index] = th
+    unsettled.append(index)
+    return theta, np.concatenate(unsettled)
+
+
+def _check_connected(cells: BattleCells, lo, hi, played, score, *, warn: bool) -> None:
+    """Raise when some models were never compared with the rest; warn when the maximum
+    likelihood estimate does not exist (the ridge then decides some gaps)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -227,8 +281,8 @@ def _check_connected(cells: BattleCells, lo: np.ndarray, hi: np.ndarray, played:
 
 
 def _batch_size(n_models: int, n_pairs: int, n_cells: int) -> int:
-    """Replicates per Newton batch, so that its working arrays stay near _BATCH_BYTES."""
-    per_replicate = 8 * (2 * n_models * n_models + 8 * n_pairs + 2 * n_cells)
+    """Replicates per batch, so that their working arrays stay near _BATCH_BYTES."""
+    per_replicate = 8 * (8 * n_pairs + 3 * n_cells + 4 * n_models)
     return int(max(1, _BATCH_BYTES // per_replicate))
 
 
@@ -281,7 +335,13 @@ def _draw_counts(cells: BattleCells, rounds: int, unit: str, rng: np.random.Gene
         offsets = (np.arange(rounds) * n_questions)[:, None]
         multiplicity = np.bincount((chosen + offsets).ravel(), minlength=rounds * n_questions)
         return np.asarray((per_question.T @ multiplicity.reshape(rounds, n_questions).T).T)
-    return _multinomial(rng, cells.n_battles, cells.count, rounds).astype(np.float64)
+    n, n_cells = cells.n_battles, len(cells.count)
+    if n >= 6 * n_cells:  # a Poisson draw per cell costs about as much as six resampled battles
+        return _multinomial(rng, n, cells.count, rounds).astype(np.float64)
+    cell_of_battle = np.repeat(np.arange(n_cells, dtype=np.int32), cells.count)
+    return np.stack(
+        [np.bincount(cell_of_battle[rng.integers(0, n, n)], minlength=n_cells) for _ in range(rounds)]
+    ).astype(np.float64)
 
 
 def fit(
@@ -312,20 +372,27 @@ def fit(
     if cells.n_models < 2:
         raise RatingsError(f"need battles between at least two models, got {cells.models}")
 
-    pairs = _Pairs.of(cells)
+    pairs = _Pairs(cells)
     played, score = pairs.totals(cells, cells.count[None, :].astype(np.float64))
     _check_connected(cells, pairs.lo, pairs.hi, played[0], score[0], warn=warn)
     point = _newton(np.zeros((1, cells.n_models)), pairs, played, score)[0]
 
     replicates = np.empty((bootstrap, cells.n_models))
     if bootstrap:
+        _, prob = _gradient(point[None, :], pairs, played, score, RIDGE)
+        inverse = np.linalg.inv(_hessian(pairs, played, prob, RIDGE)[0])  # symmetric
         rng = np.random.default_rng(seed)
         batch = _batch_size(cells.n_models, len(pairs), len(cells.count))
         for start in range(0, bootstrap, batch):
             size = min(batch, bootstrap - start)
             played_b, score_b = pairs.totals(cells, _draw_counts(cells, size, bootstrap_unit, rng))
             warm = np.repeat(point[None, :], size, axis=0)
-            replicates[start : start + size] = _newton(warm, pairs, played_b, score_b)
+            theta, unsettled = _chord(warm, pairs, played_b, score_b, inverse)
+            step = max(1, _BATCH_BYTES // (8 * 4 * cells.n_models**2))
+            for first in range(0, len(unsettled), step):
+                chosen = unsettled[first : first + step]
+                theta[chosen] = _newton(warm[chosen], pairs, played_b[chosen], score_b[chosen])
+            replicates[start : start + size] = theta - theta.mean(axis=1, keepdims=True)
     return BradleyTerryFit(
         models=cells.models,
         strength=point,
@@ -375,6 +442,10 @@ def leaderboard(
     ci_low and ci_high (2.5 and 97.5 percentiles of `bootstrap` replicates; null when
     bootstrap=0), rank (1 + number of models whose ci_low is above this model's ci_high;
     with bootstrap=0, point ratings stand in for both bounds) and battles.
+
+    Every replicate is anchored like the point estimate, as FastChat does: with an anchor
+    the intervals measure uncertainty relative to the anchor model (whose own interval is
+    a single point); without one, relative to the mean of all models.
 
     Raises DisconnectedComparisonsError (a ValueError) when some models were never
     compared with the rest, and BattlesInputError naming the row of any malformed battle.

@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--rename", metavar="CSV", help="two-column CSV (with header) mapping model names")
     group.add_argument("--anchor", metavar="MODEL=RATING", help="pin one model's rating (default: mean 1000)")
-    group.add_argument("--bootstrap", type=int, default=100, metavar="N", help="bootstrap rounds for the 95%% intervals")
+    group.add_argument(
+        "--bootstrap", type=int, default=100, metavar="N", help="bootstrap rounds for the 95%% intervals (0: none)"
+    )
     group.add_argument(
         "--bootstrap-unit", choices=BOOTSTRAP_UNITS, default="battle",
         help="resample battles, or whole prompts (needs question_id). Default: battle",

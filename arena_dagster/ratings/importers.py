@@ -150,7 +150,8 @@ def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dic
             seen.add((question_id, model))
             grades.append((question_id, model, float(record["score"])))
 
-    table = pl.DataFrame(grades, schema={"question_id": pl.String, "model": pl.String, "score": pl.Float64}, orient="row")
+    schema = {"question_id": pl.String, "model": pl.String, "score": pl.Float64}
+    table = pl.DataFrame(grades, schema=schema, orient="row")
     graded = table.group_by("question_id").agg(pl.len().alias("models"))
     alone = int(graded.filter(pl.col("models") == 1).height)
     if alone:

@@ -40,6 +40,8 @@ COMMON_HYPERPARAMS: dict[str, Any] = {
     "weight_decay": 0.0,
     "max_length": 160,
     "logging_steps": 25,
+    # False: the loss also covers the prompt (more signal per sequence for a model trained from scratch).
+    "completion_only_loss": True,
 }
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
@@ -325,7 +327,9 @@ def train(spec: dict) -> dict:
     if stage in ("base", "sft"):
         from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(**_training_kwargs(resolved, len(rows), tmp_dir), completion_only_loss=True)
+        args = SFTConfig(
+            **_training_kwargs(resolved, len(rows), tmp_dir), completion_only_loss=bool(hyper["completion_only_loss"])
+        )
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     else:
         from trl import DPOConfig, DPOTrainer

@@ -1,14 +1,15 @@
 """The embedded default's tokenizer, trained locally with `tokenizers`.
 
-Two kinds: `char` (one token per character; letter tasks such as reverse, last letter and
-count need to see letters) and `bpe` (byte-level BPE with digits split one per token), kept
-so the choice can be re-measured (`benchmarks/bench_skills_flywheel.py --tokenizers`).
-Saved as a `PreTrainedTokenizerFast` folder with a chat template, so
+Two kinds: `char` (one token per character: letter tasks such as reverse, last letter and
+count need to see letters, and digits are single tokens) and `bpe` (byte-level BPE with
+digits split one per token, kept so the choice can be re-measured). Saved as a
+`PreTrainedTokenizerFast` folder with a chat template, so
 `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` works everywhere.
 """
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Iterable
 
@@ -51,7 +52,8 @@ def build_tokenizer(texts: Iterable[str], *, kind: str = "char", vocab_size: int
         tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
         tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         tokenizer.decoder = decoders.Fuse()
-        alphabet = sorted(set("".join(texts)))
+        # Printable ASCII always, so prompts outside the corpus still encode without unknowns.
+        alphabet = sorted(set("".join(texts)) | set(string.printable))
         trainer = trainers.BpeTrainer(
             vocab_size=len(alphabet) + len(SPECIAL_TOKENS), special_tokens=list(SPECIAL_TOKENS), initial_alphabet=alphabet
         )
