@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from arena_dagster.backends.base import ModelSpec, SamplingParams
@@ -64,5 +65,77 @@ def generation_spec(row: dict[str, Any], profile: dict[str, Any]) -> ModelSpec:
 
 
 def trained_models_settings(profile: dict[str, Any]) -> dict[str, Any]:
-    """The `models:` section as the local trainer reads it (`source` is this module's key)."""
-    return {k: v for k, v in (profile.get("models") or {}).items() if k != "source"}
+    """The `models:` section as the local trainer reads it (`source` is this module's key).
+
+    Declared models are not built by the trainer: only the per-round training settings
+    (`flywheel`, `seed`, `threads_per_process`, ...) are passed on.
+    """
+    models = profile.get("models") or {}
+    if models.get("source") == "declared":
+        return {k: v for k, v in models.items() if k not in ("source", "competitors", "initial_target")}
+    return {k: v for k, v in models.items() if k != "source"}
+
+
+def prepare_model_config(config: dict[str, Any], home: Path) -> dict[str, Any]:
+    """A declared model config made ready to serve and train from this home folder.
+
+    - `{home}` in `path` becomes the flywheel's home folder (e.g. recorded answers written there);
+    - a `transformers` model given as a GGUF file (`gguf_file` inside `path`, which may be
+      `package:NAME`) is dequantized once into an HF folder under `home/models/gguf/`, keyed
+      by the file's hash, and the config points there instead: loading a GGUF costs ~30 s
+      every time, and TRL trains from HF folders only. `converted_from` records the source.
+    """
+    out = dict(config)
+    if isinstance(out.get("path"), str) and "{home}" in out["path"]:
+        out["path"] = out["path"].replace("{home}", str(home))
+    if out.get("backend") == "transformers" and out.get("gguf_file"):
+        folder, source = gguf_to_hf_folder(str(out.get("path") or out.get("model")), str(out.pop("gguf_file")),
+                                           home / "models" / "gguf")
+        out.pop("model", None)
+        out["path"] = str(folder)
+        out["converted_from"] = source
+    return out
+
+
+def gguf_to_hf_folder(path: str, gguf_file: str, root: Path) -> tuple[Path, dict[str, Any]]:
+    """Dequantize `path/gguf_file` into `root/<stem>-<hash>/` once (atomic, locked); returns (folder, source)."""
+    import fcntl
+    import shutil
+
+    from arena_dagster.backends.transformers_backend import resolve_model_path
+
+    folder = Path(resolve_model_path(path))
+    gguf = folder / gguf_file
+    if not gguf.is_file():
+        raise DeclaredModelError(f"GGUF file {gguf} not found (path {path!r}, gguf_file {gguf_file!r})")
+    digest = hashlib.sha256()
+    with gguf.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    source = {"path": path, "gguf_file": gguf_file, "sha256": digest.hexdigest()}
+    target = root / f"{gguf.stem}-{source['sha256'][:12]}"
+    marker = target / "converted_from.json"
+    if marker.is_file():
+        return target, source
+    root.mkdir(parents=True, exist_ok=True)
+    with open(str(target) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file():
+            return target, source
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tmp = Path(str(target) + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32)
+        # The weights are dequantized already; without the GGUF marker save_pretrained writes safetensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "converted_from.json").write_text(json.dumps(source, indent=2))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target, source

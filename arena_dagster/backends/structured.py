@@ -16,11 +16,10 @@ once), a free string closed by the first token of the next literal, and an integ
 digits are a path through the tokenizations of the allowed values.
 
 `integer_mode="expected"` (G-Eval): at an integer's first token the value is not the
-argmax but the probability-weighted mean over the allowed single-token values, rounded,
-(values whose first token is shared with a longer one, e.g. "1" of "10", count as the short
-one, so on a 1-10 scale with digit-split numbers the reachable range is 1-9; the model's
-preference is read from its distribution instead of its top token, which is what makes
-very small judges usable).
+argmax but the probability-weighted mean over the allowed values, rounded half up. Only
+values that are one token can be read that way, so with a tokenizer that splits digits
+(SmolLM2's) a 1-10 scale becomes 1-9 in this mode. The model's preference is read from its
+whole distribution instead of its top token, which small judges need.
 """
 
 from __future__ import annotations
@@ -85,9 +84,14 @@ class _Segment:
 class ObjectGrammar:
     """The token-level grammar of one flat object for one tokenizer (build once, reuse)."""
 
-    def __init__(self, tokenizer: Any, fields: Sequence[ObjectField], *, string_tokens: int = 64) -> None:
+    def __init__(
+        self, tokenizer: Any, fields: Sequence[ObjectField], *, string_tokens: int = 64, integer_mode: str = "argmax"
+    ) -> None:
         if string_tokens < 1:
             raise StructuredOutputError(f"string_tokens must be >= 1, got {string_tokens}")
+        if integer_mode not in ("argmax", "expected"):
+            raise StructuredOutputError(f"integer_mode must be 'argmax' or 'expected', got {integer_mode!r}")
+        self.integer_mode = integer_mode
         self.tokenizer = tokenizer
         self.fields = list(fields)
         self.string_tokens = int(string_tokens)
@@ -116,6 +120,11 @@ class ObjectGrammar:
                 self.segments.append(_Segment("string"))
             else:
                 paths = {tuple(self._encode(str(v))): v for v in range(value.minimum, value.maximum + 1)}
+                if integer_mode == "expected":
+                    # The mean is read at the first token: only one-token values can be emitted.
+                    paths = {path: v for path, v in paths.items() if len(path) == 1}
+                    if not paths:
+                        raise StructuredOutputError(f"integer {value.name!r}: no value is a single token")
                 self.segments.append(_Segment("integer", values=paths))
         for index, segment in enumerate(self.segments):
             if segment.kind == "string" and (index + 1 >= len(self.segments) or self.segments[index + 1].kind != "literal"):
@@ -185,13 +194,12 @@ class ObjectGrammar:
         return {path[0]: value for path, value in self.segments[index].values.items() if len(path) == 1}
 
 
-def make_logits_processor(grammar: ObjectGrammar, prompt_width: int, *, integer_mode: str = "argmax"):
+def make_logits_processor(grammar: ObjectGrammar, prompt_width: int):
     """A transformers LogitsProcessor enforcing `grammar` on tokens after `prompt_width`."""
     import torch
     from transformers import LogitsProcessor
 
-    if integer_mode not in ("argmax", "expected"):
-        raise StructuredOutputError(f"integer_mode must be 'argmax' or 'expected', got {integer_mode!r}")
+    integer_mode = grammar.integer_mode
 
     class _Processor(LogitsProcessor):
         def __call__(self, input_ids, scores):

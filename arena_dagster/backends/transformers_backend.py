@@ -76,7 +76,8 @@ class TransformersBackend:
             from arena_dagster.backends.structured import ObjectGrammar
 
             self._grammar = ObjectGrammar(
-                tokenizer, self._fields, string_tokens=int(self.spec.options.get("structured_string_tokens", 64))
+                tokenizer, self._fields, string_tokens=int(self.spec.options.get("structured_string_tokens", 64)),
+                integer_mode=str(self.spec.options.get("structured_integers", "argmax")),
             )
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
@@ -124,10 +125,7 @@ class TransformersBackend:
 
             from arena_dagster.backends.structured import make_logits_processor
 
-            processor = make_logits_processor(
-                self._grammar, encoded["input_ids"].shape[1],
-                integer_mode=str(self.spec.options.get("structured_integers", "argmax")),
-            )
+            processor = make_logits_processor(self._grammar, encoded["input_ids"].shape[1])
             kwargs.update(logits_processor=LogitsProcessorList([processor]), max_new_tokens=self._grammar.max_new_tokens)
         started = time.perf_counter()
         with torch.inference_mode():

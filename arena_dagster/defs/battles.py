@@ -72,7 +72,7 @@ def responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckD
 )
 def judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     round_key = round_of(context)
-    judge = make_judge(arena.settings()["judge"])
+    judge = make_judge(arena.settings()["judge"], cache_path=arena.cache_path, home=arena.root)
     with duckdb.get_connection() as conn:
         answers = read_table(conn, "responses", round_key=round_key)
         prompts = read_table(conn, "prompt_pool", round_key=round_key)

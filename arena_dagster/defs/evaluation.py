@@ -77,7 +77,7 @@ def arena_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb:
 )
 def arena_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     round_key = round_of(context)
-    judge = make_judge(arena.settings()["judge"])
+    judge = make_judge(arena.settings()["judge"], cache_path=arena.cache_path, home=arena.root)
     with duckdb.get_connection() as conn:
         answers = read_table(conn, "arena_responses", round_key=round_key)
         testset = read_table(conn, "arena_testset")

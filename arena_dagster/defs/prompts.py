@@ -5,7 +5,14 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from arena_dagster.defs.common import OWNERS, ArenaHome, table_check_specs, table_result
-from arena_dagster.prompts.pools import curated_pool, raw_prompt_frame, testset_frame
+from arena_dagster.prompts.pools import (
+    REAL_SOURCES,
+    curated_pool,
+    raw_prompt_frame,
+    source_metadata,
+    testset_with_stats,
+    write_recorded_answers,
+)
 from arena_dagster.warehouse import read_table, write_table
 
 
@@ -18,9 +25,13 @@ from arena_dagster.warehouse import read_table, write_table
 )
 def raw_prompts(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     frame = raw_prompt_frame(arena.settings())
+    counts = source_metadata(arena.settings())
     with duckdb.get_connection() as conn:
         write_table(conn, "raw_prompts", frame)
-        return table_result(conn, "raw_prompts", None, {"source": arena.settings()["prompts"]["source"]})
+        return table_result(
+            conn, "raw_prompts", None,
+            {"source": arena.settings()["prompts"]["source"], **({"ingest": dg.MetadataValue.json(counts)} if counts else {})},
+        )
 
 
 @dg.asset(
@@ -33,8 +44,15 @@ def raw_prompts(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResul
         "and a hard part; versioned by a hash of its prompts."
     ),
 )
-def arena_testset(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    frame = testset_frame(arena.settings())
+def arena_testset(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    from arena_dagster.judging.judges import make_judge
+
+    settings = arena.settings()
+    frame, build = testset_with_stats(
+        settings,
+        judge_factory=lambda: make_judge(settings["judge"], cache_path=arena.cache_path, home=arena.root),
+        log=context.log.info,
+    )
     with duckdb.get_connection() as conn:
         write_table(conn, "arena_testset", frame)
         counts = frame.group_by("subset").len().to_dicts()
@@ -45,6 +63,7 @@ def arena_testset(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeRes
             {
                 "testset_version": frame["testset_version"][0],
                 "subsets": dg.MetadataValue.json({c["subset"]: c["len"] for c in counts}),
+                **({"build": dg.MetadataValue.json(build)} if build else {}),
             },
         )
 
@@ -69,6 +88,10 @@ def prompt_pool(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResul
         write_table(conn, "prompt_pool", pool)
         write_table(conn, "prompt_quarantine", quarantine)
         per_round = pool.group_by("round").len().sort("round")
+        recorded = {}
+        if arena.settings()["prompts"].get("source") in REAL_SOURCES:
+            # The recorded competitor answers by prompt id, from the pool's and the test set's rows.
+            recorded = write_recorded_answers(pool, testset, arena.folder("recorded"))
         return table_result(
             conn,
             "prompt_pool",
@@ -79,5 +102,6 @@ def prompt_pool(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResul
                 "removed_by_step": dg.MetadataValue.json(removed),
                 **{f"removed/{step}": count for step, count in removed.items()},
                 "rows_per_round": dg.MetadataValue.json({str(r): n for r, n in per_round.iter_rows()}),
+                **({"recorded_answers": dg.MetadataValue.json(recorded)} if recorded else {}),
             },
         )

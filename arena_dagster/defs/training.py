@@ -7,7 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from arena_dagster.defs.common import OWNERS, ArenaHome, round_of, round_partitions
-from arena_dagster.models import declared_models, declared_revision, trained_models_settings
+from arena_dagster.models import declared_models, declared_revision, prepare_model_config, trained_models_settings
 from arena_dagster.preferences.export import dpo_training_rows, export_dataset, sft_training_rows
 from arena_dagster.promotion import decide_promotion
 from arena_dagster.registry import (
@@ -83,7 +83,9 @@ def base_models(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
 
 
 def _register_declared_models(arena: ArenaHome, duckdb: DuckDBResource):
-    entries = declared_models(arena.settings()["models"])
+    # `{home}` paths resolved, GGUF weights converted once to an HF folder (servable and trainable).
+    entries = [(name, kind, prepare_model_config(config, arena.root))
+               for name, kind, config in declared_models(arena.settings()["models"])]
     with duckdb.get_connection() as conn:
         for name, kind, config in entries:
             register_model(

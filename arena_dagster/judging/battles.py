@@ -22,6 +22,8 @@ class JudgeItem:
     reference: str
     answer_a: str
     answer_b: str
+    # The conversation before the instruction (role/content dicts), for multi-turn prompts.
+    history: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,19 @@ class MissingResponseError(LookupError):
     pass
 
 
+def conversation_history(messages: object) -> tuple[dict[str, str], ...]:
+    """The turns before the last user turn of a prompt's `messages` (a list or its JSON text)."""
+    if not messages:
+        return ()
+    if isinstance(messages, str):
+        import json
+
+        messages = json.loads(messages)
+    turns = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]  # type: ignore[union-attr]
+    last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=len(turns))
+    return tuple(turns[:last_user])
+
+
 def judge_battles(
     battles: pl.DataFrame,
     responses: pl.DataFrame,
@@ -153,6 +168,7 @@ def judge_battles(
                     reference=prompt.get("reference") or "",
                     answer_a=a_text,
                     answer_b=b_text,
+                    history=conversation_history(prompt.get("messages")),
                 )
             )
     results: list[JudgeResult] = []

@@ -1,8 +1,16 @@
-"""Judges behind one interface: the verifier (embedded default) and, later, LLM judges."""
+"""Judges behind one interface: the verifier (embedded default) and LLM judges.
+
+`make_judge(config, cache_path=..., home=...)` builds the judge a profile's `judge:` section
+names: `kind: verifier` (the skills profile) or `kind: llm`, any model of the backend
+registry scoring both answers with a template of `assets/judge_templates/`.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from arena_dagster.judging.battles import Judge, JudgeItem, JudgeResult
 
@@ -47,8 +55,286 @@ class VerifierJudge:
         return results
 
 
-def make_judge(config: dict[str, Any]) -> Judge:
+STRUCTURED_BACKENDS = ("transformers", "openai")
+_LLM_KEYS = {
+    "kind", "name", "model", "template", "structured", "integers", "explanation_tokens", "retries",
+    "retry_suffix", "max_chars", "batch_size", "difficulty_template",
+}
+DEFAULT_RETRY_SUFFIX = "\n\n(Attempt {attempt}: your last reply could not be read. Reply with the JSON object only.)"
+
+
+def _clip(text: str, limit: int | None) -> str:
+    if not limit or len(text) <= limit:
+        return text
+    return text[:limit].rstrip() + " [...]"
+
+
+class LLMJudge:
+    """Pairwise 1-10 scores from a language model, generated through the cached backend layer.
+
+    Config (the profile's `judge:` section):
+      model              a model config of `arena_dagster.backends.registry` (backend, path, sampling, ...);
+                         a GGUF `transformers` model is converted once under `home/models/gguf/`
+      template           `pairwise_v1` (default), `pairwise_compact_v1`, `verdict_v1` or a YAML path
+      structured         auto (default: on for transformers and openai), on, off: a JSON schema
+                         enforced by the backend (OpenAI `response_format`; constrained decoding
+                         for transformers); `scores` templates only
+      integers           argmax (default) or expected: G-Eval probability-weighted scores
+                         (transformers constrained decoding)
+      explanation_tokens the longest explanation under constrained decoding (64)
+      retries            extra attempts for outputs that do not parse (2); each adds
+                         `retry_suffix` to the user message and moves the sampling seed, so the
+                         cache key differs; still failing: recorded with its raw text, parse_ok False
+      max_chars          {instruction, history, answer}: longer texts are cut (and marked) in the
+                         judge prompt, so one long answer cannot blow the context or the budget
+      batch_size         games per cached generation call (each call is committed to the cache)
+      difficulty_template  the template of `rate_difficulty` (difficulty_v1)
+    """
+
+    def __init__(self, config: dict[str, Any], *, cache_path: Path | str, home: Path | str | None = None) -> None:
+        from arena_dagster.backends.registry import model_spec_from_config
+        from arena_dagster.judging.llm_judge import judgment_json_schema, load_template
+        from arena_dagster.models import declared_revision, prepare_model_config
+
+        unknown = sorted(set(config) - _LLM_KEYS)
+        if unknown:
+            raise JudgeConfigError(f"judge: unknown settings {unknown} (known: {sorted(_LLM_KEYS)})")
+        model = config.get("model")
+        if not isinstance(model, dict):
+            raise JudgeConfigError("judge.model: a model config (backend, path, sampling ...) is required for kind 'llm'")
+        self.name = str(config.get("name") or "llm-judge")
+        self.template = load_template(config.get("template", "pairwise_v1"))
+        self.cache_path = Path(cache_path)
+        self.retries = int(config.get("retries", 2))
+        if self.retries < 0:
+            raise JudgeConfigError(f"judge.retries must be >= 0, got {self.retries}")
+        self.retry_suffix = str(config.get("retry_suffix", DEFAULT_RETRY_SUFFIX))
+        limits = dict(config.get("max_chars") or {})
+        self.max_chars = {k: limits.get(k) for k in ("instruction", "history", "answer")}
+        self.batch_size = int(config.get("batch_size", 8))
+        self.difficulty_template_name = str(config.get("difficulty_template", "difficulty_v1"))
+        prepared = prepare_model_config(model, Path(home)) if home is not None else dict(model)
+        backend = prepared.get("backend")
+        structured = config.get("structured", "auto")
+        if structured not in ("auto", "on", "off", True, False):
+            raise JudgeConfigError(f"judge.structured must be auto, on or off, got {structured!r}")
+        if structured == "auto":
+            structured = backend in STRUCTURED_BACKENDS and self.template.kind == "scores"
+        structured = structured in ("on", True)
+        if structured and self.template.kind != "scores":
+            raise JudgeConfigError(f"judge.structured: template {self.template.name!r} is a verdict template, not JSON")
+        if structured and backend not in STRUCTURED_BACKENDS:
+            raise JudgeConfigError(f"judge.structured: backend {backend!r} has no structured output here "
+                                   f"(use {' or '.join(STRUCTURED_BACKENDS)}, e.g. vLLM behind its OpenAI server)")
+        self.integers = str(config.get("integers", "argmax"))
+        if self.integers not in ("argmax", "expected"):
+            raise JudgeConfigError(f"judge.integers must be argmax or expected, got {self.integers!r}")
+        if self.integers == "expected" and not (structured and backend == "transformers"):
+            raise JudgeConfigError("judge.integers: expected needs structured output on the transformers backend")
+        explanation_tokens = int(config.get("explanation_tokens", 64))
+        self.structured = structured
+        self._model_config = prepared
+        self._structured_options: dict[str, Any] = {}
+        mode = "free"
+        if structured:
+            schema = {"type": "json_schema", "json_schema": {"name": "pairwise_judgment", "schema": judgment_json_schema()}}
+            self._structured_options = {"response_format": schema}
+            mode = "json"
+            if backend == "transformers":
+                self._structured_options.update(structured_string_tokens=explanation_tokens, structured_integers=self.integers)
+                mode = f"json-{self.integers}-{explanation_tokens}"
+        self.spec = model_spec_from_config(self.name, {**prepared, "revision": prepared.get("revision") or declared_revision(prepared)})
+        self.mode = mode
+        # Everything that changes the judge's output is in the cache key's template part.
+        self.version = f"{self.template.version}|{mode}|{json.dumps(self.max_chars, sort_keys=True)}"
+        self._backends: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ generation
+
+    def _backend(self, kind: str, options: dict[str, Any]):
+        from arena_dagster.backends.base import ModelSpec
+        from arena_dagster.backends.registry import make_backend
+
+        if kind not in self._backends:
+            spec = ModelSpec(**{**self.spec.__dict__, "options": {**self.spec.options, **options}})
+            self._backends[kind] = make_backend(spec)
+        return self._backends[kind]
+
+    def _generate(self, kind: str, options: dict[str, Any], requests: list, log: Callable[[str], None] | None = None):
+        from arena_dagster.backends.cache import CompletionCache
+        from arena_dagster.backends.generation import generate_cached
+
+        result = generate_cached(self._backend(kind, options), requests, CompletionCache(self.cache_path),
+                                 batch_size=self.batch_size, log=log)
+        return result.completions
+
+    def _requests(self, messages: list[tuple[dict[str, str], ...]], ids: list[str], attempt: int, version: str) -> list:
+        from dataclasses import replace
+
+        from arena_dagster.backends.base import ChatRequest
+
+        sampling = self.spec.sampling
+        suffix = ""
+        if attempt:
+            sampling = replace(sampling, seed=sampling.seed + attempt)
+            suffix = self.retry_suffix.format(attempt=attempt + 1)
+        requests = []
+        for request_id, chat in zip(ids, messages):
+            chat = tuple(chat)
+            if suffix:
+                last = dict(chat[-1])
+                last["content"] = last["content"] + suffix
+                chat = chat[:-1] + (last,)
+            requests.append(ChatRequest(request_id=request_id, messages=chat, sampling=sampling, template_version=version))
+        return requests
+
+    def _with_retries(self, kind: str, options: dict[str, Any], ids: list[str], messages: list, parse: Callable[[int, str], Any],
+                      version: str, log: Callable[[str], None] | None = None) -> list[tuple[Any, str, str, int]]:
+        """(parsed or None, raw text, error, attempts) per item; failures retried up to `retries` times."""
+        outcome: list[tuple[Any, str, str, int]] = [(None, "", "", 0)] * len(ids)
+        todo = list(range(len(ids)))
+        for attempt in range(self.retries + 1):
+            if not todo:
+                break
+            completions = self._generate(kind, options, self._requests([messages[i] for i in todo], [ids[i] for i in todo],
+                                                                         attempt, version), log)
+            still = []
+            for index, completion in zip(todo, completions):
+                try:
+                    outcome[index] = (parse(index, completion.text), completion.text, "", attempt + 1)
+                except ValueError as err:
+                    outcome[index] = (None, completion.text, str(err), attempt + 1)
+                    still.append(index)
+            todo = still
+        return outcome
+
+    # ------------------------------------------------------------------ judging
+
+    def messages_for(self, item: JudgeItem) -> tuple[dict[str, str], ...]:
+        from arena_dagster.judging.llm_judge import build_judge_messages
+
+        history = None
+        if item.history:
+            history = _clip("\n\n".join(f"{m['role'].upper()}: {m['content']}" for m in item.history), self.max_chars["history"])
+        return build_judge_messages(
+            self.template,
+            history=history,
+            instruction=_clip(item.prompt, self.max_chars["instruction"]),
+            answer_a=_clip(item.answer_a, self.max_chars["answer"]),
+            answer_b=_clip(item.answer_b, self.max_chars["answer"]),
+        )
+
+    def judge(self, items: Sequence[JudgeItem], log: Callable[[str], None] | None = None) -> list[JudgeResult]:
+        from arena_dagster.judging.llm_judge import parse_judgment
+
+        items = list(items)
+        messages = [self.messages_for(item) for item in items]
+        shown = [(_clip(i.answer_a, self.max_chars["answer"]), _clip(i.answer_b, self.max_chars["answer"])) for i in items]
+        ids = [f"{item.prompt_id}#{n}" for n, item in enumerate(items)]
+
+        def parse(index: int, text: str):
+            return parse_judgment(text, self.template, answers=shown[index])
+
+        results = []
+        for parsed, raw, error, attempts in self._with_retries("pairwise", self._structured_options, ids, messages, parse,
+                                                               self.version, log):
+            if parsed is None:
+                results.append(JudgeResult(None, None, "", raw, False, error=error, attempts=attempts))
+            else:
+                results.append(JudgeResult(parsed.score_a, parsed.score_b, parsed.explanation, raw, True, attempts=attempts))
+        return results
+
+    # ------------------------------------------------------------------ difficulty (the hard part of the test set)
+
+    def rate_difficulty(self, rows: Sequence[dict], log: Callable[[str], None] | None = None) -> list[float | None]:
+        """The judge's 0-10 difficulty of each prompt row (`prompt`, optional `messages`); None when unreadable."""
+        from arena_dagster.judging.battles import conversation_history
+        from arena_dagster.judging.llm_judge import request_nonce
+
+        template = load_difficulty_template(self.difficulty_template_name)
+        schema = {"type": "object", "properties": {"difficulty": {"type": "integer", "minimum": 0, "maximum": 10}},
+                  "required": ["difficulty"], "additionalProperties": False}
+        options: dict[str, Any] = {}
+        version = f"{template['version']}|free"
+        if self.structured:
+            options = {"response_format": {"type": "json_schema", "json_schema": {"name": "difficulty", "schema": schema}}}
+            version = f"{template['version']}|json"
+            if self.spec.backend == "transformers":
+                options.update(structured_string_tokens=1, structured_integers=self.integers)
+                version += f"-{self.integers}"
+        messages, ids = [], []
+        for n, row in enumerate(rows):
+            history = conversation_history(row.get("messages"))
+            history_text = _clip("\n\n".join(f"{m['role'].upper()}: {m['content']}" for m in history),
+                                 self.max_chars["history"]) if history else "(no earlier turns)"
+            instruction = _clip(str(row["prompt"]), self.max_chars["instruction"])
+            values = {"history": history_text, "instruction": instruction,
+                      "nonce": request_nonce(template["version"], history_text, instruction)}
+            messages.append((
+                {"role": "system", "content": _render(template["system"], values).strip()},
+                {"role": "user", "content": _render(template["user"], values).strip()},
+            ))
+            ids.append(f"difficulty#{n}")
+
+        def parse(_index: int, text: str) -> float:
+            return parse_difficulty(text)
+
+        return [parsed for parsed, _, _, _ in self._with_retries("difficulty", options, ids, messages, parse, version, log)]
+
+
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+def _render(text: str, values: dict[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def load_difficulty_template(name: str | Path) -> dict[str, str]:
+    """A difficulty template (`kind: difficulty`): system and user text with {{history}}, {{instruction}}, {{nonce}}."""
+    import hashlib
+
+    import yaml
+
+    from arena_dagster.judging.llm_judge import TEMPLATE_DIR
+
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        path = TEMPLATE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise JudgeConfigError(f"difficulty template {str(name)!r} not found at {path}")
+    text = path.read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict) or data.get("kind") != "difficulty" or not all(isinstance(data.get(k), str) for k in ("system", "user")):
+        raise JudgeConfigError(f"{path}: a difficulty template needs kind: difficulty and string system/user")
+    unknown = sorted(set(_PLACEHOLDER.findall(data["system"] + data["user"])) - {"history", "instruction", "nonce"})
+    if unknown:
+        raise JudgeConfigError(f"{path}: unknown placeholders {unknown}")
+    return {"system": data["system"], "user": data["user"],
+            "version": f"{data.get('name') or path.stem}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"}
+
+
+def parse_difficulty(text: str) -> float:
+    """The difficulty from `{"difficulty": 0-10}` (the last such object); ValueError when absent or out of range."""
+    found = None
+    for match in re.finditer(r"\{[^{}]*\}", text or ""):
+        try:
+            obj = json.loads(match.group(0))
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and "difficulty" in obj:
+            found = obj["difficulty"]
+    if isinstance(found, bool) or not isinstance(found, (int, float)) or not 0 <= found <= 10:
+        raise ValueError(f"no difficulty 0-10 in the judge output: {str(text)[:80]!r}")
+    return float(found)
+
+
+def make_judge(config: dict[str, Any], *, cache_path: Path | str | None = None, home: Path | str | None = None) -> Judge:
+    """The judge of a profile's `judge:` section; LLM judges need the completion cache's path."""
     kind = config.get("kind", "verifier")
     if kind == "verifier":
         return VerifierJudge(name=config.get("name", "verifier"))
-    raise JudgeConfigError(f"unknown judge kind {kind!r} (known: verifier)")
+    if kind == "llm":
+        if cache_path is None:
+            raise JudgeConfigError("an LLM judge generates through the completion cache: pass cache_path")
+        return LLMJudge(config, cache_path=cache_path, home=home)
+    raise JudgeConfigError(f"unknown judge kind {kind!r} (known: verifier, llm)")

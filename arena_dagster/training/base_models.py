@@ -59,11 +59,11 @@ DEFAULT_SKILLS_MODELS: dict = {
     # so a round costs the same whatever the number of harvested rows.
     "flywheel": {
         "sft": {
-            "hyperparams": {"max_steps": 150, "batch_size": 32, "learning_rate": 2e-3},
+            "hyperparams": {"max_steps": 120, "batch_size": 32, "learning_rate": 2e-3},
             "replay_rows": 400,  # rows of the initial target's training data mixed into every SFT round
         },
         "dpo": {
-            "hyperparams": {"max_steps": 40, "batch_size": 16, "learning_rate": 1e-4, "beta": 0.1},
+            "hyperparams": {"max_steps": 30, "batch_size": 16, "learning_rate": 1e-4, "beta": 0.1, "logging_steps": 10},
         },
     },
 }
