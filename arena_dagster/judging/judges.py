@@ -58,7 +58,7 @@ class VerifierJudge:
 STRUCTURED_BACKENDS = ("transformers", "openai")
 _LLM_KEYS = {
     "kind", "name", "model", "template", "structured", "integers", "explanation_tokens", "retries",
-    "retry_suffix", "max_chars", "batch_size", "difficulty_template",
+    "retry_suffix", "max_chars", "batch_size", "difficulty_template", "field_order",
 }
 DEFAULT_RETRY_SUFFIX = "\n\n(Attempt {attempt}: your last reply could not be read. Reply with the JSON object only.)"
 
@@ -82,6 +82,10 @@ class LLMJudge:
       integers           argmax (default) or expected: G-Eval probability-weighted scores
                          (transformers constrained decoding)
       explanation_tokens the longest explanation under constrained decoding (64)
+      field_order        the order of the JSON fields under structured output (default explanation,
+                         score_a, score_b: reason first). A 135M judge copies score_a into an
+                         adjacent score_b: measured on 24 ShareGPT games, [explanation, score_a,
+                         score_b] gave 0 games with different scores, [score_a, explanation, score_b] 8
       retries            extra attempts for outputs that do not parse (2); each adds
                          `retry_suffix` to the user message and moves the sampling seed, so the
                          cache key differs; still failing: recorded with its raw text, parse_ok False
@@ -136,13 +140,20 @@ class LLMJudge:
         self._model_config = prepared
         self._structured_options: dict[str, Any] = {}
         mode = "free"
+        base_schema = judgment_json_schema()
+        order = list(config.get("field_order") or base_schema["properties"])
+        if sorted(order) != sorted(base_schema["properties"]):
+            raise JudgeConfigError(f"judge.field_order must order {sorted(base_schema['properties'])}, got {order}")
+        base_schema = {**base_schema, "properties": {k: base_schema["properties"][k] for k in order}, "required": order}
         if structured:
-            schema = {"type": "json_schema", "json_schema": {"name": "pairwise_judgment", "schema": judgment_json_schema()}}
+            schema = {"type": "json_schema", "json_schema": {"name": "pairwise_judgment", "schema": base_schema}}
             self._structured_options = {"response_format": schema}
             mode = "json"
             if backend == "transformers":
                 self._structured_options.update(structured_string_tokens=explanation_tokens, structured_integers=self.integers)
                 mode = f"json-{self.integers}-{explanation_tokens}"
+            if order != list(judgment_json_schema()["properties"]):
+                mode += "-" + ",".join(order)
         self.spec = model_spec_from_config(self.name, {**prepared, "revision": prepared.get("revision") or declared_revision(prepared)})
         self.mode = mode
         # Everything that changes the judge's output is in the cache key's template part.

@@ -134,6 +134,8 @@ def _source_rows(key: str) -> tuple[list[dict], list[dict], dict[str, Any]]:
             filters["prompt_too_long"] = filters.get("prompt_too_long", 0) + 1
         elif settings.get("max_answer_chars") and isinstance(answer, str) and len(answer) > int(settings["max_answer_chars"]):
             filters["answer_too_long"] = filters.get("answer_too_long", 0) + 1
+        elif settings.get("max_conversation_chars") and sum(len(m["content"]) for m in row["messages"]) > int(settings["max_conversation_chars"]):
+            filters["conversation_too_long"] = filters.get("conversation_too_long", 0) + 1
         else:
             kept.append(row)
     stats["filtered"] = filters
