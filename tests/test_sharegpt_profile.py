@@ -34,7 +34,7 @@ def test_profile_declares_its_models_and_trains_from_flywheel_settings_only():
     settings = trained_models_settings(profile)
     assert "competitors" not in settings and "initial_target" not in settings
     flywheel = resolve_profile(settings)["flywheel"]  # the skills defaults' shape, this profile's sizes
-    assert flywheel["sft"]["max_steps"] == 4 and flywheel["dpo"]["max_steps"] == 2
+    assert flywheel["sft"]["hyperparams"]["max_steps"] == 4 and flywheel["dpo"]["hyperparams"]["max_steps"] == 2
     # The skills profile keeps passing its whole models section through.
     assert "initial_target" in trained_models_settings(load_profile("skills"))
 
@@ -136,10 +136,12 @@ def test_unknown_source_and_bad_split_are_clear_errors(tmp_path):
 
 @needs_sharegpt
 @needs_mtbench
-def test_prompts_group_materializes_with_step_counts(tmp_path):
+def test_prompts_group_materializes_with_step_counts(tmp_path, monkeypatch):
     from arena_dagster import cli
     from arena_dagster.defs import build_definitions
 
+    for key in ("ARENA_HOME", "ARENA_PROFILE", "DAGSTER_HOME"):  # restored after the test
+        monkeypatch.setenv(key, "")
     cli.prepare_environment(tmp_path, "sharegpt_smoke")
     defs = build_definitions(str(tmp_path), "sharegpt_smoke")
     result = dg.materialize(
