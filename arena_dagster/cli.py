@@ -36,10 +36,17 @@ def read_leaderboards(home: Path) -> list[dict[str, Any]]:
         tables = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if "leaderboard" not in tables:
             return []
-        frame = conn.execute(
-            "SELECT round, model, role, kind, rating, ci_low, ci_high, rank, battles, testset_version "
-            "FROM leaderboard ORDER BY round, rating DESC"
-        ).pl()
+        if "leaderboard_history" in tables:
+            # With each round's promotion decision (difference to the incumbent and its interval).
+            frame = conn.execute(
+                "SELECT round, model, role, kind, stage, rating, ci_low, ci_high, rank, battles, testset_version, "
+                "promoted, diff_vs_incumbent, diff_ci_low, diff_ci_high FROM leaderboard_history ORDER BY round, rating DESC"
+            ).pl()
+        else:
+            frame = conn.execute(
+                "SELECT round, model, role, kind, rating, ci_low, ci_high, rank, battles, testset_version "
+                "FROM leaderboard ORDER BY round, rating DESC"
+            ).pl()
     finally:
         conn.close()
     return frame.to_dicts()
@@ -47,12 +54,16 @@ def read_leaderboards(home: Path) -> list[dict[str, Any]]:
 
 def format_leaderboard(rows: list[dict[str, Any]], round_key: int | None = None) -> str:
     chosen = [r for r in rows if round_key is None or r["round"] == round_key]
-    lines = [f"{'round':>5} {'rank':>4}  {'model':<24} {'rating':>8}  {'95% CI':<19} {'battles':>7}  role"]
+    lines = [f"{'round':>5} {'rank':>4}  {'model':<24} {'rating':>8}  {'95% CI':<19} {'battles':>7}  {'kind':<10} gate"]
     for r in chosen:
         ci = f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
+        gate = ""
+        if r.get("diff_vs_incumbent") is not None:
+            gate = (f"{'promoted' if r['promoted'] else 'rejected'}: {r['diff_vs_incumbent']:+.1f} "
+                    f"[{r['diff_ci_low']:+.1f}, {r['diff_ci_high']:+.1f}] vs target")
         lines.append(
             f"{r['round']:>5} {r['rank']:>4}  {r['model']:<24} {r['rating']:>8.1f}  {ci:<19} {r['battles']:>7}  "
-            f"{r['role']}{' (' + r['kind'] + ')' if r.get('kind') and r['kind'] != r['role'] else ''}"
+            f"{r.get('kind') or r['role']:<10} {gate}".rstrip()
         )
     return "\n".join(lines)
 

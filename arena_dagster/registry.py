@@ -14,7 +14,7 @@ from arena_dagster.warehouse import read_frame, table_exists
 REGISTRY_DDL = """
 CREATE TABLE IF NOT EXISTS model_registry (
     model VARCHAR PRIMARY KEY,
-    kind VARCHAR NOT NULL,          -- competitor | initial | sft | dpo | rl
+    kind VARCHAR NOT NULL,          -- competitor | initial | sft | dpo | reward | rl
     round BIGINT NOT NULL,
     path VARCHAR NOT NULL,
     revision VARCHAR NOT NULL,      -- content hash that keys every cached answer of the model
@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS promotions (
 )
 """
 
+# Columns added after the first release; homes created before them gain them on first use.
+PROMOTION_GATE_COLUMNS = {"diff": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "margin": "DOUBLE", "gate": "VARCHAR"}
+
 
 class RegistryError(LookupError):
     pass
@@ -47,6 +50,8 @@ class RegistryError(LookupError):
 def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(REGISTRY_DDL)
     conn.execute(PROMOTIONS_DDL)
+    for column, kind in PROMOTION_GATE_COLUMNS.items():
+        conn.execute(f"ALTER TABLE promotions ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
 def register_model(
@@ -99,6 +104,19 @@ def round_checkpoint(conn: duckdb.DuckDBPyConnection, kind: str, round_key: int)
     return frame.row(0, named=True)
 
 
+def resolve_skipped(conn: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> dict[str, Any]:
+    """The model a registry row really is: a skipped stage (no data that round) is its parent."""
+    seen = set()
+    while json.loads(row.get("manifest") or "{}").get("skipped") and row.get("parent") and row["model"] not in seen:
+        seen.add(row["model"])
+        row = get_model(conn, row["parent"])
+    return row
+
+
+def is_skipped(row: dict[str, Any]) -> bool:
+    return bool(json.loads(row.get("manifest") or "{}").get("skipped"))
+
+
 def current_target(conn: duckdb.DuckDBPyConnection, round_key: int) -> dict[str, Any]:
     """The model that plays the target in `round_key`: the last promotion before it, else the initial target."""
     ensure_tables(conn)
@@ -115,19 +133,21 @@ def current_target(conn: duckdb.DuckDBPyConnection, round_key: int) -> dict[str,
 
 def record_promotion(conn: duckdb.DuckDBPyConnection, round_key: int, decision: dict[str, Any]) -> None:
     ensure_tables(conn)
+    values = {
+        "round": round_key,
+        "candidate": decision["candidate"],
+        "incumbent": decision["incumbent"],
+        "promoted": decision["promoted"],
+        "new_target": decision["new_target"],
+        "candidate_rating": decision.get("candidate_rating"),
+        "incumbent_rating": decision.get("incumbent_rating"),
+        "reason": decision["reason"],
+        "decided_at": datetime.now(timezone.utc),
+        **{column: decision.get(column) for column in PROMOTION_GATE_COLUMNS},
+    }
+    columns = ", ".join(values)
     conn.execute(
-        "INSERT OR REPLACE INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            round_key,
-            decision["candidate"],
-            decision["incumbent"],
-            decision["promoted"],
-            decision["new_target"],
-            decision.get("candidate_rating"),
-            decision.get("incumbent_rating"),
-            decision["reason"],
-            datetime.now(timezone.utc),
-        ],
+        f"INSERT OR REPLACE INTO promotions ({columns}) VALUES ({', '.join('?' for _ in values)})", list(values.values())
     )
 
 

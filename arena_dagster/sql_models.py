@@ -1,10 +1,14 @@
 """A small dbt-like runner: one SELECT per file in dbt_like_sql/, refs read from the Jinja AST.
 
 A model file may start with `--` header lines; `-- group: NAME` sets its asset group,
-`-- key: col1, col2` names the columns that identify a row (checked for uniqueness), and
+`-- key: col1, col2` names the columns that identify a row (checked for uniqueness),
+`-- stages: sft, dpo, rl` makes one model per training stage (named `<stage>_<file>`), and
 the other header lines form its description. `{{ ref('table') }}` names an upstream table,
-`{{ var('name') }}` a profile setting, and `{{ round }}` the flywheel round being built.
+`{{ stage_ref('table') }}` the current stage's copy of one (`<stage>_table`), `{{ stage }}`
+the stage, `{{ var('name') }}` a profile setting, and `{{ round }}` the round being built.
 Macros live in dbt_like_sql/macros/ and are imported like any Jinja template.
+Views over the warehouse (dbt_like_sql/views/, plain SELECTs) are always current and carry
+no round; `create_views` (re)creates them.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import duckdb
 import jinja2
 from jinja2 import nodes
 
+from arena_dagster.config import resource_dir
 from arena_dagster.warehouse import column_schema, quote_ident, table_exists
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "dbt_like_sql"
+SQL_DIR = resource_dir("dbt_like_sql")
 
 
 class SqlModelError(ValueError):
@@ -36,6 +41,7 @@ class SqlModel:
     key: tuple[str, ...]
     description: str
     vars: tuple[str, ...] = field(default=())
+    stage: str | None = None
 
 
 def _environment(sql_dir: Path) -> jinja2.Environment:
@@ -56,8 +62,8 @@ def _called_names(tree: nodes.Node, function: str) -> list[str]:
     return found
 
 
-def _header(sql: str) -> tuple[str, tuple[str, ...], str]:
-    group, key, lines = "", (), []
+def _header(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...], str]:
+    group, key, stages, lines = "", (), (), []
     for line in sql.splitlines():
         if not line.startswith("--"):
             break
@@ -66,9 +72,11 @@ def _header(sql: str) -> tuple[str, tuple[str, ...], str]:
             group = text.split(":", 1)[1].strip()
         elif text.startswith("key:"):
             key = tuple(c.strip() for c in text.split(":", 1)[1].split(",") if c.strip())
+        elif text.startswith("stages:"):
+            stages = tuple(c.strip() for c in text.split(":", 1)[1].split(",") if c.strip())
         else:
             lines.append(text)
-    return group, key, " ".join(lines).strip()
+    return group, key, stages, " ".join(lines).strip()
 
 
 def load_models(sql_dir: Path = SQL_DIR) -> dict[str, SqlModel]:
@@ -80,19 +88,26 @@ def load_models(sql_dir: Path = SQL_DIR) -> dict[str, SqlModel]:
             tree = env.parse(sql)
         except jinja2.TemplateSyntaxError as exc:
             raise SqlModelError(f"{path.name}: {exc}") from exc
-        group, key, description = _header(sql)
+        group, key, stages, description = _header(sql)
         if not group:
             raise SqlModelError(f"{path.name}: missing '-- group: NAME' header")
-        models[path.stem] = SqlModel(
-            name=path.stem,
-            path=path,
-            sql=sql,
-            refs=tuple(dict.fromkeys(_called_names(tree, "ref"))),
-            group=group,
-            key=key,
-            description=description,
-            vars=tuple(dict.fromkeys(_called_names(tree, "var"))),
-        )
+        refs = list(dict.fromkeys(_called_names(tree, "ref")))
+        stage_refs = list(dict.fromkeys(_called_names(tree, "stage_ref")))
+        if stage_refs and not stages:
+            raise SqlModelError(f"{path.name}: stage_ref() needs a '-- stages: ...' header")
+        for stage in stages or (None,):
+            name = f"{stage}_{path.stem}" if stage else path.stem
+            models[name] = SqlModel(
+                name=name,
+                path=path,
+                sql=sql,
+                refs=tuple(refs + [f"{stage}_{r}" for r in stage_refs]),
+                group=group,
+                key=key,
+                description=f"{description} (stage {stage})" if stage else description,
+                vars=tuple(dict.fromkeys(_called_names(tree, "var"))),
+                stage=stage,
+            )
     for model in models.values():
         if model.name in model.refs:
             raise SqlModelError(f"{model.name}: a model cannot ref itself")
@@ -105,8 +120,21 @@ def render(model: SqlModel, *, round_key: int, variables: Mapping[str, Any], sql
             raise SqlModelError(f"{model.name}: var({name!r}) is not set in the profile")
         return variables[name]
 
+    def stage_ref(name: str) -> str:
+        return quote_ident(f"{model.stage}_{name}")
+
     template = _environment(sql_dir).from_string(model.sql)
-    return template.render(ref=quote_ident, var=var, round=int(round_key))
+    return template.render(ref=quote_ident, stage_ref=stage_ref, stage=model.stage, var=var, round=int(round_key))
+
+
+def create_views(conn: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[str]:
+    """(Re)create every view in `sql_dir/views`; returns their names."""
+    names = []
+    for path in sorted((sql_dir / "views").glob("*.sql")):
+        select = path.read_text().strip().rstrip(";")
+        conn.execute(f"CREATE OR REPLACE VIEW {quote_ident(path.stem)} AS {select}")
+        names.append(path.stem)
+    return names
 
 
 @dataclass

@@ -21,7 +21,8 @@ from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, 
 from arena_dagster.backends.transformers_backend import TransformersBackend
 from arena_dagster.judging.verifier import judge_pair
 from arena_dagster.prompts.skills import FAMILIES, make_items
-from arena_dagster.training.base_models import build_base_models, chat_row, resolve_profile, round_training_specs, write_jsonl
+from arena_dagster.training.base_models import build_base_models, chat_row, resolve_profile, write_jsonl
+from arena_dagster.training.stages import stage_training_spec
 from arena_dagster.training.runner import run_training
 
 SAMPLING = SamplingParams(max_tokens=24)
@@ -156,14 +157,13 @@ def main() -> None:
             sft_rows = dict(accumulated)
         sft_path = write_jsonl(round_dir / "sft.jsonl", sft_rows.values())
         dpo_path = write_jsonl(round_dir / "dpo.jsonl", dpo_rows.values())
-        sft_spec, dpo_spec = round_training_specs(
-            round_key=round_key,
-            target_model=target_path,
-            sft_dataset=sft_path,
-            dpo_dataset=dpo_path,
-            output_root=round_dir,
-            replay_dataset=base["replay_dataset"],
-            profile=profile,
+        sft_spec = stage_training_spec(
+            "sft", round_key=round_key, base_model=target_path, dataset=sft_path, output_dir=round_dir / f"sft_r{round_key}",
+            models_settings=profile, locally_built=True, replay_dataset=base["replay_dataset"],
+        )
+        dpo_spec = stage_training_spec(
+            "dpo", round_key=round_key, base_model=sft_spec["output_dir"], dataset=dpo_path,
+            output_dir=round_dir / f"dpo_r{round_key}", models_settings=profile, locally_built=True,
         )
         t = time.time()
         sft_manifest = run_training(sft_spec, log=log)

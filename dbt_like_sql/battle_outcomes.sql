@@ -1,6 +1,7 @@
 -- group: battles
 -- key: battle_id
--- Training battles of a round (target vs each competitor on the round's slice), the two
--- judge games combined into win/loss/tie. model_a is always the round's target.
+-- stages: sft, dpo, rl
+-- Training battles of a round's stage (the stage's target vs each competitor on the stage's
+-- slice), the two judge games combined into win/loss/tie. model_a is always the target.
 {% import 'macros/two_game.sql' as games with context %}
-{{ games.two_game(ref('judgments'), var('tie_margin')) }}
+{{ games.two_game(stage_ref('judgments'), var('tie_margin')) }}

@@ -1,13 +1,14 @@
 -- group: battles
 -- key: judge
+-- stages: sft, dpo, rl
 -- Judge health of a round's training battles, per judge: parse failures, two-game flips,
--- first-position wins, longer-answer wins and ties. Checks on it gate the training stage.
+-- first-position wins, longer-answer wins and ties. Checks on it gate the stage's training.
 WITH judged AS (
     SELECT j.*, ra.response AS text_a, rb.response AS text_b
-    FROM {{ ref('judgments') }} AS j
-    LEFT JOIN {{ ref('responses') }} AS ra
+    FROM {{ stage_ref('judgments') }} AS j
+    LEFT JOIN {{ stage_ref('responses') }} AS ra
       ON ra.round = j.round AND ra.prompt_id = j.prompt_id AND ra.model = j.model_a
-    LEFT JOIN {{ ref('responses') }} AS rb
+    LEFT JOIN {{ stage_ref('responses') }} AS rb
       ON rb.round = j.round AND rb.prompt_id = j.prompt_id AND rb.model = j.model_b
     WHERE j.round = {{ round }}
 ),
@@ -15,7 +16,7 @@ decided AS (
     SELECT * FROM judged WHERE parse_ok AND score_a <> score_b
 ),
 battles AS (
-    SELECT * FROM {{ ref('battle_outcomes') }} WHERE round = {{ round }}
+    SELECT * FROM {{ stage_ref('battle_outcomes') }} WHERE round = {{ round }}
 ),
 per_judge AS (
     SELECT judge, count(*) AS judgments, avg(CASE WHEN parse_ok THEN 0.0 ELSE 1.0 END) AS parse_failure_rate

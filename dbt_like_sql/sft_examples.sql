@@ -1,14 +1,15 @@
 -- group: preferences
 -- key: prompt_id
--- SFT data of a round: prompts the target lost, answered by the best winning competitor,
--- where the winner scored at least sft_min_winner_score and won by at least sft_min_margin.
+-- SFT data of a round (battles of the sft slice): prompts the target lost, answered by the
+-- best winning competitor, where the winner scored at least sft_min_winner_score and won by
+-- at least sft_min_margin.
 WITH lost AS (
     SELECT
         o.*,
         row_number() OVER (
             PARTITION BY o.prompt_id ORDER BY o.score_b DESC, o.margin DESC, o.model_b
         ) AS pick
-    FROM {{ ref('battle_outcomes') }} AS o
+    FROM {{ ref('sft_battle_outcomes') }} AS o
     WHERE o.round = {{ round }}
       AND o.winner = 'model_b'
       AND o.margin >= {{ var('sft_min_margin') }}
@@ -19,6 +20,7 @@ SELECT
     sha256(concat_ws('|', 'sft', l.round, l.prompt_id, l.battle_id)) AS example_id,
     l.prompt_id,
     p.prompt,
+    p.messages,
     r.response AS response,
     l.model_b AS winner_model,
     l.model_a AS target_model,
@@ -33,6 +35,6 @@ SELECT
     l.judge
 FROM lost AS l
 JOIN {{ ref('prompt_pool') }} AS p ON p.prompt_id = l.prompt_id
-JOIN {{ ref('responses') }} AS r
+JOIN {{ ref('sft_responses') }} AS r
   ON r.round = l.round AND r.prompt_id = l.prompt_id AND r.model = l.model_b
 WHERE l.pick = 1

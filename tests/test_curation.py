@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from arena_dagster.prompts.curation import (
@@ -367,3 +368,23 @@ def test_curate_cli_bad_input_exits_2(tmp_path, capsys):
     assert main([str(Path(__file__).parent / "data" / "prompts_mixed.jsonl"), "--out", str(tmp_path / "o.jsonl"),
                  "--set", "min_chars"]) == 2
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_rebuilt_pool_keeps_started_rounds_and_dedups_new_prompts_against_them():
+    from arena_dagster.config import load_profile
+    from arena_dagster.prompts.pools import curated_pool, raw_prompt_frame, testset_frame
+
+    profile = load_profile("skills_smoke")
+    raw = raw_prompt_frame(profile)
+    testset = testset_frame(profile)
+    first, _, _ = curated_pool(raw.head(250), testset, profile)
+    assert set(first["round"].to_list()) == {1, 2} and set(first["stage"].to_list()) == {"sft", "dpo", "rl"}
+    frozen = first.filter(pl.col("round") == 1)
+    # More raw data arrives after round 1 ran: round 1 must not move, and nothing in it may come back.
+    rebuilt, removed, quarantine = curated_pool(raw, testset, profile, frozen=frozen)
+    assert rebuilt.filter(pl.col("round") == 1).sort("prompt_id").equals(frozen.sort("prompt_id"))
+    assert rebuilt["prompt_id"].n_unique() == rebuilt.height
+    assert removed["previous_rounds"] == frozen.height  # every raw row of round 1 is seen again and dropped
+    assert set(rebuilt["round"].to_list()) == {1, 2}
+    assert rebuilt.filter(pl.col("round") == 2).height > first.filter(pl.col("round") == 2).height
+    assert quarantine.filter(pl.col("step") == "previous_rounds").height == frozen.height

@@ -14,18 +14,28 @@ def test_definitions_load_with_groups_checks_and_schedule(tmp_path):
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string(): graph.get(k) for k in graph.get_all_asset_keys()}
     assert {node.group_name for node in keys.values()} == GROUPS
-    for name in ("raw_prompts", "prompt_pool", "arena_testset", "responses", "judgments", "battle_outcomes",
-                 "judge_health", "sft_examples", "dpo_pairs", "sft_checkpoint", "dpo_checkpoint", "target_model",
+    stage_tables = {f"{stage}_{table}" for stage in ("sft", "dpo", "rl")
+                    for table in ("responses", "judgments", "battle_outcomes", "judge_health")}
+    for name in ("raw_prompts", "prompt_pool", "arena_testset", *stage_tables, "sft_examples", "dpo_pairs",
+                 "reward_pairs", "sft_checkpoint", "dpo_checkpoint", "reward_model", "rl_checkpoint", "target_model",
                  "arena_responses", "arena_judgments", "arena_battles", "leaderboard"):
         assert name in keys, name
         assert keys[name].description, name
     # Every warehouse table has checks; the SQL models' deps come from their refs.
     checked = {key.asset_key.to_user_string() for key in graph.asset_check_keys}
-    tables = {"raw_prompts", "arena_testset", "prompt_pool", "responses", "judgments", "battle_outcomes",
-              "judge_health", "sft_examples", "dpo_pairs", "arena_responses", "arena_judgments", "arena_battles",
-              "leaderboard"}
+    tables = {"raw_prompts", "arena_testset", "prompt_pool", *stage_tables, "sft_examples", "dpo_pairs", "reward_pairs",
+              "arena_responses", "arena_judgments", "arena_battles", "leaderboard", "reward_model"}
     assert tables <= checked
-    assert {p.to_user_string() for p in keys["sft_examples"].parent_keys} == {"battle_outcomes", "prompt_pool", "responses"}
+    assert {p.to_user_string() for p in keys["sft_examples"].parent_keys} == {"sft_battle_outcomes", "prompt_pool", "sft_responses"}
+
+    def parents(name):
+        return {p.to_user_string() for p in keys[name].parent_keys}
+
+    # The stage schedule as asset dependencies: each stage battles with the previous stage's checkpoint.
+    assert "sft_checkpoint" in parents("dpo_responses") and "dpo_checkpoint" in parents("rl_responses")
+    assert {"sft_judge_health", "sft_examples"} <= parents("sft_checkpoint")
+    assert {"reward_model", "dpo_checkpoint"} <= parents("rl_checkpoint")
+    assert {"sft_checkpoint", "dpo_checkpoint", "rl_checkpoint"} <= parents("arena_responses")
     schedule = defs.resolve_schedule_def("nightly_flywheel")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert schedule.job_name == "flywheel_round"

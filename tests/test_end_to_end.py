@@ -1,4 +1,4 @@
-"""One small flywheel, for real: setup, round 0 and round 1 through dagster.materialize."""
+"""One small flywheel, for real: setup, round 0 and round 1 (SFT, DPO, reward model, RL) through dagster.materialize."""
 
 from __future__ import annotations
 
@@ -44,7 +44,12 @@ def test_round_one_produces_data_checkpoints_and_a_leaderboard(flywheel_home):
     rounds = {r["round"] for r in rows}
     assert rounds == {0, 1}
     targets = {r["round"]: r for r in rows if r["role"] == "target"}
-    assert targets[0]["model"] == "target-I0" and targets[1]["model"] == "DPO-I1"
+    assert targets[0]["model"] == "target-I0" and targets[1]["model"] == "RL-I1"
+    # Every stage's checkpoint is on the round's leaderboard, with the rating it reached.
+    round_one = {r["model"]: r for r in rows if r["round"] == 1}
+    assert {"SFT-I1", "DPO-I1", "RL-I1", "target-I0"} <= set(round_one)
+    assert (round_one["SFT-I1"]["stage"], round_one["DPO-I1"]["stage"], round_one["RL-I1"]["stage"]) == ("sft", "dpo", "rl")
+    assert round_one["target-I0"]["kind"] == "incumbent" and round_one["RL-I1"]["kind"] == "candidate"
     for row in rows:
         assert row["ci_low"] <= row["rating"] <= row["ci_high"] and row["battles"] > 0
 
@@ -54,24 +59,38 @@ def test_lineage_from_checkpoint_to_judgments(flywheel_home):
 
     home, _ = flywheel_home
     conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
-    dpo = conn.execute("SELECT parent, dataset_hash, manifest FROM model_registry WHERE model = 'DPO-I1'").fetchone()
-    assert dpo[0] == "SFT-I1"
-    sft_parent = conn.execute("SELECT parent FROM model_registry WHERE model = 'SFT-I1'").fetchone()[0]
-    assert sft_parent == "target-I0"
+    parents = dict(conn.execute("SELECT model, parent FROM model_registry WHERE round = 1").fetchall())
+    assert parents == {"SFT-I1": "target-I0", "DPO-I1": "SFT-I1", "RM-I1": "DPO-I1", "RL-I1": "DPO-I1"}
+    rm = json.loads(conn.execute("SELECT manifest FROM model_registry WHERE model = 'RM-I1'").fetchone()[0])
+    # The reward model ranks held-out pairs (prompts it never saw) above chance.
+    assert rm["metrics"]["eval_pairs"] >= 10 and rm["metrics"]["eval_accuracy"] > 0.5, rm["metrics"]
+    rl = json.loads(conn.execute("SELECT manifest FROM model_registry WHERE model = 'RL-I1'").fetchone()[0])
+    assert rl["stage"] == "rl" and rl["reward_model"].endswith("RM-I1")
+    # Each stage battled with the previous stage's checkpoint on its own slice.
+    targets = dict(conn.execute(
+        "SELECT 'sft', min(model) FROM sft_responses WHERE role = 'target' UNION ALL "
+        "SELECT 'dpo', min(model) FROM dpo_responses WHERE role = 'target' UNION ALL "
+        "SELECT 'rl', min(model) FROM rl_responses WHERE role = 'target'").fetchall())
+    assert targets == {"sft": "target-I0", "dpo": "SFT-I1", "rl": "DPO-I1"}
+    overlap = conn.execute("SELECT count(*) FROM sft_responses s JOIN dpo_responses d USING (prompt_id)").fetchone()[0]
+    assert overlap == 0
     # An SFT row leads back to its battle, both judge games and both responses.
     row = conn.execute(
         """
         SELECT s.prompt_id, count(DISTINCT j.judgment_id), count(DISTINCT r.response_id)
         FROM sft_examples s
-        JOIN judgments j ON j.judgment_id IN (s.judgment_1_id, s.judgment_2_id)
-        JOIN responses r ON r.response_id IN (s.winner_response_id, s.target_response_id)
+        JOIN sft_judgments j ON j.judgment_id IN (s.judgment_1_id, s.judgment_2_id)
+        JOIN sft_responses r ON r.response_id IN (s.winner_response_id, s.target_response_id)
         GROUP BY s.prompt_id LIMIT 1
         """
     ).fetchone()
     assert row is not None, "the weak initial target lost no battle: no SFT rows"
     assert row[1] == 2 and row[2] == 2
-    decision = conn.execute("SELECT candidate, incumbent, promoted FROM promotions WHERE round = 1").fetchone()
-    assert decision[0] == "DPO-I1" and decision[1] == "target-I0"
+    decision = conn.execute("SELECT candidate, incumbent, diff, ci_low, ci_high FROM promotions WHERE round = 1").fetchone()
+    assert decision[0] == "RL-I1" and decision[1] == "target-I0" and decision[3] <= decision[2] <= decision[4]
+    history = conn.execute("SELECT model, stage, diff_vs_incumbent FROM leaderboard_history WHERE round = 1").fetchall()
+    assert {m for m, _, _ in history} >= {"SFT-I1", "DPO-I1", "RL-I1"}
+    assert [d for m, _, d in history if m == "RL-I1"] == [decision[2]]
     conn.close()
 
 

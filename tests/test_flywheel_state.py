@@ -49,13 +49,55 @@ def test_current_target_follows_promotions():
     assert current_target(conn, 3)["model"] == "DPO-I1"
 
 
-def test_promotion_gate():
-    board = pl.DataFrame({"model": ["new", "old", "c"], "rating": [1050.0, 1000.0, 990.0]})
-    assert decide_promotion(board, candidate="new", incumbent="old")["promoted"] is True
-    assert decide_promotion(board, candidate="new", incumbent="old", margin=60)["new_target"] == "old"
-    assert decide_promotion(board, candidate="c", incumbent="old")["promoted"] is False
-    with pytest.raises(ValueError, match="not on the leaderboard"):
-        decide_promotion(board, candidate="missing", incumbent="old")
+def arena_battles(candidate_wins: float, prompts: int = 120, seed: int = 0) -> pl.DataFrame:
+    """Round-robin battles of cand, inc, c1, c2: cand beats inc on `candidate_wins` of the prompts."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for k in range(prompts):
+        q = f"q{k}"
+        rows.append({"model_a": "cand", "model_b": "inc", "winner": "model_a" if rng.random() < candidate_wins else "model_b", "question_id": q})
+        for x, y in (("cand", "c1"), ("inc", "c1"), ("cand", "c2"), ("inc", "c2"), ("c1", "c2")):
+            rows.append({"model_a": x, "model_b": y, "winner": rng.choice(["model_a", "model_b", "tie"]), "question_id": q})
+    return pl.DataFrame(rows)
+
+
+def test_promotion_gate_promotes_a_clearly_better_candidate():
+    decision = decide_promotion(arena_battles(0.8), candidate="cand", incumbent="inc", bootstrap=100)
+    assert decision["promoted"] is True and decision["new_target"] == "cand"
+    assert decision["ci_low"] > 0 and decision["ci_low"] <= decision["diff"] <= decision["ci_high"]
+    # The same evidence does not clear a margin above its lower bound.
+    strict = decide_promotion(arena_battles(0.8), candidate="cand", incumbent="inc", bootstrap=100, margin=decision["ci_low"] + 1)
+    assert strict["promoted"] is False and strict["new_target"] == "inc"
+
+
+def test_promotion_gate_rejects_a_worse_or_indistinguishable_candidate():
+    worse = decide_promotion(arena_battles(0.2), candidate="cand", incumbent="inc", bootstrap=100)
+    assert worse["promoted"] is False and worse["new_target"] == "inc" and worse["ci_high"] < 0
+    # Even odds: the point estimate may favour the candidate, the interval straddles zero.
+    even = decide_promotion(arena_battles(0.5, seed=3), candidate="cand", incumbent="inc", bootstrap=100)
+    assert even["ci_low"] < 0 < even["ci_high"] and even["promoted"] is False
+    assert "lower bound" in even["reason"]
+
+
+def test_promotion_gate_baseline_and_bad_input():
+    battles = arena_battles(0.5)
+    baseline = decide_promotion(battles, candidate="inc", incumbent="inc", baseline=True)
+    assert baseline["promoted"] is True and baseline["reason"].startswith("baseline")
+    with pytest.raises(ValueError, match="no arena battles"):
+        decide_promotion(battles, candidate="missing", incumbent="inc")
+    with pytest.raises(ValueError, match="at least 20"):
+        decide_promotion(battles, candidate="cand", incumbent="inc", bootstrap=5)
+
+
+def test_promotions_keep_the_gate_figures():
+    conn = duckdb.connect(":memory:")
+    decision = decide_promotion(arena_battles(0.8), candidate="cand", incumbent="inc", bootstrap=50)
+    record_promotion(conn, 1, decision)
+    row = conn.execute("SELECT promoted, diff, ci_low, ci_high, margin, gate FROM promotions").fetchone()
+    assert row[0] is True and row[1] == pytest.approx(decision["diff"]) and row[2] == pytest.approx(decision["ci_low"])
+    assert row[4] == 0.0 and "bootstrap" in row[5]
 
 
 def test_battle_plans():

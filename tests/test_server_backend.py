@@ -54,8 +54,19 @@ spec = ModelSpec(name="smollm2-offline", backend="vllm", path=sys.argv[1], sampl
                  options={"engine": {"dtype": "bfloat16", "max_model_len": 1024, "enforce_eager": True}})
 requests = [ChatRequest(f"v{i}", user_messages(f"Say the number {i}."), sampling) for i in range(6)]
 requests.append(ChatRequest("long", user_messages("Count from one to ten."), SamplingParams(max_tokens=20)))
-result = generate_cached(make_backend(spec), requests, CompletionCache(Path(sys.argv[2])), batch_size=4)
+engine = make_backend(spec)
+result = generate_cached(engine, requests, CompletionCache(Path(sys.argv[2])), batch_size=4)
 print("RESULT " + json.dumps([[c.request_id, c.text, c.tokens_in, c.tokens_out, c.finish_reason] for c in result.completions]))
+# The judge's JSON schema, enforced by vLLM's structured outputs on the same engine.
+schema = {"type": "object", "properties": {"score_a": {"type": "integer", "minimum": 1, "maximum": 10},
+          "score_b": {"type": "integer", "minimum": 1, "maximum": 10}}, "required": ["score_a", "score_b"],
+          "additionalProperties": False}
+judge = ModelSpec(name="smollm2-offline-json", backend="vllm", path=sys.argv[1], sampling=SamplingParams(max_tokens=40, temperature=0.0),
+                  options={**spec.options, "response_format": {"type": "json_schema", "json_schema": {"name": "j", "schema": schema}}})
+from arena_dagster.backends.vllm_backend import VLLMBackend
+backend = VLLMBackend(judge, llm=engine.llm)  # one engine, two sampling setups
+texts = [c.text for c in backend.generate([ChatRequest(f"j{i}", user_messages(f"Rate answers A='{i}' and B='no' from 1 to 10."), judge.sampling) for i in range(3)])]
+print("JSON " + json.dumps(texts))
 """
 
 
@@ -74,6 +85,11 @@ def test_vllm_offline_backend_in_its_own_environment(tmp_path: Path) -> None:
     assert all(r[1].strip() and r[2] > 5 and 0 < r[3] for r in rows)
     assert all(r[3] <= 12 for r in rows[:6]) and rows[6][3] <= 20
     assert len(CompletionCache(tmp_path / "c.sqlite")) == 7
+    json_lines = [line for line in proc.stdout.splitlines() if line.startswith("JSON ")]
+    assert json_lines, proc.stderr[-3000:]
+    for text in json.loads(json_lines[0][len("JSON "):]):
+        parsed = json.loads(text)
+        assert set(parsed) == {"score_a", "score_b"} and all(1 <= parsed[k] <= 10 for k in parsed)
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import duckdb
 import polars as pl
 import pytest
 
 from arena_dagster.judging.battles import JUDGMENT_SCHEMA
+from arena_dagster.preferences.export import preference_training_rows, sft_training_rows
 from arena_dagster.sql_models import SqlModelError, load_models, render, run_model
 from arena_dagster.warehouse import read_table, write_table
 
@@ -16,7 +19,9 @@ VARS = {
     "sft_min_winner_score": 9,
     "dpo_min_margin": 2.0,
     "dpo_min_winner_score": 9,
+    "rm_min_margin": 2.0,
 }
+STAGES = ("sft", "dpo", "rl")
 
 
 def judgment(battle, game, prompt, x, y, score_x, score_y, parse_ok=True):
@@ -47,13 +52,21 @@ def conn():
         # p5: T loses by 1.5 only (8.5 vs 10 on average): below K=2, no SFT and no DPO row.
         judgment("b6", 1, "p5", "T", "C1", 8, 10), judgment("b6", 2, "p5", "T", "C1", 9, 10),
     ]
-    write_table(conn, "judgments", pl.DataFrame(rows, schema=JUDGMENT_SCHEMA), round_key=1)
+    # Every stage battles the same hand-made slice here, so each stage's tables can be checked alike.
+    for stage in STAGES:
+        write_table(conn, f"{stage}_judgments", pl.DataFrame(rows, schema=JUDGMENT_SCHEMA), round_key=1)
     responses = [
         {"round": 1, "prompt_id": p, "model": m, "response_id": f"{p}-{m}", "response": f"answer of {m} to {p}" + ("!" * (m == "C1"))}
         for p in ("p1", "p2", "p3", "p4", "p5") for m in ("T", "C1", "C2")
     ]
-    write_table(conn, "responses", pl.DataFrame(responses), round_key=1)
-    pool = [{"prompt_id": p, "prompt": f"prompt {p}", "round": 1} for p in ("p1", "p2", "p3", "p4", "p5")]
+    for stage in STAGES:
+        write_table(conn, f"{stage}_responses", pl.DataFrame(responses), round_key=1)
+    history = [{"role": "user", "content": "first turn"}, {"role": "assistant", "content": "first answer"}]
+    pool = [
+        {"prompt_id": p, "prompt": f"prompt {p}", "round": 1,
+         "messages": json.dumps([*(history if p == "p1" else []), {"role": "user", "content": f"prompt {p}"}])}
+        for p in ("p1", "p2", "p3", "p4", "p5")
+    ]
     write_table(conn, "prompt_pool", pl.DataFrame(pool))
     yield conn
     conn.close()
@@ -66,16 +79,29 @@ def build(conn, name):
 
 def test_refs_are_read_from_the_jinja_ast():
     models = load_models()
-    assert models["battle_outcomes"].refs == ("judgments",)
-    assert set(models["sft_examples"].refs) == {"battle_outcomes", "prompt_pool", "responses"}
+    assert models["sft_battle_outcomes"].refs == ("sft_judgments",)
+    assert set(models["sft_examples"].refs) == {"sft_battle_outcomes", "prompt_pool", "sft_responses"}
+    assert set(models["dpo_pairs"].refs) == {"dpo_battle_outcomes", "prompt_pool", "dpo_responses"}
+    assert set(models["reward_pairs"].refs) == {"rl_battle_outcomes", "prompt_pool", "rl_responses"}
     assert models["sft_examples"].group == "preferences"
-    assert "var" not in models["battle_outcomes"].refs
+    assert "var" not in models["sft_battle_outcomes"].refs
+
+
+def test_staged_models_get_one_copy_per_stage():
+    models = load_models()
+    for table in ("battle_outcomes", "judge_health"):
+        assert table not in models
+        for stage in STAGES:
+            model = models[f"{stage}_{table}"]
+            assert model.stage == stage and all(ref.startswith(f"{stage}_") for ref in model.refs)
+    sql = render(models["dpo_judge_health"], round_key=1, variables=VARS)
+    assert '"dpo_judgments"' in sql and '"sft_judgments"' not in sql
 
 
 def test_two_game_combination(conn):
-    result = build(conn, "battle_outcomes")
+    result = build(conn, "sft_battle_outcomes")
     assert result.rows == 5 and result.duplicate_keys == 0
-    out = {r["battle_id"]: r for r in read_table(conn, "battle_outcomes", round_key=1).iter_rows(named=True)}
+    out = {r["battle_id"]: r for r in read_table(conn, "sft_battle_outcomes", round_key=1).iter_rows(named=True)}
     assert "b5" not in out  # one game unparsed
     assert out["b1"]["winner"] == "model_b" and out["b1"]["winner_model"] == "C1" and out["b1"]["margin"] == 8
     assert out["b3"]["winner"] == "tie" and out["b3"]["inconsistent"] is True
@@ -84,13 +110,14 @@ def test_two_game_combination(conn):
 
 
 def test_sft_and_dpo_selection_keep_lineage(conn):
-    build(conn, "battle_outcomes")
+    build(conn, "sft_battle_outcomes")
     build(conn, "sft_examples")
     sft = read_table(conn, "sft_examples", round_key=1)
     assert sft["prompt_id"].to_list() == ["p1"]
     row = sft.row(0, named=True)
     assert row["winner_model"] == "C1" and row["response"] == "answer of C1 to p1!"
     assert row["battle_id"] == "b1" and row["judgment_1_id"] == "b1-1" and row["judgment_2_id"] == "b1-2"
+    build(conn, "dpo_battle_outcomes")
     build(conn, "dpo_pairs")
     dpo = {r["prompt_id"]: r for r in read_table(conn, "dpo_pairs", round_key=1).iter_rows(named=True)}
     assert set(dpo) == {"p1", "p3"}
@@ -99,15 +126,15 @@ def test_sft_and_dpo_selection_keep_lineage(conn):
 
 
 def test_rebuilding_a_round_replaces_it(conn):
-    build(conn, "battle_outcomes")
-    build(conn, "battle_outcomes")
-    assert read_table(conn, "battle_outcomes").height == 5
+    build(conn, "sft_battle_outcomes")
+    build(conn, "sft_battle_outcomes")
+    assert read_table(conn, "sft_battle_outcomes").height == 5
 
 
 def test_judge_health(conn):
-    build(conn, "battle_outcomes")
-    build(conn, "judge_health")
-    health = read_table(conn, "judge_health", round_key=1).row(0, named=True)
+    build(conn, "sft_battle_outcomes")
+    build(conn, "sft_judge_health")
+    health = read_table(conn, "sft_judge_health", round_key=1).row(0, named=True)
     assert health["judgments"] == 12 and health["battles"] == 5
     assert health["parse_failure_rate"] == pytest.approx(1 / 12)
     assert health["flip_rate"] == pytest.approx(1 / 5)
@@ -117,7 +144,52 @@ def test_judge_health(conn):
 def test_missing_upstream_and_missing_var_are_clear_errors():
     models = load_models()
     empty = duckdb.connect(":memory:")
-    with pytest.raises(SqlModelError, match="upstream tables missing: judgments"):
-        run_model(empty, models["battle_outcomes"], round_key=1, variables=VARS)
+    with pytest.raises(SqlModelError, match="upstream tables missing: sft_judgments"):
+        run_model(empty, models["sft_battle_outcomes"], round_key=1, variables=VARS)
     with pytest.raises(SqlModelError, match="tie_margin"):
-        render(models["battle_outcomes"], round_key=1, variables={})
+        render(models["sft_battle_outcomes"], round_key=1, variables={})
+
+
+def test_reward_pairs_take_every_decided_battle(conn):
+    build(conn, "rl_battle_outcomes")
+    build(conn, "reward_pairs")
+    pairs = read_table(conn, "reward_pairs", round_key=1)
+    # b1 (C1 over T), b2 (C2 over T), b4 (T over C1); b3 tie, b5 unparsed, b6 below the margin.
+    assert sorted(pairs["battle_id"].to_list()) == ["b1", "b2", "b4"]
+    assert pairs["pair_id"].n_unique() == 3
+    b2 = pairs.filter(pl.col("battle_id") == "b2").row(0, named=True)
+    assert b2["chosen_model"] == "C2" and b2["rejected"] == "answer of T to p1"
+
+
+def test_training_rows_keep_the_conversation_history(conn):
+    build(conn, "sft_battle_outcomes")
+    build(conn, "sft_examples")
+    (row,) = sft_training_rows(read_table(conn, "sft_examples", round_key=1))
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert row["messages"][0]["content"] == "first turn" and row["messages"][-1]["content"] == "answer of C1 to p1!"
+    build(conn, "dpo_battle_outcomes")
+    build(conn, "dpo_pairs")
+    rows = {r["prompt"][-1]["content"]: r for r in preference_training_rows(read_table(conn, "dpo_pairs", round_key=1))}
+    assert len(rows["prompt p1"]["prompt"]) == 3 and len(rows["prompt p3"]["prompt"]) == 1
+    assert rows["prompt p3"]["chosen"] == [{"role": "assistant", "content": "answer of T to p3"}]
+
+
+def test_judge_health_limits_block_or_warn_and_profiles_may_move_them():
+    from arena_dagster.quality.expectations import judge_health_expectation
+    from arena_dagster.quality.table_checks import run_expectations
+
+    conn = duckdb.connect(":memory:")
+    conn.execute(
+        "CREATE TABLE h AS SELECT 1 AS round, 'j' AS judge, 0.02 AS parse_failure_rate, 0.7 AS flip_rate, "
+        "0.68 AS first_position_win_rate, 0.5 AS longer_answer_win_rate, 0.1 AS tie_rate"
+    )
+    outcomes = {o.name: o for o in run_expectations(conn, "h", judge_health_expectation(), round_key=1)}
+    assert outcomes["range_parse_failure_rate"].passed
+    assert not outcomes["range_flip_rate"].passed and outcomes["range_flip_rate"].blocking
+    assert not outcomes["warn_first_position_win_rate"].passed and not outcomes["warn_first_position_win_rate"].blocking
+    assert outcomes["warn_first_position_win_rate"].metadata["values_outside"] == [0.68]
+    assert outcomes["warn_longer_answer_win_rate"].passed and outcomes["warn_tie_rate"].passed
+    loose = judge_health_expectation({"block": {"flip_rate": [0, 1]}})
+    assert {o.name: o.passed for o in run_expectations(conn, "h", loose, round_key=1)}["range_flip_rate"]
+    with pytest.raises(ValueError, match="no limit named"):
+        judge_health_expectation({"warn": {"judge_iq": [0, 1]}})

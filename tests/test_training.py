@@ -9,9 +9,10 @@ import pytest
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, user_messages
 from arena_dagster.prompts.skills import make_items
-from arena_dagster.training.base_models import chat_row, resolve_profile, round_training_specs, write_jsonl
+from arena_dagster.training.base_models import chat_row, resolve_profile, write_jsonl
 from arena_dagster.training.entrypoint import TrainingSpecError, file_sha256, read_manifest, spec_hash
 from arena_dagster.training.runner import TrainingError, run_training, run_trainings
+from arena_dagster.training.stages import stage_training_spec
 
 TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2}
 
@@ -86,14 +87,14 @@ def test_sft_with_replay_then_dpo_from_sft(workspace):
             "dpo": {"hyperparams": {"max_steps": 3, "batch_size": 4, "logging_steps": 1}},
         }
     }
-    sft_spec, dpo_spec = round_training_specs(
-        round_key=1,
-        target_model=workspace["base_spec"]["output_dir"],
-        sft_dataset=workspace["sft_data"],
-        dpo_dataset=workspace["dpo_data"],
-        output_root=home / "round1",
+    sft_spec = stage_training_spec(
+        "sft", round_key=1, base_model=workspace["base_spec"]["output_dir"], dataset=workspace["sft_data"],
+        output_dir=home / "round1" / "SFT-I1", models_settings=profile, locally_built=True,
         replay_dataset=workspace["base_data"],
-        profile=profile,
+    )
+    dpo_spec = stage_training_spec(
+        "dpo", round_key=1, base_model=sft_spec["output_dir"], dataset=workspace["dpo_data"],
+        output_dir=home / "round1" / "DPO-I1", models_settings=profile, locally_built=True,
     )
     sft_spec["threads"] = dpo_spec["threads"] = 1
     sft = run_training(sft_spec, log=lambda _: None, timeout_s=120)

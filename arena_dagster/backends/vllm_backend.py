@@ -9,6 +9,9 @@ Options (ModelSpec.options, all optional):
                 max_model_len: 4096, tensor_parallel_size: 2})
     hub_revision  a hub revision to load (spec.revision is a cache identity, often a content hash)
     stop        stop sequences
+    response_format  an OpenAI-style {"type": "json_schema", "json_schema": {"schema": ...}} or
+                {"type": "json_object"}: enforced by vLLM's structured outputs (guided decoding on
+                vLLM releases before StructuredOutputsParams), as the LLM judge asks for
 """
 
 from __future__ import annotations
@@ -46,10 +49,32 @@ class VLLMBackend:
                 engine.setdefault("revision", spec.options["hub_revision"])
             llm = vllm.LLM(model=spec.path, **engine)
         self.llm = llm
+        self._structured = self._structured_outputs(spec.options.get("response_format"))
+
+    def _structured_outputs(self, response_format: Any) -> dict[str, Any]:
+        """SamplingParams keyword arguments that enforce `response_format` (checked once, at load)."""
+        if not response_format:
+            return {}
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema")
+            if not isinstance(schema, dict):
+                raise ValueError(f"model {self.spec.name!r}: response_format json_schema needs a `schema` object")
+            constraint: dict[str, Any] = {"json": schema}
+        elif kind == "json_object":
+            constraint = {"json_object": True}
+        else:
+            raise ValueError(f"model {self.spec.name!r}: response_format type must be json_schema or json_object, got {kind!r}")
+        module = self._vllm.sampling_params
+        if hasattr(module, "StructuredOutputsParams"):
+            return {"structured_outputs": module.StructuredOutputsParams(**constraint)}
+        if hasattr(module, "GuidedDecodingParams"):
+            return {"guided_decoding": module.GuidedDecodingParams(**constraint)}
+        raise BackendUnavailableError(f"model {self.spec.name!r}: this vLLM offers no structured outputs; upgrade it")
 
     def _sampling(self, request: ChatRequest) -> Any:
         sampling = request.sampling
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(self._structured)
         if self.spec.options.get("stop"):
             extra["stop"] = list(self.spec.options["stop"])
         return self._vllm.SamplingParams(

@@ -16,7 +16,8 @@ def build_definitions(home: str | None = None, profile: str | None = None) -> dg
     root = resolve_home(home)
     return dg.Definitions(
         assets=[
-            *dg.load_assets_from_modules([prompts, battles, training, evaluation]),
+            *dg.load_assets_from_modules([prompts, training, evaluation]),
+            *battles.stage_battles,
             *sql_assets,
         ],
         jobs=[flywheel_setup_job, flywheel_round_job, baseline_evaluation_job],

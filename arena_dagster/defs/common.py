@@ -11,7 +11,7 @@ from dagster_duckdb import DuckDBResource
 
 from arena_dagster.config import load_profile, resolve_home
 from arena_dagster.quality.expectations import TABLE_EXPECTATIONS
-from arena_dagster.quality.table_checks import expectation_check_names, run_expectations
+from arena_dagster.quality.table_checks import TableExpectation, expectation_check_names, is_blocking, run_expectations
 from arena_dagster.warehouse import column_schema, quote_ident, table_exists
 
 OWNERS = ["team:post-training"]
@@ -62,13 +62,18 @@ def round_of(context: dg.AssetExecutionContext) -> int:
 def table_check_specs(table: str) -> list[dg.AssetCheckSpec]:
     expectation = TABLE_EXPECTATIONS[table]
     return [
-        dg.AssetCheckSpec(name=name, asset=table, blocking=expectation.blocking, description=f"{table}: {name}")
+        dg.AssetCheckSpec(name=name, asset=table, blocking=is_blocking(expectation, name), description=f"{table}: {name}")
         for name in expectation_check_names(expectation)
     ]
 
 
-def table_check_results(conn: duckdb.DuckDBPyConnection, table: str, round_key: int | None) -> list[dg.AssetCheckResult]:
-    outcomes = run_expectations(conn, table, TABLE_EXPECTATIONS[table], round_key=round_key)
+def table_check_results(
+    conn: duckdb.DuckDBPyConnection, table: str, round_key: int | None, expectation: TableExpectation | None = None
+) -> list[dg.AssetCheckResult]:
+    expected = expectation or TABLE_EXPECTATIONS[table]
+    if list(expectation_check_names(expected)) != list(expectation_check_names(TABLE_EXPECTATIONS[table])):
+        raise ValueError(f"{table}: a profile may change the limits of its checks, not which checks exist")
+    outcomes = run_expectations(conn, table, expected, round_key=round_key)
     return [
         dg.AssetCheckResult(
             asset_key=table,
@@ -112,8 +117,12 @@ def _markdown_table(frame) -> str:
 
 
 def table_result(
-    conn: duckdb.DuckDBPyConnection, table: str, round_key: int | None, extra: dict[str, Any] | None = None
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    round_key: int | None,
+    extra: dict[str, Any] | None = None,
+    expectation: TableExpectation | None = None,
 ) -> dg.MaterializeResult:
     metadata = table_metadata(conn, table, round_key)
     metadata.update(extra or {})
-    return dg.MaterializeResult(metadata=metadata, check_results=table_check_results(conn, table, round_key))
+    return dg.MaterializeResult(metadata=metadata, check_results=table_check_results(conn, table, round_key, expectation))

@@ -9,19 +9,24 @@ from dagster_duckdb import DuckDBResource
 
 from arena_dagster.answering import answer_prompts
 from arena_dagster.defs.common import OWNERS, ArenaHome, round_of, round_partitions, table_check_specs, table_result
-from arena_dagster.defs.training import round_candidate
 from arena_dagster.judging.battles import judge_battles, plan_round_robin
 from arena_dagster.judging.judges import make_judge
 from arena_dagster.models import generation_spec
 from arena_dagster.registry import current_target, models_of_kind
+from arena_dagster.training.stages import round_candidate, round_checkpoints
 from arena_dagster.warehouse import read_table, write_table
 
 
 def arena_models(conn, round_key: int) -> list[tuple[dict[str, Any], str, str]]:
-    """(registry row, role, kind) of every model on the round's leaderboard."""
+    """(registry row, role, kind) of every model on the round's leaderboard.
+
+    The round's candidate (its last stage's checkpoint), the round's other stage checkpoints
+    (so the leaderboard shows what each stage reached), the current target and the competitors.
+    """
     candidate = round_candidate(conn, round_key)
     incumbent = current_target(conn, round_key)
     chosen = [(candidate, "target", "candidate" if round_key else "initial")]
+    chosen += [(row, "competitor", "stage") for row in round_checkpoints(conn, round_key) if row["model"] != candidate["model"]]
     if incumbent["model"] != candidate["model"]:
         chosen.append((incumbent, "competitor", "incumbent"))
     chosen += [(row, "competitor", "competitor") for row in models_of_kind(conn, "competitor").to_dicts()]
@@ -33,9 +38,12 @@ def arena_models(conn, round_key: int) -> list[tuple[dict[str, Any], str, str]]:
     kinds={"python", "duckdb"},
     owners=OWNERS,
     partitions_def=round_partitions,
-    deps=["arena_testset", "dpo_checkpoint", "competitor_models", "initial_target_model"],
+    deps=["arena_testset", "sft_checkpoint", "dpo_checkpoint", "rl_checkpoint", "competitor_models", "initial_target_model"],
     check_specs=table_check_specs("arena_responses"),
-    description="Answers of the round's checkpoint, the current target and every competitor to the arena test set (cached).",
+    description=(
+        "Answers of the round's stage checkpoints (SFT, DPO, RL), the current target and every competitor to the "
+        "arena test set (cached)."
+    ),
 )
 def arena_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     round_key = round_of(context)
@@ -121,7 +129,8 @@ def leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
         seed=int(settings.get("seed", 0)),
     )
     roles = pl.DataFrame(
-        [{"model": row["model"], "role": role, "kind": kind, "model_path": row["path"]} for row, role, kind in models]
+        [{"model": row["model"], "role": role, "kind": kind, "stage": row["kind"], "model_path": row["path"]}
+         for row, role, kind in models]
     )
     board = board.join(roles, on="model", how="left").with_columns(
         pl.lit(round_key, dtype=pl.Int64).alias("round"),
@@ -131,7 +140,7 @@ def leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
     with duckdb.get_connection() as conn:
         write_table(conn, "leaderboard", board, round_key=round_key)
         table = "\n".join(
-            f"{r['rank']:>3} {r['model']:<24} {r['rating']:8.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}] {r['role']}"
+            f"{r['rank']:>3} {r['model']:<24} {r['rating']:8.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}] {r['kind']}"
             for r in board.sort("rating", descending=True).iter_rows(named=True)
         )
         context.log.info(f"round {round_key} leaderboard\n{table}")

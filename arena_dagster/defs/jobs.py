@@ -18,7 +18,7 @@ flywheel_round_job = dg.define_asset_job(
     "flywheel_round",
     selection=dg.AssetSelection.all() - dg.AssetSelection.assets(*SETUP_ASSETS),
     partitions_def=round_partitions,
-    description="One flywheel round: battles, preferences, SFT then DPO, arena evaluation and promotion.",
+    description="One flywheel round: per stage (SFT, DPO, RL) battles, preference data and training; arena evaluation; the promotion gate.",
 )
 
 baseline_evaluation_job = dg.define_asset_job(

@@ -2,18 +2,20 @@
 
 
 import dagster as dg
+import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from arena_dagster.defs.common import OWNERS, ArenaHome, table_check_specs, table_result
 from arena_dagster.prompts.pools import (
     REAL_SOURCES,
     curated_pool,
+    frozen_rounds,
     raw_prompt_frame,
     source_metadata,
     testset_with_stats,
     write_recorded_answers,
 )
-from arena_dagster.warehouse import read_table, write_table
+from arena_dagster.warehouse import read_table, table_exists, write_table
 
 
 @dg.asset(
@@ -68,6 +70,16 @@ def arena_testset(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: D
         )
 
 
+def started_rounds(conn) -> pl.DataFrame | None:
+    """Pool rows of every round whose battles have started: a rebuilt pool keeps them in place."""
+    if not (table_exists(conn, "prompt_pool") and table_exists(conn, "sft_responses")):
+        return None
+    last = conn.execute("SELECT max(round) FROM sft_responses").fetchone()[0]
+    if last is None:
+        return None
+    return read_table(conn, "prompt_pool", where=f"round <= {int(last)}")
+
+
 @dg.asset(
     group_name="prompts",
     kinds={"python", "duckdb"},
@@ -76,15 +88,17 @@ def arena_testset(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: D
     check_specs=table_check_specs("prompt_pool"),
     description=(
         "The curated pool: normalized, short instructions dropped, exact and near duplicates removed, "
-        "decontaminated against the arena test set, and sliced into rounds. Removed rows are kept in "
-        "prompt_quarantine with the step that removed them."
+        "decontaminated against the arena test set, and sliced into rounds (and stages). Rounds whose battles "
+        "started stay as they are when the pool is rebuilt; new prompts are deduplicated against them and fill "
+        "the later rounds. Removed rows are kept in prompt_quarantine with the step that removed them."
     ),
 )
 def prompt_pool(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
         raw = read_table(conn, "raw_prompts")
         testset = read_table(conn, "arena_testset")
-        pool, removed, quarantine = curated_pool(raw, testset, arena.settings())
+        frozen = started_rounds(conn)
+        pool, removed, quarantine = curated_pool(raw, testset, arena.settings(), frozen=frozen)
         write_table(conn, "prompt_pool", pool)
         write_table(conn, "prompt_quarantine", quarantine)
         per_round = pool.group_by("round").len().sort("round")
@@ -98,6 +112,7 @@ def prompt_pool(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResul
             None,
             {
                 "input_rows": raw.height,
+                "frozen_rounds": frozen_rounds(frozen),
                 "kept_rows": pool.height,
                 "removed_by_step": dg.MetadataValue.json(removed),
                 **{f"removed/{step}": count for step, count in removed.items()},

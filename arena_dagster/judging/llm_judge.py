@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "assets" / "judge_templates"
+from arena_dagster.config import ASSETS_DIR
+
+TEMPLATE_DIR = ASSETS_DIR / "judge_templates"
 SCORE_MIN, SCORE_MAX = 1, 10
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _VERDICT = re.compile(r"\[\[\s*(A\s*>>\s*B|A\s*>\s*B|A\s*=\s*B|B\s*>\s*A|B\s*>>\s*A)\s*\]\]")

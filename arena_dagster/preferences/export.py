@@ -25,32 +25,46 @@ def _write_jsonl_atomic(rows: list[dict], path: Path) -> str:
     return digest.hexdigest()
 
 
+def prompt_messages(row: dict) -> list[dict]:
+    """The conversation up to the instruction (multi-turn prompts keep their history)."""
+    messages = row.get("messages")
+    if messages:
+        parsed = json.loads(messages) if isinstance(messages, str) else messages
+        return [{"role": m["role"], "content": m["content"]} for m in parsed]
+    return [{"role": "user", "content": row["prompt"]}]
+
+
 def sft_training_rows(examples: pl.DataFrame) -> list[dict]:
     """Conversational SFT rows (TRL's `messages` format) in a stable order."""
     ordered = examples.sort(["round", "prompt_id"])
     return [
         {
-            "messages": [
-                {"role": "user", "content": row["prompt"]},
-                {"role": "assistant", "content": row["response"]},
-            ],
+            "messages": [*prompt_messages(row), {"role": "assistant", "content": row["response"]}],
             "example_id": row["example_id"],
         }
         for row in ordered.iter_rows(named=True)
     ]
 
 
-def dpo_training_rows(pairs: pl.DataFrame) -> list[dict]:
-    """Conversational preference rows (TRL's prompt/chosen/rejected format) in a stable order."""
-    ordered = pairs.sort(["round", "prompt_id"])
+def preference_training_rows(pairs: pl.DataFrame) -> list[dict]:
+    """Conversational preference rows (TRL's prompt/chosen/rejected format, for DPO and reward models)."""
+    ordered = pairs.sort(["round", "pair_id"])
     return [
         {
-            "prompt": [{"role": "user", "content": row["prompt"]}],
+            "prompt": prompt_messages(row),
             "chosen": [{"role": "assistant", "content": row["chosen"]}],
             "rejected": [{"role": "assistant", "content": row["rejected"]}],
             "pair_id": row["pair_id"],
         }
         for row in ordered.iter_rows(named=True)
+    ]
+
+
+def prompt_training_rows(prompts: pl.DataFrame) -> list[dict]:
+    """Prompt-only rows for the RL stage, in a stable order."""
+    return [
+        {"prompt": prompt_messages(row), "prompt_id": row["prompt_id"]}
+        for row in prompts.sort("prompt_id").iter_rows(named=True)
     ]
 
 

@@ -356,29 +356,33 @@ def testset_frame(profile: dict[str, Any], **kwargs: Any) -> pl.DataFrame:
     return frame.with_columns(pl.lit(version).alias("testset_version"))
 
 
-def curated_pool(raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
+def curated_pool(
+    raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, Any], frozen: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
     """Clean, deduplicate, decontaminate against the test set and slice into rounds.
 
+    `frozen`: rows of rounds that already ran (a rebuilt pool must not move their prompts);
+    they are kept as they are, every new prompt is deduplicated against them (step
+    `previous_rounds`), and the rest is sliced into the rounds after them.
     Returns the pool, the count removed by each step, and the removed rows (the quarantine).
     """
-    from arena_dagster.prompts.curation import CurationConfig, curate, slice_rounds
+    from arena_dagster.prompts.curation import CurationConfig, curate
 
     settings = profile["prompts"]
     config = CurationConfig.from_dict(settings.get("curation"))
     if settings.get("source") in REAL_SOURCES:
-        return _real_curated_pool(raw, testset, profile, config)
-    result = curate(raw.to_dicts(), config=config, against=testset["prompt"].to_list())
-    rows = slice_rounds(
-        result.kept,
-        int(settings["rounds"]),
-        seed=int(settings.get("seed", 0)),
-        stage_fractions=settings.get("stage_fractions"),
-    )
+        pool, removed, removed_rows = _real_curated_pool(raw, testset, profile, config, frozen)
+        return _with_frozen(pool, frozen), removed, removed_rows
+    previous = frozen["prompt"].to_list() if frozen is not None and frozen.height else []
+    result = curate(raw.to_dicts(), config=config, against=testset["prompt"].to_list(), previous=previous)
+    rows = _slice_after_frozen(result.kept, settings, frozen, stratify_by="auto")
     for row in rows:
         # A follow-up is its whole conversation: the same last turn in two conversations is two prompts.
         messages = row.get("messages")
         row["prompt_id"] = prompt_id(json.dumps(messages, sort_keys=True) if messages else row["prompt"])
-    pool = pl.DataFrame(rows)
+        # Every pool row carries its conversation, so training rows are built one way for every source.
+        row["messages"] = json.dumps(messages or [{"role": "user", "content": row["prompt"]}], ensure_ascii=False)
+    pool = _with_frozen(pl.DataFrame(rows), frozen)
     removed_rows = pl.DataFrame(
         [{"source_id": r.get("source_id"), "prompt": r.get("prompt"), "step": r.get("step"), "reason": str(r.get("reason", ""))}
          for r in result.removed_rows],
@@ -387,8 +391,32 @@ def curated_pool(raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, An
     return pool, dict(result.removed), removed_rows
 
 
-def _real_curated_pool(raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, Any], config) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
-    from arena_dagster.prompts.curation import curate, slice_rounds
+def frozen_rounds(frozen: pl.DataFrame | None) -> int:
+    return int(frozen["round"].max()) if frozen is not None and frozen.height else 0
+
+
+def _slice_after_frozen(rows: list[dict], settings: dict[str, Any], frozen: pl.DataFrame | None, *, stratify_by) -> list[dict]:
+    """Slice new prompts into the rounds after the frozen ones (`prompts.rounds` counts every round)."""
+    from arena_dagster.prompts.curation import slice_rounds
+
+    done = frozen_rounds(frozen)
+    sliced = slice_rounds(rows, max(1, int(settings["rounds"]) - done), seed=int(settings.get("seed", 0)) + done,
+                          stage_fractions=settings.get("stage_fractions"), stratify_by=stratify_by)
+    for row in sliced:
+        row["round"] += done
+    return sliced
+
+
+def _with_frozen(pool: pl.DataFrame, frozen: pl.DataFrame | None) -> pl.DataFrame:
+    if frozen is None or not frozen.height:
+        return pool
+    return pl.concat([frozen.select([c for c in frozen.columns if c in pool.columns]), pool], how="diagonal_relaxed")
+
+
+def _real_curated_pool(
+    raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, Any], config, frozen: pl.DataFrame | None
+) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
+    from arena_dagster.prompts.curation import curate
     from arena_dagster.prompts.ingest import against_texts
 
     settings = profile["prompts"]
@@ -398,9 +426,9 @@ def _real_curated_pool(raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[s
     if files:
         texts, _result = against_texts(files)
         against.extend(texts)
-    result = curate(rows, config=config, against=against)
-    sliced = slice_rounds(result.kept, int(settings["rounds"]), seed=int(settings.get("seed", 0)),
-                          stage_fractions=settings.get("stage_fractions"), stratify_by=None)
+    previous = [{"messages": _messages_of(r), "prompt": r["prompt"]} for r in frozen.to_dicts()] if frozen is not None else []
+    result = curate(rows, config=config, against=against, previous=previous)
+    sliced = _slice_after_frozen(result.kept, settings, frozen, stratify_by=None)
     for row in sliced:
         row["prompt_id"] = conversation_prompt_id(row)
     extra = {"prompt_id": pl.Utf8, "round": pl.Int64}

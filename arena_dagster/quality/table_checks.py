@@ -19,6 +19,8 @@ class TableExpectation:
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     min_rows: int = 1
     blocking: bool = False
+    # Ranges whose violation is reported but never blocks (checks named `warn_<column>`).
+    warn_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,21 @@ def run_expectations(
                 expectation.blocking,
             )
         )
+    for column, (low, high) in expectation.warn_ranges.items():
+        values = conn.execute(
+            f"SELECT {quote_ident(column)} FROM {name} {where} {'AND' if where else 'WHERE'} "
+            f"({quote_ident(column)} < ? OR {quote_ident(column)} > ?)",
+            params + [low, high],
+        ).fetchall()
+        outcomes.append(
+            CheckOutcome(
+                f"warn_{column}",
+                not values,
+                f"{column} within [{low}, {high}] (a warning only)",
+                {"rows_outside": len(values), "values_outside": [float(v[0]) for v in values[:10]]},
+                False,
+            )
+        )
     return outcomes
 
 
@@ -96,4 +113,9 @@ def expectation_check_names(expectation: TableExpectation) -> Sequence[str]:
         names.append("unique_key")
     names += [f"not_null_{c}" for c in expectation.not_null]
     names += [f"range_{c}" for c in expectation.ranges]
+    names += [f"warn_{c}" for c in expectation.warn_ranges]
     return names
+
+
+def is_blocking(expectation: TableExpectation, check_name: str) -> bool:
+    return expectation.blocking and not check_name.startswith("warn_")

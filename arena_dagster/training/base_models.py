@@ -55,8 +55,9 @@ DEFAULT_SKILLS_MODELS: dict = {
         "items": 5000,
         "hyperparams": {"max_steps": 200, "batch_size": 32, "learning_rate": 3e-3},
     },
-    # Per-round training of the flywheel (see `round_training_specs`): a fixed number of steps,
-    # so a round costs the same whatever the number of harvested rows.
+    # Per-round training of the flywheel (training.stages.stage_training_spec): a fixed number of
+    # steps, so a round costs the same whatever the number of harvested rows. These small-model
+    # values replace the paper's (the entry point's defaults, meant for real models).
     "flywheel": {
         "sft": {
             "hyperparams": {"max_steps": 120, "batch_size": 32, "learning_rate": 2e-3},
@@ -64,6 +65,15 @@ DEFAULT_SKILLS_MODELS: dict = {
         },
         "dpo": {
             "hyperparams": {"max_steps": 30, "batch_size": 16, "learning_rate": 1e-4, "beta": 0.1, "logging_steps": 10},
+        },
+        "reward": {
+            "hyperparams": {"max_steps": 60, "batch_size": 16, "learning_rate": 1e-3, "eval_fraction": 0.2, "logging_steps": 10},
+        },
+        "rl": {
+            "hyperparams": {
+                "max_steps": 8, "batch_size": 16, "learning_rate": 1e-5, "beta": 0.1,
+                "num_generations": 4, "max_completion_length": 24, "temperature": 1.0, "logging_steps": 2,
+            },
         },
     },
 }
@@ -210,48 +220,3 @@ def build_base_models(
         "datasets": {name: specs[name]["dataset_path"] for name in specs},
         "replay_dataset": specs[target_name]["dataset_path"],
     }
-
-
-def round_training_specs(
-    *,
-    round_key: int,
-    target_model: str | Path,
-    sft_dataset: str | Path,
-    dpo_dataset: str | Path,
-    output_root: str | Path,
-    replay_dataset: str | Path | None,
-    profile: dict | None = None,
-) -> tuple[dict, dict]:
-    """The (sft, dpo) specs of one flywheel round: SFT from the current target, DPO from the SFT checkpoint.
-
-    SFT mixes `replay_rows` rows of `replay_dataset` (the initial target's own training data)
-    into the harvested rows, so the target keeps what it knew.
-    """
-    resolved = resolve_profile(profile)
-    flywheel = resolved["flywheel"]
-    seed = int(resolved["seed"])
-    output_root = Path(output_root)
-    replay_rows = int(flywheel["sft"].get("replay_rows", 0)) if replay_dataset else 0
-    sft = {
-        "stage": "sft",
-        "round": round_key,
-        "name": f"sft_r{round_key}",
-        "output_dir": str(output_root / f"sft_r{round_key}"),
-        "base_model": str(target_model),
-        "dataset_path": str(sft_dataset),
-        "hyperparams": {"seed": seed + round_key, **flywheel["sft"]["hyperparams"]},
-        "threads": int(resolved["threads_per_process"]),
-    }
-    if replay_rows:
-        sft["replay"] = {"dataset_path": str(replay_dataset), "rows": replay_rows, "seed": seed + round_key}
-    dpo = {
-        "stage": "dpo",
-        "round": round_key,
-        "name": f"dpo_r{round_key}",
-        "output_dir": str(output_root / f"dpo_r{round_key}"),
-        "base_model": sft["output_dir"],
-        "dataset_path": str(dpo_dataset),
-        "hyperparams": {"seed": seed + round_key, **flywheel["dpo"]["hyperparams"]},
-        "threads": int(resolved["threads_per_process"]),
-    }
-    return sft, dpo
