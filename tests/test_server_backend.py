@@ -159,12 +159,16 @@ def test_judge_requests_with_a_json_schema(server: LocalServer, tmp_path: Path) 
 
 
 class FaultyProxy:
-    """A real HTTP proxy to the real server; `plan(n)` picks per request: 'pass', '500' or a delay (s)."""
+    """A real HTTP proxy to the real server; `plan(n)` picks per request: 'pass', '500' or a hold (s).
+
+    A held request is answered by nobody: the proxy closes it after the hold, as a hung server would.
+    """
 
     def __init__(self, upstream: str, plan: Callable[[int], str | float]) -> None:
         target = urlparse(upstream)
         self.seen = 0
         self.injected_500 = 0
+        self.held = 0
         lock = threading.Lock()
         outer = self
 
@@ -185,7 +189,11 @@ class FaultyProxy:
                         outer.injected_500 += 1
                     return self._reply(500, b'{"error": {"message": "injected failure"}}')
                 if isinstance(action, (int, float)):
+                    with lock:
+                        outer.held += 1
                     time.sleep(action)
+                    self.close_connection = True
+                    return
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
                 try:
                     conn.request("POST", self.path, body, {"Content-Type": "application/json"})
@@ -215,16 +223,22 @@ class FaultyProxy:
 
 
 def test_500s_and_slow_responses_are_retried_and_no_row_is_lost(server: LocalServer, tmp_path: Path) -> None:
-    # Requests 0-3 get a 500, 4-5 answer after 8 s (past the 4 s timeout); the rest pass.
-    proxy = FaultyProxy(server.base_url, lambda n: "500" if n < 4 else (8.0 if n < 6 else "pass"))
+    # The timeout is set from this machine's own speed (a batch answered straight by the server),
+    # so a slow CPU never times out a real answer; the injected delays are far past it.
+    start = time.monotonic()
+    generate_cached(OpenAIBackend(spec_for(server.base_url, server.model)), requests_for("warm", 6),
+                    CompletionCache(tmp_path / "warm.sqlite"), batch_size=6)
+    timeout_s = max(4.0, 3 * (time.monotonic() - start))
+    # Requests 0-3 get a 500, 4-5 are held past the timeout (and never reach the server); the rest pass.
+    proxy = FaultyProxy(server.base_url, lambda n: "500" if n < 4 else (2 * timeout_s if n < 6 else "pass"))
     try:
-        backend = OpenAIBackend(spec_for(proxy.url, server.model, timeout_s=4, max_retries=4))
+        backend = OpenAIBackend(spec_for(proxy.url, server.model, timeout_s=timeout_s, max_retries=4))
         cache = CompletionCache(tmp_path / "c.sqlite")
         result = generate_cached(backend, requests_for("flaky", 12), cache, batch_size=6)
     finally:
         proxy.close()
     assert len(result.completions) == 12 and rows_in(tmp_path / "c.sqlite") == 12
-    assert proxy.injected_500 == 4
+    assert proxy.injected_500 == 4 and proxy.held == 2
     assert backend.retries == 6 and backend.attempts == 18 == proxy.seen
 
 
