@@ -17,12 +17,14 @@ import re
 import shutil
 from pathlib import Path
 
+from arena_dagster.errors import ArenaError
+
 # A name is 1-128 characters: a letter or digit first, then letters, digits, '.', '_' or '-'.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _NAME = re.compile(NAME_PATTERN)
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(ArenaError, ValueError):
     """A name that is not a plain name, or a path outside the roots the pipeline may write."""
 
 
