@@ -7,17 +7,54 @@ half-way never duplicates or half-writes a round.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Any, Iterable
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import duckdb
 import polars as pl
 
+from arena_dagster.errors import ArenaError
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class WarehouseError(RuntimeError):
+class WarehouseError(ArenaError, RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def open_readonly(home: Path, *, timeout_s: float = 15.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to a home's warehouse; while a run writes it, retry, then say who holds it.
+
+    DuckDB lets one process write a file and no other process open it meanwhile, not even to read.
+    """
+    from arena_dagster.home import WAREHOUSE, describe_holder, writer_lock
+
+    path = Path(home) / WAREHOUSE
+    if not path.exists():
+        raise WarehouseError("no warehouse in this home yet", str(path), "run `arena-dagster flywheel` first")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn = duckdb.connect(str(path), read_only=True)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise WarehouseError("the warehouse cannot be opened", str(path), str(exc).splitlines()[0]) from exc
+            if time.monotonic() >= deadline:
+                holder = writer_lock(home).holder()
+                raise WarehouseError(
+                    f"the warehouse is being written by pid {(holder or {}).get('pid', '?')} ({describe_holder(holder)})",
+                    str(path), f"retry when that run ends (waited {timeout_s:.0f} s)",
+                ) from None
+            time.sleep(0.5)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def quote_ident(name: str) -> str:
