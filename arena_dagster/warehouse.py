@@ -8,10 +8,13 @@ half-way never duplicates or half-writes a round.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Iterable
 
 import duckdb
 import polars as pl
+
+from arena_dagster.errors import ArenaError
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -95,3 +98,21 @@ def read_table(
 def column_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     rows = conn.execute(f"DESCRIBE {quote_ident(table)}").fetchall()
     return {r[0]: r[1] for r in rows}
+
+
+class WarehouseUnavailable(ArenaError, RuntimeError):
+    """No warehouse in the home yet, or one a running writer holds."""
+
+
+def open_read_only(home: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the home's warehouse, for commands that only look (trace, plots)."""
+    path = Path(home) / "warehouse.duckdb"
+    if not path.is_file():
+        raise WarehouseUnavailable("no warehouse", str(path), "run `arena-dagster flywheel` first, or pass --home")
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException as error:
+        raise WarehouseUnavailable(
+            "the warehouse cannot be opened for reading", str(path),
+            f"a run is writing it; retry when it finishes ({str(error).splitlines()[0]})",
+        ) from None
