@@ -94,6 +94,7 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from arena_dagster import trace_cli
     from arena_dagster.backends import cli as generate_cli
     from arena_dagster.prompts import cli as curate_cli
     from arena_dagster.ratings import cli as ratings_cli
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_home(board)
     board.add_argument("--json", action="store_true", help="print JSON")
+    board.add_argument("--plot", metavar="OUT.png", help="also write the last round's leaderboard to OUT.png, the target "
+                       "across rounds to OUT-history.png and the win-rate heat map to OUT-winrate.png")
     ratings_cli.add_arguments(board)
 
     generate = sub.add_parser("generate", help="answer a prompt file with one model through the cached backend layer")
@@ -124,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     curate = sub.add_parser("curate", help="curate prompt files: clean, deduplicate, decontaminate")
     curate_cli.add_arguments(curate)
+
+    trace_cli.add_arguments(sub.add_parser("trace", help="where a training row, battle, prompt or checkpoint came from and went"))
 
     ui = sub.add_parser("ui", help="start the Dagster UI on the flywheel home's instance")
     _add_home(ui)
@@ -152,7 +157,15 @@ def _run(args: argparse.Namespace) -> int:
         rows = read_leaderboards(resolve_home(args.home))
         print(json.dumps(rows, indent=2, default=str) if args.json else
               "\n".join([format_leaderboard(rows), RANK_LEGEND, GATE_LEGEND]))
+        if args.plot:
+            from arena_dagster.plots import write_home_plots
+
+            print("\n".join(f"wrote {path}" for path in write_home_plots(resolve_home(args.home), Path(args.plot))), file=sys.stderr)
         return 0
+    if args.command == "trace":
+        from arena_dagster import trace_cli
+
+        return trace_cli.run(args)
     if args.command == "generate":
         from arena_dagster.backends import cli as generate_cli
 

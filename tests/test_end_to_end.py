@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -100,3 +101,81 @@ def test_leaderboard_json_command(flywheel_home, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {"round", "model", "role", "rating", "ci_low", "ci_high", "battles"} <= set(rows[0])
     assert {r["role"] for r in rows} == {"target", "competitor"}
+
+
+def _trace_json(home, wanted, capsys) -> dict:
+    assert cli.main(["trace", wanted, "--home", str(home), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_trace_training_rows_back_to_prompt_battle_and_forward_to_the_gate(flywheel_home, capsys):
+    import datasets
+    import duckdb
+
+    home, _ = flywheel_home
+    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    expected = {
+        "sft_example": conn.execute("SELECT example_id, battle_id, prompt_id FROM sft_examples LIMIT 1").fetchone(),
+        "dpo_pair": conn.execute("SELECT pair_id, battle_id, prompt_id FROM dpo_pairs LIMIT 1").fetchone(),
+        "reward_pair": conn.execute("SELECT pair_id, battle_id, prompt_id FROM reward_pairs LIMIT 1").fetchone(),
+    }
+    checkpoint = {"sft_example": "SFT-I1", "dpo_pair": "DPO-I1", "reward_pair": "RM-I1"}
+    for kind, (row_id, battle_id, prompt_id) in expected.items():
+        doc = _trace_json(home, row_id, capsys)
+        assert (doc["kind"], doc["id"], doc["row"]["battle_id"]) == (kind, row_id, battle_id)
+        source = conn.execute("SELECT source_id FROM prompt_pool WHERE prompt_id = ?", [prompt_id]).fetchone()[0]
+        assert doc["prompt"]["source_id"] == source and doc["prompt"]["in_raw_prompts"] and doc["prompt"]["messages"]
+        battle = doc["battle"]
+        assert battle["battle_id"] == battle_id and len(battle["games"]) == 2 and len(battle["responses"]) == 2
+        assert [g["judgment_id"] for g in battle["games"]] == [doc["row"]["judgment_1_id"], doc["row"]["judgment_2_id"]]
+        assert all(g["raw"] and g["parse_ok"] for g in battle["games"])
+        assert all(r["response"] is not None for r in battle["responses"])
+        [use] = doc["training"]
+        assert use["checkpoint"] == checkpoint[kind] and use["hash_matches"] and use["line"] >= 1
+        # The exported dataset keeps the id (train.jsonl) and every lineage column (the HF export).
+        lines = Path(use["dataset"]).read_text().splitlines()
+        assert json.loads(lines[use["line"] - 1])["pair_id" if "pair" in kind else "example_id"] == row_id
+        hf = datasets.load_from_disk(use["hf_dataset"])
+        assert {"prompt_id", "battle_id", "judgment_1_id", "judgment_2_id", "judge"} <= set(hf.column_names)
+        [traced] = doc["checkpoints"]
+        assert traced["model"] == checkpoint[kind] and traced["gates"] and traced["gates"][-1]["candidate"] == "RL-I1"
+        if kind != "reward_pair":
+            assert [r["round"] for r in traced["leaderboard"]] == [1]
+    conn.close()
+
+
+def test_trace_battles_and_checkpoints(flywheel_home, capsys):
+    import duckdb
+
+    home, _ = flywheel_home
+    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    battle_id, pair_id = conn.execute("SELECT battle_id, pair_id FROM dpo_pairs LIMIT 1").fetchone()
+    arena_battle = conn.execute("SELECT battle_id, model_a, model_b FROM arena_battles WHERE round = 1 LIMIT 1").fetchone()
+    decision = conn.execute("SELECT candidate, promoted, diff FROM promotions WHERE round = 1").fetchone()
+    conn.close()
+    doc = _trace_json(home, battle_id, capsys)
+    assert doc["kind"] == "battle" and doc["training_rows"] == [{"table": "dpo_pairs", "id": pair_id}]
+    doc = _trace_json(home, arena_battle[0], capsys)
+    assert doc["kind"] == "arena_battle" and [c["model"] for c in doc["checkpoints"]] == list(arena_battle[1:])
+    assert all(len(c["leaderboard"]) == 1 for c in doc["checkpoints"])
+    doc = _trace_json(home, "RL-I1", capsys)
+    [rl] = doc["checkpoints"]
+    assert rl["ancestors"] == ["DPO-I1", "SFT-I1", "target-I0"] and rl["hash_matches"]
+    assert (rl["gates"][0]["candidate"], rl["gates"][0]["promoted"], rl["gates"][0]["diff"]) == decision
+    # Human output: sections, and one line for an unknown id.
+    assert cli.main(["trace", pair_id[:12], "--home", str(home)]) == 0
+    text = capsys.readouterr().out
+    assert all(s in text for s in ("DPO pair", "PROMPT", "BATTLE", "game 2", "TRAINING", "CHECKPOINT DPO-I1", "gate round 1"))
+    assert cli.main(["trace", "no-such-id", "--home", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("arena-dagster: no training row, battle or checkpoint has id no-such-id") and err.count("\n") == 1
+
+
+def test_leaderboard_plot_command(flywheel_home, tmp_path, capsys):
+    from PIL import Image
+
+    home, _ = flywheel_home
+    assert cli.main(["leaderboard", "--home", str(home), "--plot", str(tmp_path / "board.png")]) == 0
+    for name in ("board.png", "board-history.png", "board-winrate.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.size[0] == 800 and image.size[1] >= 250
