@@ -132,3 +132,35 @@ def read_table(
 def column_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     rows = conn.execute(f"DESCRIBE {quote_ident(table)}").fetchall()
     return {r[0]: r[1] for r in rows}
+
+
+# Columns that say when or where a row was made, not what it holds: a resumed run, a rerun or
+# another home writes other values there and the same data everywhere else.
+VOLATILE_COLUMNS = {
+    "registered_at", "decided_at",   # wall-clock times of registry and gate rows
+    "cached",                        # whether an answer came from the completion cache this time
+    "manifest",                      # training manifests carry wall times; revision and dataset_hash carry identity
+    "path", "model_path",            # folders under the home
+}
+
+
+def table_fingerprints(conn: duckdb.DuckDBPyConnection, *, exclude: set[str] = VOLATILE_COLUMNS) -> dict[str, str]:
+    """An order-independent hash of every table's rows (volatile columns left out): equal homes, equal hashes."""
+    import hashlib
+
+    tables = [r[0] for r in conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY table_name"
+    ).fetchall()]
+    out = {}
+    for table in tables:
+        columns = [c for c in column_schema(conn, table) if c not in exclude]
+        if not columns:
+            continue
+        listed = ", ".join(quote_ident(c) for c in columns)
+        # Hash each row, then combine the sorted row hashes: independent of row order, sensitive to duplicates.
+        rows = conn.execute(f"SELECT md5(CAST(ROW({listed}) AS VARCHAR)) AS h FROM {quote_ident(table)} ORDER BY h").fetchall()
+        digest = hashlib.sha256()
+        for (row_hash,) in rows:
+            digest.update(row_hash.encode())
+        out[table] = f"{len(rows)}:{digest.hexdigest()[:16]}"
+    return out

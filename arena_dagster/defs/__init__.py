@@ -7,6 +7,7 @@ creates nothing; the first run creates the home's folders.
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,13 @@ def _assets() -> list[Any]:
     from arena_dagster.defs import battles, evaluation, gate, models, prompts, training
     from arena_dagster.defs.sql import sql_assets
 
-    python_assets = dg.with_source_code_references(
-        [*dg.load_assets_from_modules([prompts, models, training, evaluation, gate]), *battles.stage_battles()]
-    )
-    return [*python_assets, *sql_assets()]
+    # Code references are a beta API; their warnings are for this code's authors, not for the UI's users.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        python_assets = dg.with_source_code_references(
+            [*dg.load_assets_from_modules([prompts, models, training, evaluation, gate]), *battles.stage_battles()]
+        )
+        return [*python_assets, *sql_assets()]
 
 
 def _versioned(assets: list[Any], settings: dict[str, Any]) -> list[Any]:

@@ -118,7 +118,7 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
         write_table(conn, "leaderboard", board, round_key=round_key)
     context.log.info(f"round {round_key}: leaderboard of {board.height} models on {battles.height} battles")
     return board, {"anchor": anchor, "battles": battles.height, "testset_version": testset_version,
-                   **leaderboard_metadata(board, battles)}
+                   **leaderboard_metadata(board, battles, round_key, arena.folder("plots"))}
 
 
 @dg.asset(

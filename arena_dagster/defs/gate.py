@@ -164,9 +164,15 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
     ),
 )
 def leaderboard_history(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    from arena_dagster.defs.leaderboards import image, save_png
+    from arena_dagster.plots import history_png
+
     with duckdb.get_connection() as conn:
         create_views(conn)
         history = read_frame(conn, "SELECT * FROM leaderboard_history ORDER BY round, rating DESC")
+        promotions = read_frame(conn, "SELECT * FROM promotions ORDER BY round")
+    chart = history_png(history, promotions)
+    chart_file = save_png(chart, arena.folder("plots") / "history.png")
     targets = history.filter(pl.col("kind").is_in(["initial", "incumbent"]) | pl.col("promoted").fill_null(False))
     rows = [
         dg.TableRecord({"round": int(r["round"]), "model": r["model"], "kind": r["kind"] or "",
@@ -178,6 +184,8 @@ def leaderboard_history(context: dg.AssetExecutionContext, arena: ArenaHome, duc
         **arena.provenance(),
         "dagster/row_count": history.height,
         "rounds": int(history["round"].max()) if history.height else 0,
+        "target_across_rounds": image(chart, "the target's rating across rounds"),
+        "plot_file": dg.MetadataValue.path(str(chart_file)),
         "targets": dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=[
             dg.TableColumn(c) for c in ("round", "model", "kind", "rating", "ci_95", "decision")])),
     })

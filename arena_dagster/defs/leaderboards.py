@@ -1,5 +1,6 @@
 """What a person looks at on a leaderboard asset: the table, the picture, and figures the Plots view charts."""
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -43,5 +44,35 @@ def rating_figures(board: pl.DataFrame) -> dict[str, float]:
     return out
 
 
-def leaderboard_metadata(board: pl.DataFrame, battles: pl.DataFrame) -> dict[str, Any]:
-    return {"leaderboard": leaderboard_table(board), **rating_figures(board)}
+def image(png: bytes, alt: str) -> dg.MetadataValue:
+    from arena_dagster.plots import png_markdown
+
+    return dg.MetadataValue.md(png_markdown(png, alt))
+
+
+def save_png(png: bytes, path: Path) -> Path:
+    """Write a plot under the home atomically (the same picture the metadata shows)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(png)
+    tmp.replace(path)
+    return path
+
+
+def leaderboard_metadata(board: pl.DataFrame, battles: pl.DataFrame, round_key: int, plots: Path) -> dict[str, Any]:
+    """The table, the ratings picture, the who-beats-whom map (also as PNG files in `plots`), and per-model figures."""
+    from arena_dagster.plots import leaderboard_png, win_rate_png
+
+    title = "Baseline (round 0)" if round_key == 0 else f"Round {round_key}"
+    ratings = leaderboard_png(board, title=f"{title}: ratings with 95% intervals")
+    order = board.sort("rating", descending=True)["model"].to_list()
+    wins = win_rate_png(battles.select("model_a", "model_b", "winner"), order=order, title=f"{title}: who beats whom")
+    ratings_file = save_png(ratings, plots / f"round-{round_key}-leaderboard.png")
+    save_png(wins, plots / f"round-{round_key}-winrate.png")
+    return {
+        "leaderboard": leaderboard_table(board),
+        "ratings_plot": image(ratings, f"{title} leaderboard"),
+        "who_beats_whom": image(wins, f"{title} win rates"),
+        "plot_file": dg.MetadataValue.path(str(ratings_file)),
+        **rating_figures(board),
+    }

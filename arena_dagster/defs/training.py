@@ -134,7 +134,7 @@ def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, *, stage:
     owners=OWNERS,
     partitions_def=round_partitions,
     deps=["sft_examples", "sft_judge_health"],
-    description="SFT-I{r}: TRL SFTTrainer on the sft slice's winning answers, from the round's target (in a subprocess).",
+    description="Round r: SFT-I{r}, TRL SFTTrainer on the sft slice's winning answers, from the round's target (in a subprocess).",
 )
 def sft_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
@@ -148,7 +148,7 @@ def sft_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
     owners=OWNERS,
     partitions_def=round_partitions,
     deps=[sft_checkpoint, "dpo_pairs", "dpo_judge_health"],
-    description="DPO-I{r}: TRL DPOTrainer on the dpo slice's (winner, loser) pairs, from SFT-I{r} (its frozen copy is the reference).",
+    description="Round r: DPO-I{r}, TRL DPOTrainer on the dpo slice's (winner, loser) pairs, from SFT-I{r} (its frozen copy is the reference).",
 )
 def dpo_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
@@ -174,7 +174,7 @@ def _reward_accuracy_floor(arena: ArenaHome) -> float:
         )
     ],
     description=(
-        "RM-I{r}: TRL RewardTrainer on the rl slice's (chosen, rejected) battle pairs, initialised from DPO-I{r}; "
+        "Round r: RM-I{r}, TRL RewardTrainer on the rl slice's (chosen, rejected) battle pairs, initialised from DPO-I{r}; "
         "held-out pair accuracy (pairs of prompts it never saw) as metadata and as an asset check."
     ),
 )
@@ -210,7 +210,7 @@ def reward_model(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Du
     partitions_def=round_partitions,
     deps=[reward_model, dpo_checkpoint, "prompt_pool"],
     description=(
-        "RL-I{r}: TRL RLOOTrainer on the rl slice's prompts, rewarded by RM-I{r}, with a KL penalty to DPO-I{r} "
+        "Round r: RL-I{r}, TRL RLOOTrainer on the rl slice's prompts, rewarded by RM-I{r}, with a KL penalty to DPO-I{r} "
         "(the policy it starts from). Skipped, and DPO-I{r} stands in, when the reward model is below its accuracy floor."
     ),
 )
