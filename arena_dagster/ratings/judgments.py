@@ -21,8 +21,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -42,8 +41,7 @@ MT_BENCH_WINNERS = ("model_1", "model_2", "tie", "error")
 JUDGMENT_SUFFIXES = (".jsonl", ".json")
 
 
-@dataclass(frozen=True)
-class RecordedGame:
+class RecordedGame(NamedTuple):
     """One judged game: `model_a` was shown as A; verdict is a key of _OUTCOME, or None when the
     recorded game has no readable verdict."""
 
@@ -81,8 +79,8 @@ def _explanation(game: Any) -> str:
 def arena_hard_games(
     paths: PathLike | Iterable[PathLike], *, baseline: str | None, rejected: Counter
 ) -> Iterator[tuple[list[RecordedGame], str, str | None]]:
-    """Per judgment row: its games (as many as recorded), "" or the reason to reject the row
-    as a battle source, and its category (v2.0). Rows without a question id, model or baseline are counted in
+    """Per judgment row: its two games (verdict None where absent or unreadable), "" or the
+    reason to reject the row as a battle source, and its category (v2.0). Rows without a question id, model or baseline are counted in
     `rejected` and skipped."""
     for path in as_paths(paths, suffixes=JUDGMENT_SUFFIXES):
         for number, record in read_records(path, rejected):
@@ -103,7 +101,8 @@ def arena_hard_games(
             games = games if isinstance(games, list) else []
             recorded = []
             problem = "missing_game" if len(games) < 2 else "too_many_games" if len(games) > 2 else ""
-            for index, game in enumerate(games[:2]):
+            for index in range(2):  # an absent game is recorded without a verdict
+                game = games[index] if index < len(games) else None
                 verdict, why = _verdict(game)
                 problem = problem or why
                 a, b = (row_baseline, model) if index == 0 else (model, row_baseline)

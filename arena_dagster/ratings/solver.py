@@ -59,9 +59,10 @@ class Design:
         # the Hessian's off-diagonal model entries are per pair: rows of one pair are summed
         pairs, of_row = np.unique(self.lo * n_models + self.hi, return_inverse=True)
         self.pair_lo, self.pair_hi = np.divmod(pairs, n_models)
+        self.pair_of_row = of_row.ravel()
         self.to_pairs = None
         if len(pairs) < n:
-            self.to_pairs = sparse.csr_matrix((np.ones(n), (np.arange(n), of_row.ravel())), shape=(n, len(pairs)))
+            self.to_pairs = sparse.csr_matrix((np.ones(n), (np.arange(n), self.pair_of_row)), shape=(n, len(pairs)))
 
     def __len__(self) -> int:
         return len(self.lo)

@@ -194,8 +194,8 @@ def fit_style(
     lo_score = np.where(flip, 2 - outcome, outcome) / 2.0
     design = Design(lo, hi, len(models), covariates)
     check_connected(models, design.pair_lo, design.pair_hi)
-    per_pair_played = np.bincount(_pair_of_row(design), weights=weight)
-    per_pair_score = np.bincount(_pair_of_row(design), weights=weight * lo_score)
+    per_pair_played = np.bincount(design.pair_of_row, weights=weight)
+    per_pair_score = np.bincount(design.pair_of_row, weights=weight * lo_score)
     unbounded, _ = unbounded_models(models, design.pair_lo, design.pair_hi, per_pair_played, per_pair_score)
     point = fit_point(design, weight, weight * lo_score)
 
@@ -232,8 +232,4 @@ def fit_style(
         feature_rms=rms,
         unbounded=unbounded,
     )
-
-
-def _pair_of_row(design: Design) -> np.ndarray:
-    return np.searchsorted(design.pair_lo * design.n_models + design.pair_hi, design.lo * design.n_models + design.hi)
 
