@@ -178,3 +178,14 @@ def test_two_groups_that_never_lost_to_each_other_flag_every_model():
         result = rate(frame, bootstrap=0)
     assert result.unbounded == ["a", "b", "c", "d"]
     assert math.isfinite(result.board["rating"].max())
+
+
+def test_paired_ranks_are_the_same_when_formed_in_chunks(monkeypatch):
+    from arena_dagster.ratings import board
+
+    rng = np.random.default_rng(13)
+    replicates = rng.normal(scale=0.3, size=(40, 9)) + np.linspace(0, 2, 9)
+    whole = board.paired_ranks(replicates.mean(axis=0), replicates)
+    monkeypatch.setattr(board, "_CHUNK_VALUES", 50)  # one model's differences at a time
+    assert board.paired_ranks(replicates.mean(axis=0), replicates).tolist() == whole.tolist()
+    assert whole.tolist()[-1] == 1 and whole.tolist()[0] > 1

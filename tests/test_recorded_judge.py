@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from arena_dagster.judging.battles import JudgeItem
@@ -116,3 +117,32 @@ def test_replayed_verdicts_agree_with_the_importer_on_real_judgments():
         expected = {"model_a": 1, "model_b": -1, "tie": 0}[row["winner"]]
         assert (result.score_a > result.score_b) - (result.score_a < result.score_b) == expected
         assert abs(result.score_a - result.score_b) == (6 if row["weight"] == 3 else 2 if expected else 0)
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not KO.is_dir(), reason=f"shared data absent: needs {KO}")
+def test_a_replayed_arena_rates_like_the_command():
+    """The flywheel's path without Dagster: every model against the baseline on every prompt,
+    both games judged by the recorded judge, the games rated: the same leaderboard as the
+    importer's (what a replay profile's leaderboard must show)."""
+    from arena_dagster.judging.battles import plan_target_battles
+    from arena_dagster.judging.recorded import judgment_battles
+    from arena_dagster.ratings import rate
+
+    baseline = "claude-3.7-sonnet"
+    judge = RecordedJudge({"format": "arena-hard", "paths": [str(KO)], "baseline": baseline})
+    prompts = sorted({key[0] for key in judge.games})
+    models = sorted({key[2] for key in judge.games if key[1] == baseline})
+    plan = plan_target_battles(0, prompts, baseline, models)
+    rows = []
+    for battle in plan.iter_rows(named=True):
+        for game, (a, b) in ((1, (battle["model_x"], battle["model_y"])), (2, (battle["model_y"], battle["model_x"]))):
+            result = judge.verdict(battle["prompt_id"], a, b)
+            rows.append({"battle_id": battle["battle_id"], "game": game, "prompt_id": battle["prompt_id"],
+                         "model_a": a, "model_b": b, "raw": result.raw, "parse_ok": result.parse_ok})
+    battles, dropped = judgment_battles(pl.DataFrame(rows))
+    assert dropped == {"battle_without_two_verdicts": 2}  # o4-mini-high's one-game row
+    imported, _ = read_arena_hard(KO, baseline=baseline)
+    replayed = rate(battles, anchor=f"{baseline}=1000", baseline=baseline, bootstrap=20, seed=1).board
+    direct = rate(imported, anchor=f"{baseline}=1000", baseline=baseline, bootstrap=20, seed=1).board
+    assert replayed.select("model", "rating", "win_rate", "rank").equals(direct.select("model", "rating", "win_rate", "rank"))

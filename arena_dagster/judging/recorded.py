@@ -25,6 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+import polars as pl
+
 from arena_dagster.judging.battles import JudgeItem, JudgeResult
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.judgments import JUDGMENT_SUFFIXES, RecordedGame, arena_hard_games, mt_bench_games
@@ -127,3 +129,29 @@ class RecordedJudge:
                 )
             results.append(self.verdict(item.prompt_id, model_a, model_b))
         return results
+
+
+def judgment_battles(judgments: pl.DataFrame, *, strong_weight: float = 3.0) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Replayed judgments (one row per game: battle_id, prompt_id, model_a, model_b, raw,
+    parse_ok, as `judge_battles` writes them) -> one weighted battle per game, as the
+    `arena-hard` importer makes them: the winner of the verdict in `raw`, weight
+    `strong_weight` for a strong one. A battle counts only when both its games carry a
+    verdict (as two_game.sql and the importer's `missing_game`); the others are counted in
+    the returned {reason: games} as `battle_without_two_verdicts`."""
+    verdict = pl.col("raw")
+    readable = pl.col("parse_ok") & verdict.is_in(list(VERDICT_SCORES))
+    judged = judgments.with_columns(readable.alias("_readable"))
+    complete = judged.group_by("battle_id").agg((pl.col("_readable").sum() == 2).alias("_complete"))
+    judged = judged.join(complete, on="battle_id", how="left")
+    dropped = judged.filter(~pl.col("_complete")).height
+    battles = judged.filter(pl.col("_complete")).select(
+        pl.col("prompt_id").alias("question_id"),
+        "model_a",
+        "model_b",
+        pl.when(verdict.str.starts_with("A>")).then(pl.lit("model_a"))
+        .when(verdict.str.starts_with("B>")).then(pl.lit("model_b"))
+        .otherwise(pl.lit("tie")).alias("winner"),
+        pl.when(verdict.str.contains(">>", literal=True)).then(pl.lit(float(strong_weight)))
+        .otherwise(pl.lit(1.0)).alias("weight"),
+    )
+    return battles, ({"battle_without_two_verdicts": dropped} if dropped else {})

@@ -97,24 +97,25 @@ def battle_weights(battles: pl.DataFrame) -> np.ndarray | None:
     return None if (weight == 1.0).all() else weight
 
 
-def model_codes(battles: pl.DataFrame) -> tuple[pl.Series, np.ndarray, np.ndarray]:
-    """The sorted model names and every battle's model_a and model_b as indices into them."""
+def code_battles(battles: pl.DataFrame) -> tuple[pl.Series, np.ndarray, np.ndarray, np.ndarray]:
+    """The sorted model names, every battle's model_a and model_b as indices into them, and its
+    outcome seen from model_a (2 won, 1 tie, 0 lost). BattlesInputError names the first row
+    with an unknown winner or a model playing itself."""
     models = pl.concat(
         [battles.get_column(c).cast(pl.String).unique() for c in ("model_a", "model_b")]
     ).unique().sort()
     names = pl.Enum(models)
+    winner = pl.col("winner").cast(pl.String)
     coded = battles.lazy().select(
-        pl.col(c).cast(pl.String).cast(names).to_physical() for c in ("model_a", "model_b")
+        pl.col("model_a").cast(pl.String).cast(names).to_physical().alias("a"),
+        pl.col("model_b").cast(pl.String).cast(names).to_physical().alias("b"),
+        (winner == "model_a").alias("a_won"),
+        (winner == "model_b").alias("b_won"),
+        (winner == "tie").alias("tie"),
+        (winner == "tie (bothbad)").alias("tie_bothbad"),
     ).collect()
-    return models, coded.get_column("model_a").to_numpy(), coded.get_column("model_b").to_numpy()
-
-
-def battle_outcomes(battles: pl.DataFrame, a: np.ndarray, b: np.ndarray, models: pl.Series) -> np.ndarray:
-    """Every battle's outcome seen from model_a (2 won, 1 tie, 0 lost); BattlesInputError naming
-    the first row with an unknown winner or a model playing itself."""
-    winner = battles.get_column("winner").cast(pl.String)
-    a_won, b_won, tie = ((winner == value).to_numpy() for value in ("model_a", "model_b", "tie"))
-    tie_bothbad = (winner == "tie (bothbad)").to_numpy()
+    a, b = coded.get_column("a").to_numpy(), coded.get_column("b").to_numpy()
+    a_won, b_won, tie, tie_bothbad = (coded.get_column(c).to_numpy() for c in ("a_won", "b_won", "tie", "tie_bothbad"))
     o = a_won.view(np.uint8) * np.uint8(2) + tie.view(np.uint8) + tie_bothbad.view(np.uint8)
     unknown = (o == 0) & ~b_won
     if unknown.any():
@@ -131,7 +132,7 @@ def battle_outcomes(battles: pl.DataFrame, a: np.ndarray, b: np.ndarray, models:
             f"row {row}: model {models[int(a[row])]!r} plays itself ({int(same.sum())} such rows); "
             "a self-battle carries no information about ratings"
         )
-    return o
+    return models, a, b, o
 
 
 def encode_battles(battles: pl.DataFrame, *, by_question: bool = False) -> BattleCells:
@@ -144,8 +145,7 @@ def encode_battles(battles: pl.DataFrame, *, by_question: bool = False) -> Battl
     columns = BATTLE_COLUMNS + (("question_id",) if by_question else ())
     check_columns(battles, columns)
     weight = battle_weights(battles)
-    models, a, b = model_codes(battles)
-    o = battle_outcomes(battles, a, b, models)
+    models, a, b, o = code_battles(battles)
 
     n_models = len(models)
     weights, weight_index = np.ones(1), None

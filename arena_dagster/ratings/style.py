@@ -32,10 +32,9 @@ import polars as pl
 
 from arena_dagster.ratings.battles import (
     BATTLE_COLUMNS,
-    check_columns,
-    battle_outcomes,
     battle_weights,
-    model_codes,
+    check_columns,
+    code_battles,
     question_index,
 )
 from arena_dagster.ratings.bradley_terry import BATCH_BYTES, check_bootstrap, check_connected, unbounded_models
@@ -179,9 +178,8 @@ def fit_style(
     check_columns(battles, BATTLE_COLUMNS + (("question_id",) if by_question else ()))
     weight = battle_weights(battles)
     weight = np.ones(battles.height) if weight is None else weight
-    names, a, b = model_codes(battles)
+    names, a, b, outcome = code_battles(battles)
     models = names.to_list()
-    outcome = battle_outcomes(battles, a, b, names)
     raw = normalised_differences(battles, features)
     rms = np.sqrt((raw * raw).mean(axis=0))
     varied = rms > 0
