@@ -96,6 +96,7 @@ def write_table(
             conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM {view}")
         else:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM {view} LIMIT 0")
+            _add_new_columns(conn, table, view)
             conn.execute(f"DELETE FROM {name} WHERE round = ?", [round_key])
             conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
         conn.execute("COMMIT")
@@ -105,6 +106,14 @@ def write_table(
     finally:
         conn.unregister(view)
     return frame.height
+
+
+def _add_new_columns(conn: duckdb.DuckDBPyConnection, table: str, source: str) -> None:
+    """Columns a newer version of the code writes are added to a home's existing table (older rounds get NULL)."""
+    existing = column_schema(conn, table)
+    for column, kind, *_ in conn.execute(f"DESCRIBE SELECT * FROM {source}").fetchall():
+        if column not in existing:
+            conn.execute(f"ALTER TABLE {quote_ident(table)} ADD COLUMN {quote_ident(column)} {kind}")
 
 
 def read_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: Iterable[Any] | None = None) -> pl.DataFrame:

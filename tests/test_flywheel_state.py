@@ -143,3 +143,11 @@ def test_judge_battles_plays_both_orders():
     assert out["judgment_id"].n_unique() == 2
     with pytest.raises(MissingResponseError, match="no response of model 'C'"):
         judge_battles(battles, responses.filter(pl.col("model") == "T"), prompts, judge)
+
+
+def test_a_home_made_by_older_code_gains_the_new_columns():
+    conn = duckdb.connect(":memory:")
+    write_table(conn, "leaderboard", pl.DataFrame({"round": [1], "model": ["a"]}), round_key=1)
+    write_table(conn, "leaderboard", pl.DataFrame({"round": [2], "model": ["b"], "unbounded": [True]}), round_key=2)
+    rows = read_table(conn, "leaderboard").sort("round").to_dicts()
+    assert rows == [{"round": 1, "model": "a", "unbounded": None}, {"round": 2, "model": "b", "unbounded": True}]

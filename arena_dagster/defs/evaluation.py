@@ -88,28 +88,41 @@ def judge_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: in
     return {"judge": judge.name, "battles": battles.height, "parse_failures": int((~frame["parse_ok"]).sum())}
 
 
+def arena_battles_for_rating(conn, round_key: int, style_control: bool) -> pl.DataFrame:
+    """The round's arena battles as the ratings take them; with the answers' style features for style control."""
+    from arena_dagster.ratings import with_style_features
+
+    battles = read_table(conn, "arena_battles", round_key=round_key).select(
+        "model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id"))
+    if not style_control:
+        return battles
+    answers = read_table(conn, "arena_responses", round_key=round_key).select(
+        pl.col("prompt_id").alias("question_id"), "model", pl.col("response").alias("answer"))
+    return with_style_features(battles, answers)
+
+
 def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The round's Bradley-Terry leaderboard; writes round `round_key` of `leaderboard`."""
-    from arena_dagster.ratings import leaderboard as fit_leaderboard
+    from arena_dagster.ratings import rate
 
     settings = arena.settings().get("evaluation", {})
+    style_control = bool(settings.get("style_control", False))
     with duckdb.get_connection() as conn:
-        battles = read_table(conn, "arena_battles", round_key=round_key)
+        battles = arena_battles_for_rating(conn, round_key, style_control)
         testset_version = read_table(conn, "arena_testset")["testset_version"][0]
         models = arena_models(conn, round_key)
     anchor = settings.get("anchor") or f"{sorted(r['model'] for r, _, k in models if k == 'competitor')[0]}=1000"
-    board = fit_leaderboard(
-        battles.select("model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id")),
-        anchor=anchor,
-        bootstrap=int(settings.get("bootstrap", 200)),
-        bootstrap_unit=settings.get("bootstrap_unit", "prompt"),
-        seed=int(settings.get("seed", 0)),
+    baseline = settings.get("baseline")
+    result = rate(
+        battles, anchor=anchor, baseline=baseline, bootstrap=int(settings.get("bootstrap", 200)),
+        bootstrap_unit=settings.get("bootstrap_unit", "prompt"), seed=int(settings.get("seed", 0)),
+        style_control=style_control,
     )
     roles = pl.DataFrame(
         [{"model": row["model"], "role": role, "kind": kind, "stage": row["kind"], "model_path": row["path"]}
          for row, role, kind in models]
     )
-    board = board.join(roles, on="model", how="left").with_columns(
+    board = result.board.join(roles, on="model", how="left").with_columns(
         pl.lit(round_key, dtype=pl.Int64).alias("round"),
         pl.lit(testset_version).alias("testset_version"),
         pl.lit(anchor).alias("anchor"),
@@ -117,8 +130,20 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
     with duckdb.get_connection() as conn:
         write_table(conn, "leaderboard", board, round_key=round_key)
     context.log.info(f"round {round_key}: leaderboard of {board.height} models on {battles.height} battles")
-    return board, {"anchor": anchor, "battles": battles.height, "testset_version": testset_version,
-                   **leaderboard_metadata(board, battles, round_key, arena.folder("plots"))}
+    if result.unbounded:
+        context.log.warning(f"round {round_key}: {result.unbounded_reason}")
+    extra: dict[str, Any] = {
+        "anchor": anchor, "battles": battles.height, "testset_version": testset_version,
+        "unbounded_models": ", ".join(result.unbounded) or "none",
+        **leaderboard_metadata(board, battles, round_key, arena.folder("plots")),
+    }
+    if result.style_coefficients is not None:
+        extra["style_coefficients"] = dg.MetadataValue.table(
+            [dg.TableRecord({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+             for row in result.style_coefficients.iter_rows(named=True)],
+            schema=dg.TableSchema(columns=[dg.TableColumn(c) for c in result.style_coefficients.columns]),
+        )
+    return board, extra
 
 
 @dg.asset(

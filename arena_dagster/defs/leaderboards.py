@@ -8,7 +8,7 @@ import polars as pl
 
 LEADERBOARD_COLUMNS = [
     dg.TableColumn("rank", "int", description="1 + the number of models rated above this one with 95% confidence"),
-    dg.TableColumn("model", "string"),
+    dg.TableColumn("model", "string", description="`*`: the battles do not bound this rating (it never lost or never won)"),
     dg.TableColumn("kind", "string", description="candidate (a stage checkpoint of the round), incumbent (the round's "
                    "target), initial (the initial target), competitor"),
     dg.TableColumn("rating", "float", description="Bradley-Terry rating (Elo scale), anchored on a fixed competitor"),
@@ -17,16 +17,38 @@ LEADERBOARD_COLUMNS = [
 ]
 
 
+OPTIONAL_COLUMNS = {
+    "win_rate": dg.TableColumn("win_rate", "string", description="predicted win rate against the baseline, with its 95% interval"),
+    "rating_sc": dg.TableColumn("rating_sc", "string", description="style-controlled rating (length and markdown held "
+                                "equal), with its 95% interval"),
+}
+
+
+def _interval(value: float | None, low: float | None, high: float | None, digits: int) -> str:
+    if value is None:
+        return ""
+    text = f"{value:.{digits}f}"
+    return text if low is None else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def leaderboard_table(board: pl.DataFrame) -> dg.TableMetadataValue:
-    rows = [
-        dg.TableRecord({
-            "rank": int(r["rank"]), "model": r["model"], "kind": r.get("kind") or "", "rating": round(float(r["rating"]), 1),
+    """The board as the UI's table; a model whose rating the battles do not bound is marked with `*`."""
+    optional = [c for c in OPTIONAL_COLUMNS if c in board.columns]
+    rows = []
+    for r in board.sort("rating", descending=True).iter_rows(named=True):
+        record = {
+            "rank": int(r["rank"]), "model": r["model"] + (" *" if r.get("unbounded") else ""), "kind": r.get("kind") or "",
+            "rating": round(float(r["rating"]), 1),
             "ci_95": f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]" if r.get("ci_low") is not None else "",
             "battles": int(r["battles"]),
-        })
-        for r in board.sort("rating", descending=True).iter_rows(named=True)
-    ]
-    return dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=LEADERBOARD_COLUMNS))
+        }
+        if "win_rate" in optional:
+            record["win_rate"] = _interval(r.get("win_rate"), r.get("win_rate_low"), r.get("win_rate_high"), 3)
+        if "rating_sc" in optional:
+            record["rating_sc"] = _interval(r.get("rating_sc"), r.get("ci_low_sc"), r.get("ci_high_sc"), 1)
+        rows.append(dg.TableRecord(record))
+    columns = [*LEADERBOARD_COLUMNS, *(OPTIONAL_COLUMNS[c] for c in optional)]
+    return dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=columns))
 
 
 def rating_figures(board: pl.DataFrame) -> dict[str, float]:
