@@ -1,0 +1,100 @@
+"""The Dagster UI in a real browser: the webserver on 127.0.0.1 over the smoke home, driven by headless Chromium.
+
+Chromium is Debian's package (scripts/test.sh installs it), driven through Playwright with
+`executable_path`; screenshots are saved under test-artifacts/ for people to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, flywheel_env
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Chromium as root in a container, on a machine whose network is closed: no sandbox, no background fetches.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def webserver(smoke_home):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is not installed: scripts/test.sh installs it (apt-get install chromium)")
+        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
+    port = _free_port()
+    env = {**flywheel_env(), "ARENA_HOME": str(smoke_home), "DAGSTER_HOME": str(smoke_home / "dagster")}
+    log = open(smoke_home / "logs" / "webserver.log", "w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster-webserver")), "-w", str(smoke_home / "dagster" / "workspace.yaml"),
+         "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=5):
+                break
+        except OSError:
+            assert process.poll() is None, (smoke_home / "logs" / "webserver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the webserver did not answer in 240 s"
+            time.sleep(1)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(webserver):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(90_000)
+        yield page
+        browser.close()
+
+
+def test_the_asset_graph_shows_the_flywheel_steps_as_groups(webserver, page):
+    page.goto(f"{webserver}/asset-groups")
+    for group in ("prompts", "models", "baseline", "round", "sft", "dpo", "rl", "evaluation", "gate"):
+        page.get_by_text(group, exact=True).first.wait_for()
+    time.sleep(2)  # let the graph finish its layout before the picture
+    page.screenshot(path=str(ARTIFACTS / "asset-graph.png"))
+
+
+def test_the_leaderboard_asset_shows_its_table_and_plot(webserver, page):
+    page.goto(f"{webserver}/assets/leaderboard")
+    page.get_by_text("ratings_plot").first.wait_for()
+    page.get_by_text("leaderboard", exact=True).first.wait_for()
+    # The table's rows: the round's checkpoints beside the competitors.
+    page.get_by_text("RL-I2").first.wait_for()
+    page.get_by_text("competitor").first.wait_for()
+    images = page.locator("img[src^='data:image/png']")
+    images.first.wait_for()
+    assert images.count() >= 1
+    box = images.first.bounding_box()
+    assert box is not None and box["width"] > 300
+    page.screenshot(path=str(ARTIFACTS / "leaderboard-asset.png"), full_page=True)
