@@ -221,7 +221,11 @@ def build_base_models(
     resolved = resolve_profile(profile)
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
-    cache = base_models_cache(Path(cache_dir) if cache_dir is not None else cache_root())
+    try:
+        cache = base_models_cache(Path(cache_dir) if cache_dir is not None else cache_root())
+    except OSError as exc:
+        log(f"base-model cache unavailable ({exc}); training in the home without it (set ARENA_CACHE to a writable folder, or off)")
+        cache = None
     tokenizer = build_tokenizer_folder(home, resolved, cache=cache, log=log)
     specs = base_training_specs(home, resolved, tokenizer, exclude_prompts=exclude_prompts)
     target_name = resolved["initial_target"]["name"]

@@ -50,7 +50,6 @@ from arena_dagster.training.spec import (  # noqa: F401  (DEFAULT_HYPERPARAMS: i
     validate_spec,
 )
 
-# ---------------------------------------------------------------------------- training
 
 def _training_kwargs(spec: dict, rows: int, output_dir: Path, runtime: dict) -> dict:
     """TrainingArguments shared by every stage; `rows` counts the samples one epoch sees."""
