@@ -130,9 +130,10 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
-    if path.is_file() and path.read_text(encoding="utf-8") == blob:
-        return path
     tmp = path.with_name(path.name + ".tmp")
+    if path.is_file() and path.read_text(encoding="utf-8") == blob:
+        tmp.unlink(missing_ok=True)  # left by a run killed while writing
+        return path
     tmp.write_text(blob, encoding="utf-8")
     os.replace(tmp, path)
     return path
