@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from arena_dagster.backends.base import ModelSpec, SamplingParams
+from arena_dagster.paths import remove_tree, replace_dir
 
 
 class DeclaredModelError(ValueError):
@@ -38,7 +39,12 @@ def declared_models(models: dict[str, Any]) -> list[tuple[str, str, dict[str, An
 
 
 def declared_revision(config: dict[str, Any]) -> str:
-    """A declared model's cache identity: its config minus secrets' names and throughput knobs."""
+    """A declared model's cache identity: its config as written in the profile, minus secrets' names and
+    throughput knobs.
+
+    Give it the config as written: `prepare_model_config` pins this revision into the config it
+    returns before `{home}` becomes a path, so the identity does not depend on where the home is.
+    """
     identity = {k: v for k, v in config.items() if k not in {"api_key_env", "concurrency", "base_url", "timeout_s"}}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -80,12 +86,16 @@ def prepare_model_config(config: dict[str, Any], home: Path) -> dict[str, Any]:
     """A declared model config made ready to serve and train from this home folder.
 
     - `{home}` in `path` becomes the flywheel's home folder (e.g. recorded answers written there);
+    - whenever the config changes here, its `revision` (absent from the profile) is pinned first
+      to `declared_revision` of the config as written, so the model's identity (and every cached
+      answer's key) is the same in every home;
     - a `transformers` model given as a GGUF file (`gguf_file` inside `path`, which may be
       `package:NAME`) is dequantized once into an HF folder under `home/models/gguf/`, keyed
       by the file's hash, and the config points there instead: loading a GGUF costs ~30 s
       every time, and TRL trains from HF folders only. `converted_from` records the source.
     """
     out = dict(config)
+    written_revision = str(config.get("revision") or declared_revision(config))
     if isinstance(out.get("path"), str) and "{home}" in out["path"]:
         out["path"] = out["path"].replace("{home}", str(home))
     if out.get("backend") == "transformers" and out.get("gguf_file"):
@@ -94,13 +104,14 @@ def prepare_model_config(config: dict[str, Any], home: Path) -> dict[str, Any]:
         out.pop("model", None)
         out["path"] = str(folder)
         out["converted_from"] = source
+    if out != config:
+        out["revision"] = written_revision
     return out
 
 
 def gguf_to_hf_folder(path: str, gguf_file: str, root: Path) -> tuple[Path, dict[str, Any]]:
     """Dequantize `path/gguf_file` into `root/<stem>-<hash>/` once (atomic, locked); returns (folder, source)."""
     import fcntl
-    import shutil
 
     from arena_dagster.backends.transformers_backend import resolve_model_path
 
@@ -126,7 +137,8 @@ def gguf_to_hf_folder(path: str, gguf_file: str, root: Path) -> tuple[Path, dict
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tmp = Path(str(target) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            remove_tree(root, tmp)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32)
         # The weights are dequantized already; without the GGUF marker save_pretrained writes safetensors.
@@ -136,6 +148,5 @@ def gguf_to_hf_folder(path: str, gguf_file: str, root: Path) -> tuple[Path, dict
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "converted_from.json").write_text(json.dumps(source, indent=2))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        replace_dir(root, tmp, target)
     return target, source

@@ -10,7 +10,7 @@ import pytest
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, user_messages
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, resolve_profile, write_jsonl
-from arena_dagster.training.entrypoint import TrainingSpecError, file_sha256, read_manifest, spec_hash
+from arena_dagster.training.spec import TrainingSpecError, file_sha256, read_manifest, spec_hash
 from arena_dagster.training.runner import TrainingError, run_training, run_trainings
 from arena_dagster.training.stages import stage_training_spec
 
@@ -36,7 +36,8 @@ def workspace(tmp_path_factory) -> dict:
         "dataset_path": str(base_data),
         "tokenizer": str(tokenizer),
         "model_config": TINY_MODEL,
-        "hyperparams": {"max_steps": 6, "batch_size": 8, "logging_steps": 2},
+        # logging_steps above max_steps: the manifest's loss figures must not depend on it.
+        "hyperparams": {"max_steps": 6, "batch_size": 8, "logging_steps": 25},
         "threads": 1,
     }
     lines: list[str] = []
@@ -63,7 +64,13 @@ def test_base_stage_writes_model_tokenizer_and_manifest(workspace):
     assert manifest["dataset_rows"] == 120
     assert manifest["dataset_hash"] == file_sha256(workspace["base_data"])
     assert manifest["spec_hash"] == spec_hash(workspace["base_spec"])
-    assert manifest["metrics"]["steps"] == 6 and manifest["metrics"]["train_loss"] > 0
+    metrics = manifest["metrics"]
+    assert metrics["steps"] == 6 and metrics["train_loss"] > 0
+    assert [step for step, _ in manifest["curves"]["loss"]] == [1, 2, 3, 4, 5, 6]
+    assert metrics["first_loss"] == pytest.approx(manifest["curves"]["loss"][0][1], abs=1e-5)
+    assert metrics["final_loss"] == pytest.approx(manifest["curves"]["loss"][-1][1], abs=1e-5)
+    assert metrics["final_loss"] < metrics["first_loss"]
+    assert 0 <= metrics["final_mean_token_accuracy"] <= 1
     assert manifest["hyperparams"]["learning_rate"] == 3e-3 and manifest["wall_s"] > 0
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).is_file(), name
@@ -84,7 +91,7 @@ def test_sft_with_replay_then_dpo_from_sft(workspace):
     profile = {
         "flywheel": {
             "sft": {"hyperparams": {"max_steps": 4, "batch_size": 8, "logging_steps": 1}, "replay_rows": 10},
-            "dpo": {"hyperparams": {"max_steps": 3, "batch_size": 4, "logging_steps": 1}},
+            "dpo": {"hyperparams": {"max_steps": 3, "batch_size": 4, "logging_steps": 50}},
         }
     }
     sft_spec = stage_training_spec(
@@ -105,7 +112,9 @@ def test_sft_with_replay_then_dpo_from_sft(workspace):
     dpo = run_training(dpo_spec, log=lambda _: None, timeout_s=120)
     assert dpo["stage"] == "dpo" and dpo["base_model"] == sft_spec["output_dir"]
     assert dpo["dataset_rows"] == 20 and dpo["metrics"]["steps"] == 3
-    assert "rewards/accuracies" in dpo["metrics"] or any(k.startswith("rewards/") for k in dpo["metrics"])
+    assert {"rewards/accuracies", "rewards/margins", "first_rewards_margins"} <= set(dpo["metrics"])
+    assert all(len(dpo["curves"][name]) == 3 for name in ("loss", "rewards/margins", "rewards/accuracies"))
+    assert isinstance(dpo["metrics"]["first_loss"], float) and isinstance(dpo["metrics"]["final_loss"], float)
     _generate(dpo_spec["output_dir"])
 
 

@@ -14,16 +14,9 @@ import pytest
 
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
-from arena_dagster.training.entrypoint import (
-    TrainingDataError,
-    TrainingSpecError,
-    dpo_rows,
-    read_manifest,
-    spec_hash,
-    split_preference_pairs,
-    train,
-    validate_spec,
-)
+from arena_dagster.training.data import dpo_rows, split_preference_pairs
+from arena_dagster.training.entrypoint import train
+from arena_dagster.training.spec import TrainingDataError, TrainingSpecError, read_manifest, spec_hash, validate_spec
 from arena_dagster.training.runner import TrainingError, run_training, training_command
 
 TINY_LLAMA = {
@@ -129,6 +122,12 @@ def test_reward_stage_measures_held_out_pairs(home):
     assert metrics["pairs_over_max_length"] == 0
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and 0.0 <= metrics["train_accuracy"] <= 1.0
     assert metrics["steps"] == 30 and metrics["train_loss"] > 0
+    assert metrics["final_loss"] < metrics["first_loss"]
+    # Held-out accuracy along the run (every 6 steps) and at its end; training-batch accuracy every step.
+    curves = manifest["curves"]
+    assert [step for step, _ in curves["eval_accuracy"]] == [6, 12, 18, 24, 30]
+    assert curves["eval_accuracy"][-1][1] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)
+    assert len(curves["loss"]) == len(curves["accuracy"]) == 20  # 30 steps in 20 buckets
     assert manifest["split"] == split and split["eval_prompts"] + split["train_prompts"] == 60
     assert {json.dumps(r["prompt"]) for r in train_rows}.isdisjoint(json.dumps(r["prompt"]) for r in eval_rows)
     # The signal is obvious (answers vs symbol garbage): a trained reward model must rank held-out pairs.
@@ -169,6 +168,8 @@ def test_rl_stage_trains_a_loadable_policy(home):
     assert metrics["steps"] == 2 and metrics["train_wall_s"] > 0
     assert isinstance(metrics["first_mean_reward"], float) and isinstance(metrics["last_mean_reward"], float)
     assert isinstance(metrics["last_kl"], float)  # beta 0.4 > 0: TRL logs the KL
+    assert [step for step, _ in manifest["curves"]["reward"]] == [1, 2] and len(manifest["curves"]["kl"]) == 2
+    assert isinstance(metrics["first_loss"], float) and isinstance(metrics["final_loss"], float)
     assert manifest["hyperparams"]["beta"] == 0.4 and manifest["hyperparams"]["temperature"] == 1.0
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -218,7 +219,7 @@ def test_bad_specs_fail_clearly(home, tmp_path):
 
 
 def test_paper_defaults_and_explicit_max_steps():
-    from arena_dagster.training.entrypoint import DEFAULT_HYPERPARAMS
+    from arena_dagster.training.spec import DEFAULT_HYPERPARAMS
 
     assert DEFAULT_HYPERPARAMS["sft"]["learning_rate"] == 5e-6 and DEFAULT_HYPERPARAMS["sft"]["epochs"] == 3
     assert DEFAULT_HYPERPARAMS["dpo"]["learning_rate"] == 5e-7 and DEFAULT_HYPERPARAMS["dpo"]["beta"] == 0.3
