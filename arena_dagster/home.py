@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from datetime import datetime, timezone
@@ -298,29 +299,37 @@ def home_from_env() -> Path:
     return resolve_home(None)
 
 
+def _output_name(name: str) -> str:
+    """The checkpoint folder a file beside it belongs to: `SFT-I1.tmp`, `SFT-I1.spec.json`, `SFT-I1.lock` -> SFT-I1."""
+    for suffix in (".spec.json", ".tmp", ".old", ".lock"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    legacy = re.fullmatch(r"(.+)\.[a-z0-9_]{8}\.json", name)
+    return legacy.group(1) if legacy else name
+
+
 def reap_stale_files(home: Path) -> list[Path]:
-    """Remove what killed runs left in the home's model folders: `<ckpt>.tmp`, `<ckpt>.old`, spec files.
+    """Remove what killed trainings left in the home's model folders (see training.runner.leftovers).
 
     Only while no run holds the writer lock (a live training writes its `.tmp`); nothing
     outside the home is touched.
     """
     from arena_dagster.paths import remove_tree
+    from arena_dagster.training.runner import leftovers
 
     lock = writer_lock(home)
     if not lock.acquire(wait=False, command="cleanup"):
         return []
     removed: list[Path] = []
     try:
-        for folder in ("checkpoints", "models", "models/models"):
+        for folder in ("checkpoints", "models/models"):
             root = Path(home) / folder
             if not root.is_dir():
                 continue
-            for path in sorted(root.iterdir()):
-                stale = path.name.endswith((".tmp", ".old")) or (path.suffix == ".json" and path.parent == root
-                                                                  and path.name.count(".") >= 2)
-                if stale and path.exists():
-                    remove_tree(home, path)
-                    removed.append(path)
+            outputs = {root / _output_name(entry.name) for entry in root.iterdir()}
+            for stale in sorted({path for output in outputs for path in leftovers(output)}):
+                remove_tree(home, stale)
+                removed.append(stale)
     finally:
         lock.release()
     return removed

@@ -15,10 +15,8 @@ pyproject.toml, and tests/test_cli_runs.py exercises this path end to end.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ from typing import Any, Callable, Iterator
 import dagster as dg
 
 from arena_dagster.errors import ArenaError
+from arena_dagster.training.guard import guarded
 from arena_dagster.home import LOCATION_NAME, dagster_home, environment, logs_dir, pid_alive, prepare_instance
 
 IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
@@ -96,11 +95,6 @@ def _daemon_alive(instance: dg.DagsterInstance, fresh_s: float = 60.0) -> bool:
     return beat is not None and time.time() - beat.timestamp < fresh_s
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the daemon ends when this command does
-
-
 @contextlib.contextmanager
 def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str], None], timeout_s: float = 120) -> Iterator[None]:
     """A Dagster daemon serving the home's run queue while the block runs (the UI's, if one is open)."""
@@ -109,10 +103,10 @@ def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str
         return
     workspace = prepare_instance(home)
     log = open(logs_dir(home) / "daemon.log", "a")
+    # Guarded: a daemon this command started ends with it, even when it is killed with kill -9.
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)],
+        guarded([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)]),
         env={**os.environ, **environment(home)}, stdout=log, stderr=subprocess.STDOUT, cwd=str(home),
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
     try:
         deadline = time.monotonic() + timeout_s

@@ -69,7 +69,16 @@ def inside_any(roots: list[str | os.PathLike[str]], path: str | os.PathLike[str]
 
 
 def remove_tree(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
-    """Delete a folder (or file) that lies under `root`; never anything outside it, never `root` itself."""
+    """Delete a folder (or file) that lies under `root`; never anything outside it, never `root` itself.
+
+    A symbolic link under `root` is removed as a link (what it points to is left alone).
+    """
+    link = Path(path).expanduser()
+    link = link if link.is_absolute() else Path(root).expanduser().resolve() / link
+    if link.is_symlink():
+        inside(root, link.parent, "folder to delete from")
+        link.unlink()
+        return
     target = inside(root, path, "folder to delete")
     if target == Path(root).expanduser().resolve():
         raise UnsafePathError(f"refusing to delete the root {target} itself")

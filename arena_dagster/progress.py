@@ -39,6 +39,7 @@ class RunPrinter:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_file.open("a", encoding="utf-8")
         self._started: dict[str, float] = {}
+        self._last_error: dict[str, str] = {}
         self._bar = None
         self._bar_step: str | None = None
         self.failures: list[str] = []
@@ -58,6 +59,8 @@ class RunPrinter:
         self._log.flush()
         if self.verbose:
             self._write(line)
+        if step and message and int(getattr(entry, "level", 0) or 0) >= 40:
+            self._last_error[step] = _first_line(message)
         if kind == "STEP_START":
             self._started[step] = getattr(entry, "timestamp", time.time())
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
@@ -74,6 +77,9 @@ class RunPrinter:
         if kind == "STEP_FAILURE":
             error = getattr(getattr(entry.dagster_event, "event_specific_data", None), "error", None)
             detail = _first_line(getattr(error, "message", "") or getattr(entry, "user_message", ""))
+            reported = self._last_error.pop(step, "")
+            if reported and reported not in detail:
+                detail = f"{detail} ({reported})"
             self.failures.append(f"{step}: {detail}")
         self._write(f"  {mark} {self.label}{step:<28} {elapsed:7.1f} s  {detail}".rstrip())
 

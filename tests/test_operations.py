@@ -35,6 +35,12 @@ def test_cli_runs_are_runs_of_the_code_location_with_profile_tags(smoke_home):
         assert run.tags["arena/profile"] == "skills_smoke" == record["profile"]
         assert run.tags["arena/profile_hash"] == record["profile_hash"]
         assert run.tags["arena/home"] == str(smoke_home) and run.tags["arena/started_by"] == "cli"
+    # Training reports through Dagster Pipes: its per-step figures are the checkpoint's metadata, its lines the run's log.
+    sft = instance.get_latest_materialization_event(dg.AssetKey("sft_checkpoint")).asset_materialization.metadata
+    assert isinstance(sft["first_loss"].value, float) and isinstance(sft["final_loss"].value, float)
+    [round_two] = [r for r in rounds if r.tags["dagster/partition"] == "2"]
+    messages = [r.event_log_entry.user_message for r in instance.get_records_for_run(round_two.run_id, limit=100000).records]
+    assert any(m.startswith("[sft] step") for m in messages), "training lines did not arrive through Pipes"
     # Every materialization records the profile that made it.
     for key in ("prompt_pool", "baseline_leaderboard", "sft_checkpoint", "leaderboard", "target_model"):
         event = instance.get_latest_materialization_event(dg.AssetKey(key))

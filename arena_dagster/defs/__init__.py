@@ -77,7 +77,12 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
         jobs=flywheel_jobs(tags),
         schedules=[nightly_flywheel],
         sensors=[round_partitions_sensor, next_round_sensor, failed_round_sensor_for(root)],
-        resources={"arena": ArenaHome(home=str(root), profile=name, seed=seed), "duckdb": warehouse_resource(root)},
+        resources={
+            "arena": ArenaHome(home=str(root), profile=name, seed=seed),
+            "duckdb": warehouse_resource(root),
+            # Training steps run as Pipes subprocesses; a cluster swaps in another Pipes client (README).
+            "pipes": dg.PipesSubprocessClient(),
+        },
         # One process per run: DuckDB takes one writing process per file, and the steps of a
         # round run in order anyway. Training steps start their own subprocesses.
         executor=dg.in_process_executor,

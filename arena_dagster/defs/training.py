@@ -51,6 +51,7 @@ def _train(
     context: dg.AssetExecutionContext,
     arena: ArenaHome,
     duckdb: DuckDBResource,
+    pipes: dg.PipesSubprocessClient,
     *,
     stage: str,
     parent: dict[str, Any],
@@ -86,7 +87,20 @@ def _train(
         replay_dataset=replay,
         reward_model=reward_model["path"] if reward_model else None,
     )
-    manifest = run_training(spec, log=context.log.info)
+    invocations: list[dg.PipesClientCompletedInvocation] = []
+
+    def launch(command: list[str], env: dict[str, str]) -> int:
+        # Through Dagster Pipes: the process's log lines, per-step metrics and final figures reach this asset.
+        # A non-zero exit raises DagsterPipesExecutionError; the runner turns it into a TrainingError.
+        invocations.append(pipes.run(command=command, context=context, env=env,
+                                     extras={"asset_key": context.asset_key.to_user_string()}))
+        return 0
+
+    manifest = run_training(spec, log=context.log.info, launch=launch)
+    # A finished run with the same spec hash is reused without a process: its figures come from the manifest.
+    reported = (dict(invocations[0].get_materialize_result().metadata) if invocations else
+                {key: value for key, value in manifest.get("metrics", {}).items()
+                 if isinstance(value, (int, float)) and not isinstance(value, bool)})
     with duckdb.get_connection() as conn:
         register_model(
             conn, model=name, kind=stage, round_key=round_key, path=output_dir,
@@ -94,6 +108,7 @@ def _train(
         )
     return dg.MaterializeResult(
         metadata={
+            **reported,
             **arena.provenance(),
             "model": name,
             "parent": parent["model"],
@@ -109,7 +124,8 @@ def _train(
     )
 
 
-def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, *, stage: str, parent: dict[str, Any]) -> dg.MaterializeResult:
+def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient, *, stage: str,
+                    parent: dict[str, Any]) -> dg.MaterializeResult:
     round_key = round_of(context)
     table, to_rows, schedule_stage = _STAGE_DATA[stage]
     plan = stage_plan(arena.settings(), schedule_stage, round_key)
@@ -124,7 +140,7 @@ def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, *, stage:
             return _register_skipped(conn, stage=stage, round_key=round_key, parent=parent,
                                      reason=f"{table} has pairs of {rows['prompt_id'].n_unique()} prompt(s) for rounds {rounds}; "
                                             "a reward model needs at least 2 (one held out)", provenance=arena.provenance())
-    return _train(context, arena, duckdb, stage=stage, parent=parent, rows=rows, training_rows=to_rows(rows),
+    return _train(context, arena, duckdb, pipes, stage=stage, parent=parent, rows=rows, training_rows=to_rows(rows),
                   extra={"data_rounds": list(plan.data_rounds), "table": table})
 
 
@@ -136,10 +152,12 @@ def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, *, stage:
     deps=["sft_examples", "sft_judge_health"],
     description="Round r: SFT-I{r}, TRL SFTTrainer on the sft slice's winning answers, from the round's target (in a subprocess).",
 )
-def sft_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def sft_checkpoint(
+    context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
         parent = current_target(conn, round_of(context))
-    return _train_on_table(context, arena, duckdb, stage="sft", parent=parent)
+    return _train_on_table(context, arena, duckdb, pipes, stage="sft", parent=parent)
 
 
 @dg.asset(
@@ -150,10 +168,12 @@ def sft_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
     deps=[sft_checkpoint, "dpo_pairs", "dpo_judge_health"],
     description="Round r: DPO-I{r}, TRL DPOTrainer on the dpo slice's (winner, loser) pairs, from SFT-I{r} (its frozen copy is the reference).",
 )
-def dpo_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def dpo_checkpoint(
+    context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
         parent = resolve_skipped(conn, round_checkpoint(conn, "sft", round_of(context)))
-    return _train_on_table(context, arena, duckdb, stage="dpo", parent=parent)
+    return _train_on_table(context, arena, duckdb, pipes, stage="dpo", parent=parent)
 
 
 def _reward_accuracy_floor(arena: ArenaHome) -> float:
@@ -178,11 +198,12 @@ def _reward_accuracy_floor(arena: ArenaHome) -> float:
         "held-out pair accuracy (pairs of prompts it never saw) as metadata and as an asset check."
     ),
 )
-def reward_model(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource):
+def reward_model(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource,
+                 pipes: dg.PipesSubprocessClient):
     round_key = round_of(context)
     with duckdb.get_connection() as conn:
         parent = resolve_skipped(conn, round_checkpoint(conn, "dpo", round_key))
-    result = _train_on_table(context, arena, duckdb, stage="reward", parent=parent)
+    result = _train_on_table(context, arena, duckdb, pipes, stage="reward", parent=parent)
     floor = _reward_accuracy_floor(arena)
     with duckdb.get_connection() as conn:
         row = get_model(conn, checkpoint_name("reward", round_key))
@@ -214,7 +235,9 @@ def reward_model(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Du
         "(the policy it starts from). Skipped, and DPO-I{r} stands in, when the reward model is below its accuracy floor."
     ),
 )
-def rl_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def rl_checkpoint(
+    context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient
+) -> dg.MaterializeResult:
     round_key = round_of(context)
     plan = stage_plan(arena.settings(), "rl", round_key)
     floor = _reward_accuracy_floor(arena)
@@ -230,6 +253,6 @@ def rl_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: D
             return _register_skipped(conn, stage="rl", round_key=round_key, parent=parent,
                                      reason=f"reward model held-out accuracy {accuracy:.3f} < floor {floor}", provenance=arena.provenance())
     prompts = pl.concat([battle_prompts(pool, stage_plan(arena.settings(), "rl", r)) for r in plan.data_rounds])
-    return _train(context, arena, duckdb, stage="rl", parent=parent, rows=prompts, training_rows=prompt_training_rows(prompts),
+    return _train(context, arena, duckdb, pipes, stage="rl", parent=parent, rows=prompts, training_rows=prompt_training_rows(prompts),
                   reward_model=reward, extra={"reward_model": reward["model"], "reward_eval_accuracy": accuracy,
                                               "data_rounds": list(plan.data_rounds)})
