@@ -218,11 +218,18 @@ class CompletionCache:
                 conn.execute(statement)
             self._settle_schema(conn)
 
+    @staticmethod
+    def _schema_version(conn: sqlite3.Connection) -> int | None:
+        row = conn.execute("SELECT value FROM cache_meta WHERE name = 'schema_version'").fetchone()
+        return None if row is None else int(row[0])
+
     def _settle_schema(self, conn: sqlite3.Connection) -> None:
+        if self._schema_version(conn) == SCHEMA_VERSION:
+            return  # the common case: no write lock taken just to open the cache
         conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see version 2
         try:
             conn.execute("INSERT OR IGNORE INTO cache_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            found = int(conn.execute("SELECT value FROM cache_meta WHERE name = 'schema_version'").fetchone()[0])
+            found = self._schema_version(conn)
             if found == 1:
                 # Every stored row carries what its key hashes: recompute, copy, swap, in one transaction.
                 conn.create_function("schema2_key", 7, _schema2_key, deterministic=True)

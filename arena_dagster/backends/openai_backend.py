@@ -66,6 +66,10 @@ class ServerFault(Exception):
     """A 200 that is no answer: not JSON, no choices, `content: null` or "". Retried like a 5xx."""
 
 
+class EmptyCompletion(ServerFault):
+    """`content: null` or "": may be this prompt's doing, so it does not stop the other requests."""
+
+
 class RequestsPerMinuteLimiter:
     """Spaces request starts evenly, at most `rpm` per minute (no bursts)."""
 
@@ -211,10 +215,9 @@ class OpenAIBackend:
         status = getattr(exc, "status_code", None)
         if status is not None:
             return status in REFUSING_STATUS or self._retryable(exc)
-        if isinstance(exc, ServerFault):
-            # An empty answer can be this prompt's; a body that is not an answer at all is the server's.
-            return "empty completion" not in str(exc)
-        return self._retryable(exc)
+        if isinstance(exc, EmptyCompletion):
+            return False  # e.g. a reasoning model that spent max_tokens thinking on this prompt
+        return self._retryable(exc)  # a body that is no answer at all is the server's fault
 
     @staticmethod
     def _completion(request: ChatRequest, response: Any, latency_s: float) -> Completion:
@@ -231,7 +234,7 @@ class OpenAIBackend:
         if not isinstance(content, str) or not content:
             shown = "null" if content is None else repr(content)
             refusal = getattr(message, "refusal", None)
-            raise ServerFault(
+            raise EmptyCompletion(
                 f"the server returned an empty completion (content {shown}, finish_reason "
                 f"{getattr(choice, 'finish_reason', None)!r}" + (f", refusal {refusal!r}" if refusal else "") + ")"
             )
@@ -283,7 +286,7 @@ class OpenAIBackend:
         )
         indices = iter(range(len(requests)))  # shared by the workers: each request is taken once
         failures: list[tuple[int, BaseException]] = []
-        halted: list[BaseException] = []
+        halted: list[tuple[int, BaseException]] = []
         delivering = asyncio.Lock()
 
         async def worker() -> None:
@@ -296,7 +299,7 @@ class OpenAIBackend:
                 except Exception as exc:  # noqa: BLE001 - reported below, with every other failure
                     failures.append((index, exc))
                     if self._halts_run(exc):
-                        halted.append(exc)
+                        halted.append((index, exc))
                     continue
                 # One delivery at a time, off the event loop: a commit never stalls requests in flight.
                 async with delivering:
@@ -315,16 +318,20 @@ class OpenAIBackend:
             await client.close()
         if failures:
             # Requests no worker took (the run halted) are what `indices` still holds.
-            raise self._failure(requests, failures, skipped=sum(1 for _ in indices)) from None
+            shown = halted[0] if halted else min(failures, key=lambda item: item[0])
+            raise self._failure(requests, len(failures), shown, skipped=sum(1 for _ in indices)) from None
 
-    def _failure(self, requests: Sequence[ChatRequest], failures: list[tuple[int, BaseException]], skipped: int) -> OpenAIBackendError:
-        failures.sort(key=lambda item: item[0])
-        first_index, first_error = failures[0]
+    def _failure(
+        self, requests: Sequence[ChatRequest], failed: int, shown: tuple[int, BaseException], skipped: int
+    ) -> OpenAIBackendError:
+        """The error for `failed` requests; `shown` is the one that stopped the run, else the first."""
+        index, error = shown
         what = (
-            f"{len(failures)} of {len(requests)} requests to {self.where} failed"
+            f"{failed} of {len(requests)} requests to {self.where} failed"
             + (f" and {skipped} were not sent once the server failed" if skipped else "")
-            + f"; retryable errors were tried {self.max_retries + 1} times. First failure, request "
-            f"{requests[first_index].request_id!r}: {self._describe(first_error)}"
+            + f"; retryable errors were tried {self.max_retries + 1} times. "
+            + ("Failure that stopped the run" if skipped else "First failure")
+            + f", request {requests[index].request_id!r}: {self._describe(error)}"
         )
         fix = ("check that the server is up, reachable and serves this model (a slow one: raise timeout_s), "
                "then rerun: every answered request is cached and is not sent again")
