@@ -105,3 +105,15 @@ def serve():
     yield start
     for server in servers:
         server.close()
+
+
+def settled(count: Callable[[], int], quiet_s: float = 0.5, timeout_s: float = 30.0) -> int:
+    """`count()` once it has not changed for `quiet_s`: a killed client's last request may still be on its way."""
+    last, since = count(), time.monotonic()
+    deadline = since + timeout_s
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last

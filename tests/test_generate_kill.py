@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("openai")
 
-from scripted_server import ok, serve  # noqa: F401 - `serve` is a fixture
+from scripted_server import ok, serve, settled  # noqa: F401 - `serve` is a fixture
 
 REPO = Path(__file__).resolve().parents[1]
 N = 200
@@ -56,7 +56,7 @@ def test_killed_generate_pays_at_most_the_requests_in_flight(serve, tmp_path: Pa
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert proc.returncode == -signal.SIGKILL and not out.exists()
-    sent_before = [body["messages"][-1]["content"] for body in list(server.calls)]
+    sent_before = [body["messages"][-1]["content"] for body in server.calls[: settled(lambda: len(server.calls))]]
     with sqlite3.connect(cache_path) as conn:
         committed = {json.loads(m)[-1]["content"] for (m,) in conn.execute("SELECT messages FROM completions")}
     assert 55 <= len(sent_before) < N and committed <= set(sent_before)
@@ -102,3 +102,26 @@ def test_a_server_that_dies_mid_run_is_one_line_and_the_rerun_sends_only_the_res
     rerun = generate_cli(fixed.url, prompts, out, home)  # the same prompts, sampling and served model name
     assert rerun.wait(120) == 0, rerun.stderr.read()
     assert len(fixed.calls) == 70 and len(out.read_text().splitlines()) == 120
+
+
+def test_ctrl_c_is_one_line_and_keeps_every_answer_received(serve, tmp_path: Path) -> None:
+    server = serve(lambda n, body: (200, ok(body), 0.02))
+    prompts, out, home = write_prompts(tmp_path / "in.jsonl", N), tmp_path / "out.jsonl", tmp_path / "home"
+    proc = generate_cli(server.url, prompts, out, home)
+    deadline = time.monotonic() + 120
+    while len(server.calls) < 40 and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and not out.exists()
+    assert err.strip().splitlines() == [
+        "arena-dagster: interrupted: every answer received so far is in the cache; run the same command again to resume"
+    ], err
+    sent = settled(lambda: len(server.calls))
+    with sqlite3.connect(home / "cache" / "completions.sqlite") as conn:
+        kept = conn.execute("SELECT count(*) FROM completions").fetchone()[0]
+    assert sent - CONCURRENCY <= kept <= sent
+    rerun = generate_cli(server.url, prompts, out, home)
+    assert rerun.wait(120) == 0
+    assert len(server.calls) - sent == N - kept

@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("openai")
 
-from scripted_server import LocalHTTP, reply
+from scripted_server import LocalHTTP, reply, settled
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, user_messages
 from arena_dagster.backends.cache import CompletionCache
@@ -274,7 +274,7 @@ def test_generate_killed_with_sigkill_pays_at_most_the_requests_in_flight(server
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        sent_first, kept = proxy.seen, rows_in(cache_path)
+        sent_first, kept = settled(lambda: proxy.seen), rows_in(cache_path)
         assert kill_after <= sent_first < n and kept <= sent_first and not out.exists()
 
         rerun = _generate_cli(proxy.url, server.model, prompts, out, home)
