@@ -3,11 +3,18 @@
     .venv/bin/python benchmarks/bench_generation.py                # everything
     .venv/bin/python benchmarks/bench_generation.py --skip-transformers
     .venv/bin/python benchmarks/bench_generation.py --skip-server --tf-prompts 32
+    .venv/bin/python benchmarks/bench_generation.py --skip-server --skip-transformers   # commit cost only
 
 Server part (needs scripts/install_server.sh): `--requests` distinct prompts through
 `generate_cached` + the openai backend at each `--concurrency`, each level with a fresh cache
 (all misses), then the last level again on its filled cache (all hits): its wall time as a
-share of the first run (target < 2%).
+share of the first run (target < 2%). Each completion is committed as it arrives (one small
+transaction each), so this also prices the exactly-once commit against the server's own time.
+
+Commit part (no model): `--commits` completions written to a CompletionCache one transaction
+per completion through one session (what a streaming backend gets), one transaction per batch of
+`--batch-size` (what a batch backend gets), and one connection per completion (the naive way):
+microseconds per completion, and the per-completion cost as a share of one server request.
 
 Transformers part: `TransformersBackend` (batched, left-padded, length-sorted) against a plain
 loop that calls `model.generate` once per prompt, greedy, same max_new_tokens. The model is
@@ -84,6 +91,50 @@ def bench_server(args: argparse.Namespace) -> dict:
     return results
 
 
+def bench_commits(args: argparse.Namespace, server_request_s: float | None) -> dict:
+    from arena_dagster.backends.base import Completion
+
+    spec = ModelSpec(name="m", backend="openai", path="served", revision="r")
+    rows = []
+    for i in range(args.commits):
+        request = ChatRequest(f"q{i}", user_messages(f"({i}) " + "a realistic prompt of some length " * 8))
+        rows.append((request.cache_key(spec), spec, request, Completion(request.request_id, "an answer " * 40, 80, 40)))
+
+    def timed(write) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = CompletionCache(Path(tmp) / "c.sqlite")
+            started = time.perf_counter()
+            write(cache)
+            elapsed = time.perf_counter() - started
+            assert len(cache) == len(rows)
+        return elapsed / len(rows) * 1e6
+
+    def per_completion(cache: CompletionCache) -> None:
+        with cache.session() as session:
+            for row in rows:
+                session.put(*row)
+
+    def per_batch(cache: CompletionCache) -> None:
+        with cache.session() as session:
+            for start in range(0, len(rows), args.batch_size):
+                session.put_many(rows[start : start + args.batch_size])
+
+    def connection_each(cache: CompletionCache) -> None:
+        for row in rows:
+            cache.put_many([row])
+
+    report = {
+        "completions": len(rows),
+        "us_per_completion_one_txn_each": round(timed(per_completion), 1),
+        f"us_per_completion_one_txn_per_{args.batch_size}": round(timed(per_batch), 1),
+        "us_per_completion_new_connection_each": round(timed(connection_each), 1),
+    }
+    if server_request_s:
+        report["share_of_one_server_request"] = round(report["us_per_completion_one_txn_each"] / 1e6 / server_request_s, 6)
+    print(json.dumps(report), flush=True)
+    return report
+
+
 def bench_transformers(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -144,6 +195,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--skip-commits", action="store_true")
+    parser.add_argument("--commits", type=int, default=2000, help="completions written by the commit part")
     parser.add_argument("--tf-model", help="HF model folder for the transformers part")
     parser.add_argument("--tf-prompts", type=int, default=32)
     parser.add_argument("--tf-max-tokens", type=int, default=32)
@@ -157,6 +210,10 @@ def main() -> int:
     report: dict = {}
     if not args.skip_server:
         report["server"] = bench_server(args)
+    if not args.skip_commits:
+        level = (report.get("server") or {}).get("levels", [{}])[-1]
+        request_s = level["concurrency"] / level["req_per_s"] if level else None  # one request's own time
+        report["commits"] = bench_commits(args, request_s)
     if not args.skip_transformers:
         report["transformers"] = bench_transformers(args)
     if args.json_out:

@@ -133,3 +133,130 @@ def test_recorded_replays_fastchat_answers_from_shared_data() -> None:
     backend = make_backend(ModelSpec(name="gpt-4", backend="recorded", path=str(path), options={"model_id": "gpt-4"}))
     out = backend.generate([ChatRequest(r["question_id"], user_messages("ignored")) for r in rows])
     assert [c.text for c in out] == [r["choices"][0]["turns"][0] for r in rows]
+
+
+# ---------------------------------------------------------------- user errors: one line, exit 2
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def one_line_error(capsys, code: int) -> str:
+    """The error line: the last on stderr, the only one starting `arena-dagster: ` (progress lines come before)."""
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("arena-dagster: ")]
+    assert code == 2 and errors == lines[-1:] and "Traceback" not in err, err
+    return lines[-1]
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "in.jsonl", [{"id": f"p{i}", "prompt": f"q{i}"} for i in range(4)])
+
+
+def test_unset_api_key_variable_is_one_line_and_touches_nothing(tmp_path: Path, prompts: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("ARENA_NO_SUCH_KEY", raising=False)
+    code = run_cli("--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model-name", "m",
+                   "--api-key-env", "ARENA_NO_SUCH_KEY", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"),
+                   "--home", str(tmp_path / "h"))
+    err = one_line_error(capsys, code)
+    assert "ARENA_NO_SUCH_KEY (api_key_env) is not set" in err and "export ARENA_NO_SUCH_KEY=" in err
+    assert not (tmp_path / "h").exists()
+
+
+def test_closed_port_with_credentials_in_the_url_is_one_redacted_line(tmp_path: Path, prompts: Path, capsys) -> None:
+    url = f"http://admin:pa55-secret@127.0.0.1:{closed_port()}/v1"
+    config = tmp_path / "models.yaml"
+    config.write_text(f"models:\n  srv: {{backend: openai, model: m, base_url: '{url}', max_retries: 1, "
+                      "backoff_initial_s: 0.01, backoff_max_s: 0.02}\n")
+    code = run_cli("--config", str(config), "--model", "srv", "--prompts", str(prompts),
+                   "--out", str(tmp_path / "o.jsonl"), "--home", str(tmp_path / "h"))
+    err = one_line_error(capsys, code)
+    assert "APIConnectionError" in err and "http://***@127.0.0.1" in err and "check that the server is up" in err
+    assert "pa55-secret" not in err and "admin" not in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_corrupted_cache_file_is_one_line_naming_it_and_the_fix(tmp_path: Path, answers: Path, prompts: Path, capsys) -> None:
+    cache = tmp_path / "h" / "cache" / "completions.sqlite"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"\x00garbage" * 4096)
+    code = run_cli("--backend", "recorded", "--model-name", str(answers), "--prompts", str(prompts),
+                   "--out", str(tmp_path / "o.jsonl"), "--home", str(tmp_path / "h"))
+    err = one_line_error(capsys, code)
+    assert f"damaged or not an SQLite file ({cache})" in err and f"mv {cache} {cache}.broken" in err
+
+
+def test_a_full_disk_while_caching_is_one_line_and_keeps_what_was_committed(
+    tmp_path: Path, answers: Path, prompts: Path, capsys, monkeypatch
+) -> None:
+    import sqlite3
+
+    home = tmp_path / "h"
+    common = ["--backend", "recorded", "--model-name", str(answers), "--out", str(tmp_path / "o.jsonl"), "--home", str(home)]
+    first = write_jsonl(tmp_path / "first.jsonl", [{"id": "p0", "prompt": "q0"}])
+    assert run_cli(*common, "--prompts", str(first), "--quiet") == 0
+    real = sqlite3.connect
+
+    def full(database, *args, **kwargs):  # SQLite itself reports SQLITE_FULL past this many pages
+        conn = real(database, *args, **kwargs)
+        conn.execute("PRAGMA max_page_count = 4")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", full)
+    big = write_jsonl(tmp_path / "big.jsonl", [{"id": f"p{i}", "prompt": f"q{i}"} for i in range(5)])
+    long_answers = write_jsonl(tmp_path / "long.jsonl", [{"id": f"p{i}", "completion": "z" * 5000} for i in range(5)])
+    code = run_cli("--backend", "recorded", "--model-name", str(long_answers), "--prompts", str(big),
+                   "--out", str(tmp_path / "o2.jsonl"), "--home", str(home))
+    err = one_line_error(capsys, code)
+    assert "disk full while writing the completion cache" in err and "free space" in err
+    monkeypatch.setattr(sqlite3, "connect", real)
+    from arena_dagster.backends.cache import CompletionCache
+
+    assert len(CompletionCache(home / "cache" / "completions.sqlite")) == 1  # the earlier answer, nothing half-written
+    assert not (tmp_path / "o2.jsonl").exists()
+
+
+def test_non_utf8_prompt_rows_are_one_line_and_a_bom_is_read(tmp_path: Path, answers: Path, capsys) -> None:
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"id": "p1", "prompt": "ok"}\n{"id": "p2", "prompt": "caf\xe9"}\n')
+    common = ["--backend", "recorded", "--model-name", str(answers), "--out", str(tmp_path / "o.jsonl"),
+              "--home", str(tmp_path / "h")]
+    err = one_line_error(capsys, run_cli(*common, "--prompts", str(bad)))
+    assert f"{bad}:2: not UTF-8 text (byte 0xe9 at column 28)" in err and "iconv" in err
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"id": "p1", "prompt": "x"}\n')
+    assert run_cli(*common, "--prompts", str(bom), "--quiet") == 0
+    assert [r["completion"] for r in read_jsonl(tmp_path / "o.jsonl")] == ["answer 1"]
+
+
+def test_unwritable_output_is_one_line_and_the_rerun_is_served_from_the_cache(
+    tmp_path: Path, answers: Path, prompts: Path, capsys
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a folder should be")
+    common = ["--backend", "recorded", "--model-name", str(answers), "--prompts", str(prompts), "--home", str(tmp_path / "h")]
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": "x"}) + "\n" for i in range(4)))
+    err = one_line_error(capsys, run_cli(*common, "--out", str(blocker / "o.jsonl")))
+    assert f"cannot write the answers (File exists: {blocker})" in err and "choose a writable --out" in err
+    assert run_cli(*common, "--out", str(tmp_path / "o.jsonl"), "--quiet") == 0
+    assert all(r["cached"] for r in read_jsonl(tmp_path / "o.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("models: [unclosed\n", "not valid YAML"), ("- just\n- a list\n", "must be a YAML mapping"), (None, "not found")],
+    ids=["broken-yaml", "not-a-mapping", "missing"],
+)
+def test_bad_model_config_files_are_one_line(tmp_path: Path, prompts: Path, capsys, text, message) -> None:
+    config = tmp_path / "models.yaml"
+    if text is not None:
+        config.write_text(text)
+    code = run_cli("--config", str(config), "--model", "x", "--prompts", str(prompts),
+                   "--out", str(tmp_path / "o.jsonl"), "--home", str(tmp_path / "h"))
+    assert message in one_line_error(capsys, code)

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import pytest
 
-from arena_dagster.backends.base import ChatRequest, Completion, ModelSpec, user_messages
+from arena_dagster.backends.base import BackendError, ChatRequest, Completion, ModelSpec, user_messages
 from arena_dagster.backends.cache import CompletionCache
 from arena_dagster.backends.generation import (
     BackendContractError,
@@ -195,3 +195,73 @@ def test_vllm_backend_without_vllm_says_how_to_install() -> None:
         pytest.skip("vllm is importable in this environment")
     with pytest.raises(BackendUnavailableError, match=r"arena-dagster\[vllm\]"):
         make_backend(ModelSpec(name="m", backend="vllm", path="x"))
+
+
+# ---------------------------------------------------------------- streaming backends: one commit per completion
+
+class StreamingEcho(CountingBackend):
+    """Delivers each answer as it is made; sees the cache grow one row per delivery."""
+
+    def __init__(self, cache: CompletionCache | None = None, fail_after: int | None = None, misbehave: str = "") -> None:
+        super().__init__()
+        self.cache = cache
+        self.fail_after = fail_after
+        self.misbehave = misbehave
+        self.rows_seen: list[int] = []
+
+    def generate_streaming(self, requests, on_completion) -> None:
+        self.batches.append(len(requests))
+        for index, request in enumerate(requests):
+            if self.fail_after is not None and len(self.sent) >= self.fail_after:
+                raise BackendError(f"server died after {self.fail_after} answers")
+            if self.cache is not None:
+                self.rows_seen.append(len(self.cache))
+            self.sent.append(request.request_id)
+            completion = Completion(request.request_id, "echo: " + request.messages[-1]["content"], 2, 3)
+            if self.misbehave == "twice":
+                on_completion(0, completion)
+            elif self.misbehave == "wrong-id":
+                completion.request_id = "someone-else"
+            elif self.misbehave == "drop" and index == len(requests) - 1:
+                return
+            on_completion(index, completion)
+
+
+def test_a_streaming_backend_gets_every_miss_at_once_and_each_answer_is_committed_as_it_comes(tmp_path: Path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    generate_cached(StreamingEcho(), _requests(3), cache)
+    backend = StreamingEcho(cache)
+    result = generate_cached(backend, _requests(10), cache, batch_size=4)
+    assert backend.batches == [7] and backend.sent == [f"q{i}" for i in range(3, 10)]
+    assert backend.rows_seen == list(range(3, 10))  # the previous answer was committed before the next request
+    assert [c.request_id for c in result.completions] == [f"q{i}" for i in range(10)]
+    assert (result.hits, result.generated, result.tokens_out) == (3, 7, 21)
+
+
+def test_a_streaming_backend_that_dies_keeps_every_answer_it_delivered(tmp_path: Path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    logged: list[str] = []
+    with pytest.raises(BackendError, match="server died"):
+        generate_cached(StreamingEcho(fail_after=5), _requests(10), cache, log=logged.append)
+    assert len(cache) == 5 and "stopped with 5 of 10 answered and cached" in logged[-1]
+    healthy = StreamingEcho()
+    generate_cached(healthy, _requests(10), cache)
+    assert healthy.sent == [f"q{i}" for i in range(5, 10)]
+
+
+def test_budgets_cut_what_a_streaming_backend_is_sent(tmp_path: Path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    backend = StreamingEcho()
+    result = generate_cached(backend, _requests(10), cache, budget=GenerationBudget(max_requests=6))
+    assert backend.batches == [6] and result.stopped_by_budget and len(result.completions) == 6
+    # A token budget is checked between calls of batch_size requests: it can pass by at most one call.
+    backend = StreamingEcho()
+    result = generate_cached(backend, _requests(10, "t"), cache, batch_size=2, budget=GenerationBudget(max_tokens=12))
+    assert backend.batches == [2, 2] and result.stopped_by_budget
+
+
+@pytest.mark.parametrize(("misbehave", "message"), [("twice", "twice or out of range"), ("wrong-id", "someone-else"),
+                                                    ("drop", "1 of 3 requests unanswered")])
+def test_a_streaming_backend_breaking_the_contract_is_a_clear_error(tmp_path: Path, misbehave: str, message: str) -> None:
+    with pytest.raises(BackendContractError, match=message):
+        generate_cached(StreamingEcho(misbehave=misbehave), _requests(3), CompletionCache(tmp_path / "c.sqlite"))

@@ -5,98 +5,29 @@ The real-server tests are in tests/test_server_backend.py.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 pytest.importorskip("openai")
 
+from scripted_server import answer, ok, serve  # noqa: F401 - `serve` is a fixture
+
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, user_messages
 from arena_dagster.backends.cache import CompletionCache
-from arena_dagster.backends.generation import PartialBatchError, generate_cached
+from arena_dagster.backends.generation import generate_cached
 from arena_dagster.backends.openai_backend import (
     OpenAIBackend,
     OpenAIBackendError,
+    OpenAIBatchError,
     OpenAIConfigError,
     RequestsPerMinuteLimiter,
 )
+from arena_dagster.errors import ArenaError
 
 SECRET = "sk-unit-test-SECRET-4242"
-
-
-class ScriptedServer:
-    """An OpenAI-shaped /v1/chat/completions whose behaviour per call is scripted by `plan(n, body)`."""
-
-    def __init__(self, plan: Callable[[int, dict], tuple[int, dict, float]]) -> None:
-        self.calls: list[dict] = []
-        self.headers: list[dict] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    n = len(outer.calls)
-                    outer.calls.append(body)
-                    outer.headers.append({k.lower(): v for k, v in self.headers.items()})
-                status, payload, delay = plan(n, body)
-                if delay:
-                    time.sleep(delay)
-                blob = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(blob)))
-                    if status == 429:
-                        self.send_header("Retry-After", "0")
-                    self.end_headers()
-                    self.wfile.write(blob)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def ok(body: dict) -> dict:
-    prompt = body["messages"][-1]["content"]
-    return {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": body["model"],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"re: {prompt}"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-    }
-
-
-@pytest.fixture
-def serve():
-    servers: list[ScriptedServer] = []
-
-    def start(plan):
-        server = ScriptedServer(plan)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def spec_for(url: str, **options) -> ModelSpec:
@@ -156,10 +87,14 @@ def test_partial_failure_keeps_answered_rows_in_the_cache(serve, tmp_path: Path)
     server = serve(lambda n, body: (503, {}, 0) if body["messages"][-1]["content"] == "p2" else (200, ok(body), 0))
     cache = CompletionCache(tmp_path / "c.sqlite")
     spec = spec_for(server.url, max_retries=1)
-    with pytest.raises(PartialBatchError, match="1 of 4 requests") as info:
+    with pytest.raises(OpenAIBackendError, match="1 of 4 requests") as info:
         generate_cached(OpenAIBackend(spec), reqs(4), cache)
-    assert "'r2'" in str(info.value)
+    assert "'r2'" in str(info.value) and isinstance(info.value, ArenaError) and "\n" not in str(info.value)
     assert len(cache) == 3
+    # The batch form keeps the answered ones on the error.
+    with pytest.raises(OpenAIBatchError) as batch:
+        OpenAIBackend(spec).generate(reqs(4))
+    assert [c is None for c in batch.value.completed] == [False, False, True, False]
 
 
 def test_dead_server_error_names_url_and_model_not_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,6 +117,120 @@ def test_dead_server_error_names_url_and_model_not_key(monkeypatch: pytest.Monke
     assert backend.attempts == 6
 
 
+def test_a_closed_port_fails_fast_and_stops_sending(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 40 requests at concurrency 4 against nothing: the run stops after the first requests' retries
+    # instead of retrying all 40 (that would take 10x as long for the same answer).
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = OpenAIBackend(spec_for(f"http://127.0.0.1:{port}/v1", max_retries=2))
+    with pytest.raises(OpenAIBackendError, match=r"were not sent once the server failed") as info:
+        backend.generate_streaming(reqs(40), lambda index, completion: None)
+    assert backend.attempts <= 4 * 3
+    assert "check that the server is up" in str(info.value)
+
+
+def test_unauthorized_stops_the_run_but_a_bad_request_does_not(serve) -> None:
+    server = serve(lambda n, body: (401, {"error": {"message": "bad key"}}, 0))
+    with pytest.raises(OpenAIBackendError, match="HTTP 401"):
+        OpenAIBackend(spec_for(server.url)).generate(reqs(20))
+    assert len(server.calls) <= 4  # the requests in flight when the first 401 came back
+    # A 400 is this request's fault (e.g. too long): the others are still answered and kept.
+    server = serve(lambda n, body: (400, {"error": {"message": "too long"}}, 0) if body["messages"][-1]["content"] == "p3"
+                   else (200, ok(body), 0))
+    delivered: list[int] = []
+    with pytest.raises(OpenAIBackendError, match="1 of 20 requests"):
+        OpenAIBackend(spec_for(server.url)).generate_streaming(reqs(20), lambda i, c: delivered.append(i))
+    assert sorted(delivered) == [i for i in range(20) if i != 3] and len(server.calls) == 20
+
+
+@pytest.mark.parametrize("content", [None, ""], ids=["null", "empty"])
+def test_null_or_empty_content_is_retried_never_cached(serve, tmp_path: Path, content) -> None:
+    # Always empty: retried with backoff, then a counted failure naming it; nothing cached.
+    server = serve(lambda n, body: (200, answer(body, content), 0))
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    backend = OpenAIBackend(spec_for(server.url, max_retries=2))
+    with pytest.raises(OpenAIBackendError, match="empty completion") as info:
+        generate_cached(backend, reqs(1), cache)
+    assert "null" in str(info.value) if content is None else "''" in str(info.value)
+    assert len(server.calls) == 3 and backend.retries == 2 and len(cache) == 0
+    # Empty once, then an answer: the answer is what is cached.
+    server = serve(lambda n, body: (200, answer(body, content if n == 0 else "the real answer"), 0))
+    result = generate_cached(OpenAIBackend(spec_for(server.url)), reqs(1), cache)
+    assert [c.text for c in result.completions] == ["the real answer"] and len(server.calls) == 2
+    assert list(cache.get_many([reqs(1)[0].cache_key(spec_for(server.url))]).values())[0].text == "the real answer"
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"{not json", "not JSON"),
+        (b"<html>502 Bad Gateway</html>", "not JSON"),
+        (b"[1, 2]", "not a chat completion"),
+        ({"id": "x", "object": "chat.completion", "created": 0, "model": "m"}, "not a chat completion"),
+        ({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}, "no choices"),
+    ],
+    ids=["broken-json", "html", "json-array", "no-choices-field", "empty-choices"],
+)
+def test_malformed_answers_are_retried_then_a_clear_error(serve, tmp_path: Path, payload, message) -> None:
+    server = serve(lambda n, body: (200, payload, 0) if n < 2 else (200, ok(body), 0))
+    result = generate_cached(OpenAIBackend(spec_for(server.url, max_retries=3)), reqs(1), CompletionCache(tmp_path / "a.sqlite"))
+    assert result.completions[0].text == "re: p0" and len(server.calls) == 3
+    server = serve(lambda n, body: (200, payload, 0))
+    cache = CompletionCache(tmp_path / "b.sqlite")
+    with pytest.raises(OpenAIBackendError, match=message) as info:
+        generate_cached(OpenAIBackend(spec_for(server.url, max_retries=1)), reqs(3), cache)
+    assert len(cache) == 0 and "\n" not in str(info.value)
+
+
+def test_completions_are_handed_over_as_they_finish(serve) -> None:
+    # r0 is slow: r1..r3 must be delivered (and so committed) before it, not after the whole batch.
+    server = serve(lambda n, body: (200, ok(body), 0.6 if body["messages"][-1]["content"] == "p0" else 0.02))
+    order: list[tuple[int, str]] = []
+    OpenAIBackend(spec_for(server.url)).generate_streaming(reqs(4), lambda i, c: order.append((i, c.request_id)))
+    assert order[-1] == (0, "r0") and sorted(order) == [(i, f"r{i}") for i in range(4)]
+
+
+def test_a_failing_callback_stops_the_run_and_is_reraised(serve) -> None:
+    server = serve(lambda n, body: (200, ok(body), 0.05))
+
+    class DiskFull(Exception):
+        pass
+
+    def on_completion(index, completion):
+        raise DiskFull("no space")
+
+    backend = OpenAIBackend(spec_for(server.url))
+    with pytest.raises(DiskFull):
+        backend.generate_streaming(reqs(40), on_completion)
+    assert len(server.calls) <= 8  # the first answers and those already in flight, not all 40
+
+
+def test_credentials_in_the_base_url_never_appear(serve, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    server = serve(lambda n, body: (500, {"error": {"message": "down"}}, 0))
+    url = server.url.replace("http://", "http://alice:hunter2-secret@")
+    spec = spec_for(url, max_retries=1)
+    backend = OpenAIBackend(spec)
+    logged: list[str] = []
+    with pytest.raises(OpenAIBackendError) as info:
+        generate_cached(backend, reqs(2), CompletionCache(tmp_path / "c.sqlite"), log=logged.append)
+    shown = [str(info.value), repr(backend), repr(spec), *logged]
+    assert all("hunter2" not in text and "alice" not in text for text in shown)
+    assert "http://***@127.0.0.1" in str(info.value)
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"hunter2" not in raw
+
+
+def test_a_bad_base_url_is_a_config_error_without_credentials() -> None:
+    for url in ("127.0.0.1:8000/v1", "ftp://u:pw-secret@host/v1", "http://u:pw-secret@host:port/v1"):
+        spec = ModelSpec(name="m", backend="openai", path="x", base_url=url)
+        with pytest.raises(OpenAIConfigError, match="base_url") as info:
+            OpenAIBackend(spec)
+        assert "pw-secret" not in str(info.value)
+
+
 def test_key_sent_as_bearer_but_scrubbed_from_errors(serve, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARENA_UNIT_KEY", SECRET)
     server = serve(lambda n, body: (401, {"error": {"message": f"Incorrect API key provided: {SECRET}"}}, 0))
@@ -195,8 +244,9 @@ def test_key_sent_as_bearer_but_scrubbed_from_errors(serve, monkeypatch: pytest.
 def test_missing_key_variable_is_a_config_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ARENA_ABSENT_KEY", raising=False)
     spec = ModelSpec(name="m", backend="openai", path="x", base_url="http://127.0.0.1:9/v1", api_key_env="ARENA_ABSENT_KEY")
-    with pytest.raises(OpenAIConfigError, match="ARENA_ABSENT_KEY"):
+    with pytest.raises(OpenAIConfigError, match="ARENA_ABSENT_KEY") as info:
         OpenAIBackend(spec)
+    assert str(info.value).endswith("or drop api_key_env for a server that needs no key")
 
 
 def test_concurrency_is_bounded(serve) -> None:

@@ -1,16 +1,31 @@
 """The one generation interface shared by target, competitor and judge models.
 
-A backend turns a batch of chat requests into completions. Backends never cache:
+A backend turns chat requests into completions. Backends never cache:
 `arena_dagster.backends.cache` sits in front of every backend, keyed by
-`ChatRequest.cache_key(model)`.
+`ChatRequest.cache_key(model)`, and `generation.generate_cached` commits each answer to it.
+
+Two ways to answer, one contract (every request answered, or an error):
+- `Backend.generate(requests) -> list[Completion]`: a batch at once, in request order
+  (transformers, vllm, recorded: their engines answer a batch together);
+- `StreamingBackend.generate_streaming(requests, on_completion)`: each completion handed
+  over the moment it arrives (openai: requests finish one by one), so the caller commits it
+  at once and a killed run loses only the requests in flight.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+from arena_dagster.backends.redact import redact_url
+from arena_dagster.errors import ArenaError
+
+
+class BackendError(ArenaError, RuntimeError):
+    """A backend could not answer: the server, the engine or the model files failed."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +37,11 @@ class SamplingParams:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# A revision that is a content digest (hex, >= 16 digits): a trained checkpoint's spec hash,
+# a declared model's config hash, a hub commit sha. It names the weights wherever they live.
+CONTENT_REVISION = re.compile(r"[0-9a-f]{16,128}")
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,23 @@ class ModelSpec:
     def identity(self) -> str:
         return f"{self.name}@{self.revision}" if self.revision else self.name
 
+    def cache_identity(self) -> dict[str, str]:
+        """What names this model in a cache key: content, not location.
+
+        A content revision alone when there is one (so a checkpoint trained in two homes, at
+        two paths, is one model); otherwise the path or hub id with its revision (a tag such
+        as `main` names nothing without its repository), else the name.
+        """
+        if CONTENT_REVISION.fullmatch(self.revision):
+            return {"model": "", "revision": self.revision}
+        return {"model": self.path or self.name, "revision": self.revision}
+
+    def __repr__(self) -> str:
+        # The dataclass repr would print base_url whole, credentials included.
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["base_url"] = redact_url(self.base_url)
+        return "ModelSpec(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
 
 @dataclass(frozen=True)
 class ChatRequest:
@@ -51,9 +88,13 @@ class ChatRequest:
     template_version: str = ""
 
     def cache_key(self, model: ModelSpec) -> str:
+        """sha256 of the model's cache identity, messages, sampling and template version.
+
+        Keys of models without a content revision are the same as in cache schema 1; keys of
+        models with one no longer hash the path (schema 2: `CompletionCache` rekeys old rows).
+        """
         payload = {
-            "model": model.path or model.name,
-            "revision": model.revision,
+            **model.cache_identity(),
             "messages": list(self.messages),
             "sampling": self.sampling.as_dict(),
             "template": self.template_version,
@@ -78,6 +119,27 @@ class Backend(Protocol):
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         """Answer every request, in the same order; raise on failure, never drop a row."""
+        ...
+
+
+# on_completion(index, completion): index is the position of the answered request.
+OnCompletion = Callable[[int, Completion], None]
+
+
+@runtime_checkable
+class StreamingBackend(Protocol):
+    spec: ModelSpec
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]: ...
+
+    def generate_streaming(self, requests: Sequence[ChatRequest], on_completion: OnCompletion) -> None:
+        """Answer every request, calling `on_completion(index, completion)` as each finishes.
+
+        Calls come in any order, one at a time (never concurrently), from any thread. When
+        `on_completion` raises, the backend stops (requests in flight are abandoned) and
+        re-raises that exception unchanged. When requests fail for good, the others are
+        still delivered where possible, then a `BackendError` says which failed.
+        """
         ...
 
 

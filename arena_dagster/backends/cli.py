@@ -7,7 +7,12 @@
 Input rows: `id` and `prompt` (a string) or `messages` (a list of {role, content}).
 Output rows: `id`, `model`, `completion`, `tokens_in`, `tokens_out`, `finish_reason`, `cached`,
 in input order, written atomically. The cache is HOME/cache/completions.sqlite, shared with the
-Dagster assets, so this fills or warms it for them.
+Dagster assets, so this fills or warms it for them. Each answer is committed to the cache as it
+arrives: a run killed or failed part-way is resumed by running the same command again.
+
+A user error (bad prompt file, unset key variable, dead server, damaged cache, full disk) is one
+line on stderr, `arena-dagster: <what> (<input>): <fix>`, exit status 2; credentials in URLs
+are never printed.
 """
 
 from __future__ import annotations
@@ -22,13 +27,34 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams
+from arena_dagster.backends.redact import redact
 from arena_dagster.backends.registry import BACKENDS, ModelConfigError, model_spec_from_config
+from arena_dagster.errors import ArenaError
 
+EXIT_USER_ERROR = 2
 EXIT_BUDGET = 3
+EXIT_INTERRUPTED = 130
 
 
-class PromptFileError(ValueError):
+class PromptFileError(ArenaError, ValueError):
     pass
+
+
+class OutputFileError(ArenaError, OSError):
+    pass
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -40,18 +66,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     one_off.add_argument("--base-url", help="server URL, e.g. http://127.0.0.1:8000/v1")
     one_off.add_argument("--model-name", help="served model name (openai) or model path (transformers, vllm, recorded)")
     one_off.add_argument("--api-key-env", default="", help="name of the environment variable that holds the API key")
-    one_off.add_argument("--concurrency", type=int, help="requests in flight (openai)")
+    one_off.add_argument("--concurrency", type=_count(1), help="requests in flight (openai)")
     one_off.add_argument("--revision", default="", help="model revision: part of every cache key")
-    parser.add_argument("--max-tokens", type=int, help="override sampling.max_tokens")
+    parser.add_argument("--max-tokens", type=_count(1), help="override sampling.max_tokens")
     parser.add_argument("--prompts", type=Path, required=True, help="input JSONL: id + prompt or messages")
     parser.add_argument("--out", type=Path, required=True, help="output JSONL (written atomically)")
     parser.add_argument("--home", help="ARENA_HOME (default: $ARENA_HOME or ./.arena); the cache lives under it")
     parser.add_argument("--template-version", default="", help="prompt template version: part of every cache key")
-    parser.add_argument("--batch-size", type=int, default=64, help="requests per cached batch")
-    parser.add_argument("--max-requests", type=int, help="budget: stop cleanly after this many generated requests")
-    parser.add_argument("--max-total-tokens", type=int, help="budget: stop cleanly after this many tokens in+out")
+    parser.add_argument("--batch-size", type=_count(1), default=64,
+                        help="requests per batch of a batch backend (and per token-budget check)")
+    parser.add_argument("--max-requests", type=_count(0), help="budget: stop cleanly after this many generated requests")
+    parser.add_argument("--max-total-tokens", type=_count(0), help="budget: stop cleanly after this many tokens in+out")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
+
+
+def read_models_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping in `path` (a `models:` mapping of name -> model config); errors are one line."""
+    import yaml
+
+    fix = "give a YAML file with a `models:` mapping of name -> model config to --config"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelConfigError("model config file not found", str(path), fix) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelConfigError(f"cannot read the model config file: {exc}", str(path), fix) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ModelConfigError(f"not valid YAML ({getattr(exc, 'problem', None) or exc})", where, fix) from None
+    if not isinstance(data, dict):
+        raise ModelConfigError("a model config file must be a YAML mapping", str(path), fix)
+    return data
 
 
 def _spec_from_args(args: argparse.Namespace) -> ModelSpec:
@@ -60,9 +107,7 @@ def _spec_from_args(args: argparse.Namespace) -> ModelSpec:
             raise ModelConfigError("give either --config/--model or --backend/--model-name, not both")
         if not (args.config and args.model):
             raise ModelConfigError("--config and --model go together")
-        from arena_dagster.config import load_profile
-
-        config = load_profile(args.config)
+        config = read_models_file(args.config)
         models = config.get("models")
         if not isinstance(models, dict) or not models:
             raise ModelConfigError(f"{args.config}: no `models:` mapping")
@@ -91,16 +136,23 @@ def _spec_from_args(args: argparse.Namespace) -> ModelSpec:
 
 
 def read_prompts(path: Path, sampling: SamplingParams, template_version: str = "") -> list[ChatRequest]:
-    """Chat requests from a prompt JSONL; a bad row is an error naming its line."""
+    """Chat requests from a prompt JSONL; a bad row is an error naming its line (a UTF-8 BOM is skipped)."""
     if not path.is_file():
-        raise PromptFileError(f"prompt file {path} does not exist")
+        raise PromptFileError(f"prompt file {path} does not exist", fix="give an existing JSONL file to --prompts")
     requests: list[ChatRequest] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise PromptFileError(
+                    f"{where}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})",
+                    fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -149,27 +201,40 @@ def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `generate`; a user error is one line on stderr and exit status 2 (`--debug`: the traceback)."""
+
+    def say(message: str) -> None:
+        if not args.quiet:
+            print(redact(message), file=sys.stderr, flush=True)
+
+    try:
+        return _generate(args, say)
+    except ArenaError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"arena-dagster: {redact(exc)}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("arena-dagster: interrupted: every answer received so far is in the cache; "
+              "run the same command again to resume", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+def _generate(args: argparse.Namespace, say: Any) -> int:
     from arena_dagster.backends.cache import CompletionCache
     from arena_dagster.backends.generation import GenerationBudget, generate_cached
     from arena_dagster.backends.registry import make_backend
     from arena_dagster.config import resolve_home
 
-    def say(message: str) -> None:
-        if not args.quiet:
-            print(message, file=sys.stderr, flush=True)
-
-    try:
-        spec = _spec_from_args(args)
-        requests = read_prompts(args.prompts, spec.sampling, args.template_version)
-    except ValueError as exc:
-        print(f"arena-dagster generate: {exc}", file=sys.stderr)
-        return 2
+    spec = _spec_from_args(args)
+    requests = read_prompts(args.prompts, spec.sampling, args.template_version)
+    backend = make_backend(spec)  # a bad model config or an unset key variable fails before the cache is touched
     cache = CompletionCache(resolve_home(args.home) / "cache" / "completions.sqlite")
     budget = None
     if args.max_requests is not None or args.max_total_tokens is not None:
         budget = GenerationBudget(max_requests=args.max_requests, max_tokens=args.max_total_tokens)
-    result = generate_cached(make_backend(spec), requests, cache, batch_size=args.batch_size, budget=budget, log=say)
-    write_jsonl_atomic(
+    result = generate_cached(backend, requests, cache, batch_size=args.batch_size, budget=budget, log=say)
+    write_output(
         args.out,
         [
             {
@@ -193,6 +258,19 @@ def run(args: argparse.Namespace) -> int:
         say(f"{spec.name}: budget reached, {len(result.missing_request_ids)} prompts unanswered; rerun to resume")
         return EXIT_BUDGET
     return 0
+
+
+def write_output(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    try:
+        write_jsonl_atomic(path, rows)
+    except OSError as exc:
+        detail = exc.strerror or str(exc)
+        if exc.filename and str(exc.filename) != str(path):
+            detail += f": {exc.filename}"
+        raise OutputFileError(
+            f"cannot write the answers ({detail})", str(path),
+            "choose a writable --out (and free disk space); the answers are cached, so the rerun sends nothing",
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

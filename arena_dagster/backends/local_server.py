@@ -20,16 +20,18 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arena_dagster.errors import ArenaError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVED_NAME = "smollm2-135m"
 _SUCCESS_METRIC = re.compile(r"^vllm:request_success_total\{[^}]*\}\s+([0-9.eE+-]+)", re.MULTILINE)
 
 
-class ServerNotInstalled(RuntimeError):
+class ServerNotInstalled(ArenaError, RuntimeError):
     pass
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(RuntimeError):  # carries the server log: several lines, for tests and benchmarks
     pass
 
 

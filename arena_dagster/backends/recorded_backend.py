@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from arena_dagster.backends.base import ChatRequest, Completion, ModelSpec
+from arena_dagster.errors import ArenaError
 
 ANSWER_FIELDS = ("completion", "response", "answer", "text", "output")
 ID_FIELDS = ("id", "question_id")
 
 
-class RecordedDataError(ValueError):
+class RecordedDataError(ArenaError, ValueError):
     pass
 
 
@@ -85,6 +86,8 @@ class RecordedBackend:
         return value
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        # A batch backend: answers are looked up, not generated, so a batch is one commit.
+        # A recorded "" is what the model answered then, and is replayed as such.
         rows: list[dict[str, Any] | None] = []
         for request in requests:
             row = self.by_id.get(request.request_id)

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, Callable
 
 from arena_dagster.backends.base import Backend, ModelSpec, SamplingParams
+from arena_dagster.errors import ArenaError
 
 BACKENDS = ("transformers", "vllm", "openai", "recorded")
 
@@ -27,7 +28,7 @@ _SPEC_KEYS = {"backend", "path", "model", "revision", "base_url", "api_key_env",
 _SAMPLING_KEYS = {f.name for f in dataclasses.fields(SamplingParams)}
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ArenaError, ValueError):
     pass
 
 

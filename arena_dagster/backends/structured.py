@@ -29,8 +29,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from arena_dagster.errors import ArenaError
 
-class StructuredOutputError(ValueError):
+
+class StructuredOutputError(ArenaError, ValueError):
     pass
 
 

@@ -12,9 +12,10 @@ import time
 from typing import Any, Sequence
 
 from arena_dagster.backends.base import ChatRequest, Completion, ModelSpec, SamplingParams
+from arena_dagster.errors import ArenaError
 
 
-class BackendConfigError(ValueError):
+class BackendConfigError(ArenaError, ValueError):
     pass
 
 
@@ -63,7 +64,14 @@ class TransformersBackend:
         if self.spec.options.get("gguf_file"):
             revision["gguf_file"] = str(self.spec.options["gguf_file"])
         path = resolve_model_path(self.spec.path)
-        tokenizer = AutoTokenizer.from_pretrained(path, **revision)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **revision)
+        except (OSError, ValueError) as exc:
+            raise BackendConfigError(
+                f"cannot load the tokenizer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                f"model {self.spec.name}, path {self.spec.path}",
+                "give a local Hugging Face model folder (the hub is offline: HF_HUB_OFFLINE=1)",
+            ) from None
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -143,6 +151,8 @@ class TransformersBackend:
             completions.append(
                 Completion(
                     request_id="",
+                    # "" is a real answer here (the model chose EOS first): greedy decoding would
+                    # give it again, so it is cached like any other, unlike a server's empty reply.
                     text=tokenizer.decode(row, skip_special_tokens=True).strip(),
                     tokens_in=int(attention),
                     tokens_out=len(row),

@@ -20,6 +20,7 @@ import time
 from typing import Any, Sequence
 
 from arena_dagster.backends.base import ChatRequest, Completion, ModelSpec
+from arena_dagster.errors import ArenaError
 
 INSTALL_HINT = (
     "the vllm backend needs vLLM: install it in its own environment with "
@@ -28,7 +29,7 @@ INSTALL_HINT = (
 )
 
 
-class BackendUnavailableError(ImportError):
+class BackendUnavailableError(ArenaError, ImportError):
     pass
 
 
@@ -103,6 +104,7 @@ class VLLMBackend:
             completions.append(
                 Completion(
                     request_id=request.request_id,
+                    # The engine's own output: "" is the model's answer (EOS first), not a lost one.
                     text=best.text,
                     tokens_in=len(output.prompt_token_ids or ()),
                     tokens_out=len(best.token_ids or ()),
