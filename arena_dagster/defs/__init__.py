@@ -7,6 +7,7 @@ import dagster as dg
 
 from arena_dagster.config import DEFAULT_PROFILE, resolve_home
 from arena_dagster.defs import battles, evaluation, prompts, training
+from arena_dagster.defs.checks import checkpoint_asset_checks
 from arena_dagster.defs.common import ArenaHome, warehouse_resource
 from arena_dagster.defs.jobs import baseline_evaluation_job, flywheel_round_job, flywheel_setup_job, nightly_flywheel
 from arena_dagster.defs.sql import sql_assets
@@ -20,6 +21,7 @@ def build_definitions(home: str | None = None, profile: str | None = None) -> dg
             *battles.stage_battles,
             *sql_assets,
         ],
+        asset_checks=checkpoint_asset_checks,
         jobs=[flywheel_setup_job, flywheel_round_job, baseline_evaluation_job],
         schedules=[nightly_flywheel],
         resources={

@@ -8,7 +8,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from arena_dagster.defs.common import OWNERS, ArenaHome, round_of, round_partitions, table_check_specs, table_result
-from arena_dagster.quality.expectations import judge_health_expectation
+from arena_dagster.quality.suites import judge_health_suite
 from arena_dagster.sql_models import SqlModel, load_models, run_model
 
 
@@ -32,12 +32,12 @@ def _sql_asset(model: SqlModel) -> dg.AssetsDefinition:
         round_key = round_of(context)
         profile = arena.settings()
         # Judge-health limits are the profile's to move (a weak judge is expected to be noisy).
-        expectation = judge_health_expectation(profile.get("judge_health")) if model.path.stem == "judge_health" else None
+        suite = judge_health_suite(model.name, profile.get("judge_health")) if model.path.stem == "judge_health" else None
         with duckdb.get_connection() as conn:
             run_model(conn, model, round_key=round_key, variables=sql_variables(profile))
             return table_result(
                 conn, model.name, round_key, {"sql_file": f"dbt_like_sql/{model.path.name}", "refs": list(model.refs)},
-                expectation=expectation,
+                suite=suite,
             )
 
     return _build
