@@ -112,7 +112,10 @@ class Suite:
     def describe(self, check: Check) -> str:
         """The static description Dagster shows: the limits, and why the check blocks or warns."""
         verdict = "Blocks the round's downstream steps" if check.blocking else "Warns only"
-        return f"{check.limits(self.parameters)}. {verdict}: {check.why} (suite: {self.source()})"
+        level, _, column = check.name.partition("_")
+        movable = self.table.endswith("judge_health") and _limit_check(self, level, column) is check
+        moved = f" (default limit: a profile's judge_health.{level}.{column} moves it)" if movable else ""
+        return f"{check.limits(self.parameters)}{moved}. {verdict}: {check.why} (suite: {self.source()})"
 
     def source(self) -> str:
         return f"assets/expectations/{self.path.name}"
