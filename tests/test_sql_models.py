@@ -174,24 +174,3 @@ def test_training_rows_keep_the_conversation_history(conn):
     rows = {r["prompt"][-1]["content"]: r for r in preference_training_rows(read_table(conn, "dpo_pairs", round_key=1))}
     assert len(rows["prompt p1"]["prompt"]) == 3 and len(rows["prompt p3"]["prompt"]) == 1
     assert rows["prompt p3"]["chosen"] == [{"role": "assistant", "content": "answer of T to p3"}]
-
-
-def test_judge_health_limits_block_or_warn_and_profiles_may_move_them():
-    from arena_dagster.quality.expectations import judge_health_expectation
-    from arena_dagster.quality.table_checks import run_expectations
-
-    conn = duckdb.connect(":memory:")
-    conn.execute(
-        "CREATE TABLE h AS SELECT 1 AS round, 'j' AS judge, 0.02 AS parse_failure_rate, 0.7 AS flip_rate, "
-        "0.68 AS first_position_win_rate, 0.5 AS longer_answer_win_rate, 0.1 AS tie_rate"
-    )
-    outcomes = {o.name: o for o in run_expectations(conn, "h", judge_health_expectation(), round_key=1)}
-    assert outcomes["range_parse_failure_rate"].passed
-    assert not outcomes["range_flip_rate"].passed and outcomes["range_flip_rate"].blocking
-    assert not outcomes["warn_first_position_win_rate"].passed and not outcomes["warn_first_position_win_rate"].blocking
-    assert outcomes["warn_first_position_win_rate"].metadata["values_outside"] == [0.68]
-    assert outcomes["warn_longer_answer_win_rate"].passed and outcomes["warn_tie_rate"].passed
-    loose = judge_health_expectation({"block": {"flip_rate": [0, 1]}})
-    assert {o.name: o.passed for o in run_expectations(conn, "h", loose, round_key=1)}["range_flip_rate"]
-    with pytest.raises(ValueError, match="no limit named"):
-        judge_health_expectation({"warn": {"judge_iq": [0, 1]}})

@@ -66,6 +66,7 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
         nightly_flywheel,
         round_partitions_sensor,
     )
+    from arena_dagster.defs.checks import checkpoint_asset_checks
     from arena_dagster.defs.resources import ArenaHome, warehouse_resource
     from arena_dagster.home import home_profile
 
@@ -74,6 +75,7 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
     tags = {"arena/profile": name, "arena/profile_hash": profile_hash(settings), "arena/home": str(root)}
     return dg.Definitions(
         assets=_versioned(_assets(), settings),
+        asset_checks=checkpoint_asset_checks(),
         jobs=flywheel_jobs(tags),
         schedules=[nightly_flywheel],
         sensors=[round_partitions_sensor, next_round_sensor, failed_round_sensor_for(root)],

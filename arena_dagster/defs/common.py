@@ -1,33 +1,47 @@
-"""Shared pieces of the Dagster layer: table checks and table metadata."""
+"""Shared pieces of the Dagster layer: table checks (Great Expectations suites) and table metadata."""
 
 
+import warnings
 from typing import Any
 
 import dagster as dg
 import duckdb
 
-from arena_dagster.quality.expectations import TABLE_EXPECTATIONS
-from arena_dagster.quality.table_checks import TableExpectation, expectation_check_names, is_blocking, run_expectations
+from arena_dagster.defs.resources import round_partitions
+from arena_dagster.quality.suites import Suite, table_suite
+from arena_dagster.quality.validation import validate_suite
 from arena_dagster.warehouse import column_schema, quote_ident, table_exists
 
 OWNERS = ["team:post-training"]
 
-
 def table_check_specs(table: str) -> list[dg.AssetCheckSpec]:
-    expectation = TABLE_EXPECTATIONS[table]
-    return [
-        dg.AssetCheckSpec(name=name, asset=table, blocking=is_blocking(expectation, name), description=f"{table}: {name}")
-        for name in expectation_check_names(expectation)
-    ]
+    """One asset check per check of the table's GX suite (assets/expectations/), bound to the round partition
+    when the suite is round-scoped (the asset is then round-partitioned too)."""
+    suite = table_suite(table)
+    with warnings.catch_warnings():
+        # Partitioned asset checks are a preview in Dagster 1.13; the warning would repeat on every load.
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                name=check.name,
+                asset=table,
+                blocking=check.blocking,
+                description=suite.describe(check),
+                partitions_def=round_partitions if suite.round_scoped else None,
+            )
+            for check in suite.checks
+        ]
 
 
 def table_check_results(
-    conn: duckdb.DuckDBPyConnection, table: str, round_key: int | None, expectation: TableExpectation | None = None
+    conn: duckdb.DuckDBPyConnection, table: str, round_key: int | None, suite: Suite | None = None
 ) -> list[dg.AssetCheckResult]:
-    expected = expectation or TABLE_EXPECTATIONS[table]
-    if list(expectation_check_names(expected)) != list(expectation_check_names(TABLE_EXPECTATIONS[table])):
+    """The table's suite validated by Great Expectations on the round's rows; `suite` is the table's suite
+    with a profile's limits (judge health), which must keep the checks the specs declare."""
+    declared = table_suite(table)
+    suite = suite or declared
+    if suite.check_names() != declared.check_names():
         raise ValueError(f"{table}: a profile may change the limits of its checks, not which checks exist")
-    outcomes = run_expectations(conn, table, expected, round_key=round_key)
     return [
         dg.AssetCheckResult(
             asset_key=table,
@@ -37,7 +51,7 @@ def table_check_results(
             description=outcome.description,
             metadata=outcome.metadata,
         )
-        for outcome in outcomes
+        for outcome in validate_suite(conn, suite, round_key)
     ]
 
 
@@ -75,8 +89,8 @@ def table_result(
     table: str,
     round_key: int | None,
     extra: dict[str, Any] | None = None,
-    expectation: TableExpectation | None = None,
+    suite: Suite | None = None,
 ) -> dg.MaterializeResult:
     metadata = table_metadata(conn, table, round_key)
     metadata.update(extra or {})
-    return dg.MaterializeResult(metadata=metadata, check_results=table_check_results(conn, table, round_key, expectation))
+    return dg.MaterializeResult(metadata=metadata, check_results=table_check_results(conn, table, round_key, suite))

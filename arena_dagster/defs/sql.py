@@ -9,7 +9,7 @@ from dagster_duckdb import DuckDBResource
 
 from arena_dagster.defs.common import OWNERS, table_check_specs, table_result
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
-from arena_dagster.quality.expectations import judge_health_expectation
+from arena_dagster.quality.suites import judge_health_suite
 from arena_dagster.sql_models import SqlModel, column_lineage, load_models, render, run_model
 from arena_dagster.warehouse import column_schema, table_exists
 
@@ -64,12 +64,12 @@ def _sql_asset(model: SqlModel) -> dg.AssetsDefinition:
         profile = arena.settings()
         variables = sql_variables(profile)
         # Judge-health limits are the profile's to move (a weak judge is expected to be noisy).
-        expectation = judge_health_expectation(profile.get("judge_health")) if model.path.stem == "judge_health" else None
+        suite = judge_health_suite(model.name, profile.get("judge_health")) if model.path.stem == "judge_health" else None
         with duckdb.get_connection() as conn:
             run_model(conn, model, round_key=round_key, variables=variables)
             extra = {**arena.provenance(), "sql_file": f"dbt_like_sql/{model.path.name}", "refs": list(model.refs),
                      **_lineage_metadata(conn, model, round_key, variables)}
-            return table_result(conn, model.name, round_key, extra, expectation=expectation)
+            return table_result(conn, model.name, round_key, extra, suite=suite)
 
     return _build
 
