@@ -38,7 +38,7 @@ def as_user_error(exc: BaseException) -> ArenaError | None:
     if isinstance(exc, OSError):
         if exc.errno == errno.ENOSPC:
             return ArenaError("the disk is full", exc.filename or "", "free space and rerun: finished work is kept")
-        if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        if isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)):
             return ArenaError(exc.strerror or type(exc).__name__, str(exc.filename or ""), "check the path and its permissions")
         if exc.errno == errno.EROFS:
             return ArenaError("the file system is read-only", str(exc.filename or ""), "use a writable --home")

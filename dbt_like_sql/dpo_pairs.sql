@@ -34,3 +34,4 @@ WITH decided AS (
 )
 {{ pairs.preference_pairs('dpo', 'decided', ref('dpo_responses'), ref('prompt_pool')) }}
 WHERE d.pick = 1
+  AND chosen.response <> rejected.response  -- a pair of one answer twice teaches DPO nothing

@@ -29,7 +29,7 @@ per_judge AS (
     FROM judged GROUP BY judge
 )
 SELECT
-    {{ round }} AS round,
+    CAST({{ round }} AS BIGINT) AS round,
     p.judge,
     p.judgments,
     p.parse_failure_rate,

@@ -155,7 +155,7 @@ def test_checkpoint_checks_run_in_dagster_bound_to_the_round(trained, tmp_path):
 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("round", ["1"])
-    checks = [c for c in checkpoint_asset_checks if any(k.asset_key.to_user_string() == "sft_checkpoint" for k in c.check_keys)]
+    checks = [c for c in checkpoint_asset_checks() if any(k.asset_key.to_user_string() == "sft_checkpoint" for k in c.check_keys)]
     result = dg.materialize([sft_checkpoint, next_stage, *checks], instance=instance, partition_key="1",
                             resources={"duckdb": DuckDBResource(database=str(database))})
     assert result.success

@@ -142,7 +142,7 @@ def test_prompts_group_materializes_with_step_counts(tmp_path, monkeypatch):
 
     for key in ("ARENA_HOME", "ARENA_PROFILE", "DAGSTER_HOME"):  # restored after the test
         monkeypatch.setenv(key, "")
-    cli.prepare_environment(tmp_path, "sharegpt_smoke")
+    cli.prepare_environment(tmp_path)
     defs = build_definitions(str(tmp_path), "sharegpt_smoke")
     result = dg.materialize(
         list(defs.assets), instance=dg.DagsterInstance.ephemeral(), resources=defs.resources,

@@ -154,7 +154,7 @@ def test_a_warehouse_held_by_a_writer_is_one_line(home, capsys):
         assert writer.stdout.readline().strip() == "ready"
         assert cli.main(["trace", "SFT-I1", "--home", str(home)]) == 2
         err = capsys.readouterr().err
-        assert "the warehouse cannot be opened for reading" in err and "a run is writing it" in err
+        assert "the warehouse is being written by" in err and "retry when that run ends" in err
         assert err.count("\n") == 1
     finally:
         writer.kill()

@@ -165,14 +165,18 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
 )
 def leaderboard_history(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     from arena_dagster.defs.leaderboards import image, save_png
-    from arena_dagster.plots import history_png
+    from arena_dagster.plots import history_png, win_rate_png
 
     with duckdb.get_connection() as conn:
         create_views(conn)
         history = read_frame(conn, "SELECT * FROM leaderboard_history ORDER BY round, rating DESC")
         promotions = read_frame(conn, "SELECT * FROM promotions ORDER BY round")
+        last = int(history["round"].max()) if history.height else 0
+        battles = read_table(conn, "arena_battles", round_key=last).select("model_a", "model_b", "winner")
     chart = history_png(history, promotions)
     chart_file = save_png(chart, arena.folder("plots") / "history.png")
+    order = history.filter(pl.col("round") == last).sort("rating", descending=True)["model"].to_list()
+    wins = win_rate_png(battles, order=order, title=f"Who beats whom, round {last} (arena test set)")
     targets = history.filter(pl.col("kind").is_in(["initial", "incumbent"]) | pl.col("promoted").fill_null(False))
     rows = [
         dg.TableRecord({"round": int(r["round"]), "model": r["model"], "kind": r["kind"] or "",
@@ -185,6 +189,7 @@ def leaderboard_history(context: dg.AssetExecutionContext, arena: ArenaHome, duc
         "dagster/row_count": history.height,
         "rounds": int(history["round"].max()) if history.height else 0,
         "target_across_rounds": image(chart, "the target's rating across rounds"),
+        "who_beats_whom_last_round": image(wins, f"win rates, round {last}"),
         "plot_file": dg.MetadataValue.path(str(chart_file)),
         "targets": dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=[
             dg.TableColumn(c) for c in ("round", "model", "kind", "rating", "ci_95", "decision")])),
