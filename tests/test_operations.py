@@ -217,7 +217,7 @@ def test_runs_left_started_by_a_dead_process_are_marked_failed(tmp_path):
     orphan = instance.create_run_for_job(some_job, status=dg.DagsterRunStatus.STARTED)
     instance.report_engine_event("Started process for run", orphan, EngineEventData.in_process(dead.pid))
     instance.report_engine_event("Started process for run", alive, EngineEventData.in_process(__import__("os").getpid()))
-    queued = instance.create_run_for_job(some_job, status=dg.DagsterRunStatus.QUEUED, tags={"arena/cli_pid": str(dead.pid)})
+    queued = instance.create_run_for_job(some_job, status=dg.DagsterRunStatus.NOT_STARTED, tags={"arena/cli_pid": str(dead.pid)})
     said = []
     assert set(reap_dead_runs(instance, said.append)) == {orphan.run_id, queued.run_id}
     assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE

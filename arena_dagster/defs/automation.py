@@ -27,7 +27,7 @@ def flywheel_jobs(tags: dict[str, str]) -> list:
     return [
         dg.define_asset_job(
             SETUP_JOB,
-            selection=dg.AssetSelection.assets(*SETUP_ASSETS, "leaderboard_history"),
+            selection=dg.AssetSelection.assets(*SETUP_ASSETS),
             tags=tags,
             description="Everything the rounds share: prompt pool and quarantine, arena test set, base models, and "
                         "the baseline evaluation (round 0) that makes the initial target round 1's target.",

@@ -18,6 +18,9 @@ from arena_dagster.training.stages import stage_battle_target
 from arena_dagster.warehouse import read_table, write_table
 
 # The asset that trains a stage's battle target (the round's target comes from the previous round).
+# An asset names its nearest upstream step; what that step depends on (the competitors, the
+# baseline) is upstream of it too, and Dagster's staleness follows the whole lineage. The
+# collapsed graph then reads as the flywheel's chain of steps.
 _TARGET_ASSETS = {None: ["round_target"], "sft": ["sft_checkpoint"], "dpo": ["dpo_checkpoint"]}
 
 
@@ -32,7 +35,7 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
         kinds={"python", "duckdb"},
         owners=OWNERS,
         partitions_def=round_partitions,
-        deps=["prompt_pool", "competitor_models", *_TARGET_ASSETS[previous]],
+        deps=["prompt_pool", *_TARGET_ASSETS[previous]],
         check_specs=table_check_specs(responses_table),
         description=(
             f"Round r, stage {stage}: answers of {target_text} and of every competitor to the `{stage}` part of round "

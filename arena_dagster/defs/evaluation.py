@@ -151,7 +151,7 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
     kinds={"python", "duckdb"},
     owners=OWNERS,
     partitions_def=round_partitions,
-    deps=["arena_testset", "sft_checkpoint", "dpo_checkpoint", "rl_checkpoint", "competitor_models", "initial_target_model"],
+    deps=["rl_checkpoint"],  # after SFT-Ir and DPO-Ir; the test set and the competitors are further upstream
     check_specs=table_check_specs("arena_responses"),
     description=(
         "Round r: answers of round r's stage checkpoints (SFT-Ir, DPO-Ir, RL-Ir), the round's target, the initial "
@@ -204,7 +204,7 @@ def leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
     group_name="baseline",
     kinds={"python", "duckdb"},
     owners=OWNERS,
-    deps=["arena_testset", "competitor_models", "initial_target_model"],
+    deps=["competitor_models", "initial_target_model"],  # both built after the arena test set
     check_specs=[dg.AssetCheckSpec(name=spec.name, asset="baseline_leaderboard", blocking=spec.blocking,
                                    description=spec.description) for spec in table_check_specs("leaderboard")],
     description=(

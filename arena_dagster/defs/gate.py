@@ -26,7 +26,7 @@ from arena_dagster.warehouse import read_frame, read_table
     kinds={"python", "duckdb"},
     owners=OWNERS,
     partitions_def=round_partitions,
-    deps=["prompt_pool", "competitor_models", "initial_target_model", "baseline_leaderboard"],
+    deps=["baseline_leaderboard"],  # round 1 reads the baseline's gate record; later rounds the previous gate's
     description=(
         "Round r's target: the model round r-1's gate kept or promoted (round 1: the initial target, through the "
         "baseline's record). Round r refuses to start until round r-1's gate decision is recorded in `promotions`; "
@@ -89,7 +89,7 @@ _DECISION_FIELDS = ("candidate", "incumbent", "promoted", "new_target", "diff", 
             kinds={"duckdb"},
             owners=OWNERS,
             partitions_def=round_partitions,
-            deps=["sft_checkpoint", "dpo_checkpoint", "reward_model", "rl_checkpoint"],
+            deps=["leaderboard", "arena_battles"],  # published with the gate, after every checkpoint of the round
             description=(
                 "Round r's checkpoints in the model registry (SFT-Ir, DPO-Ir, RM-Ir, RL-Ir): parent, training-dataset "
                 "hash, manifest and metrics; skipped stages with the reason."
@@ -157,7 +157,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
     group_name="gate",
     kinds={"duckdb"},
     owners=OWNERS,
-    deps=["baseline_leaderboard", "leaderboard", "promotions", "model_registry"],
+    deps=["leaderboard", "promotions", "model_registry"],
     description=(
         "Every round's leaderboard rows with the model's registry entry and the gate's decision (the view "
         "`leaderboard_history`, dbt_like_sql/views/): the target's rating from the baseline through the last round."

@@ -229,7 +229,7 @@ def reward_model(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Du
     kinds={"pytorch", "trl"},
     owners=OWNERS,
     partitions_def=round_partitions,
-    deps=[reward_model, dpo_checkpoint, "prompt_pool"],
+    deps=[reward_model, "prompt_pool"],
     description=(
         "Round r: RL-I{r}, TRL RLOOTrainer on the rl slice's prompts, rewarded by RM-I{r}, with a KL penalty to DPO-I{r} "
         "(the policy it starts from). Skipped, and DPO-I{r} stands in, when the reward model is below its accuracy floor."
