@@ -1,4 +1,8 @@
-"""`arena-dagster`: run the flywheel through Dagster, read leaderboards, and the standalone tools."""
+"""`arena-dagster`: run the flywheel through Dagster, read leaderboards, and the standalone tools.
+
+Every user error ends as one line, `arena-dagster: what (input): fix`, with exit status 2;
+`--debug` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +13,33 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from arena_dagster.config import DEFAULT_PROFILE, load_profile, resolve_home
+from arena_dagster.config import resolve_home
+from arena_dagster.errors import ArenaError
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
+RANK_LEGEND = ("rank: 1 + the number of models rated above with 95% confidence (models that share a rank are not "
+               "separable); 95% CI: prompt-bootstrap interval of the rating")
+GATE_LEGEND = ("gate: candidate - target Elo with its paired 95% interval; the candidate is promoted when the lower "
+               "bound is above the profile's promotion.margin")
 
-def prepare_environment(home: Path, profile: str) -> None:
-    """Point Dagster at the persistent instance under the home folder, so the UI shows CLI runs."""
+
+def prepare_environment(home: Path) -> None:
+    """Offline Hugging Face libraries and this home's Dagster instance for this process and its children."""
+    from arena_dagster.home import environment
+
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
-    os.environ["ARENA_HOME"] = str(home)
-    os.environ["ARENA_PROFILE"] = profile
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    os.environ.update(environment(home))
 
 
-def read_leaderboards(home: Path) -> list[dict[str, Any]]:
-    import duckdb
+def read_leaderboards(home: Path, timeout_s: float = 15.0) -> list[dict[str, Any]]:
+    from arena_dagster.warehouse import open_readonly, table_exists
 
-    path = home / "warehouse.duckdb"
-    if not path.exists():
-        raise SystemExit(f"no warehouse at {path}: run `arena-dagster flywheel` first")
-    conn = duckdb.connect(str(path), read_only=True)
-    try:
-        tables = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "leaderboard" not in tables:
+    with open_readonly(home, timeout_s=timeout_s) as conn:
+        if not table_exists(conn, "leaderboard"):
             return []
-        if "leaderboard_history" in tables:
+        if table_exists(conn, "leaderboard_history"):
             # With each round's promotion decision (difference to the incumbent and its interval).
             frame = conn.execute(
                 "SELECT round, model, role, kind, stage, rating, ci_low, ci_high, rank, battles, testset_version, "
@@ -47,8 +50,6 @@ def read_leaderboards(home: Path) -> list[dict[str, Any]]:
                 "SELECT round, model, role, kind, rating, ci_low, ci_high, rank, battles, testset_version "
                 "FROM leaderboard ORDER BY round, rating DESC"
             ).pl()
-    finally:
-        conn.close()
     return frame.to_dicts()
 
 
@@ -68,29 +69,23 @@ def format_leaderboard(rows: list[dict[str, Any]], round_key: int | None = None)
     return "\n".join(lines)
 
 
-def run_flywheel(rounds: int, home: Path, profile: str, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    prepare_environment(home, profile)
-    from dagster import DagsterInstance
+def run_flywheel(
+    rounds: int,
+    home: Path,
+    profile: str | None,
+    *,
+    seed: int | None = None,
+    switch_profile: bool = False,
+    wait: bool = True,
+    verbose: bool = False,
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run setup and rounds 1..`rounds` on `home` through the home's Dagster instance; returns every leaderboard row."""
+    from arena_dagster.flywheel import Flywheel
 
-    from arena_dagster.defs import build_definitions
-    from arena_dagster.defs.common import round_partitions
-
-    settings = load_profile(profile)
-    slices = int(settings["prompts"]["rounds"])
-    if rounds > slices:
-        raise SystemExit(f"profile {profile!r} slices its prompt pool into {slices} rounds; asked for {rounds}")
-    instance = DagsterInstance.get()
-    defs = build_definitions(str(home), profile)
-    echo(f"arena-dagster: profile {profile}, home {home}")
-    defs.resolve_job_def("flywheel_setup").execute_in_process(instance=instance)
-    wanted = [str(r) for r in range(rounds + 1)]
-    existing = set(instance.get_dynamic_partitions(round_partitions.name))
-    instance.add_dynamic_partitions(round_partitions.name, [k for k in wanted if k not in existing])
-    for round_key in range(rounds + 1):
-        job = "baseline_evaluation" if round_key == 0 else "flywheel_round"
-        echo(f"--- round {round_key} ({job})")
-        defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=str(round_key))
-        echo(format_leaderboard(read_leaderboards(home), round_key))
+    prepare_environment(home)
+    with Flywheel(home, profile, seed=seed, switch_profile=switch_profile, wait=wait, verbose=verbose, echo=echo) as flywheel:
+        flywheel.run(rounds, on_round=lambda r: echo(format_leaderboard(read_leaderboards(home), r)))
     return read_leaderboards(home)
 
 
@@ -99,16 +94,22 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from arena_dagster import trace_cli
     from arena_dagster.backends import cli as generate_cli
     from arena_dagster.prompts import cli as curate_cli
     from arena_dagster.ratings import cli as ratings_cli
 
     parser = argparse.ArgumentParser(prog="arena-dagster", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    flywheel = sub.add_parser("flywheel", help="run N flywheel rounds through Dagster, then print the leaderboard")
+    flywheel = sub.add_parser("flywheel", help="run the flywheel's setup and N rounds through Dagster, then print the leaderboards")
     flywheel.add_argument("--rounds", type=int, default=3)
-    flywheel.add_argument("--profile", default=os.environ.get("ARENA_PROFILE", DEFAULT_PROFILE))
+    flywheel.add_argument("--profile", default=None, help="profile name (default: the home's, else $ARENA_PROFILE or skills)")
+    flywheel.add_argument("--seed", type=int, default=None, help="seed of every random choice (recorded with the home's profile)")
+    flywheel.add_argument("--switch-profile", action="store_true", help="run another profile or seed on an existing home")
+    flywheel.add_argument("--no-wait", action="store_true", help="refuse instead of waiting when another flywheel works on the home")
+    flywheel.add_argument("--verbose", action="store_true", help="print every Dagster event (they always go to <home>/logs/)")
     _add_home(flywheel)
 
     board = sub.add_parser(
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_home(board)
     board.add_argument("--json", action="store_true", help="print JSON")
+    board.add_argument("--plot", metavar="OUT.png", help="also write the last round's leaderboard to OUT.png, the target "
+                       "across rounds to OUT-history.png and the win-rate heat map to OUT-winrate.png")
     ratings_cli.add_arguments(board)
 
     generate = sub.add_parser("generate", help="answer a prompt file with one model through the cached backend layer")
@@ -125,19 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
     curate = sub.add_parser("curate", help="curate prompt files: clean, deduplicate, decontaminate")
     curate_cli.add_arguments(curate)
 
-    ui = sub.add_parser("ui", help="start the Dagster UI on the flywheel's persistent instance")
+    trace_cli.add_arguments(sub.add_parser("trace", help="where a training row, battle, prompt or checkpoint came from and went"))
+
+    ui = sub.add_parser("ui", help="start the Dagster UI on the flywheel home's instance")
     _add_home(ui)
-    ui.add_argument("--profile", default=os.environ.get("ARENA_PROFILE", DEFAULT_PROFILE))
+    ui.add_argument("--profile", default=None, help="profile of a home no run has started yet")
+    ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
     if args.command == "flywheel":
-        rows = run_flywheel(args.rounds, resolve_home(args.home), args.profile)
+        if args.rounds < 0:
+            raise ArenaError("--rounds must be 0 or more", str(args.rounds))
+        rows = run_flywheel(args.rounds, resolve_home(args.home), args.profile, seed=args.seed,
+                            switch_profile=args.switch_profile, wait=not args.no_wait, verbose=args.verbose)
         print("final leaderboards:")
         print(format_leaderboard(rows))
+        print(RANK_LEGEND)
+        print(GATE_LEGEND)
         return 0
     if args.command == "leaderboard":
         if getattr(args, "battles", None):
@@ -145,8 +155,17 @@ def main(argv: list[str] | None = None) -> int:
 
             return ratings_cli.run(args)
         rows = read_leaderboards(resolve_home(args.home))
-        print(json.dumps(rows, indent=2, default=str) if args.json else format_leaderboard(rows))
+        print(json.dumps(rows, indent=2, default=str) if args.json else
+              "\n".join([format_leaderboard(rows), RANK_LEGEND, GATE_LEGEND]))
+        if args.plot:
+            from arena_dagster.plots import write_home_plots
+
+            print("\n".join(f"wrote {path}" for path in write_home_plots(resolve_home(args.home), Path(args.plot))), file=sys.stderr)
         return 0
+    if args.command == "trace":
+        from arena_dagster import trace_cli
+
+        return trace_cli.run(args)
     if args.command == "generate":
         from arena_dagster.backends import cli as generate_cli
 
@@ -156,10 +175,30 @@ def main(argv: list[str] | None = None) -> int:
 
         return curate_cli.run(args)
     if args.command == "ui":
-        home = resolve_home(args.home)
-        prepare_environment(home, args.profile)
-        os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-m", "arena_dagster.defs", "-p", str(args.port)])
+        from arena_dagster.flywheel import prepare_ui
+
+        command = prepare_ui(resolve_home(args.home), args.profile, args.host, args.port)
+        os.execv(command[0], command)
     return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("arena-dagster: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into one line
+        if args.debug:
+            raise
+        from arena_dagster.user_errors import as_user_error
+
+        error = as_user_error(exc)
+        if error is None:
+            raise
+        print(f"arena-dagster: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

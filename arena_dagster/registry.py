@@ -117,18 +117,52 @@ def is_skipped(row: dict[str, Any]) -> bool:
     return bool(json.loads(row.get("manifest") or "{}").get("skipped"))
 
 
-def current_target(conn: duckdb.DuckDBPyConnection, round_key: int) -> dict[str, Any]:
-    """The model that plays the target in `round_key`: the last promotion before it, else the initial target."""
+def round_target_decision(conn: duckdb.DuckDBPyConnection, round_key: int) -> dict[str, Any]:
+    """The gate decision that names round `round_key`'s target: round r-1's row of `promotions`.
+
+    Round 1's comes from the baseline. A missing row means round r-1 has not finished (or
+    failed before its gate): round r must not start, or it would battle a stale target.
+    """
     ensure_tables(conn)
-    frame = read_frame(
-        conn, "SELECT new_target FROM promotions WHERE round < ? ORDER BY round DESC LIMIT 1", [round_key]
+    previous = int(round_key) - 1
+    frame = read_frame(conn, "SELECT * FROM promotions WHERE round = ?", [previous])
+    if frame.is_empty():
+        what = "the baseline (round 0) has not been evaluated" if previous == 0 else f"round {previous}'s gate decision is not recorded"
+        fix = ("materialize the setup job (flywheel_setup) first" if previous == 0 else
+               f"run round {previous} to its end (target_model[{previous}]) before round {round_key}")
+        raise RegistryError(f"round {round_key} cannot start: {what}; {fix}")
+    return frame.row(0, named=True)
+
+
+def current_target(conn: duckdb.DuckDBPyConnection, round_key: int) -> dict[str, Any]:
+    """The model that plays the target in `round_key`: the one round r-1's gate kept (round 0: the initial target)."""
+    ensure_tables(conn)
+    if round_key == 0:
+        initial = models_of_kind(conn, "initial")
+        if initial.is_empty():
+            raise RegistryError("no initial target registered: materialize the base models first")
+        return initial.row(0, named=True)
+    return get_model(conn, round_target_decision(conn, round_key)["new_target"])
+
+
+ROUND_TARGETS_DDL = """
+CREATE TABLE IF NOT EXISTS round_targets (
+    round BIGINT PRIMARY KEY,
+    target VARCHAR NOT NULL,
+    revision VARCHAR NOT NULL,
+    decided_in_round BIGINT NOT NULL,
+    decision VARCHAR NOT NULL
+)
+"""
+
+
+def record_round_target(conn: duckdb.DuckDBPyConnection, round_key: int, decision: dict[str, Any], target: dict[str, Any]) -> None:
+    """Round r's target as a fact of its own (the `round_target` asset): which model, decided by which gate."""
+    conn.execute(ROUND_TARGETS_DDL)
+    conn.execute(
+        "INSERT OR REPLACE INTO round_targets VALUES (?, ?, ?, ?, ?)",
+        [round_key, target["model"], target["revision"], int(decision["round"]), decision["reason"]],
     )
-    if not frame.is_empty():
-        return get_model(conn, frame.item(0, 0))
-    initial = models_of_kind(conn, "initial")
-    if initial.is_empty():
-        raise RegistryError("no initial target registered: materialize the base models first")
-    return initial.row(0, named=True)
 
 
 def record_promotion(conn: duckdb.DuckDBPyConnection, round_key: int, decision: dict[str, Any]) -> None:

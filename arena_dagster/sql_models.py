@@ -1,9 +1,10 @@
 """A small dbt-like runner: one SELECT per file in dbt_like_sql/, refs read from the Jinja AST.
 
-A model file may start with `--` header lines; `-- group: NAME` sets its asset group,
-`-- key: col1, col2` names the columns that identify a row (checked for uniqueness),
-`-- stages: sft, dpo, rl` makes one model per training stage (named `<stage>_<file>`), and
-the other header lines form its description. `{{ ref('table') }}` names an upstream table,
+A model file may start with `--` header lines; `-- group: NAME` sets its asset group (`stage`:
+the stage's own group), `-- key: col1, col2` names the columns that identify a row (checked for
+uniqueness), `-- stages: sft, dpo, rl` makes one model per training stage (named
+`<stage>_<file>`), `-- column NAME: text` describes an output column, and the other header
+lines form its description. `{{ ref('table') }}` names an upstream table,
 `{{ stage_ref('table') }}` the current stage's copy of one (`<stage>_table`), `{{ stage }}`
 the stage, `{{ var('name') }}` a profile setting, and `{{ round }}` the round being built.
 Macros live in dbt_like_sql/macros/ and are imported like any Jinja template.
@@ -42,6 +43,7 @@ class SqlModel:
     description: str
     vars: tuple[str, ...] = field(default=())
     stage: str | None = None
+    columns: tuple[tuple[str, str], ...] = field(default=())
 
 
 def _environment(sql_dir: Path) -> jinja2.Environment:
@@ -62,13 +64,16 @@ def _called_names(tree: nodes.Node, function: str) -> list[str]:
     return found
 
 
-def _header(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...], str]:
-    group, key, stages, lines = "", (), (), []
+def _header(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...], str, tuple[tuple[str, str], ...]]:
+    group, key, stages, lines, columns = "", (), (), [], []
     for line in sql.splitlines():
         if not line.startswith("--"):
             break
         text = line[2:].strip()
-        if text.startswith("group:"):
+        if text.startswith("column ") and ":" in text:
+            name, description = text[len("column "):].split(":", 1)
+            columns.append((name.strip(), description.strip()))
+        elif text.startswith("group:"):
             group = text.split(":", 1)[1].strip()
         elif text.startswith("key:"):
             key = tuple(c.strip() for c in text.split(":", 1)[1].split(",") if c.strip())
@@ -76,7 +81,7 @@ def _header(sql: str) -> tuple[str, tuple[str, ...], tuple[str, ...], str]:
             stages = tuple(c.strip() for c in text.split(":", 1)[1].split(",") if c.strip())
         else:
             lines.append(text)
-    return group, key, stages, " ".join(lines).strip()
+    return group, key, stages, " ".join(lines).strip(), tuple(columns)
 
 
 def load_models(sql_dir: Path = SQL_DIR) -> dict[str, SqlModel]:
@@ -88,7 +93,7 @@ def load_models(sql_dir: Path = SQL_DIR) -> dict[str, SqlModel]:
             tree = env.parse(sql)
         except jinja2.TemplateSyntaxError as exc:
             raise SqlModelError(f"{path.name}: {exc}") from exc
-        group, key, stages, description = _header(sql)
+        group, key, stages, description, columns = _header(sql)
         if not group:
             raise SqlModelError(f"{path.name}: missing '-- group: NAME' header")
         refs = list(dict.fromkeys(_called_names(tree, "ref")))
@@ -102,11 +107,12 @@ def load_models(sql_dir: Path = SQL_DIR) -> dict[str, SqlModel]:
                 path=path,
                 sql=sql,
                 refs=tuple(refs + [f"{stage}_{r}" for r in stage_refs]),
-                group=group,
+                group=stage if group == "stage" and stage else group,
                 key=key,
                 description=f"{description} (stage {stage})" if stage else description,
                 vars=tuple(dict.fromkeys(_called_names(tree, "var"))),
                 stage=stage,
+                columns=columns,
             )
     for model in models.values():
         if model.name in model.refs:
@@ -183,3 +189,31 @@ def run_model(
         conn.execute("ROLLBACK")
         raise
     return SqlRunResult(rows=int(rows), schema=column_schema(conn, model.name), duplicate_keys=int(duplicates))
+
+
+def column_lineage(select: str, schemas: Mapping[str, Mapping[str, str]], columns: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """For each output column of a rendered SELECT, the (table, column) pairs it is computed from.
+
+    sqlglot follows the CTEs, joins and macros' expansions; a column it cannot trace (a literal,
+    or a construct it does not know) is left out rather than guessed.
+    """
+    from sqlglot.errors import SqlglotError
+    from sqlglot.lineage import lineage
+
+    out: dict[str, list[tuple[str, str]]] = {}
+    for column in columns:
+        try:
+            node = lineage(column, select, schema={t: dict(s) for t, s in schemas.items()}, dialect="duckdb")
+        except (SqlglotError, ValueError, KeyError):
+            continue
+        deps = []
+        for leaf in node.walk():
+            source = getattr(getattr(leaf, "source", None), "name", None)
+            if leaf.downstream or not source or source not in schemas:
+                continue
+            name = leaf.name.rsplit(".", 1)[-1]
+            if name in schemas[source] and (source, name) not in deps:
+                deps.append((source, name))
+        if deps:
+            out[column] = deps
+    return out

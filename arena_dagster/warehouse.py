@@ -7,17 +7,54 @@ half-way never duplicates or half-writes a round.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Any, Iterable
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import duckdb
 import polars as pl
 
+from arena_dagster.errors import ArenaError
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class WarehouseError(RuntimeError):
+class WarehouseError(ArenaError, RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def open_readonly(home: Path, *, timeout_s: float = 15.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to a home's warehouse; while a run writes it, retry, then say who holds it.
+
+    DuckDB lets one process write a file and no other process open it meanwhile, not even to read.
+    """
+    from arena_dagster.home import WAREHOUSE, describe_holder, writer_lock
+
+    path = Path(home) / WAREHOUSE
+    if not path.exists():
+        raise WarehouseError("no warehouse in this home yet", str(path), "run `arena-dagster flywheel` first")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn = duckdb.connect(str(path), read_only=True)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise WarehouseError("the warehouse cannot be opened", str(path), str(exc).splitlines()[0]) from exc
+            if time.monotonic() >= deadline:
+                holder = writer_lock(home).holder()
+                raise WarehouseError(
+                    f"the warehouse is being written by pid {(holder or {}).get('pid', '?')} ({describe_holder(holder)})",
+                    str(path), f"retry when that run ends (waited {timeout_s:.0f} s)",
+                ) from None
+            time.sleep(0.5)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def quote_ident(name: str) -> str:
@@ -59,6 +96,7 @@ def write_table(
             conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM {view}")
         else:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM {view} LIMIT 0")
+            _add_new_columns(conn, table, view)
             conn.execute(f"DELETE FROM {name} WHERE round = ?", [round_key])
             conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {view}")
         conn.execute("COMMIT")
@@ -68,6 +106,14 @@ def write_table(
     finally:
         conn.unregister(view)
     return frame.height
+
+
+def _add_new_columns(conn: duckdb.DuckDBPyConnection, table: str, source: str) -> None:
+    """Columns a newer version of the code writes are added to a home's existing table (older rounds get NULL)."""
+    existing = column_schema(conn, table)
+    for column, kind, *_ in conn.execute(f"DESCRIBE SELECT * FROM {source}").fetchall():
+        if column not in existing:
+            conn.execute(f"ALTER TABLE {quote_ident(table)} ADD COLUMN {quote_ident(column)} {kind}")
 
 
 def read_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: Iterable[Any] | None = None) -> pl.DataFrame:
@@ -95,3 +141,35 @@ def read_table(
 def column_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     rows = conn.execute(f"DESCRIBE {quote_ident(table)}").fetchall()
     return {r[0]: r[1] for r in rows}
+
+
+# Columns that say when or where a row was made, not what it holds: a resumed run, a rerun or
+# another home writes other values there and the same data everywhere else.
+VOLATILE_COLUMNS = {
+    "registered_at", "decided_at",   # wall-clock times of registry and gate rows
+    "cached",                        # whether an answer came from the completion cache this time
+    "manifest",                      # training manifests carry wall times; revision and dataset_hash carry identity
+    "path", "model_path",            # folders under the home
+}
+
+
+def table_fingerprints(conn: duckdb.DuckDBPyConnection, *, exclude: set[str] = VOLATILE_COLUMNS) -> dict[str, str]:
+    """An order-independent hash of every table's rows (volatile columns left out): equal homes, equal hashes."""
+    import hashlib
+
+    tables = [r[0] for r in conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY table_name"
+    ).fetchall()]
+    out = {}
+    for table in tables:
+        columns = [c for c in column_schema(conn, table) if c not in exclude]
+        if not columns:
+            continue
+        listed = ", ".join(quote_ident(c) for c in columns)
+        # Hash each row, then combine the sorted row hashes: independent of row order, sensitive to duplicates.
+        rows = conn.execute(f"SELECT md5(CAST(ROW({listed}) AS VARCHAR)) AS h FROM {quote_ident(table)} ORDER BY h").fetchall()
+        digest = hashlib.sha256()
+        for (row_hash,) in rows:
+            digest.update(row_hash.encode())
+        out[table] = f"{len(rows)}:{digest.hexdigest()[:16]}"
+    return out

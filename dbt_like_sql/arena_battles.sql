@@ -2,5 +2,20 @@
 -- key: battle_id
 -- Arena test-set battles of a round (every pair of evaluated models), the two judge games
 -- combined into win/loss/tie exactly as the training battles are.
+-- column round: the flywheel round
+-- column battle_id: the battle: (round, prompt, model_a, model_b)
+-- column prompt_id: the prompt battled on (prompt_pool or arena_testset)
+-- column judge: the judge that played both games
+-- column model_a: the first model (in training battles: the stage's target)
+-- column model_b: the second model
+-- column response_a_id: model_a's answer (responses table)
+-- column response_b_id: model_b's answer
+-- column judgment_1_id: game 1 (model_a shown first)
+-- column judgment_2_id: game 2 (positions swapped)
+-- column score_a: model_a's score averaged over both games (1-10)
+-- column score_b: model_b's score averaged over both games (1-10)
+-- column winner: model_a, model_b or tie (averages closer than tie_margin)
+-- column margin: |score_a - score_b|
+-- column inconsistent: the two games disagree on who is better (position bias)
 {% import 'macros/two_game.sql' as games with context %}
 {{ games.two_game(ref('arena_judgments'), var('tie_margin')) }}

@@ -1,8 +1,14 @@
--- group: battles
+-- group: stage
 -- key: judge
 -- stages: sft, dpo, rl
 -- Judge health of a round's training battles, per judge: parse failures, two-game flips,
 -- first-position wins, longer-answer wins and ties. Checks on it gate the stage's training.
+-- column judge: the judge
+-- column parse_failure_rate: share of games whose judge output did not parse
+-- column flip_rate: share of battles whose two games disagree
+-- column tie_rate: share of battles called a tie
+-- column first_position_win_rate: share of decided games won by the answer shown first (0.5 = no position bias)
+-- column longer_answer_win_rate: share of decided games won by the longer answer (0.5 = no length bias)
 WITH judged AS (
     SELECT j.*, ra.response AS text_a, rb.response AS text_b
     FROM {{ stage_ref('judgments') }} AS j

@@ -1,8 +1,20 @@
--- group: preferences
+-- group: sft
 -- key: prompt_id
 -- SFT data of a round (battles of the sft slice): prompts the target lost, answered by the
 -- best winning competitor, where the winner scored at least sft_min_winner_score and won by
 -- at least sft_min_margin.
+-- column example_id: the SFT row's id: sha256 of (sft, round, prompt, battle)
+-- column prompt_id: the prompt
+-- column prompt: the instruction
+-- column messages: the conversation up to the instruction (JSON)
+-- column response: the winner's answer: what SFT-Ir learns to say
+-- column winner_model: the competitor whose answer won
+-- column target_model: the model that lost (the round's target)
+-- column battle_id: the battle it came from
+-- column judgment_1_id: game 1's judgment
+-- column judgment_2_id: game 2's judgment
+-- column winner_response_id: the winning answer (sft_responses)
+-- column target_response_id: the target's losing answer
 WITH lost AS (
     SELECT
         o.*,

@@ -35,17 +35,23 @@ def test_empty_frames_still_create_the_table():
     assert read_table(conn, "empty").columns == ["round", "x"]
 
 
-def test_current_target_follows_promotions():
+def test_current_target_is_exactly_the_previous_rounds_gate_decision():
     conn = duckdb.connect(":memory:")
-    with pytest.raises(RegistryError):
-        current_target(conn, 1)
     register_model(conn, model="target-I0", kind="initial", round_key=0, path="/m0", revision="r0")
     register_model(conn, model="DPO-I1", kind="dpo", round_key=1, path="/m1", revision="r1", parent="SFT-I1")
     register_model(conn, model="DPO-I2", kind="dpo", round_key=2, path="/m2", revision="r2", parent="SFT-I2")
+    assert current_target(conn, 0)["model"] == "target-I0"
+    with pytest.raises(RegistryError, match="round 1 cannot start: the baseline"):
+        current_target(conn, 1)
+    record_promotion(conn, 0, {"candidate": "target-I0", "incumbent": "target-I0", "promoted": True,
+                               "new_target": "target-I0", "reason": "baseline"})
     assert current_target(conn, 1)["model"] == "target-I0"
     record_promotion(conn, 1, {"candidate": "DPO-I1", "incumbent": "target-I0", "promoted": True, "new_target": "DPO-I1", "reason": "x"})
-    record_promotion(conn, 2, {"candidate": "DPO-I2", "incumbent": "DPO-I1", "promoted": False, "new_target": "DPO-I1", "reason": "x"})
     assert current_target(conn, 2)["model"] == "DPO-I1"
+    # Round 3 must not battle round 1's target while round 2's gate is missing (a failed night).
+    with pytest.raises(RegistryError, match="round 3 cannot start: round 2's gate decision is not recorded"):
+        current_target(conn, 3)
+    record_promotion(conn, 2, {"candidate": "DPO-I2", "incumbent": "DPO-I1", "promoted": False, "new_target": "DPO-I1", "reason": "x"})
     assert current_target(conn, 3)["model"] == "DPO-I1"
 
 
@@ -137,3 +143,11 @@ def test_judge_battles_plays_both_orders():
     assert out["judgment_id"].n_unique() == 2
     with pytest.raises(MissingResponseError, match="no response of model 'C'"):
         judge_battles(battles, responses.filter(pl.col("model") == "T"), prompts, judge)
+
+
+def test_a_home_made_by_older_code_gains_the_new_columns():
+    conn = duckdb.connect(":memory:")
+    write_table(conn, "leaderboard", pl.DataFrame({"round": [1], "model": ["a"]}), round_key=1)
+    write_table(conn, "leaderboard", pl.DataFrame({"round": [2], "model": ["b"], "unbounded": [True]}), round_key=2)
+    rows = read_table(conn, "leaderboard").sort("round").to_dicts()
+    assert rows == [{"round": 1, "model": "a", "unbounded": None}, {"round": 2, "model": "b", "unbounded": True}]

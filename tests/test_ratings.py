@@ -23,7 +23,7 @@ from arena_dagster.ratings import (
     win_rate_matrix,
 )
 from arena_dagster.ratings.battles import encode_battles
-from arena_dagster.ratings.bradley_terry import _categorical, _draw_counts, _multinomial
+from arena_dagster.ratings.resampling import categorical as _categorical, draw_counts, multinomial as _multinomial
 
 ELO_PER_NAT = 400 / math.log(10)
 
@@ -86,7 +86,7 @@ def test_two_models_with_a_known_win_rate():
     board = leaderboard(battles(("A", "B", "model_a", 300), ("A", "B", "model_b", 100)), bootstrap=0)
     gap = 400 * math.log10(3)  # 3:1 odds
     assert ratings_of(board) == pytest.approx({"A": 1000 + gap / 2, "B": 1000 - gap / 2}, abs=1e-4)
-    assert board.columns == ["model", "rating", "ci_low", "ci_high", "rank", "battles"]
+    assert board.columns == ["model", "rating", "ci_low", "ci_high", "rank", "battles", "unbounded"]
     assert board["battles"].to_list() == [400, 400]
     assert board["ci_low"].to_list() == [None, None]  # no bootstrap, no interval
 
@@ -102,11 +102,17 @@ def test_a_tie_is_half_a_win_for_each_side():
 def test_anchor_pins_one_model_in_both_forms():
     frame = battles(("A", "B", "model_a", 300), ("A", "B", "model_b", 100))
     gap = 400 * math.log10(3)
+    free = leaderboard(frame, bootstrap=20)
     for anchor in ("B=1114", ("B", 1114.0)):
         board = leaderboard(frame, anchor=anchor, bootstrap=20)
         assert ratings_of(board) == pytest.approx({"A": 1114 + gap, "B": 1114}, abs=1e-4)
-        row = board.filter(pl.col("model") == "B")
-        assert (row["ci_low"][0], row["ci_high"][0]) == pytest.approx((1114, 1114))
+        # the anchor only shifts the scale: its own interval is a real interval (issue 14;
+        # it used to be the single point 1114), as wide as without an anchor
+        row = board.filter(pl.col("model") == "B").row(0, named=True)
+        assert row["ci_low"] < 1114 < row["ci_high"]
+        shift = 1114 - free.filter(pl.col("model") == "B")["rating"][0]
+        assert (board["ci_low"] - shift).to_list() == pytest.approx(free["ci_low"].to_list())
+        assert (board["ci_high"] - shift).to_list() == pytest.approx(free["ci_high"].to_list())
     with pytest.raises(RatingsError, match="'C' has no battles"):
         leaderboard(frame, anchor="C=1000", bootstrap=0)
     with pytest.raises(RatingsError, match="MODEL=RATING"):
@@ -156,12 +162,17 @@ def test_recovers_a_known_population_within_its_intervals():
     assert board["model"].to_list() == sorted(truth, key=truth.get, reverse=True)
 
 
-def test_rank_counts_models_whose_interval_lies_wholly_above():
-    board = leaderboard(simulate({"a": 1300, "b": 1290, "c": 1000, "d": 700}, 4000, seed=5), bootstrap=100)
-    low, high = board["ci_low"].to_list(), board["ci_high"].to_list()
-    expected = [1 + sum(low[j] > high[i] for j in range(len(low))) for i in range(len(low))]
+def test_rank_counts_models_above_by_their_paired_difference():
+    # issue 14: i is above j when the bootstrap interval of r_i - r_j (paired: the same
+    # replicate) lies above 0; it used to be when i's interval lay wholly above j's
+    frame = simulate({"a": 1300, "b": 1290, "c": 1000, "d": 700}, 4000, seed=5)
+    board = leaderboard(frame, bootstrap=100)
+    replicates = fit(frame, bootstrap=100).bootstrap_strength * ELO_PER_NAT
+    order = [sorted(set(frame["model_a"]) | set(frame["model_b"])).index(m) for m in board["model"]]
+    low = np.percentile(replicates[:, :, None] - replicates[:, None, :], 2.5, axis=0)[np.ix_(order, order)]
+    expected = [1 + sum(low[j, i] > 0 for j in range(len(order))) for i in range(len(order))]
     assert board["rank"].to_list() == expected
-    assert expected[:2] == [1, 1] and expected[2:] == [3, 4]  # a and b overlap; the others are apart
+    assert expected[:2] == [1, 1] and expected[2:] == [3, 4]  # a and b are not separated; the others are
 
 
 def test_a_model_that_never_loses_tops_the_board_with_a_warning():
@@ -265,7 +276,7 @@ def test_every_bootstrap_replicate_is_the_maximum_likelihood_fit_of_its_resample
     frame = simulate({f"m{i}": 1000 + 60 * i for i in range(models)}, n, seed=seed)
     replicates = fit(frame, bootstrap=20, seed=seed, warn=False).bootstrap_strength
     cells = encode_battles(frame)
-    counts = _draw_counts(cells, 20, "battle", np.random.default_rng(seed))  # the same draws
+    counts = draw_counts(cells.count, None, 20, "battle", np.random.default_rng(seed))  # the same draws
     score_lo = cells.outcome / 2.0
     for replicate, weight in zip(replicates, counts):
 

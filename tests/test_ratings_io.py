@@ -152,9 +152,11 @@ def test_command_prints_the_json_report(arena_files, capsys):
     ])
     assert cli.run(args) == 0
     report = json.loads(capsys.readouterr().out)
-    assert list(report) == ["models", "alignment", "rejected"]
+    assert list(report) == ["models", "battles", "total_weight", "unbounded", "unbounded_reason", "anchor", "baseline",
+                            "bootstrap", "bootstrap_unit", "seed", "style_control", "alignment", "rejected"]
     assert [row["model"] for row in report["models"]] == ["strong", "mid", "weak"]
-    assert set(report["models"][0]) == {"model", "rating", "ci_low", "ci_high", "rank", "battles"}
+    assert set(report["models"][0]) == {"model", "rating", "ci_low", "ci_high", "rank", "battles", "unbounded"}
+    assert report["unbounded"] == [] and report["anchor"] == "weak=1000"
     assert report["models"][2]["rating"] == pytest.approx(1000)
     assert report["alignment"]["n_common"] == 3 and report["alignment"]["spearman"] == pytest.approx(1.0)
     assert report["rejected"] == {"score_missing": 1}
@@ -168,7 +170,7 @@ def test_command_prints_a_table_without_json(arena_files, capsys):
     grades, _, _ = arena_files
     assert cli.run(parser().parse_args(["--battles", str(grades), "--input-format", "grades", "--bootstrap", "10"])) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["rank", "model", "rating", "95%", "interval", "battles"]
+    assert out.splitlines()[0].split() == ["rank", "model", "rating", "95%", "interval", "battles"]  # no baseline
     assert out.splitlines()[1].split()[:2] == ["1", "strong-v1"]
     assert "rejected rows: score_missing 1" in out
 
@@ -177,7 +179,7 @@ def test_command_reports_bad_input_without_a_traceback(arena_files, capsys):
     grades, _, _ = arena_files
     args = parser().parse_args(["--battles", str(grades), "--input-format", "grades", "--anchor", "nobody=1000"])
     assert cli.run(args) == 2
-    assert "error: anchor model 'nobody' has no battles" in capsys.readouterr().err
+    assert "arena-dagster: anchor model 'nobody' has no battles" in capsys.readouterr().err
     # grade files read as FastChat battles have no model_a/model_b: every row is rejected
     assert cli.run(parser().parse_args(["--battles", str(grades)])) == 2
     assert "no usable battles in 1 fastchat file(s); rejected rows: {'missing_model': 121}" in capsys.readouterr().err

@@ -83,7 +83,9 @@ def test_refs_are_read_from_the_jinja_ast():
     assert set(models["sft_examples"].refs) == {"sft_battle_outcomes", "prompt_pool", "sft_responses"}
     assert set(models["dpo_pairs"].refs) == {"dpo_battle_outcomes", "prompt_pool", "dpo_responses"}
     assert set(models["reward_pairs"].refs) == {"rl_battle_outcomes", "prompt_pool", "rl_responses"}
-    assert models["sft_examples"].group == "preferences"
+    # Groups follow the flywheel's steps: a stage's models are in the stage's group.
+    assert (models["sft_examples"].group, models["dpo_pairs"].group, models["rl_battle_outcomes"].group) == ("sft", "dpo", "rl")
+    assert dict(models["sft_examples"].columns)["example_id"].startswith("the SFT row's id")
     assert "var" not in models["sft_battle_outcomes"].refs
 
 

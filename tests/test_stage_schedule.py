@@ -73,6 +73,7 @@ def _register(conn, model, kind, round_key, parent=None, skipped=False):
 def test_battle_targets_candidates_and_skipped_stages_come_from_the_registry():
     conn = duckdb.connect(":memory:")
     _register(conn, "target-I0", "initial", 0)
+    record_promotion(conn, 0, {"candidate": "target-I0", "incumbent": "target-I0", "promoted": True, "new_target": "target-I0", "reason": "baseline"})
     _register(conn, "SFT-I1", "sft", 1, "target-I0")
     _register(conn, "DPO-I1", "dpo", 1, "SFT-I1")
     _register(conn, "RL-I1", "rl", 1, "DPO-I1")

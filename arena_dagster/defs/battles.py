@@ -1,4 +1,5 @@
-"""battles group: per training stage, every model answers the stage's slice and the judge plays two games per battle."""
+"""Per training stage (groups sft, dpo, rl): the stage's target and every competitor answer the stage's part of
+round r's slice, and the judge plays two games per battle."""
 
 
 import dagster as dg
@@ -6,7 +7,8 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from arena_dagster.answering import RESPONSE_SCHEMA, answer_prompts
-from arena_dagster.defs.common import OWNERS, ArenaHome, round_of, round_partitions, table_check_specs, table_result
+from arena_dagster.defs.common import OWNERS, table_check_specs, table_result
+from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import judge_battles, plan_target_battles
 from arena_dagster.judging.judges import make_judge
 from arena_dagster.models import generation_spec
@@ -16,7 +18,7 @@ from arena_dagster.training.stages import stage_battle_target
 from arena_dagster.warehouse import read_table, write_table
 
 # The asset that trains a stage's battle target (the round's target comes from the previous round).
-_TARGET_ASSETS = {None: ["competitor_models", "initial_target_model"], "sft": ["sft_checkpoint"], "dpo": ["dpo_checkpoint"]}
+_TARGET_ASSETS = {None: ["round_target"], "sft": ["sft_checkpoint"], "dpo": ["dpo_checkpoint"]}
 
 
 def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
@@ -26,15 +28,15 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         name=responses_table,
-        group_name="battles",
+        group_name=stage,
         kinds={"python", "duckdb"},
         owners=OWNERS,
         partitions_def=round_partitions,
         deps=["prompt_pool", "competitor_models", *_TARGET_ASSETS[previous]],
         check_specs=table_check_specs(responses_table),
         description=(
-            f"Stage {stage}: answers of {target_text} and of every competitor to the round's `{stage}` prompt "
-            "slice; cached by content hash, so reruns never generate twice."
+            f"Round r, stage {stage}: answers of {target_text} and of every competitor to the `{stage}` part of round "
+            "r's prompt slice; cached by content hash, so reruns never generate twice."
         ),
     )
     def stage_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
@@ -61,6 +63,7 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
                 responses_table,
                 round_key,
                 {
+                    **arena.provenance(),
                     "stage": stage,
                     "slice": plan.slice,
                     "prompts": prompts.height,
@@ -74,15 +77,15 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         name=judgments_table,
-        group_name="battles",
+        group_name=stage,
         kinds={"python", "duckdb"},
         owners=OWNERS,
         partitions_def=round_partitions,
         deps=[responses_table, "prompt_pool"],
         check_specs=table_check_specs(judgments_table),
         description=(
-            f"Stage {stage}: the judge's raw text and parsed 1-10 scores for every (target, competitor) battle, "
-            "in both orders (the two-game setup against position bias)."
+            f"Round r, stage {stage}: the judge's raw text and parsed 1-10 scores for every (target, competitor) "
+            "battle of the stage's prompts, in both orders (the two-game setup against position bias)."
         ),
     )
     def stage_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
@@ -105,6 +108,7 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
                 judgments_table,
                 round_key,
                 {
+                    **arena.provenance(),
                     "stage": stage,
                     "judge": judge.name,
                     "judge_version": judge.version,
@@ -116,4 +120,5 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
     return [stage_responses, stage_judgments]
 
 
-stage_battles = [asset for stage in STAGES for asset in stage_battle_assets(stage)]
+def stage_battles() -> list[dg.AssetsDefinition]:
+    return [asset for stage in STAGES for asset in stage_battle_assets(stage)]

@@ -1,62 +1,16 @@
-"""Shared pieces of the Dagster layer: partitions, resources, checks and metadata."""
+"""Shared pieces of the Dagster layer: table checks and table metadata."""
 
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 
-from arena_dagster.config import load_profile, resolve_home
 from arena_dagster.quality.expectations import TABLE_EXPECTATIONS
 from arena_dagster.quality.table_checks import TableExpectation, expectation_check_names, is_blocking, run_expectations
 from arena_dagster.warehouse import column_schema, quote_ident, table_exists
 
 OWNERS = ["team:post-training"]
-
-round_partitions = dg.DynamicPartitionsDefinition(name="round")
-
-
-@lru_cache(maxsize=8)
-def _profile(ref: str) -> dict[str, Any]:
-    return load_profile(ref)
-
-
-class ArenaHome(dg.ConfigurableResource):
-    """Where the flywheel keeps its warehouse, caches, models and exports, and which profile it runs."""
-
-    home: str
-    profile: str = "skills"
-
-    def settings(self) -> dict[str, Any]:
-        return _profile(self.profile)
-
-    @property
-    def root(self) -> Path:
-        return resolve_home(self.home)
-
-    @property
-    def cache_path(self) -> Path:
-        return self.root / "cache" / "completions.sqlite"
-
-    def folder(self, *parts: str) -> Path:
-        path = self.root.joinpath(*parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-
-def warehouse_resource(home: Path) -> DuckDBResource:
-    home.mkdir(parents=True, exist_ok=True)
-    return DuckDBResource(database=str(home / "warehouse.duckdb"))
-
-
-def round_of(context: dg.AssetExecutionContext) -> int:
-    try:
-        return int(context.partition_key)
-    except ValueError as exc:
-        raise dg.Failure(f"round partitions are integers, got {context.partition_key!r}") from exc
 
 
 def table_check_specs(table: str) -> list[dg.AssetCheckSpec]:

@@ -1,4 +1,12 @@
-"""evaluation group: every model on the fixed arena test set, judged pairwise, and the leaderboard."""
+"""evaluation group: the round's models on the fixed arena test set, judged pairwise, and the leaderboard.
+
+Round r's arena holds every stage checkpoint of round r (SFT-Ir, DPO-Ir, RL-Ir: the gate's
+candidates), the round's target (the incumbent), the initial target and the competitors, all
+on the same test prompts and judged by the same judge, so one Bradley-Terry fit ranks them
+and ratings of different rounds are comparable (the same competitor anchors every round).
+The baseline (`baseline_leaderboard`, group `baseline`) is the same evaluation before any
+training: the initial target and the competitors.
+"""
 
 
 from typing import Any
@@ -8,45 +16,43 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from arena_dagster.answering import answer_prompts
-from arena_dagster.defs.common import OWNERS, ArenaHome, round_of, round_partitions, table_check_specs, table_result
+from arena_dagster.defs.common import OWNERS, table_check_results, table_check_specs, table_result
+from arena_dagster.defs.leaderboards import leaderboard_metadata
+from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import judge_battles, plan_round_robin
 from arena_dagster.judging.judges import make_judge
 from arena_dagster.models import generation_spec
-from arena_dagster.registry import current_target, models_of_kind
-from arena_dagster.training.stages import round_candidate, round_checkpoints
+from arena_dagster.registry import current_target, models_of_kind, record_promotion
+from arena_dagster.sql_models import load_models, run_model
+from arena_dagster.training.stages import round_checkpoints
 from arena_dagster.warehouse import read_table, write_table
 
 
 def arena_models(conn, round_key: int) -> list[tuple[dict[str, Any], str, str]]:
-    """(registry row, role, kind) of every model on the round's leaderboard.
+    """(registry row, role, kind) of every model on round `round_key`'s leaderboard.
 
-    The round's candidate (its last stage's checkpoint), the round's other stage checkpoints
-    (so the leaderboard shows what each stage reached), the current target and the competitors.
+    kind: `candidate` (a stage checkpoint of the round), `incumbent` (the round's target),
+    `initial` (the initial target, kept in every round as the fixed reference of the lift),
+    `competitor`. role: `target` for the target's lineage, `competitor` otherwise.
     """
-    candidate = round_candidate(conn, round_key)
-    incumbent = current_target(conn, round_key)
-    chosen = [(candidate, "target", "candidate" if round_key else "initial")]
-    chosen += [(row, "competitor", "stage") for row in round_checkpoints(conn, round_key) if row["model"] != candidate["model"]]
-    if incumbent["model"] != candidate["model"]:
-        chosen.append((incumbent, "competitor", "incumbent"))
+    initial = models_of_kind(conn, "initial").row(0, named=True)
+    if round_key == 0:
+        chosen = [(initial, "target", "initial")]
+    else:
+        incumbent = current_target(conn, round_key)
+        chosen = [(row, "target", "candidate") for row in round_checkpoints(conn, round_key)]
+        seen = {row["model"] for row, _, _ in chosen}
+        if incumbent["model"] not in seen:
+            chosen.append((incumbent, "target", "incumbent"))
+            seen.add(incumbent["model"])
+        if initial["model"] not in seen:
+            chosen.append((initial, "target", "initial"))
     chosen += [(row, "competitor", "competitor") for row in models_of_kind(conn, "competitor").to_dicts()]
     return chosen
 
 
-@dg.asset(
-    group_name="evaluation",
-    kinds={"python", "duckdb"},
-    owners=OWNERS,
-    partitions_def=round_partitions,
-    deps=["arena_testset", "sft_checkpoint", "dpo_checkpoint", "rl_checkpoint", "competitor_models", "initial_target_model"],
-    check_specs=table_check_specs("arena_responses"),
-    description=(
-        "Answers of the round's stage checkpoints (SFT, DPO, RL), the current target and every competitor to the "
-        "arena test set (cached)."
-    ),
-)
-def arena_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    round_key = round_of(context)
+def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
+    """Every arena model answers the test set (cached); writes round `round_key` of arena_responses."""
     profile = arena.settings()
     with duckdb.get_connection() as conn:
         testset = read_table(conn, "arena_testset")
@@ -60,18 +66,103 @@ def arena_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb:
         stats.append(stat.as_dict())
     with duckdb.get_connection() as conn:
         write_table(conn, "arena_responses", pl.concat(frames), round_key=round_key)
-        return table_result(
-            conn,
-            "arena_responses",
-            round_key,
-            {
-                "models": [row["model"] for row, _, _ in models],
-                "testset_version": testset["testset_version"][0],
-                "cache_hits": sum(s["cache_hits"] for s in stats),
-                "cache_misses": sum(s["cache_misses"] for s in stats),
-                "per_model": dg.MetadataValue.json(stats),
-            },
+    return {
+        "models": [row["model"] for row, _, _ in models],
+        "testset_version": testset["testset_version"][0],
+        "cache_hits": sum(s["cache_hits"] for s in stats),
+        "cache_misses": sum(s["cache_misses"] for s in stats),
+        "per_model": dg.MetadataValue.json(stats),
+    }
+
+
+def judge_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
+    """Two games for every pair of arena models on every test prompt; writes round `round_key` of arena_judgments."""
+    judge = make_judge(arena.settings()["judge"], cache_path=arena.cache_path, home=arena.root)
+    with duckdb.get_connection() as conn:
+        answers = read_table(conn, "arena_responses", round_key=round_key)
+        testset = read_table(conn, "arena_testset")
+    battles = plan_round_robin(round_key, testset["prompt_id"].to_list(), answers["model"].unique().to_list())
+    frame = judge_battles(battles, answers, testset, judge, log=context.log.debug)
+    with duckdb.get_connection() as conn:
+        write_table(conn, "arena_judgments", frame, round_key=round_key)
+    return {"judge": judge.name, "battles": battles.height, "parse_failures": int((~frame["parse_ok"]).sum())}
+
+
+def arena_battles_for_rating(conn, round_key: int, style_control: bool) -> pl.DataFrame:
+    """The round's arena battles as the ratings take them; with the answers' style features for style control."""
+    from arena_dagster.ratings import with_style_features
+
+    battles = read_table(conn, "arena_battles", round_key=round_key).select(
+        "model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id"))
+    if not style_control:
+        return battles
+    answers = read_table(conn, "arena_responses", round_key=round_key).select(
+        pl.col("prompt_id").alias("question_id"), "model", pl.col("response").alias("answer"))
+    return with_style_features(battles, answers)
+
+
+def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The round's Bradley-Terry leaderboard; writes round `round_key` of `leaderboard`."""
+    from arena_dagster.ratings import rate
+
+    settings = arena.settings().get("evaluation", {})
+    style_control = bool(settings.get("style_control", False))
+    with duckdb.get_connection() as conn:
+        battles = arena_battles_for_rating(conn, round_key, style_control)
+        testset_version = read_table(conn, "arena_testset")["testset_version"][0]
+        models = arena_models(conn, round_key)
+    anchor = settings.get("anchor") or f"{sorted(r['model'] for r, _, k in models if k == 'competitor')[0]}=1000"
+    baseline = settings.get("baseline")
+    result = rate(
+        battles, anchor=anchor, baseline=baseline, bootstrap=int(settings.get("bootstrap", 200)),
+        bootstrap_unit=settings.get("bootstrap_unit", "prompt"), seed=int(settings.get("seed", 0)),
+        style_control=style_control,
+    )
+    roles = pl.DataFrame(
+        [{"model": row["model"], "role": role, "kind": kind, "stage": row["kind"], "model_path": row["path"]}
+         for row, role, kind in models]
+    )
+    board = result.board.join(roles, on="model", how="left").with_columns(
+        pl.lit(round_key, dtype=pl.Int64).alias("round"),
+        pl.lit(testset_version).alias("testset_version"),
+        pl.lit(anchor).alias("anchor"),
+    )
+    with duckdb.get_connection() as conn:
+        write_table(conn, "leaderboard", board, round_key=round_key)
+    context.log.info(f"round {round_key}: leaderboard of {board.height} models on {battles.height} battles")
+    if result.unbounded:
+        context.log.warning(f"round {round_key}: {result.unbounded_reason}")
+    extra: dict[str, Any] = {
+        "anchor": anchor, "battles": battles.height, "testset_version": testset_version,
+        "unbounded_models": ", ".join(result.unbounded) or "none",
+        **leaderboard_metadata(board, battles, round_key, arena.folder("plots")),
+    }
+    if result.style_coefficients is not None:
+        extra["style_coefficients"] = dg.MetadataValue.table(
+            [dg.TableRecord({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+             for row in result.style_coefficients.iter_rows(named=True)],
+            schema=dg.TableSchema(columns=[dg.TableColumn(c) for c in result.style_coefficients.columns]),
         )
+    return board, extra
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"python", "duckdb"},
+    owners=OWNERS,
+    partitions_def=round_partitions,
+    deps=["arena_testset", "sft_checkpoint", "dpo_checkpoint", "rl_checkpoint", "competitor_models", "initial_target_model"],
+    check_specs=table_check_specs("arena_responses"),
+    description=(
+        "Round r: answers of round r's stage checkpoints (SFT-Ir, DPO-Ir, RL-Ir), the round's target, the initial "
+        "target and every competitor to the arena test set (cached by content hash)."
+    ),
+)
+def arena_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    round_key = round_of(context)
+    extra = answer_arena(context, arena, duckdb, round_key)
+    with duckdb.get_connection() as conn:
+        return table_result(conn, "arena_responses", round_key, {**arena.provenance(), **extra})
 
 
 @dg.asset(
@@ -81,22 +172,13 @@ def arena_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb:
     partitions_def=round_partitions,
     deps=[arena_responses],
     check_specs=table_check_specs("arena_judgments"),
-    description="Pairwise judgments of every pair of arena models on every test prompt, in both orders.",
+    description="Round r: the judge's two games (both orders) for every pair of round r's arena models on every test prompt.",
 )
 def arena_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     round_key = round_of(context)
-    judge = make_judge(arena.settings()["judge"], cache_path=arena.cache_path, home=arena.root)
+    extra = judge_arena(context, arena, duckdb, round_key)
     with duckdb.get_connection() as conn:
-        answers = read_table(conn, "arena_responses", round_key=round_key)
-        testset = read_table(conn, "arena_testset")
-    battles = plan_round_robin(round_key, testset["prompt_id"].to_list(), answers["model"].unique().to_list())
-    frame = judge_battles(battles, answers, testset, judge, log=context.log.debug)
-    with duckdb.get_connection() as conn:
-        write_table(conn, "arena_judgments", frame, round_key=round_key)
-        return table_result(
-            conn, "arena_judgments", round_key,
-            {"judge": judge.name, "battles": battles.height, "parse_failures": int((~frame["parse_ok"]).sum())},
-        )
+        return table_result(conn, "arena_judgments", round_key, {**arena.provenance(), **extra})
 
 
 @dg.asset(
@@ -107,45 +189,54 @@ def arena_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb:
     deps=["arena_battles"],
     check_specs=table_check_specs("leaderboard"),
     description=(
-        "Bradley-Terry leaderboard (base 10, scale 400, tie = half a win) of the round's arena battles with "
-        "95% bootstrap intervals; rows of all rounds form the leaderboard history."
+        "Round r's Bradley-Terry leaderboard (base 10, scale 400, tie = half a win) of round r's arena battles, "
+        "with 95% prompt-bootstrap intervals; anchored on a fixed competitor, so rounds are comparable."
     ),
 )
 def leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    from arena_dagster.ratings import leaderboard as fit_leaderboard
-
     round_key = round_of(context)
-    settings = arena.settings().get("evaluation", {})
+    _board, extra = fit_arena(context, arena, duckdb, round_key)
     with duckdb.get_connection() as conn:
-        battles = read_table(conn, "arena_battles", round_key=round_key)
-        testset_version = read_table(conn, "arena_testset")["testset_version"][0]
-        models = arena_models(conn, round_key)
-    anchor = settings.get("anchor") or f"{sorted(r['model'] for r, _, k in models if k == 'competitor')[0]}=1000"
-    board = fit_leaderboard(
-        battles.select("model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id")),
-        anchor=anchor,
-        bootstrap=int(settings.get("bootstrap", 200)),
-        bootstrap_unit=settings.get("bootstrap_unit", "prompt"),
-        seed=int(settings.get("seed", 0)),
-    )
-    roles = pl.DataFrame(
-        [{"model": row["model"], "role": role, "kind": kind, "stage": row["kind"], "model_path": row["path"]}
-         for row, role, kind in models]
-    )
-    board = board.join(roles, on="model", how="left").with_columns(
-        pl.lit(round_key, dtype=pl.Int64).alias("round"),
-        pl.lit(testset_version).alias("testset_version"),
-        pl.lit(anchor).alias("anchor"),
-    )
+        return table_result(conn, "leaderboard", round_key, {**arena.provenance(), **extra})
+
+
+@dg.asset(
+    group_name="baseline",
+    kinds={"python", "duckdb"},
+    owners=OWNERS,
+    deps=["arena_testset", "competitor_models", "initial_target_model"],
+    check_specs=[dg.AssetCheckSpec(name=spec.name, asset="baseline_leaderboard", blocking=spec.blocking,
+                                   description=spec.description) for spec in table_check_specs("leaderboard")],
+    description=(
+        "Round 0, before any training: the initial target and the competitors on the arena test set (answers, "
+        "two-game judgments, battles and the leaderboard are written as round 0 of arena_responses, "
+        "arena_judgments, arena_battles and leaderboard), and the baseline gate record that makes the initial "
+        "target round 1's target."
+    ),
+)
+def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    from arena_dagster.sql_models import create_views
+    from arena_dagster.defs.sql import sql_variables
+
+    answered = answer_arena(context, arena, duckdb, 0)
+    judged = judge_arena(context, arena, duckdb, 0)
     with duckdb.get_connection() as conn:
-        write_table(conn, "leaderboard", board, round_key=round_key)
-        table = "\n".join(
-            f"{r['rank']:>3} {r['model']:<24} {r['rating']:8.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}] {r['kind']}"
-            for r in board.sort("rating", descending=True).iter_rows(named=True)
-        )
-        context.log.info(f"round {round_key} leaderboard\n{table}")
-        return table_result(
-            conn, "leaderboard", round_key,
-            {"anchor": anchor, "battles": battles.height, "testset_version": testset_version,
-             "leaderboard": dg.MetadataValue.md(f"```\n{table}\n```")},
-        )
+        run_model(conn, load_models()["arena_battles"], round_key=0, variables=sql_variables(arena.settings()))
+    board, extra = fit_arena(context, arena, duckdb, 0)
+    initial = board.filter(pl.col("kind") == "initial").row(0, named=True)
+    with duckdb.get_connection() as conn:
+        record_promotion(conn, 0, {
+            "candidate": initial["model"], "incumbent": initial["model"], "promoted": True,
+            "new_target": initial["model"], "candidate_rating": initial["rating"], "incumbent_rating": initial["rating"],
+            "reason": "baseline: the initial target",
+        })
+        create_views(conn)
+        metadata = {**arena.provenance(), **extra, "cache_hits": answered["cache_hits"],
+                    "cache_misses": answered["cache_misses"], "judge": judged["judge"],
+                    "parse_failures": judged["parse_failures"], "initial_target": initial["model"]}
+        checks = [
+            dg.AssetCheckResult(asset_key="baseline_leaderboard", check_name=result.check_name, passed=result.passed,
+                                severity=result.severity, description=result.description, metadata=result.metadata)
+            for result in table_check_results(conn, "leaderboard", 0)
+        ]
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)

@@ -1,11 +1,16 @@
-"""prompts group: the raw pool, the arena test set and the curated pool sliced by round."""
+"""prompts group: the raw pool, the arena test set, and the curated pool sliced into rounds (with its quarantine).
+
+All three are built once per home (unpartitioned) and shared by every round: round r reads
+its slice of `prompt_pool`; the arena test set is the same in every round, so ratings of
+different rounds are comparable.""" 
 
 
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.defs.common import OWNERS, ArenaHome, table_check_specs, table_result
+from arena_dagster.defs.common import OWNERS, table_check_specs, table_metadata, table_result
+from arena_dagster.defs.resources import ArenaHome
 from arena_dagster.prompts.pools import (
     REAL_SOURCES,
     curated_pool,
@@ -32,7 +37,7 @@ def raw_prompts(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResul
         write_table(conn, "raw_prompts", frame)
         return table_result(
             conn, "raw_prompts", None,
-            {"source": arena.settings()["prompts"]["source"], **({"ingest": dg.MetadataValue.json(counts)} if counts else {})},
+            {**arena.provenance(), "source": arena.settings()["prompts"]["source"], **({"ingest": dg.MetadataValue.json(counts)} if counts else {})},
         )
 
 
@@ -63,6 +68,7 @@ def arena_testset(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: D
             "arena_testset",
             None,
             {
+                **arena.provenance(),
                 "testset_version": frame["testset_version"][0],
                 "subsets": dg.MetadataValue.json({c["subset"]: c["len"] for c in counts}),
                 **({"build": dg.MetadataValue.json(build)} if build else {}),
@@ -80,43 +86,67 @@ def started_rounds(conn) -> pl.DataFrame | None:
     return read_table(conn, "prompt_pool", where=f"round <= {int(last)}")
 
 
-@dg.asset(
-    group_name="prompts",
-    kinds={"python", "duckdb"},
-    owners=OWNERS,
-    deps=[raw_prompts, arena_testset],
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "prompt_pool",
+            group_name="prompts",
+            kinds={"python", "duckdb"},
+            owners=OWNERS,
+            deps=[raw_prompts, arena_testset],
+            description=(
+                "The curated pool, cut into one slice per training round (and each slice into the stages' parts "
+                "sft/dpo/rl). Built once per home: normalized, short instructions dropped, exact and near duplicates "
+                "removed, decontaminated against the arena test set. A prompt's round and stage come from a seeded "
+                "hash of its id, so a rebuild never moves one; rounds whose battles started keep their prompts, and "
+                "new prompts are deduplicated against them. Round r's slice is what round r battles on."
+            ),
+        ),
+        dg.AssetSpec(
+            "prompt_quarantine",
+            group_name="prompts",
+            kinds={"python", "duckdb"},
+            owners=OWNERS,
+            deps=[raw_prompts, arena_testset],
+            description="Every raw prompt the curation removed, with the step that removed it (too short, duplicate, contaminated ...).",
+        ),
+    ],
     check_specs=table_check_specs("prompt_pool"),
-    description=(
-        "The curated pool: normalized, short instructions dropped, exact and near duplicates removed, "
-        "decontaminated against the arena test set, and sliced into rounds (and stages). Rounds whose battles "
-        "started stay as they are when the pool is rebuilt; new prompts are deduplicated against them and fill "
-        "the later rounds. Removed rows are kept in prompt_quarantine with the step that removed them."
-    ),
 )
-def prompt_pool(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def prompt_pool(arena: ArenaHome, duckdb: DuckDBResource):
+    settings = arena.settings()
     with duckdb.get_connection() as conn:
         raw = read_table(conn, "raw_prompts")
         testset = read_table(conn, "arena_testset")
         frozen = started_rounds(conn)
-        pool, removed, quarantine = curated_pool(raw, testset, arena.settings(), frozen=frozen)
+        pool, removed, quarantine = curated_pool(raw, testset, settings, frozen=frozen)
         write_table(conn, "prompt_pool", pool)
         write_table(conn, "prompt_quarantine", quarantine)
         per_round = pool.group_by("round").len().sort("round")
         recorded = {}
-        if arena.settings()["prompts"].get("source") in REAL_SOURCES:
+        if settings["prompts"].get("source") in REAL_SOURCES:
             # The recorded competitor answers by prompt id, from the pool's and the test set's rows.
             recorded = write_recorded_answers(pool, testset, arena.folder("recorded"))
-        return table_result(
+        pool_result = table_result(
             conn,
             "prompt_pool",
             None,
             {
+                **arena.provenance(),
                 "input_rows": raw.height,
                 "frozen_rounds": frozen_rounds(frozen),
                 "kept_rows": pool.height,
+                # The number of round slices: the `round` partitions the sensor (or the CLI) adds.
+                "rounds": int(pool["round"].max() or 0) if pool.height else 0,
                 "removed_by_step": dg.MetadataValue.json(removed),
                 **{f"removed/{step}": count for step, count in removed.items()},
                 "rows_per_round": dg.MetadataValue.json({str(r): n for r, n in per_round.iter_rows()}),
                 **({"recorded_answers": dg.MetadataValue.json(recorded)} if recorded else {}),
             },
         )
+        quarantine_metadata = table_metadata(conn, "prompt_quarantine", None)
+    yield dg.MaterializeResult(asset_key="prompt_pool", metadata=pool_result.metadata, check_results=pool_result.check_results)
+    yield dg.MaterializeResult(
+        asset_key="prompt_quarantine",
+        metadata={**arena.provenance(), **quarantine_metadata, **{f"removed/{step}": count for step, count in removed.items()}},
+    )

@@ -1,4 +1,4 @@
-"""Assets built from dbt_like_sql/: one asset per SELECT, deps read from its refs."""
+"""Assets built from dbt_like_sql/: one asset per SELECT, deps read from its refs, columns from its header."""
 
 
 import hashlib
@@ -7,13 +7,43 @@ from typing import Any
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.defs.common import OWNERS, ArenaHome, round_of, round_partitions, table_check_specs, table_result
+from arena_dagster.defs.common import OWNERS, table_check_specs, table_result
+from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.quality.expectations import judge_health_expectation
-from arena_dagster.sql_models import SqlModel, load_models, run_model
+from arena_dagster.sql_models import SqlModel, column_lineage, load_models, render, run_model
+from arena_dagster.warehouse import column_schema, table_exists
 
 
 def sql_variables(profile: dict[str, Any]) -> dict[str, Any]:
     return dict(profile.get("sql_vars", {}))
+
+
+def _lineage_metadata(conn, model: SqlModel, round_key: int, variables: dict[str, Any]) -> dict[str, Any]:
+    """`dagster/column_lineage` of the round's SELECT: which upstream columns each output column comes from."""
+    schemas = {ref: column_schema(conn, ref) for ref in model.refs if table_exists(conn, ref)}
+    select = render(model, round_key=round_key, variables=variables).strip().rstrip(";")
+    traced = column_lineage(select, schemas, list(column_schema(conn, model.name)))
+    if not traced:
+        return {}
+    return {"dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
+        column: [dg.TableColumnDep(asset_key=dg.AssetKey(table), column_name=name) for table, name in deps]
+        for column, deps in traced.items()
+    })}
+
+
+def _definition_metadata(model: SqlModel) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "sql_file": f"dbt_like_sql/{model.path.name}",
+        "dagster/code_references": dg.CodeReferencesMetadataValue(
+            code_references=[dg.LocalFileCodeReference(file_path=str(model.path.resolve()), line_number=1,
+                                                       label=f"SQL model {model.path.name}")]
+        ),
+    }
+    if model.columns:
+        metadata["dagster/column_schema"] = dg.TableSchema(
+            columns=[dg.TableColumn(name, description=text) for name, text in model.columns]
+        )
+    return metadata
 
 
 def _sql_asset(model: SqlModel) -> dg.AssetsDefinition:
@@ -25,22 +55,24 @@ def _sql_asset(model: SqlModel) -> dg.AssetsDefinition:
         partitions_def=round_partitions,
         deps=list(model.refs),
         check_specs=table_check_specs(model.name),
-        description=f"{model.description} (SQL: dbt_like_sql/{model.path.name})",
+        description=f"Round r: {model.description} (SQL: dbt_like_sql/{model.path.name})",
+        metadata=_definition_metadata(model),
         code_version=hashlib.sha256(model.sql.encode()).hexdigest()[:12],
     )
     def _build(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
         round_key = round_of(context)
         profile = arena.settings()
+        variables = sql_variables(profile)
         # Judge-health limits are the profile's to move (a weak judge is expected to be noisy).
         expectation = judge_health_expectation(profile.get("judge_health")) if model.path.stem == "judge_health" else None
         with duckdb.get_connection() as conn:
-            run_model(conn, model, round_key=round_key, variables=sql_variables(profile))
-            return table_result(
-                conn, model.name, round_key, {"sql_file": f"dbt_like_sql/{model.path.name}", "refs": list(model.refs)},
-                expectation=expectation,
-            )
+            run_model(conn, model, round_key=round_key, variables=variables)
+            extra = {**arena.provenance(), "sql_file": f"dbt_like_sql/{model.path.name}", "refs": list(model.refs),
+                     **_lineage_metadata(conn, model, round_key, variables)}
+            return table_result(conn, model.name, round_key, extra, expectation=expectation)
 
     return _build
 
 
-sql_assets = [_sql_asset(model) for model in load_models().values()]
+def sql_assets() -> list[dg.AssetsDefinition]:
+    return [_sql_asset(model) for model in load_models().values()]

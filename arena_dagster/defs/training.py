@@ -1,4 +1,7 @@
-"""training group: base models, the round's SFT, DPO, reward-model and RL checkpoints, and the promoted target."""
+"""The round's training steps: SFT-Ir (group sft), DPO-Ir (group dpo), the reward model RM-Ir and RL-Ir (group rl).
+
+Each trains in a subprocess from the previous stage's checkpoint on its stage's preference data of round r
+(or of rounds 1..r where the schedule accumulates); a stage with no data is recorded as its parent."""
 
 
 import json
@@ -8,98 +11,19 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.defs.common import OWNERS, ArenaHome, round_of, round_partitions
-from arena_dagster.models import declared_models, declared_revision, prepare_model_config, trained_models_settings
+from arena_dagster.defs.common import OWNERS
+from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
+from arena_dagster.models import trained_models_settings
 from arena_dagster.preferences.export import (
     export_dataset,
     preference_training_rows,
     prompt_training_rows,
     sft_training_rows,
 )
-from arena_dagster.promotion import decide_promotion
-from arena_dagster.registry import current_target, get_model, record_promotion, register_model, resolve_skipped, round_checkpoint
-from arena_dagster.sql_models import create_views
+from arena_dagster.registry import current_target, get_model, register_model, resolve_skipped, round_checkpoint
 from arena_dagster.training.schedule import battle_prompts, checkpoint_name, stage_plan
-from arena_dagster.training.stages import round_candidate, stage_training_spec
+from arena_dagster.training.stages import stage_training_spec
 from arena_dagster.warehouse import read_table
-
-
-@dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            "competitor_models",
-            group_name="training",
-            kinds={"pytorch", "huggingface"},
-            owners=OWNERS,
-            deps=["arena_testset"],
-            description=(
-                "The competitor models of the arena (embedded default: tiny Llamas trained locally, each "
-                "strong on some task families); none has seen an arena test prompt."
-            ),
-        ),
-        dg.AssetSpec(
-            "initial_target_model",
-            group_name="training",
-            kinds={"pytorch", "huggingface"},
-            owners=OWNERS,
-            deps=["arena_testset"],
-            description="The target model before any flywheel round (round 0's target).",
-        ),
-    ]
-)
-def base_models(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource):
-    declared = arena.settings().get("models", {}).get("source") == "declared"
-    if declared:
-        yield from _register_declared_models(arena, duckdb)
-        return
-    from arena_dagster.training.base_models import build_base_models, resolve_profile
-
-    models = resolve_profile(trained_models_settings(arena.settings()))
-    with duckdb.get_connection() as conn:
-        excluded = read_table(conn, "arena_testset")["prompt"].to_list()
-    built = build_base_models(arena.folder("models"), models, exclude_prompts=excluded, log=context.log.info)
-    manifests = built["manifests"]
-    target_name = models["initial_target"]["name"]
-    with duckdb.get_connection() as conn:
-        for name, path in [*built["competitors"].items(), (target_name, built["initial_target"])]:
-            manifest = manifests[name]
-            register_model(
-                conn, model=name, kind="initial" if name == target_name else "competitor", round_key=0,
-                path=str(path), revision=manifest["spec_hash"], dataset_hash=manifest.get("dataset_hash"),
-                manifest=manifest,
-            )
-    yield dg.MaterializeResult(
-        asset_key="competitor_models",
-        metadata={
-            "models": dg.MetadataValue.json({k: str(v) for k, v in built["competitors"].items()}),
-            "tokenizer": dg.MetadataValue.path(built["tokenizer"]),
-            "wall_s": dg.MetadataValue.json({k: manifests[k].get("wall_s") for k in built["competitors"]}),
-        },
-    )
-    yield dg.MaterializeResult(
-        asset_key="initial_target_model",
-        metadata={
-            "model": target_name,
-            "path": dg.MetadataValue.path(str(built["initial_target"])),
-            "manifest": dg.MetadataValue.json(manifests[target_name]),
-        },
-    )
-
-
-def _register_declared_models(arena: ArenaHome, duckdb: DuckDBResource):
-    # `{home}` paths resolved, GGUF weights converted once to an HF folder (servable and trainable).
-    entries = [(name, kind, prepare_model_config(config, arena.root))
-               for name, kind, config in declared_models(arena.settings()["models"])]
-    with duckdb.get_connection() as conn:
-        for name, kind, config in entries:
-            register_model(
-                conn, model=name, kind=kind, round_key=0, path=str(config.get("path") or config.get("model")),
-                revision=str(config.get("revision") or declared_revision(config)), manifest={"declared": config},
-            )
-    competitors = {name: config.get("backend") for name, kind, config in entries if kind == "competitor"}
-    target = next(name for name, kind, _ in entries if kind == "initial")
-    yield dg.MaterializeResult(asset_key="competitor_models", metadata={"declared": dg.MetadataValue.json(competitors)})
-    yield dg.MaterializeResult(asset_key="initial_target_model", metadata={"model": target, "declared": True})
 
 
 # Which rows each training stage learns from, how they become training files, and whose data
@@ -111,7 +35,8 @@ _STAGE_DATA = {
 }
 
 
-def _register_skipped(conn, *, stage: str, round_key: int, parent: dict[str, Any], reason: str) -> dg.MaterializeResult:
+def _register_skipped(conn, *, stage: str, round_key: int, parent: dict[str, Any], reason: str,
+                      provenance: dict[str, Any]) -> dg.MaterializeResult:
     # Nothing to learn: the stage's checkpoint is its parent, recorded as such (the next stage
     # battles and trains from the parent, and the leaderboard leaves the stage out).
     name = checkpoint_name(stage, round_key)
@@ -119,7 +44,7 @@ def _register_skipped(conn, *, stage: str, round_key: int, parent: dict[str, Any
         conn, model=name, kind=stage, round_key=round_key, path=parent["path"], revision=parent["revision"],
         parent=parent["model"], manifest={"skipped": reason},
     )
-    return dg.MaterializeResult(metadata={"model": name, "skipped": reason, "parent": parent["model"]})
+    return dg.MaterializeResult(metadata={**provenance, "model": name, "skipped": reason, "parent": parent["model"]})
 
 
 def _train(
@@ -169,6 +94,7 @@ def _train(
         )
     return dg.MaterializeResult(
         metadata={
+            **arena.provenance(),
             "model": name,
             "parent": parent["model"],
             "dataset_rows": export["rows"],
@@ -192,23 +118,23 @@ def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, *, stage:
         rows = read_table(conn, table, where=f"round IN ({rounds})")
         if rows.is_empty():
             return _register_skipped(conn, stage=stage, round_key=round_key, parent=parent,
-                                     reason=f"{table} has no rows for rounds {rounds}")
+                                     reason=f"{table} has no rows for rounds {rounds}", provenance=arena.provenance())
         if stage == "reward" and rows["prompt_id"].n_unique() < 2:
             # Held-out accuracy needs prompts the model never saw: one prompt cannot be split.
             return _register_skipped(conn, stage=stage, round_key=round_key, parent=parent,
                                      reason=f"{table} has pairs of {rows['prompt_id'].n_unique()} prompt(s) for rounds {rounds}; "
-                                            "a reward model needs at least 2 (one held out)")
+                                            "a reward model needs at least 2 (one held out)", provenance=arena.provenance())
     return _train(context, arena, duckdb, stage=stage, parent=parent, rows=rows, training_rows=to_rows(rows),
                   extra={"data_rounds": list(plan.data_rounds), "table": table})
 
 
 @dg.asset(
-    group_name="training",
+    group_name="sft",
     kinds={"pytorch", "trl"},
     owners=OWNERS,
     partitions_def=round_partitions,
     deps=["sft_examples", "sft_judge_health"],
-    description="SFT-I{r}: TRL SFTTrainer on the sft slice's winning answers, from the round's target (in a subprocess).",
+    description="Round r: SFT-I{r}, TRL SFTTrainer on the sft slice's winning answers, from the round's target (in a subprocess).",
 )
 def sft_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
@@ -217,12 +143,12 @@ def sft_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
 
 
 @dg.asset(
-    group_name="training",
+    group_name="dpo",
     kinds={"pytorch", "trl"},
     owners=OWNERS,
     partitions_def=round_partitions,
     deps=[sft_checkpoint, "dpo_pairs", "dpo_judge_health"],
-    description="DPO-I{r}: TRL DPOTrainer on the dpo slice's (winner, loser) pairs, from SFT-I{r} (its frozen copy is the reference).",
+    description="Round r: DPO-I{r}, TRL DPOTrainer on the dpo slice's (winner, loser) pairs, from SFT-I{r} (its frozen copy is the reference).",
 )
 def dpo_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
@@ -235,7 +161,7 @@ def _reward_accuracy_floor(arena: ArenaHome) -> float:
 
 
 @dg.asset(
-    group_name="training",
+    group_name="rl",
     kinds={"pytorch", "trl"},
     owners=OWNERS,
     partitions_def=round_partitions,
@@ -248,7 +174,7 @@ def _reward_accuracy_floor(arena: ArenaHome) -> float:
         )
     ],
     description=(
-        "RM-I{r}: TRL RewardTrainer on the rl slice's (chosen, rejected) battle pairs, initialised from DPO-I{r}; "
+        "Round r: RM-I{r}, TRL RewardTrainer on the rl slice's (chosen, rejected) battle pairs, initialised from DPO-I{r}; "
         "held-out pair accuracy (pairs of prompts it never saw) as metadata and as an asset check."
     ),
 )
@@ -278,13 +204,13 @@ def reward_model(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Du
 
 
 @dg.asset(
-    group_name="training",
+    group_name="rl",
     kinds={"pytorch", "trl"},
     owners=OWNERS,
     partitions_def=round_partitions,
     deps=[reward_model, dpo_checkpoint, "prompt_pool"],
     description=(
-        "RL-I{r}: TRL RLOOTrainer on the rl slice's prompts, rewarded by RM-I{r}, with a KL penalty to DPO-I{r} "
+        "Round r: RL-I{r}, TRL RLOOTrainer on the rl slice's prompts, rewarded by RM-I{r}, with a KL penalty to DPO-I{r} "
         "(the policy it starts from). Skipped, and DPO-I{r} stands in, when the reward model is below its accuracy floor."
     ),
 )
@@ -299,56 +225,11 @@ def rl_checkpoint(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: D
         metrics = json.loads(reward["manifest"] or "{}").get("metrics", {})
         accuracy = metrics.get("eval_accuracy")
         if json.loads(reward["manifest"] or "{}").get("skipped") or accuracy is None:
-            return _register_skipped(conn, stage="rl", round_key=round_key, parent=parent, reason="no reward model this round")
+            return _register_skipped(conn, stage="rl", round_key=round_key, parent=parent, reason="no reward model this round", provenance=arena.provenance())
         if accuracy < floor:
             return _register_skipped(conn, stage="rl", round_key=round_key, parent=parent,
-                                     reason=f"reward model held-out accuracy {accuracy:.3f} < floor {floor}")
+                                     reason=f"reward model held-out accuracy {accuracy:.3f} < floor {floor}", provenance=arena.provenance())
     prompts = pl.concat([battle_prompts(pool, stage_plan(arena.settings(), "rl", r)) for r in plan.data_rounds])
     return _train(context, arena, duckdb, stage="rl", parent=parent, rows=prompts, training_rows=prompt_training_rows(prompts),
                   reward_model=reward, extra={"reward_model": reward["model"], "reward_eval_accuracy": accuracy,
                                               "data_rounds": list(plan.data_rounds)})
-
-
-@dg.asset(
-    group_name="training",
-    kinds={"python"},
-    owners=OWNERS,
-    partitions_def=round_partitions,
-    deps=["leaderboard"],
-    description=(
-        "The promotion gate: the round's candidate (its last stage's checkpoint) becomes the next round's target "
-        "only if the lower bound of the paired prompt-bootstrap interval of (candidate - target) Elo on the arena "
-        "test set is above the margin."
-    ),
-)
-def target_model(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    round_key = round_of(context)
-    settings = arena.settings()
-    gate = settings.get("promotion", {})
-    evaluation = settings.get("evaluation", {})
-    with duckdb.get_connection() as conn:
-        board = read_table(conn, "leaderboard", round_key=round_key)
-        battles = read_table(conn, "arena_battles", round_key=round_key)
-        candidate = round_candidate(conn, round_key)
-        incumbent = current_target(conn, round_key)
-        decision = decide_promotion(
-            battles.select("model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id")),
-            candidate=candidate["model"],
-            incumbent=incumbent["model"],
-            margin=float(gate.get("margin", 0.0)),
-            bootstrap=int(gate.get("bootstrap", evaluation.get("bootstrap", 200))),
-            seed=int(evaluation.get("seed", 0)),
-            ratings=dict(zip(board["model"].to_list(), board["rating"].to_list())),
-            baseline=round_key == 0,
-        )
-        record_promotion(conn, round_key, decision)
-        create_views(conn)
-        target = get_model(conn, decision["new_target"])
-    context.log.info(f"round {round_key}: {decision['reason']} -> next target {target['model']}")
-    return dg.MaterializeResult(
-        metadata={
-            **{k: v for k, v in decision.items() if v is not None},
-            "next_round_target": target["model"],
-            "next_round_target_path": dg.MetadataValue.path(target["path"]),
-        }
-    )

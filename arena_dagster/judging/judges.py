@@ -1,8 +1,9 @@
 """Judges behind one interface: the verifier (embedded default) and LLM judges.
 
 `make_judge(config, cache_path=..., home=...)` builds the judge a profile's `judge:` section
-names: `kind: verifier` (the skills profile) or `kind: llm`, any model of the backend
-registry scoring both answers with a template of `assets/judge_templates/`.
+names: `kind: verifier` (the skills profile), `kind: llm`, any model of the backend
+registry scoring both answers with a template of `assets/judge_templates/`, or
+`kind: recorded`, verdicts replayed from arena-hard or MT-Bench judgment files (recorded.py).
 """
 
 from __future__ import annotations
@@ -348,4 +349,8 @@ def make_judge(config: dict[str, Any], *, cache_path: Path | str | None = None, 
         if cache_path is None:
             raise JudgeConfigError("an LLM judge generates through the completion cache: pass cache_path")
         return LLMJudge(config, cache_path=cache_path, home=home)
-    raise JudgeConfigError(f"unknown judge kind {kind!r} (known: verifier, llm)")
+    if kind == "recorded":
+        from arena_dagster.judging.recorded import RecordedJudge
+
+        return RecordedJudge(config)
+    raise JudgeConfigError(f"unknown judge kind {kind!r} (known: verifier, llm, recorded)")

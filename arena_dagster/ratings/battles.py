@@ -3,7 +3,10 @@
 A battle is one comparison of two models. Its order does not matter to the Bradley-Terry
 likelihood, so every battle is folded onto the unordered pair (lo, hi) of model indices
 (lo < hi, models sorted by name) with its outcome seen from `lo`: 2 = lo won, 1 = tie,
-0 = hi won. The fit only ever needs how many battles fell into each (pair, outcome) cell.
+0 = hi won. The fit only ever needs how many battles fell into each (pair, outcome) cell,
+and with an optional `weight` column, each battle's weight: a battle of weight 3 (an
+arena-hard strong verdict) counts as three in the likelihood but stays one battle when a
+bootstrap resamples battles, so cells are kept apart by weight.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ _DENSE_CELL_LIMIT = 1 << 24
 
 @dataclass(frozen=True)
 class BattleCells:
-    """The battles of a table, counted per (unordered pair, outcome) cell.
+    """The battles of a table, counted per (unordered pair, outcome, weight) cell.
 
     `pair_lo[k] < pair_hi[k]` index `models`; `outcome[k]` is 2 (lo won), 1 (tie) or 0
-    (hi won); `count[k]` > 0 is how many battles fell in cell k. With prompts,
-    `question_cells` is a (questions x cells) sparse matrix of the same counts split by
-    question_id, so a cluster bootstrap can resample whole prompts.
+    (hi won); `count[k]` > 0 is how many battles fell in cell k and `weight[k]` what each
+    of them weighs (1 without a weight column). With prompts, `question_cells` is a
+    (questions x cells) sparse matrix of the same counts split by question_id, so a
+    cluster bootstrap can resample whole prompts.
     """
 
     models: list[str]
@@ -38,6 +42,7 @@ class BattleCells:
     pair_hi: np.ndarray
     outcome: np.ndarray
     count: np.ndarray
+    weight: np.ndarray
     battles_per_model: np.ndarray
     n_battles: int
     question_cells: object | None = None  # scipy.sparse.csr_matrix (n_questions x n_cells)
@@ -46,8 +51,12 @@ class BattleCells:
     def n_models(self) -> int:
         return len(self.models)
 
+    @property
+    def total_weight(self) -> float:
+        return float((self.count * self.weight).sum())
 
-def _check_columns(battles: pl.DataFrame, columns: tuple[str, ...]) -> None:
+
+def check_columns(battles: pl.DataFrame, columns: tuple[str, ...]) -> None:
     if not isinstance(battles, pl.DataFrame):
         raise BattlesInputError(f"battles must be a polars DataFrame, got {type(battles).__name__}")
     missing = [c for c in columns if c not in battles.columns]
@@ -70,18 +79,31 @@ def _first_row(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def encode_battles(battles: pl.DataFrame, *, by_question: bool = False) -> BattleCells:
-    """Validate a battles table and count its battles per (pair, outcome) cell.
+def battle_weights(battles: pl.DataFrame) -> np.ndarray | None:
+    """The `weight` column as float64 (None when absent or all 1); BattlesInputError naming
+    the first row whose weight is null, not a number, not finite or not above 0."""
+    if "weight" not in battles.columns:
+        return None
+    column = battles.get_column("weight")
+    if not column.dtype.is_numeric():
+        raise BattlesInputError(f"column 'weight' must hold numbers, got {column.dtype}")
+    weight = column.cast(pl.Float64).to_numpy()
+    bad = ~(np.isfinite(weight) & (weight > 0))
+    if bad.any():
+        row = _first_row(bad)
+        raise BattlesInputError(
+            f"row {row}: weight {column[row]!r} is not a finite number above 0 ({int(bad.sum())} such rows)"
+        )
+    return None if (weight == 1.0).all() else weight
 
-    Raises BattlesInputError naming the first bad row for a missing column, a null name,
-    a winner outside `WINNERS`, or a model playing itself.
-    """
-    columns = BATTLE_COLUMNS + (("question_id",) if by_question else ())
-    _check_columns(battles, columns)
 
-    model_a = battles.get_column("model_a")
-    model_b = battles.get_column("model_b")
-    models = pl.concat([model_a.cast(pl.String).unique(), model_b.cast(pl.String).unique()]).unique().sort()
+def code_battles(battles: pl.DataFrame) -> tuple[pl.Series, np.ndarray, np.ndarray, np.ndarray]:
+    """The sorted model names, every battle's model_a and model_b as indices into them, and its
+    outcome seen from model_a (2 won, 1 tie, 0 lost). BattlesInputError names the first row
+    with an unknown winner or a model playing itself."""
+    models = pl.concat(
+        [battles.get_column(c).cast(pl.String).unique() for c in ("model_a", "model_b")]
+    ).unique().sort()
     names = pl.Enum(models)
     winner = pl.col("winner").cast(pl.String)
     coded = battles.lazy().select(
@@ -92,10 +114,8 @@ def encode_battles(battles: pl.DataFrame, *, by_question: bool = False) -> Battl
         (winner == "tie").alias("tie"),
         (winner == "tie (bothbad)").alias("tie_bothbad"),
     ).collect()
-    a = coded.get_column("a").to_numpy()
-    b = coded.get_column("b").to_numpy()
+    a, b = coded.get_column("a").to_numpy(), coded.get_column("b").to_numpy()
     a_won, b_won, tie, tie_bothbad = (coded.get_column(c).to_numpy() for c in ("a_won", "b_won", "tie", "tie_bothbad"))
-    # outcome seen from model_a: 2 won, 1 tie, 0 lost
     o = a_won.view(np.uint8) * np.uint8(2) + tie.view(np.uint8) + tie_bothbad.view(np.uint8)
     unknown = (o == 0) & ~b_won
     if unknown.any():
@@ -112,21 +132,42 @@ def encode_battles(battles: pl.DataFrame, *, by_question: bool = False) -> Battl
             f"row {row}: model {models[int(a[row])]!r} plays itself ({int(same.sum())} such rows); "
             "a self-battle carries no information about ratings"
         )
+    return models, a, b, o
+
+
+def encode_battles(battles: pl.DataFrame, *, by_question: bool = False) -> BattleCells:
+    """Validate a battles table and count its battles per (pair, outcome, weight) cell.
+
+    Raises BattlesInputError naming the first bad row for a missing column, a null name,
+    a winner outside `WINNERS`, a model playing itself, or a weight that is not a finite
+    number above 0.
+    """
+    columns = BATTLE_COLUMNS + (("question_id",) if by_question else ())
+    check_columns(battles, columns)
+    weight = battle_weights(battles)
+    models, a, b, o = code_battles(battles)
 
     n_models = len(models)
+    weights, weight_index = np.ones(1), None
+    if weight is not None:
+        weights, weight_index = np.unique(weight, return_inverse=True)
+        weight_index = weight_index.ravel()
     question_cells = None
-    if by_question:
+    if by_question or weight is not None:
         code = _cell_code(a, b, o, n_models)
-        question_idx, n_questions = _question_index(battles.get_column("question_id"))
+        if weight_index is not None:
+            code = code * len(weights) + weight_index
         cell_codes, cell_of_battle = np.unique(code, return_inverse=True)
-        counts = np.bincount(cell_of_battle.ravel(), minlength=len(cell_codes))
-        from scipy import sparse
+        cell_of_battle = cell_of_battle.ravel()
+        counts = np.bincount(cell_of_battle, minlength=len(cell_codes))
+        if by_question:
+            from scipy import sparse
 
-        question_cells = sparse.csr_matrix(
-            (np.ones(len(code)), (question_idx, cell_of_battle.ravel())),
-            shape=(n_questions, len(cell_codes)),
-        )
-        question_cells.sum_duplicates()
+            question_idx, n_questions = question_index(battles.get_column("question_id"))
+            question_cells = sparse.csr_matrix(
+                (np.ones(len(code)), (question_idx, cell_of_battle)), shape=(n_questions, len(cell_codes))
+            )
+            question_cells.sum_duplicates()
     elif n_models * n_models * 3 <= max(_DENSE_CELL_LIMIT, 4 * len(a)):
         # count ordered (a, b, outcome) cells, then fold (hi, lo, o) onto (lo, hi, 2 - o)
         ordered = np.bincount(
@@ -140,6 +181,7 @@ def encode_battles(battles: pl.DataFrame, *, by_question: bool = False) -> Battl
     else:
         cell_codes, counts = np.unique(_cell_code(a, b, o, n_models), return_counts=True)
 
+    cell_codes, cell_weight = np.divmod(cell_codes, len(weights))
     pair, cell_outcome = np.divmod(cell_codes, 3)
     pair_lo, pair_hi = np.divmod(pair, n_models)
     per_model = np.bincount(pair_lo, weights=counts, minlength=n_models) + np.bincount(
@@ -151,6 +193,7 @@ def encode_battles(battles: pl.DataFrame, *, by_question: bool = False) -> Battl
         pair_hi=pair_hi,
         outcome=cell_outcome,
         count=counts.astype(np.int64),
+        weight=weights[cell_weight].astype(np.float64),
         battles_per_model=per_model.astype(np.int64),
         n_battles=len(a),
         question_cells=question_cells,
@@ -164,8 +207,9 @@ def _cell_code(a: np.ndarray, b: np.ndarray, o: np.ndarray, n_models: int) -> np
     return (lo * n_models + hi) * 3 + np.where(a < b, o, 2 - o)
 
 
-def _question_index(question_id: pl.Series) -> tuple[np.ndarray, int]:
+def question_index(question_id: pl.Series) -> tuple[np.ndarray, int]:
     """Dense 0..Q-1 index of each battle's question, whatever the id's type."""
     distinct = question_id.unique().sort()  # sorted: the replicates of a seed must not depend on hash order
     index = question_id.replace_strict(distinct, pl.Series(np.arange(len(distinct), dtype=np.int64)))
     return index.to_numpy(), len(distinct)
+

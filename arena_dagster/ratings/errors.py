@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from arena_dagster.errors import ArenaError
 
-class RatingsError(ValueError):
-    """Bad input to the ratings code; the message names the row, field or model at fault."""
+
+class RatingsError(ArenaError, ValueError):
+    """Bad input to the ratings code; the message names the row, field or model at fault.
+
+    A user error (ArenaError): the command line prints it as one line and exits 2.
+    """
 
 
 class BattlesInputError(RatingsError):

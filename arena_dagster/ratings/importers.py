@@ -8,63 +8,34 @@ is coerced: a score of "7" (a string) is rejected as `score_numeric_string`, not
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from arena_dagster.ratings.battles import WINNERS
-from arena_dagster.ratings.errors import InputFileError, RatingsError
+from arena_dagster.ratings.errors import RatingsError
+from arena_dagster.ratings.records import PathLike, as_paths, read_csv_rows, read_records
 
-PathLike = str | Path
 BATTLE_SCHEMA = {"question_id": pl.String, "model_a": pl.String, "model_b": pl.String, "winner": pl.String}
 MIN_SCORE, MAX_SCORE = 1.0, 10.0
+# FastChat's conv_metadata (clean_battle_data.py) -> this package's style columns
+_FASTCHAT_STYLE = {
+    "length": "sum_assistant_{side}_tokens",
+    "header_count": "header_count_{side}",
+    "list_count": "list_count_{side}",
+    "bold_count": "bold_count_{side}",
+}
 
 
-def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
-    if isinstance(paths, (str, Path)):
-        return [Path(paths)]
-    found = [Path(p) for p in paths]
-    if not found:
-        raise InputFileError("no input files given")
-    return found
-
-
-def _records(path: Path, rejected: Counter) -> Iterator[dict[str, Any]]:
-    """Objects of a JSON array file or a JSON-lines file; bad lines are counted, not raised."""
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise InputFileError(f"{path}: not valid JSON ({error})") from None
-    else:
-        rows = []
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                rejected["invalid_json"] += 1
-    for row in rows:
-        if isinstance(row, dict):
-            yield row
-        else:
-            rejected["not_an_object"] += 1
-
-
-def _model_name(value: Any) -> str | None:
+def model_name(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _question_id(value: Any) -> str | None:
+def question_id_of(value: Any) -> str | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (str, int)):
@@ -73,19 +44,38 @@ def _question_id(value: Any) -> str | None:
     return None
 
 
+def _style_counts(metadata: Any) -> dict[str, float] | None:
+    """FastChat's conv_metadata -> {length_a, ..., bold_count_b}; None when absent or malformed."""
+    if not isinstance(metadata, dict):
+        return None
+    out = {}
+    for feature, key in _FASTCHAT_STYLE.items():
+        for side in ("a", "b"):
+            value = metadata.get(key.format(side=side))
+            if isinstance(value, dict):  # {"h1": 2, "h2": 0, ...}: the kinds are summed, as FastChat does
+                value = sum(value.values()) if all(isinstance(v, int) for v in value.values()) else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                return None
+            out[f"{feature}_{side}"] = float(value)
+    return out
+
+
 def read_fastchat_battles(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dict[str, int]]:
     """FastChat battle records (a JSON array or JSON lines) -> (battles, rejected).
 
-    Keeps model_a, model_b, winner and question_id (null when absent) in file order;
-    other fields are ignored. Rejects, by reason: invalid_json, not_an_object,
+    Keeps model_a, model_b, winner and question_id (null when absent) in file order, and
+    when records carry FastChat's `conv_metadata`, the style columns of style control
+    (length_a, length_b, header_count_a, ...: null for a record without it); other fields
+    are ignored. Rejects, by reason: invalid_utf8, invalid_json, not_an_object,
     missing_model (absent, null, empty or not a string), invalid_winner (absent or not one
     of "model_a", "model_b", "tie", "tie (bothbad)"), same_model (a model against itself).
     """
     rejected: Counter = Counter()
     rows: list[tuple[str | None, str, str, str]] = []
-    for path in _as_paths(paths):
-        for record in _records(path, rejected):
-            model_a, model_b = _model_name(record.get("model_a")), _model_name(record.get("model_b"))
+    styles: list[dict[str, float] | None] = []
+    for path in as_paths(paths):
+        for _, record in read_records(path, rejected):
+            model_a, model_b = model_name(record.get("model_a")), model_name(record.get("model_b"))
             winner = record.get("winner")
             if model_a is None or model_b is None:
                 rejected["missing_model"] += 1
@@ -94,8 +84,15 @@ def read_fastchat_battles(paths: PathLike | Iterable[PathLike]) -> tuple[pl.Data
             elif model_a == model_b:
                 rejected["same_model"] += 1
             else:
-                rows.append((_question_id(record.get("question_id")), model_a, model_b, winner))
+                rows.append((question_id_of(record.get("question_id")), model_a, model_b, winner))
+                styles.append(_style_counts(record.get("conv_metadata")))
     battles = pl.DataFrame(rows, schema=BATTLE_SCHEMA, orient="row")
+    if any(style is not None for style in styles):
+        columns = [f"{f}_{side}" for f in _FASTCHAT_STYLE for side in ("a", "b")]
+        battles = battles.with_columns(
+            pl.Series(name, [None if style is None else style[name] for style in styles], dtype=pl.Float64)
+            for name in columns
+        )
     return battles, dict(sorted(rejected.items()))
 
 
@@ -121,7 +118,7 @@ def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dic
 
     Per question, every two models with a valid grade make one battle: the higher score
     wins, equal scores tie. model_a is the name that sorts first. Every valid score is
-    kept as it is (9.5 included). Rejected, by reason: invalid_json, not_an_object,
+    kept as it is (9.5 included). Rejected, by reason: invalid_utf8, invalid_json, not_an_object,
     missing_question_id, missing_model, score_missing (null or absent),
     score_numeric_string (a number written as a string, e.g. "7": never coerced),
     score_not_a_number (other strings, booleans, lists, NaN), score_out_of_range (outside
@@ -134,9 +131,9 @@ def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dic
     rejected: Counter = Counter()
     seen: set[tuple[str, str]] = set()
     grades: list[tuple[str, str, float]] = []
-    for path in _as_paths(paths):
-        for record in _records(path, rejected):
-            question_id, model = _question_id(record.get("question_id")), _model_name(record.get("model"))
+    for path in as_paths(paths):
+        for _, record in read_records(path, rejected):
+            question_id, model = question_id_of(record.get("question_id")), model_name(record.get("model"))
             problem = (
                 "missing_question_id" if question_id is None
                 else "missing_model" if model is None
@@ -176,21 +173,71 @@ def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dic
 
 
 def read_rename(csv_path: PathLike) -> dict[str, str]:
-    """A two-column CSV with a header row (from-name, to-name) -> {from: to}."""
+    """A two-column CSV with a header row (from-name, to-name) -> {from: to}.
+
+    A rename decides which battles merge, so a line it cannot read (not UTF-8, not two
+    cells, an empty name) is an error naming the line, never skipped.
+    """
     path = Path(csv_path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file")
-    table = pl.read_csv(path, infer_schema=False)
-    if table.width != 2:
-        raise RatingsError(f"{path}: a rename CSV has exactly two columns (from, to), found {table.columns}")
-    source, target = table.columns
-    for row, (old, new) in enumerate(table.iter_rows(), start=2):
-        if not (old and old.strip()) or not (new and new.strip()):
-            raise RatingsError(f"{path}:{row}: empty model name in {source!r} or {target!r}")
-    repeated = table.filter(pl.col(source).is_duplicated()).get_column(source).unique().sort().to_list()
+    header, rows = read_csv_rows(path)
+    if len(header) != 2:
+        raise RatingsError(f"{path}: a rename CSV has exactly two columns (from, to), found {header}")
+    source, target = header
+    mapping: dict[str, str] = {}
+    repeated = set()
+    for number, cells in rows:
+        if cells is None:
+            raise RatingsError(f"{path}:{number}: not UTF-8 text; save the file as UTF-8")
+        if len(cells) != 2:
+            raise RatingsError(f"{path}:{number}: expected two cells (from, to), found {len(cells)}")
+        old, new = (cell.strip() for cell in cells)
+        if not old or not new:
+            raise RatingsError(f"{path}:{number}: empty model name in {source!r} or {target!r}")
+        if old in mapping:
+            repeated.add(old)
+        mapping[old] = new
     if repeated:
-        raise RatingsError(f"{path}: model(s) renamed more than once: {repeated}")
-    return dict(zip(table.get_column(source).to_list(), table.get_column(target).to_list()))
+        raise RatingsError(f"{path}: model(s) renamed more than once: {sorted(repeated)}")
+    return mapping
+
+
+def read_reference(csv_path: PathLike) -> tuple[pl.DataFrame, dict[str, int]]:
+    """A reference leaderboard CSV (model, rating[, rating_q025, rating_q975] and any other
+    columns, e.g. LMSYS's published board) -> (model, rating, bounds) and rejected rows by
+    reason: invalid_utf8, missing_model, rating_not_a_number (a rating or bound that is not
+    a finite number), duplicate_model (the first row is kept)."""
+    path = Path(csv_path)
+    header, rows = read_csv_rows(path)
+    missing = [c for c in ("model", "rating") if c not in header]
+    if missing:
+        raise RatingsError(f"{path}: a reference leaderboard needs columns model and rating, found {header}")
+    numeric = [c for c in ("rating", "rating_q025", "rating_q975") if c in header]
+    rejected: Counter = Counter()
+    kept: dict[str, list[float]] = {}
+    for _, cells in rows:
+        if cells is None:
+            rejected["invalid_utf8"] += 1
+            continue
+        row = dict(zip(header, cells))
+        name = (row.get("model") or "").strip()
+        try:
+            values = [float(row.get(c, "")) for c in numeric]
+        except ValueError:
+            values = [math.nan]
+        if not name:
+            rejected["missing_model"] += 1
+        elif not all(math.isfinite(v) for v in values):
+            rejected["rating_not_a_number"] += 1
+        elif name in kept:
+            rejected["duplicate_model"] += 1
+        else:
+            kept[name] = values
+    frame = pl.DataFrame(
+        [[name, *values] for name, values in kept.items()],
+        schema={"model": pl.String, **{c: pl.Float64 for c in numeric}},
+        orient="row",
+    )
+    return frame, dict(sorted(rejected.items()))
 
 
 def apply_rename(df: pl.DataFrame, csv_path: PathLike) -> pl.DataFrame:

@@ -1,0 +1,191 @@
+"""The loop made visible: round r's target (a fact at the start of the round) and the gate at its end.
+
+Dagster's asset graph has no cycles, so the loop closes through the warehouse: `target_model[r]`
+records round r's decision in `promotions`, and `round_target[r+1]` reads exactly that row (and
+refuses to start while it is missing). The schedule and the sensors start round r+1 after
+round r; a backfill of several rounds runs them one at a time through the run queue, in order.
+"""
+
+import json
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from arena_dagster.defs.common import OWNERS, table_metadata
+from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
+from arena_dagster.promotion import decide_promotion
+from arena_dagster.registry import RegistryError, get_model, record_promotion, record_round_target, round_target_decision
+from arena_dagster.sql_models import create_views
+from arena_dagster.training.stages import round_candidate
+from arena_dagster.warehouse import read_frame, read_table
+
+
+@dg.asset(
+    group_name="round",
+    kinds={"python", "duckdb"},
+    owners=OWNERS,
+    partitions_def=round_partitions,
+    deps=["prompt_pool", "competitor_models", "initial_target_model", "baseline_leaderboard"],
+    description=(
+        "Round r's target: the model round r-1's gate kept or promoted (round 1: the initial target, through the "
+        "baseline's record). Round r refuses to start until round r-1's gate decision is recorded in `promotions`; "
+        "the metadata links to that decision and the checkpoint. Written to the `round_targets` table."
+    ),
+)
+def round_target(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    round_key = round_of(context)
+    with duckdb.get_connection() as conn:
+        try:
+            decision = round_target_decision(conn, round_key)
+        except RegistryError as exc:
+            raise dg.Failure(str(exc)) from None
+        target = get_model(conn, decision["new_target"])
+        record_round_target(conn, round_key, decision, target)
+    context.log.info(f"round {round_key}: target {target['model']} ({decision['reason']})")
+    return dg.MaterializeResult(
+        metadata={
+            **arena.provenance(),
+            "target": target["model"],
+            "target_path": dg.MetadataValue.path(target["path"]),
+            "target_revision": target["revision"],
+            "decided_in_round": int(decision["round"]),
+            "decision": decision["reason"],
+            "previous_gate": dg.MetadataValue.asset(dg.AssetKey("target_model" if decision["round"] else "baseline_leaderboard")),
+        }
+    )
+
+
+_DECISION_FIELDS = ("candidate", "incumbent", "promoted", "new_target", "diff", "ci_low", "ci_high", "margin", "reason")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "target_model",
+            group_name="gate",
+            kinds={"python"},
+            owners=OWNERS,
+            partitions_def=round_partitions,
+            deps=["leaderboard", "arena_battles"],
+            description=(
+                "Round r's promotion gate: the candidate (the round's last stage) replaces the target only if the lower "
+                "bound of the paired prompt-bootstrap interval of (candidate - target) Elo on the arena test set is above "
+                "the margin. The model it names is round r+1's target."
+            ),
+        ),
+        dg.AssetSpec(
+            "promotions",
+            group_name="gate",
+            kinds={"duckdb"},
+            owners=OWNERS,
+            partitions_def=round_partitions,
+            deps=["leaderboard", "arena_battles"],
+            description="Round r's row of the promotions table: candidate, incumbent, difference, interval, margin, decision.",
+        ),
+        dg.AssetSpec(
+            "model_registry",
+            group_name="gate",
+            kinds={"duckdb"},
+            owners=OWNERS,
+            partitions_def=round_partitions,
+            deps=["sft_checkpoint", "dpo_checkpoint", "reward_model", "rl_checkpoint"],
+            description=(
+                "Round r's checkpoints in the model registry (SFT-Ir, DPO-Ir, RM-Ir, RL-Ir): parent, training-dataset "
+                "hash, manifest and metrics; skipped stages with the reason."
+            ),
+        ),
+    ],
+)
+def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource):
+    round_key = round_of(context)
+    settings = arena.settings()
+    gate = settings.get("promotion", {})
+    evaluation = settings.get("evaluation", {})
+    with duckdb.get_connection() as conn:
+        board = read_table(conn, "leaderboard", round_key=round_key)
+        battles = read_table(conn, "arena_battles", round_key=round_key)
+        candidate = round_candidate(conn, round_key)
+        incumbent = get_model(conn, round_target_decision(conn, round_key)["new_target"])
+        decision = decide_promotion(
+            battles.select("model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id")),
+            candidate=candidate["model"],
+            incumbent=incumbent["model"],
+            margin=float(gate.get("margin", 0.0)),
+            bootstrap=int(gate.get("bootstrap", evaluation.get("bootstrap", 200))),
+            seed=int(evaluation.get("seed", 0)),
+            ratings=dict(zip(board["model"].to_list(), board["rating"].to_list())),
+        )
+        record_promotion(conn, round_key, decision)
+        create_views(conn)
+        target = get_model(conn, decision["new_target"])
+        registry = read_frame(conn, "SELECT model, kind, parent, dataset_hash, revision, manifest FROM model_registry "
+                                    "WHERE round = ? ORDER BY model", [round_key])
+        promotions_meta = table_metadata(conn, "promotions", None)
+    context.log.info(f"round {round_key}: {decision['reason']} -> next target {target['model']}")
+    figures = {f"gate/{k}": float(decision[k]) for k in ("diff", "ci_low", "ci_high", "margin") if decision.get(k) is not None}
+    yield dg.MaterializeResult(
+        asset_key="target_model",
+        metadata={
+            **arena.provenance(),
+            **figures,
+            "promoted": bool(decision["promoted"]),
+            "decision": decision["reason"],
+            "next_round_target": target["model"],
+            "next_round_target_path": dg.MetadataValue.path(target["path"]),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="promotions",
+        metadata={**arena.provenance(), **figures, "dagster/row_count": promotions_meta.get("dagster/row_count", 0),
+                  "decision": dg.MetadataValue.json({k: decision.get(k) for k in _DECISION_FIELDS})},
+    )
+    yield dg.MaterializeResult(
+        asset_key="model_registry",
+        metadata={**arena.provenance(), "checkpoints": dg.MetadataValue.table(
+            [dg.TableRecord({
+                "model": r["model"], "kind": r["kind"], "parent": r["parent"] or "",
+                "dataset_hash": (r["dataset_hash"] or "")[:12],
+                "skipped": json.loads(r["manifest"] or "{}").get("skipped") or "",
+            }) for r in registry.iter_rows(named=True)],
+            schema=dg.TableSchema(columns=[dg.TableColumn(c) for c in ("model", "kind", "parent", "dataset_hash", "skipped")]),
+        )},
+    )
+
+
+@dg.asset(
+    group_name="gate",
+    kinds={"duckdb"},
+    owners=OWNERS,
+    deps=["baseline_leaderboard", "leaderboard", "promotions", "model_registry"],
+    description=(
+        "Every round's leaderboard rows with the model's registry entry and the gate's decision (the view "
+        "`leaderboard_history`, dbt_like_sql/views/): the target's rating from the baseline through the last round."
+    ),
+)
+def leaderboard_history(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    from arena_dagster.defs.leaderboards import image, save_png
+    from arena_dagster.plots import history_png
+
+    with duckdb.get_connection() as conn:
+        create_views(conn)
+        history = read_frame(conn, "SELECT * FROM leaderboard_history ORDER BY round, rating DESC")
+        promotions = read_frame(conn, "SELECT * FROM promotions ORDER BY round")
+    chart = history_png(history, promotions)
+    chart_file = save_png(chart, arena.folder("plots") / "history.png")
+    targets = history.filter(pl.col("kind").is_in(["initial", "incumbent"]) | pl.col("promoted").fill_null(False))
+    rows = [
+        dg.TableRecord({"round": int(r["round"]), "model": r["model"], "kind": r["kind"] or "",
+                        "rating": round(float(r["rating"]), 1), "ci_95": f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
+                        "decision": r["decision"] or ""})
+        for r in targets.iter_rows(named=True)
+    ]
+    return dg.MaterializeResult(metadata={
+        **arena.provenance(),
+        "dagster/row_count": history.height,
+        "rounds": int(history["round"].max()) if history.height else 0,
+        "target_across_rounds": image(chart, "the target's rating across rounds"),
+        "plot_file": dg.MetadataValue.path(str(chart_file)),
+        "targets": dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=[
+            dg.TableColumn(c) for c in ("round", "model", "kind", "rating", "ci_95", "decision")])),
+    })

@@ -1,0 +1,100 @@
+"""What a person looks at on a leaderboard asset: the table, the picture, and figures the Plots view charts."""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+LEADERBOARD_COLUMNS = [
+    dg.TableColumn("rank", "int", description="1 + the number of models rated above this one with 95% confidence"),
+    dg.TableColumn("model", "string", description="`*`: the battles do not bound this rating (it never lost or never won)"),
+    dg.TableColumn("kind", "string", description="candidate (a stage checkpoint of the round), incumbent (the round's "
+                   "target), initial (the initial target), competitor"),
+    dg.TableColumn("rating", "float", description="Bradley-Terry rating (Elo scale), anchored on a fixed competitor"),
+    dg.TableColumn("ci_95", "string", description="95% bootstrap interval over test prompts"),
+    dg.TableColumn("battles", "int"),
+]
+
+
+OPTIONAL_COLUMNS = {
+    "win_rate": dg.TableColumn("win_rate", "string", description="predicted win rate against the baseline, with its 95% interval"),
+    "rating_sc": dg.TableColumn("rating_sc", "string", description="style-controlled rating (length and markdown held "
+                                "equal), with its 95% interval"),
+}
+
+
+def _interval(value: float | None, low: float | None, high: float | None, digits: int) -> str:
+    if value is None:
+        return ""
+    text = f"{value:.{digits}f}"
+    return text if low is None else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def leaderboard_table(board: pl.DataFrame) -> dg.TableMetadataValue:
+    """The board as the UI's table; a model whose rating the battles do not bound is marked with `*`."""
+    optional = [c for c in OPTIONAL_COLUMNS if c in board.columns]
+    rows = []
+    for r in board.sort("rating", descending=True).iter_rows(named=True):
+        record = {
+            "rank": int(r["rank"]), "model": r["model"] + (" *" if r.get("unbounded") else ""), "kind": r.get("kind") or "",
+            "rating": round(float(r["rating"]), 1),
+            "ci_95": f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]" if r.get("ci_low") is not None else "",
+            "battles": int(r["battles"]),
+        }
+        if "win_rate" in optional:
+            record["win_rate"] = _interval(r.get("win_rate"), r.get("win_rate_low"), r.get("win_rate_high"), 3)
+        if "rating_sc" in optional:
+            record["rating_sc"] = _interval(r.get("rating_sc"), r.get("ci_low_sc"), r.get("ci_high_sc"), 1)
+        rows.append(dg.TableRecord(record))
+    columns = [*LEADERBOARD_COLUMNS, *(OPTIONAL_COLUMNS[c] for c in optional)]
+    return dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=columns))
+
+
+def rating_figures(board: pl.DataFrame) -> dict[str, float]:
+    """One float per model under a name that is the same every round, so the Plots view draws learning curves.
+
+    Stage checkpoints are keyed by their stage (rating/sft is SFT-I1 in round 1, SFT-I2 in round 2),
+    the incumbent and the initial target by their kind, competitors by their name.
+    """
+    out: dict[str, float] = {}
+    for row in board.iter_rows(named=True):
+        kind = row.get("kind") or ""
+        key = row.get("stage") if kind == "candidate" else (row["model"] if kind == "competitor" else kind)
+        if key:
+            out[f"rating/{key}"] = round(float(row["rating"]), 2)
+    return out
+
+
+def image(png: bytes, alt: str) -> dg.MetadataValue:
+    from arena_dagster.plots import png_markdown
+
+    return dg.MetadataValue.md(png_markdown(png, alt))
+
+
+def save_png(png: bytes, path: Path) -> Path:
+    """Write a plot under the home atomically (the same picture the metadata shows)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(png)
+    tmp.replace(path)
+    return path
+
+
+def leaderboard_metadata(board: pl.DataFrame, battles: pl.DataFrame, round_key: int, plots: Path) -> dict[str, Any]:
+    """The table, the ratings picture, the who-beats-whom map (also as PNG files in `plots`), and per-model figures."""
+    from arena_dagster.plots import leaderboard_png, win_rate_png
+
+    title = "Baseline (round 0)" if round_key == 0 else f"Round {round_key}"
+    ratings = leaderboard_png(board, title=f"{title}: ratings with 95% intervals")
+    order = board.sort("rating", descending=True)["model"].to_list()
+    wins = win_rate_png(battles.select("model_a", "model_b", "winner"), order=order, title=f"{title}: who beats whom")
+    ratings_file = save_png(ratings, plots / f"round-{round_key}-leaderboard.png")
+    save_png(wins, plots / f"round-{round_key}-winrate.png")
+    return {
+        "leaderboard": leaderboard_table(board),
+        "ratings_plot": image(ratings, f"{title} leaderboard"),
+        "who_beats_whom": image(wins, f"{title} win rates"),
+        "plot_file": dg.MetadataValue.path(str(ratings_file)),
+        **rating_figures(board),
+    }

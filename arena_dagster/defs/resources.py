@@ -1,0 +1,96 @@
+"""Resources of the code location: the flywheel home (profile, folders, the writer lock) and the warehouse."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from pydantic import PrivateAttr
+
+from arena_dagster.config import profile_hash, resolve_home
+from arena_dagster.home import WAREHOUSE, HomeLock, describe_holder, profile_settings, writer_lock
+from arena_dagster.paths import inside
+
+# Training rounds 1, 2, ...: one key per slice of the prompt pool (added when the pool has the slice).
+round_partitions = dg.DynamicPartitionsDefinition(name="round")
+
+
+@lru_cache(maxsize=8)
+def _settings(profile: str, seed: int | None) -> dict[str, Any]:
+    return profile_settings(profile, seed)
+
+
+class ArenaHome(dg.ConfigurableResource):
+    """The flywheel home a run works on and the profile it runs (the one the home was built with).
+
+    A run holds the home's writer lock from its start to its end, so two runs on one home (two
+    UIs, a CLI beside a schedule) take turns instead of colliding on DuckDB's file lock.
+    """
+
+    home: str
+    profile: str = "skills"
+    seed: int | None = None
+
+    _lock: HomeLock | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        lock = writer_lock(self.root)
+        about = {"run_id": context.run_id or "", "job": run.job_name if run else "",
+                 "round": (run.tags.get("dagster/partition") if run else "") or ""}
+
+        def waiting(holder: dict[str, Any] | None) -> None:
+            if context.log:
+                context.log.info(f"waiting for the home's writer lock, held by pid {(holder or {}).get('pid')} "
+                                 f"({describe_holder(holder)})")
+
+        lock.acquire(wait=True, on_wait=waiting, **about)
+        self._lock = lock
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def settings(self) -> dict[str, Any]:
+        return _settings(self.profile, self.seed)
+
+    def profile_hash(self) -> str:
+        return profile_hash(self.settings())
+
+    def provenance(self) -> dict[str, Any]:
+        """Metadata every materialization carries: which profile (and seed) made it."""
+        return {"arena/profile": self.profile, "arena/profile_hash": self.profile_hash(),
+                "arena/seed": -1 if self.seed is None else int(self.seed)}
+
+    @property
+    def root(self) -> Path:
+        return resolve_home(self.home)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.root / "cache" / "completions.sqlite"
+
+    def folder(self, *parts: str) -> Path:
+        """A folder under the home (created); a part that would lead outside it is refused."""
+        path = inside(self.root, self.root.joinpath(*parts), "folder")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def warehouse_resource(home: Path) -> DuckDBResource:
+    # No folder is created here: loading the definitions has no side effects; the first run creates the home.
+    return DuckDBResource(database=str(Path(home) / WAREHOUSE))
+
+
+def round_of(context: dg.AssetExecutionContext) -> int:
+    try:
+        round_key = int(context.partition_key)
+    except ValueError as exc:
+        raise dg.Failure(f"round partitions are positive integers, got {context.partition_key!r}") from exc
+    if round_key < 1:
+        raise dg.Failure(f"round partitions start at 1 (the baseline is its own asset), got {round_key}")
+    return round_key

@@ -1,0 +1,326 @@
+"""A flywheel home: one folder with the warehouse, caches, models, the Dagster instance and the profile.
+
+The home remembers the profile (and seed) it was built with in `arena.json`, so the UI, the
+schedule, the sensors and `leaderboard` run and read the same flywheel the CLI started; a
+different profile on an existing home is refused unless the caller says so explicitly.
+
+It also holds the two locks that keep one writer per home:
+- `locks/writer.lock`, held by whichever process writes the warehouse (a Dagster run, whoever
+  launched it): DuckDB takes one writing process per file, so a second run waits here and
+  says who holds it instead of failing on DuckDB's lock error;
+- `locks/flywheel.lock`, held by an `arena-dagster flywheel` command for its whole life, so a
+  second command on the same home waits for the first (or refuses, with --no-wait).
+
+No Dagster import here: the CLI and the Dagster layer both use these functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from arena_dagster.config import DEFAULT_PROFILE, load_profile, profile_hash, resolve_home
+from arena_dagster.errors import ArenaError
+from arena_dagster.paths import check_name, inside
+
+HOME_FILE = "arena.json"
+WAREHOUSE = "warehouse.duckdb"
+LOCATION_NAME = "arena_dagster"
+
+
+class HomeError(ArenaError):
+    pass
+
+
+class HomeProfileMismatch(HomeError):
+    pass
+
+
+def read_home_record(home: Path) -> dict[str, Any] | None:
+    """What `arena.json` says (profile name, seed, hash), or None for a home no run has started."""
+    path = Path(home) / HOME_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HomeError(f"the home's {HOME_FILE} is unreadable", str(path), f"fix or delete it ({exc})") from exc
+    if not isinstance(record, dict) or "profile" not in record:
+        raise HomeError(f"the home's {HOME_FILE} has no profile", str(path), "delete it to start the home afresh")
+    return record
+
+
+def profile_settings(name: str, seed: int | None = None) -> dict[str, Any]:
+    """The validated profile, with every random choice derived from `seed` when one is given."""
+    settings = load_profile(name)
+    if seed is not None:
+        from arena_dagster.config import with_seed
+
+        settings = with_seed(settings, int(seed))
+    return settings
+
+
+def home_profile(home: Path, requested: str | None = None, seed: int | None = None) -> tuple[str, int | None, dict[str, Any]]:
+    """(profile name, seed, settings) of a home: its record, else the request, $ARENA_PROFILE or the default."""
+    record = read_home_record(home)
+    if record is not None:
+        name, recorded_seed = record["profile"], record.get("seed")
+        if requested is not None and requested != name:
+            raise HomeProfileMismatch(
+                f"this home was built with profile {name!r}, not {requested!r}", str(home),
+                "use another --home, or --switch-profile to run the new profile here",
+            )
+        if seed is not None and seed != recorded_seed:
+            raise HomeProfileMismatch(
+                f"this home was built with seed {recorded_seed}, not {seed}", str(home),
+                "use another --home, or --switch-profile to run the new seed here",
+            )
+        return name, recorded_seed, profile_settings(name, recorded_seed)
+    name = requested or os.environ.get("ARENA_PROFILE") or DEFAULT_PROFILE
+    return name, seed, profile_settings(name, seed)
+
+
+def record_profile(home: Path, name: str, seed: int | None, settings: dict[str, Any], *, switch: bool = False) -> dict[str, Any]:
+    """Write `arena.json` on the first run; refuse another profile or seed unless `switch`."""
+    check_name(name, "profile name")
+    record = read_home_record(home)
+    if record is not None and not switch and (record["profile"], record.get("seed")) != (name, seed):
+        raise HomeProfileMismatch(
+            f"this home was built with profile {record['profile']!r} (seed {record.get('seed')}), "
+            f"not {name!r} (seed {seed})", str(home), "use another --home, or --switch-profile",
+        )
+    new = {
+        "profile": name,
+        "seed": seed,
+        "profile_hash": profile_hash(settings),
+        "created_at": (record or {}).get("created_at") or _now(),
+        "switched_from": ([*((record or {}).get("switched_from") or []), {k: record[k] for k in ("profile", "seed")}]
+                          if record is not None and (record["profile"], record.get("seed")) != (name, seed) else
+                          (record or {}).get("switched_from") or []),
+    }
+    if record != new:
+        _write_json(Path(home) / HOME_FILE, new)
+    return new
+
+
+def dagster_home(home: Path) -> Path:
+    return Path(home) / "dagster"
+
+
+def logs_dir(home: Path) -> Path:
+    return Path(home) / "logs"
+
+
+# The instance every way of running shares: runs wait in one queue with one slot per home (the
+# warehouse takes one writer), telemetry is off, and run logs stay in the home.
+DAGSTER_YAML = """\
+# Written by arena-dagster for this flywheel home; edits are kept unless the file is deleted.
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 1        # one writer per home: the DuckDB warehouse takes one writing process
+    dequeue_interval_seconds: 1
+run_monitoring:
+  enabled: false                  # dead runs are failed by `arena-dagster` at its next start (see home.py)
+"""
+
+WORKSPACE_YAML = f"""\
+# Written by arena-dagster: the code location every run of this home loads.
+load_from:
+  - python_module:
+      module_name: arena_dagster.defs
+      location_name: {LOCATION_NAME}
+"""
+
+
+def prepare_instance(home: Path) -> Path:
+    """Create the home's Dagster instance folder with its dagster.yaml and workspace.yaml; returns the workspace file."""
+    folder = dagster_home(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (("dagster.yaml", DAGSTER_YAML), ("workspace.yaml", WORKSPACE_YAML)):
+        path = folder / name
+        if not path.is_file():
+            path.write_text(text)
+    logs_dir(home).mkdir(parents=True, exist_ok=True)
+    return folder / "workspace.yaml"
+
+
+def environment(home: Path) -> dict[str, str]:
+    """Environment of every process that works on this home (daemon, code server, run workers, trainers)."""
+    return {
+        "ARENA_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home(home)),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "HF_DATASETS_OFFLINE": os.environ.get("HF_DATASETS_OFFLINE", "1"),
+        "TOKENIZERS_PARALLELISM": "false",
+        # Dagster's beta/preview warnings are for the code's authors, not for the person running a round.
+        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore"),
+    }
+
+
+# ------------------------------------------------------------------------------------------ locks
+
+
+class HomeLock:
+    """An exclusive flock on a file under `home/locks/`, whose content says who holds it.
+
+    The kernel drops the lock when its holder dies (kill -9 included), so a stale lock file
+    never blocks anyone; its content is only there to tell a waiting process who it waits for.
+    """
+
+    def __init__(self, home: Path, name: str) -> None:
+        self.home = Path(home)
+        self.path = inside(self.home, Path("locks") / f"{check_name(name, 'lock name')}.lock", "lock file")
+        self._handle = None
+
+    def holder(self) -> dict[str, Any] | None:
+        try:
+            text = self.path.read_text()
+        except OSError:
+            return None
+        try:
+            return json.loads(text) if text.strip() else None
+        except json.JSONDecodeError:
+            return None
+
+    def acquire(
+        self,
+        *,
+        wait: bool = True,
+        timeout_s: float | None = None,
+        on_wait: Callable[[dict[str, Any] | None], None] | None = None,
+        **about: Any,
+    ) -> bool:
+        """Take the lock (True); False when `wait` is off or `timeout_s` passed while another holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        told = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    handle.close()
+                    raise
+            if not wait or (deadline is not None and time.monotonic() >= deadline):
+                handle.close()
+                return False
+            if on_wait is not None and not told:
+                on_wait(self.holder())
+                told = True
+            time.sleep(0.5)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), **about}))
+        handle.flush()
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        with contextlib.suppress(OSError):
+            self._handle.seek(0)
+            self._handle.truncate()
+            self._handle.flush()
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
+
+    @contextlib.contextmanager
+    def held(self, **kwargs: Any) -> Iterator[None]:
+        if not self.acquire(**kwargs):
+            holder = self.holder() or {}
+            raise HomeError(
+                f"another process writes this home (pid {holder.get('pid', '?')}, {describe_holder(holder)})",
+                str(self.home), "wait for it to finish, or stop it",
+            )
+        try:
+            yield
+        finally:
+            self.release()
+
+
+def writer_lock(home: Path) -> HomeLock:
+    return HomeLock(home, "writer")
+
+
+def flywheel_lock(home: Path) -> HomeLock:
+    return HomeLock(home, "flywheel")
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "unknown holder"
+    parts = [f"{k} {holder[k]}" for k in ("command", "job", "round", "run_id") if holder.get(k) not in (None, "")]
+    return ", ".join(parts + [f"since {holder.get('since', '?')}"])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ------------------------------------------------------------------------------------------ misc
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def home_from_env() -> Path:
+    """The home of this process: $ARENA_HOME, else ./.arena (resolved; not created)."""
+    return resolve_home(None)
+
+
+def reap_stale_files(home: Path) -> list[Path]:
+    """Remove what killed runs left in the home's model folders: `<ckpt>.tmp`, `<ckpt>.old`, spec files.
+
+    Only while no run holds the writer lock (a live training writes its `.tmp`); nothing
+    outside the home is touched.
+    """
+    from arena_dagster.paths import remove_tree
+
+    lock = writer_lock(home)
+    if not lock.acquire(wait=False, command="cleanup"):
+        return []
+    removed: list[Path] = []
+    try:
+        for folder in ("checkpoints", "models", "models/models"):
+            root = Path(home) / folder
+            if not root.is_dir():
+                continue
+            for path in sorted(root.iterdir()):
+                stale = path.name.endswith((".tmp", ".old")) or (path.suffix == ".json" and path.parent == root
+                                                                  and path.name.count(".") >= 2)
+                if stale and path.exists():
+                    remove_tree(home, path)
+                    removed.append(path)
+    finally:
+        lock.release()
+    return removed

@@ -1,0 +1,157 @@
+"""The `recorded` judge: verdicts replayed from judgment files made elsewhere.
+
+A user who already holds arena-hard-auto or FastChat MT-Bench judgments can run the
+flywheel's battle SQL, judge health and leaderboard on them: each game the flywheel asks
+about is looked up by (prompt id, model shown as A, model shown as B) in the files, and its
+verdict is turned into the pair of 1-10 scores the rest of the flywheel reads.
+
+Profile section (`judge:`):
+  kind: recorded
+  format: arena-hard | mt-bench-pair
+  paths: [files or folders of judgment files]
+  baseline: NAME        # arena-hard v0.1 files do not name their baseline
+  turn: 1               # mt-bench-pair: the turn whose verdicts are replayed
+  scores: {A>>B: [9, 3], ...}   # optional: the score pair of each verdict (default VERDICT_SCORES)
+
+The default scores keep arena-hard's weighting: the score gap of a strong verdict (6) is
+three times that of a plain one (2), so when the flywheel averages the two games a strong
+win outweighs a plain loss, as a weight-3 battle does in arena-hard's own scoring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import polars as pl
+
+from arena_dagster.judging.battles import JudgeItem, JudgeResult
+from arena_dagster.ratings.errors import RatingsError
+from arena_dagster.ratings.judgments import JUDGMENT_SUFFIXES, RecordedGame, arena_hard_games, mt_bench_games
+from arena_dagster.ratings.records import as_paths
+
+VERDICT_SCORES = {"A>>B": (9, 3), "A>B": (7, 5), "A=B": (5, 5), "B>A": (5, 7), "B>>A": (3, 9)}
+FORMATS = ("arena-hard", "mt-bench-pair")
+_KEYS = {"kind", "name", "format", "paths", "baseline", "turn", "scores"}
+
+
+class RecordedJudgeError(RatingsError):
+    """A recorded judge that cannot be built, or asked for a game its files do not hold."""
+
+
+def _scores(config: Any) -> dict[str, tuple[int, int]]:
+    if config is None:
+        return dict(VERDICT_SCORES)
+    if not isinstance(config, dict) or set(config) != set(VERDICT_SCORES):
+        raise RecordedJudgeError(f"judge.scores must map each of {sorted(VERDICT_SCORES)} to [score_a, score_b]")
+    out = {}
+    for verdict, pair in config.items():
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                and all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 10 for s in pair)):
+            raise RecordedJudgeError(f"judge.scores[{verdict!r}] must be two whole scores in 1-10, got {pair!r}")
+        out[verdict] = (pair[0], pair[1])
+    return out
+
+
+class RecordedJudge:
+    """Replays recorded verdicts; `judge(items)` needs items that name their models
+    (`model_a`, `model_b`: the models shown as A and B)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        unknown = sorted(set(config) - _KEYS)
+        if unknown:
+            raise RecordedJudgeError(f"judge: unknown settings {unknown} (known: {sorted(_KEYS)})")
+        self.format = config.get("format")
+        if self.format not in FORMATS:
+            raise RecordedJudgeError(f"judge.format must be one of {list(FORMATS)}, got {self.format!r}")
+        paths = config.get("paths")
+        paths = [paths] if isinstance(paths, (str, Path)) else paths
+        if not paths:
+            raise RecordedJudgeError("judge.paths: the judgment files or folders to replay are required")
+        self.paths = as_paths(paths, suffixes=JUDGMENT_SUFFIXES)
+        self.turn = int(config.get("turn", 1))
+        self.scores = _scores(config.get("scores"))
+        self.rejected: Counter = Counter()
+        self.games: dict[tuple[str, str, str], RecordedGame] = {}
+        for game in self._read(config.get("baseline")):
+            key = (game.question_id, game.model_a, game.model_b)
+            if key in self.games:
+                self.rejected["duplicate_game"] += 1
+            else:
+                self.games[key] = game
+        if not self.games:
+            raise RecordedJudgeError(f"judge.paths: no recorded games in {[str(p) for p in self.paths]} "
+                                     f"(rejected rows: {dict(self.rejected) or 'none'})")
+        self.name = str(config.get("name") or f"recorded-{self.format}")
+        digest = hashlib.sha256()
+        for path in self.paths:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        digest.update(repr((config.get("baseline"), self.turn, sorted(self.scores.items()))).encode())
+        # the judgment ids (and caches) change whenever the files or the score mapping do
+        self.version = f"recorded-{self.format}-{digest.hexdigest()[:12]}"
+
+    def _read(self, baseline: str | None):
+        if self.format == "arena-hard":
+            for games, problem, _ in arena_hard_games(self.paths, baseline=baseline, rejected=self.rejected):
+                if problem == "baseline_vs_itself":
+                    self.rejected[problem] += 1
+                    continue
+                yield from games  # an absent or unreadable game replays as a parse failure
+        else:
+            for row, games in mt_bench_games(self.paths, rejected=self.rejected):
+                if row[1] == self.turn:
+                    yield from games
+
+    def verdict(self, prompt_id: str, model_a: str, model_b: str) -> JudgeResult:
+        """The recorded game of `prompt_id` that showed model_a as A and model_b as B."""
+        game = self.games.get((str(prompt_id), model_a, model_b))
+        if game is None:
+            raise RecordedJudgeError(
+                f"no recorded game of prompt {prompt_id!r} with {model_a!r} as A and {model_b!r} as B "
+                f"in {len(self.paths)} {self.format} file(s); plan only the battles the recordings hold"
+                + (" (arena-hard: every model against its baseline, in both orders)" if self.format == "arena-hard" else "")
+            )
+        if game.verdict is None:
+            return JudgeResult(None, None, game.explanation, "", False, error="the recorded game has no readable verdict")
+        score_a, score_b = self.scores[game.verdict]
+        return JudgeResult(score_a, score_b, game.explanation, game.verdict, True)
+
+    def judge(self, items: Sequence[JudgeItem], log=None) -> list[JudgeResult]:
+        results = []
+        for item in items:
+            model_a, model_b = getattr(item, "model_a", None), getattr(item, "model_b", None)
+            if not model_a or not model_b:
+                raise RecordedJudgeError(
+                    "the recorded judge looks verdicts up by model: judge items must carry model_a and model_b "
+                    "(the models shown as A and B)"
+                )
+            results.append(self.verdict(item.prompt_id, model_a, model_b))
+        return results
+
+
+def judgment_battles(judgments: pl.DataFrame, *, strong_weight: float = 3.0) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Replayed judgments (one row per game: battle_id, prompt_id, model_a, model_b, raw,
+    parse_ok, as `judge_battles` writes them) -> one weighted battle per game, as the
+    `arena-hard` importer makes them: the winner of the verdict in `raw`, weight
+    `strong_weight` for a strong one. A battle counts only when both its games carry a
+    verdict (as two_game.sql and the importer's `missing_game`); the others are counted in
+    the returned {reason: games} as `battle_without_two_verdicts`."""
+    verdict = pl.col("raw")
+    readable = pl.col("parse_ok") & verdict.is_in(list(VERDICT_SCORES))
+    judged = judgments.with_columns(readable.alias("_readable"))
+    complete = judged.group_by("battle_id").agg((pl.col("_readable").sum() == 2).alias("_complete"))
+    judged = judged.join(complete, on="battle_id", how="left")
+    dropped = judged.filter(~pl.col("_complete")).height
+    battles = judged.filter(pl.col("_complete")).select(
+        pl.col("prompt_id").alias("question_id"),
+        "model_a",
+        "model_b",
+        pl.when(verdict.str.starts_with("A>")).then(pl.lit("model_a"))
+        .when(verdict.str.starts_with("B>")).then(pl.lit("model_b"))
+        .otherwise(pl.lit("tie")).alias("winner"),
+        pl.when(verdict.str.contains(">>", literal=True)).then(pl.lit(float(strong_weight)))
+        .otherwise(pl.lit(1.0)).alias("weight"),
+    )
+    return battles, ({"battle_without_two_verdicts": dropped} if dropped else {})

@@ -1,0 +1,219 @@
+"""Running the flywheel from the command line exactly as the UI and the schedule do.
+
+`arena-dagster flywheel` does not execute jobs itself: it submits runs of the code location's
+jobs (`flywheel_setup`, `flywheel_round` with the round as partition) to the home's Dagster
+instance, whose run queue (one slot per home, see home.DAGSTER_YAML) launches them. When no
+Dagster daemon serves the home (no UI is open), the command starts one for its own lifetime.
+It then follows each run's events: one line per finished step with its time, a progress bar
+for long steps, everything else into a log file under the home (`--verbose` prints it too).
+
+Dagster's own Python API for creating a run against a code location lives under
+`dagster._core` (the `dagster job launch` command uses the same calls): dagster is pinned in
+pyproject.toml, and tests/test_cli_runs.py exercises this path end to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import dagster as dg
+
+from arena_dagster.errors import ArenaError
+from arena_dagster.home import LOCATION_NAME, dagster_home, environment, logs_dir, pid_alive, prepare_instance
+
+IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+WAITING = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
+FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+class RunFailed(ArenaError):
+    pass
+
+
+def open_instance(home: Path) -> dg.DagsterInstance:
+    """The home's persistent Dagster instance (dagster.yaml written on first use)."""
+    prepare_instance(home)
+    os.environ.update(environment(home))
+    return dg.DagsterInstance.from_config(str(dagster_home(home)))
+
+
+# --------------------------------------------------------------------------- dead runs
+
+
+def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The pid of the process that executes a run (Dagster's "Started process for run" engine event)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=50).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        metadata = getattr(event.event_specific_data, "metadata", None) or {}
+        pid = metadata.get("pid")
+        if pid is not None:
+            return int(pid.value if hasattr(pid, "value") else pid)
+    return None
+
+
+def reap_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) -> list[str]:
+    """Mark failed every run whose process died (kill -9, a crash), and drop runs queued by a dead CLI.
+
+    A run stays STARTED in Dagster's history forever when the process executing it is killed;
+    at the next start its worker pid (Dagster's own engine event) tells whether it still lives.
+    """
+    reaped = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS))):
+        pid = worker_pid(instance, run.run_id)
+        if pid is not None and pid_alive(pid):
+            continue
+        if pid is None and run.status == dg.DagsterRunStatus.STARTING and _daemon_alive(instance):
+            continue  # a live daemon is launching it right now
+        instance.report_run_failed(run, f"the process running this run died (pid {pid}); marked failed at the next start")
+        reaped.append(run.run_id)
+        echo(f"marked run {run.run_id[:8]} ({run.job_name}, round {run.tags.get('dagster/partition', '-')}) failed: "
+             f"its process {pid} is gone")
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(WAITING))):
+        cli_pid = run.tags.get("arena/cli_pid")
+        if cli_pid and not pid_alive(int(cli_pid)):
+            instance.report_run_canceled(run, "the arena-dagster command that queued this run is gone")
+            reaped.append(run.run_id)
+            echo(f"dropped run {run.run_id[:8]} ({run.job_name}) queued by a command that is gone")
+    return reaped
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+def _daemon_alive(instance: dg.DagsterInstance, fresh_s: float = 60.0) -> bool:
+    heartbeats = instance.get_daemon_heartbeats()
+    beat = heartbeats.get("QUEUED_RUN_COORDINATOR")
+    return beat is not None and time.time() - beat.timestamp < fresh_s
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the daemon ends when this command does
+
+
+@contextlib.contextmanager
+def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str], None], timeout_s: float = 120) -> Iterator[None]:
+    """A Dagster daemon serving the home's run queue while the block runs (the UI's, if one is open)."""
+    if _daemon_alive(instance):
+        yield
+        return
+    workspace = prepare_instance(home)
+    log = open(logs_dir(home) / "daemon.log", "a")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)],
+        env={**os.environ, **environment(home)}, stdout=log, stderr=subprocess.STDOUT, cwd=str(home),
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _daemon_alive(instance, fresh_s=30):
+            if process.poll() is not None:
+                raise ArenaError("the Dagster daemon stopped at start", str(logs_dir(home) / "daemon.log"),
+                                 "read the log's last lines")
+            if time.monotonic() > deadline:
+                raise ArenaError(f"the Dagster daemon sent no heartbeat in {timeout_s:.0f} s",
+                                 str(logs_dir(home) / "daemon.log"), "read the log's last lines")
+            time.sleep(0.5)
+        yield
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+# --------------------------------------------------------------------------- submitting runs
+
+
+class Submitter:
+    """Creates runs of the code location's jobs, as the UI's Launch button does, and submits them to the queue."""
+
+    def __init__(self, instance: dg.DagsterInstance, workspace_file: Path) -> None:
+        from dagster._core.workspace.context import WorkspaceProcessContext
+        from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+        # The code server's start and stop messages are Dagster's to log, not this command's to print.
+        logging.getLogger("dagster").setLevel(logging.WARNING)
+        self.instance = instance
+        self._stack = contextlib.ExitStack()
+        process_context = self._stack.enter_context(WorkspaceProcessContext(
+            instance=instance, version=dg.__version__, read_only=False,
+            workspace_load_target=WorkspaceFileTarget(paths=[str(workspace_file)]), code_server_log_level="WARNING",
+        ))
+        self.workspace = process_context.create_request_context()
+        location = self.workspace.get_code_location(LOCATION_NAME)
+        errors = self.workspace.get_code_location_error(LOCATION_NAME)
+        if errors:
+            raise ArenaError("the code location failed to load", LOCATION_NAME, errors.message.splitlines()[-1])
+        self.location = location
+        self.repository = next(iter(location.get_repositories().values()))
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def submit(self, job_name: str, tags: dict[str, str]) -> str:
+        from dagster._core.definitions.selector import JobSubsetSelector
+
+        remote_job = self.location.get_job(JobSubsetSelector(
+            location_name=self.location.name, repository_name=self.repository.name, job_name=job_name, op_selection=None,
+        ))
+        plan = self.location.get_execution_plan(remote_job, {}, step_keys_to_execute=None, known_state=None,
+                                                instance=self.instance)
+        run = self.instance.create_run(
+            job_name=job_name, run_id=None, run_config={}, resolved_op_selection=None,
+            step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute, op_selection=None, status=None,
+            root_run_id=None, parent_run_id=None, tags={**remote_job.tags, **tags}, job_snapshot=remote_job.job_snapshot,
+            execution_plan_snapshot=plan.execution_plan_snapshot, parent_job_snapshot=remote_job.parent_job_snapshot,
+            remote_job_origin=remote_job.get_remote_origin(), job_code_origin=remote_job.get_python_origin(),
+            asset_selection=None, asset_check_selection=None, asset_graph=self.repository.asset_graph,
+        )
+        self.instance.submit_run(run.run_id, self.workspace)
+        return run.run_id
+
+
+def terminate(instance: dg.DagsterInstance, run_id: str) -> None:
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.status in FINISHED:
+        return
+    if run.status in WAITING:
+        instance.report_run_canceled(run, "the arena-dagster command was interrupted")
+        return
+    with contextlib.suppress(Exception):
+        instance.run_launcher.terminate(run_id)
+
+
+def follow(instance: dg.DagsterInstance, run_id: str, on_event: Callable[[Any], None], poll_s: float = 0.5) -> dg.DagsterRun:
+    """Feed every event of a run to `on_event` as it is written, until the run ends; returns the run."""
+    cursor = None
+    while True:
+        connection = instance.get_records_for_run(run_id, cursor=cursor, limit=500)
+        for record in connection.records:
+            on_event(record.event_log_entry)
+        cursor = connection.cursor
+        if connection.has_more:
+            continue
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.status in FINISHED:
+            tail = instance.get_records_for_run(run_id, cursor=cursor, limit=500)
+            for record in tail.records:
+                on_event(record.event_log_entry)
+            return run
+        if run is not None and run.status in IN_PROGRESS:
+            pid = worker_pid(instance, run_id)
+            if pid is not None and not pid_alive(pid):
+                instance.report_run_failed(run, f"the process running this run died (pid {pid})")
+        time.sleep(poll_s)

@@ -1,0 +1,221 @@
+"""Operating the flywheel through Dagster: CLI runs are the code location's runs, the home remembers its
+profile, automation asks and never acts, rounds run in order, one writer per home, dead runs are failed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from arena_dagster.home import HomeProfileMismatch, flywheel_lock, read_home_record, writer_lock
+from conftest import REPO, flywheel_command, flywheel_env
+
+pytestmark = pytest.mark.slow
+
+
+def _instance(home: Path) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(home / "dagster"))
+
+
+def test_cli_runs_are_runs_of_the_code_location_with_profile_tags(smoke_home):
+    instance = _instance(smoke_home)
+    record = read_home_record(smoke_home)
+    rounds = instance.get_runs(filters=dg.RunsFilter(job_name="flywheel_round"))
+    setup = instance.get_runs(filters=dg.RunsFilter(job_name="flywheel_setup"))
+    assert len(setup) == 1 and sorted(r.tags["dagster/partition"] for r in rounds) == ["1", "2"]
+    for run in [*setup, *rounds]:
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.remote_job_origin.location_name == "arena_dagster"  # under its job in the UI, re-executable
+        assert run.tags["arena/profile"] == "skills_smoke" == record["profile"]
+        assert run.tags["arena/profile_hash"] == record["profile_hash"]
+        assert run.tags["arena/home"] == str(smoke_home) and run.tags["arena/started_by"] == "cli"
+    # Every materialization records the profile that made it.
+    for key in ("prompt_pool", "baseline_leaderboard", "sft_checkpoint", "leaderboard", "target_model"):
+        event = instance.get_latest_materialization_event(dg.AssetKey(key))
+        assert event.asset_materialization.metadata["arena/profile_hash"].value == record["profile_hash"], key
+
+
+def test_every_round_partition_of_every_asset_is_materialized(smoke_home):
+    from arena_dagster.defs import build_definitions
+
+    instance = _instance(smoke_home)
+    graph = build_definitions(smoke_home).resolve_asset_graph()
+    partitions = set(instance.get_dynamic_partitions("round"))
+    assert partitions == {"1", "2"}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        expected = partitions if node.partitions_def is not None else set()
+        materialized = instance.get_materialized_partitions(key) if node.partitions_def is not None else set()
+        assert materialized == expected, key
+        if node.partitions_def is None:
+            assert instance.get_latest_materialization_event(key) is not None, key
+
+
+def test_the_home_remembers_its_profile(smoke_home):
+    from arena_dagster.defs import build_definitions
+    from arena_dagster.flywheel import prepare_ui
+
+    defs = build_definitions(smoke_home)
+    assert defs.resources["arena"].profile == "skills_smoke"
+    with pytest.raises(HomeProfileMismatch, match="built with profile 'skills_smoke'"):
+        build_definitions(smoke_home, "skills")
+    command = prepare_ui(smoke_home, None, "127.0.0.1", 3999)
+    assert command[1:3] == ["dev", "-w"] and command[3] == str(smoke_home / "dagster" / "workspace.yaml")
+    proc = subprocess.run([*flywheel_command(smoke_home)[:4], "--profile", "skills", "--home", str(smoke_home)],
+                          cwd=REPO, env=flywheel_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("arena-dagster: this home was built with profile 'skills_smoke'")
+
+
+def test_schedule_and_sensors_evaluated_twice_change_nothing(smoke_home, tmp_path):
+    from arena_dagster.defs.automation import next_round_request, nightly_flywheel, round_partitions_sensor
+
+    instance = _instance(smoke_home)
+    before = instance.get_dynamic_partitions("round")
+    for _ in range(2):
+        tick = nightly_flywheel(dg.build_schedule_context(instance=instance))
+        assert isinstance(tick, dg.SkipReason) and "every round slice of the prompt pool has run (2 slices)" in tick.skip_message
+        assert isinstance(round_partitions_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+        assert isinstance(next_round_request(instance, "sensor"), dg.SkipReason)
+    assert instance.get_dynamic_partitions("round") == before
+    # A pool with a slice that has no partition yet: the sensor asks for it, and only asks.
+    instance.delete_dynamic_partition("round", "2")
+    try:
+        for _ in range(2):
+            result = round_partitions_sensor(dg.build_sensor_context(instance=instance))
+            [request] = result.dynamic_partitions_requests
+            assert list(request.partition_keys) == ["2"]
+        assert instance.get_dynamic_partitions("round") == ["1"]
+    finally:
+        instance.add_dynamic_partitions("round", ["2"])
+
+
+def _copy_home(home: Path, to: Path) -> Path:
+    to.mkdir(parents=True)
+    for name in ("warehouse.duckdb", "arena.json"):
+        shutil.copy2(home / name, to / name)
+    return to
+
+
+def test_a_round_refuses_to_start_before_the_previous_gate(smoke_home, tmp_path):
+    from arena_dagster.defs import build_definitions
+    from arena_dagster.defs.gate import round_target
+
+    home = _copy_home(smoke_home, tmp_path / "copy")
+    defs = build_definitions(home)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("round", ["3", "4"])
+    ok = dg.materialize([round_target], partition_key="3", instance=instance, resources=defs.resources)
+    assert ok.success
+    metadata = ok.asset_materializations_for_node("round_target")[0].metadata
+    assert metadata["decided_in_round"].value == 2
+    failed = dg.materialize([round_target], partition_key="4", instance=instance, resources=defs.resources,
+                            raise_on_error=False)
+    assert not failed.success
+    [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "round 4 cannot start: round 3's gate decision is not recorded" in failure.event_specific_data.error.message
+
+
+def test_a_finished_home_reruns_as_a_no_op(smoke_home):
+    instance = _instance(smoke_home)
+    runs_before = len(instance.get_runs())
+    proc = subprocess.run(flywheel_command(smoke_home), cwd=REPO, env=flywheel_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "every round up to 2 is done with this profile: verified" in proc.stdout
+    assert len(instance.get_runs()) == runs_before
+
+
+def test_a_second_flywheel_on_the_same_home_refuses_or_waits(smoke_home):
+    lock = flywheel_lock(smoke_home)
+    assert lock.acquire(wait=False, command="flywheel")
+    try:
+        proc = subprocess.run([*flywheel_command(smoke_home), "--no-wait"], cwd=REPO, env=flywheel_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+        assert proc.stderr.startswith(f"arena-dagster: another flywheel works on this home (pid {__import__('os').getpid()}")
+        waiting = subprocess.Popen(flywheel_command(smoke_home), cwd=REPO, env=flywheel_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        first = waiting.stdout.readline()
+        assert "another flywheel works on this home" in first and "waiting" in first
+        assert time.monotonic() < deadline and waiting.poll() is None
+    finally:
+        lock.release()
+    out, err = waiting.communicate(timeout=600)
+    assert waiting.returncode == 0, err[-2000:]
+    assert "verified" in out
+
+
+READER_HOLDER = """
+import sys, time, duckdb
+from pathlib import Path
+from arena_dagster.home import writer_lock
+home = Path(sys.argv[1])
+lock = writer_lock(home)
+lock.acquire(run_id="run-under-test", job="flywheel_round", round="7")
+conn = duckdb.connect(str(home / "warehouse.duckdb"))
+conn.execute("CREATE TABLE IF NOT EXISTS t AS SELECT 1 AS x")
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_readers_retry_a_written_warehouse_then_say_who_writes(tmp_path):
+    from arena_dagster.warehouse import WarehouseError, open_readonly
+
+    holder = subprocess.Popen([sys.executable, "-c", READER_HOLDER, str(tmp_path)], cwd=REPO, env=flywheel_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        started = time.monotonic()
+        with pytest.raises(WarehouseError) as error:
+            with open_readonly(tmp_path, timeout_s=2):
+                pass
+        assert time.monotonic() - started >= 2
+        message = str(error.value)
+        assert f"pid {holder.pid}" in message and "run_id run-under-test" in message and "round 7" in message
+        assert "\n" not in message
+    finally:
+        holder.kill()
+        holder.wait()
+    with open_readonly(tmp_path, timeout_s=2) as conn:  # the lock died with its holder
+        assert conn.execute("SELECT x FROM t").fetchone() == (1,)
+    assert writer_lock(tmp_path).acquire(wait=False)
+
+
+def test_runs_left_started_by_a_dead_process_are_marked_failed(tmp_path):
+    from dagster._core.events import EngineEventData
+
+    from arena_dagster.operate import reap_dead_runs
+
+    instance = dg.DagsterInstance.ephemeral()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    @dg.op
+    def noop():
+        return None
+
+    @dg.job
+    def some_job():
+        noop()
+
+    alive = instance.create_run_for_job(some_job, status=dg.DagsterRunStatus.STARTED)
+    orphan = instance.create_run_for_job(some_job, status=dg.DagsterRunStatus.STARTED)
+    instance.report_engine_event("Started process for run", orphan, EngineEventData.in_process(dead.pid))
+    instance.report_engine_event("Started process for run", alive, EngineEventData.in_process(__import__("os").getpid()))
+    queued = instance.create_run_for_job(some_job, status=dg.DagsterRunStatus.QUEUED, tags={"arena/cli_pid": str(dead.pid)})
+    said = []
+    assert set(reap_dead_runs(instance, said.append)) == {orphan.run_id, queued.run_id}
+    assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(queued.run_id).status == dg.DagsterRunStatus.CANCELED
+    assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+    assert any("its process" in line for line in said)
+    json.dumps(said)
