@@ -106,6 +106,15 @@ BAD_PROFILES = {
     "architecture_key": ("models: {model_config: {hiden_size: 100}}", ["did you mean hidden_size?"]),
     "device": ("models: {device: tpu}", ["models.device", "'auto', 'cpu' or 'cuda'"]),
     "judge_kind": ("judge: {kind: oracle}", ["`kind` must be one of verifier, llm, recorded"]),
+    "recorded_format": ("judge: {kind: recorded, format: chatbot-arena, paths: [.]}", ["judge.format", "'arena-hard' or 'mt-bench-pair'"]),
+    "recorded_paths": ("judge: {kind: recorded, format: arena-hard, paths: [/no/such/judgments]}",
+                       ["judge.paths", "/no/such/judgments does not exist"]),
+    "recorded_scores": ("judge: {kind: recorded, format: arena-hard, paths: ., scores: {A>B: [7, 5]}}",
+                        ["judge.scores", "A>>B, A=B, B>A, B>>A missing"]),
+    "recorded_score_range": ("judge: {kind: recorded, format: arena-hard, paths: ., scores: {A>B: [7, 11]}}",
+                             ["judge.scores.A>B[1]", "less than or equal to 10"]),
+    "revision_number": ("extends: sharegpt_smoke\nmodels: {initial_target: {revision: 12345678}}",
+                        ["models.initial_target.revision", "quote it ('12345678')"]),
     "verifier_on_real": ("extends: sharegpt_smoke\njudge: {kind: verifier}", ["judge.kind", "use judge kind llm"]),
     "judge_template": ("extends: sharegpt_smoke\njudge: {template: pairwise_v9}", ["no judge template named 'pairwise_v9'"]),
     "judge_expected": ("extends: sharegpt_smoke\njudge: {integers: expected, structured: off}", ["judge.integers"]),
@@ -237,6 +246,14 @@ def test_new_settings_for_the_gate_and_the_ratings_load(tmp_path):
             "evaluation: {style_control: true, baseline: target-I0, anchor: 'letters=1000'}\n")
     profile = load_profile(write(tmp_path, "new_keys", text))
     assert profile["promotion"]["candidate"] == "last" and profile["evaluation"]["baseline"] == "target-I0"
+
+
+def test_a_recorded_judge_profile_loads(tmp_path):
+    (tmp_path / "judgments").mkdir()
+    text = ("extends: sharegpt_smoke\njudge: {kind: recorded, format: arena-hard, paths: [" + str(tmp_path / "judgments")
+            + "], baseline: gpt-4-0314, scores: {A>>B: [9, 3], A>B: [7, 5], A=B: [5, 5], B>A: [5, 7], B>>A: [3, 9]}}\n")
+    profile = load_profile(write(tmp_path, "replay", text))
+    assert profile["judge"]["kind"] == "recorded" and "model" not in profile["judge"]  # a new kind replaces the llm judge
 
 
 def test_validate_profile_checks_a_plain_dict():

@@ -155,3 +155,33 @@ def test_a_finished_pool_rebuilds_and_late_prompts_are_counted_not_lost(smoke):
     late = pool.height - first.height
     assert removed_late["rounds_closed"] == late > 0
     assert quarantine.filter(pl.col("step") == "rounds_closed").height == late
+
+
+def test_the_prompts_group_rerun_after_rounds_started_leaves_the_same_tables(tmp_path, monkeypatch):
+    # The Dagster assets as a resumed flywheel runs them: round 1 started (its sft battles exist),
+    # then every round (a finished home): each rebuild leaves prompt_pool and prompt_quarantine as they were.
+    import dagster as dg
+    import duckdb
+
+    from arena_dagster import cli
+    from arena_dagster.defs import build_definitions
+
+    for key in ("ARENA_HOME", "ARENA_PROFILE", "DAGSTER_HOME"):
+        monkeypatch.setenv(key, "")
+    cli.prepare_environment(tmp_path)
+    defs = build_definitions(str(tmp_path), "skills_smoke")
+
+    def build_and_read() -> tuple[pl.DataFrame, pl.DataFrame]:
+        result = dg.materialize(list(defs.assets), instance=dg.DagsterInstance.ephemeral(), resources=defs.resources,
+                                selection=["raw_prompts", "arena_testset", "prompt_pool", "prompt_quarantine"])
+        assert result.success
+        with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
+            return (conn.execute("SELECT * FROM prompt_pool ORDER BY prompt_id").pl(),
+                    conn.execute("SELECT * FROM prompt_quarantine ORDER BY source_id, step").pl())
+
+    pool, quarantine = build_and_read()
+    for started in (1, 2):
+        with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as conn:
+            conn.execute("CREATE OR REPLACE TABLE sft_responses AS SELECT ?::BIGINT AS round", [started])
+        again = build_and_read()
+        assert again[0].equals(pool) and again[1].equals(quarantine), f"round {started} started"

@@ -132,6 +132,8 @@ def describe(error: dict[str, Any], data: Any) -> tuple[str, str, str | None, li
     fix = None
     if kind == "float_type" and isinstance(value, str):
         fix = "write numbers with a decimal point (1.0e-5, not 1e-5): YAML reads 1e-5 as text"
+    elif kind == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        fix = f"quote it ('{value}'): YAML reads it as a number"
     return f"{where}{message}, got {_shown(value)}", path, fix, parts
 
 

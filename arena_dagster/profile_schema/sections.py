@@ -37,6 +37,8 @@ from arena_dagster.profile_schema.models import (
     _union,
     model_names,
 )
+from arena_dagster.judging.recorded import FORMATS as RECORDED_FORMATS
+from arena_dagster.judging.recorded import VERDICT_SCORES
 from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError
 from arena_dagster.prompts.pools import REAL_SOURCES
 from arena_dagster.quality.expectations import JUDGE_HEALTH_LIMITS
@@ -235,15 +237,40 @@ class LLMJudge(Section):
         return self
 
 
+VerdictScores = Annotated[list[Annotated[int, Field(ge=1, le=10)]], Field(min_length=2, max_length=2)]
+
+
 class RecordedJudge(Section):
-    """Judgments recorded earlier, replayed by battle (the judge kind is reserved for it)."""
+    """Verdicts replayed from arena-hard or MT-Bench judgment files (judging/recorded.py)."""
 
     kind: Literal["recorded"]
-    name: Name
-    path: Text
+    name: Name = None
+    format: Literal[RECORDED_FORMATS]
+    paths: Text | Annotated[list[Text], Field(min_length=1)]
+    baseline: Text = None  # a model name as the judgment files spell it
+    turn: PositiveInt = 1
+    scores: dict[Literal[tuple(VERDICT_SCORES)], VerdictScores] = None
+
+    @field_validator("paths")
+    @classmethod
+    def _paths_exist(cls, value: str | list[str]) -> str | list[str]:
+        for path in [value] if isinstance(value, str) else value:
+            if not Path(path).expanduser().exists():
+                raise ValueError(f"judgment file or folder {path} does not exist")
+        return value
+
+    @field_validator("scores")
+    @classmethod
+    def _every_verdict(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        missing = [verdict for verdict in VERDICT_SCORES if verdict not in value]
+        if missing:
+            raise ValueError(f"give the score pair of every verdict: {', '.join(missing)} missing")
+        return value
 
 
-JudgeSettings = _union("kind", {"verifier": VerifierJudge, "llm": LLMJudge, "recorded": RecordedJudge}, default="verifier")
+# The judge kinds `judging.judges.make_judge` builds.
+JUDGE_KINDS: dict[str, type[Section]] = {"verifier": VerifierJudge, "llm": LLMJudge, "recorded": RecordedJudge}
+JudgeSettings = _union("kind", JUDGE_KINDS, default="verifier")
 
 
 # ---------------------------------------------------------------- battles, schedule, checks
