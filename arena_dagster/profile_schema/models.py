@@ -35,7 +35,6 @@ try:  # the training branch moves the spec's constants to training/spec.py
 except ImportError:  # pragma: no cover - main before that move
     from arena_dagster.training import entrypoint as _training_spec
 
-BACKENDS = ("transformers", "vllm", "openai", "recorded")
 # A checkpoint's registry name; a base model with such a name would collide with a round's checkpoint.
 CHECKPOINT_NAME = re.compile(r"^(SFT|DPO|RM|RL)-I\d+$")
 
@@ -182,6 +181,7 @@ _HYPERPARAMETER_TYPES: dict[str, Any] = {
     "bf16": Literal["auto"] | bool,
 }
 
+
 class _Hyperparams(Section):
     stage: ClassVar[str] = ""
 
@@ -228,10 +228,7 @@ class _FlywheelStage(Section):
         merged = stage_settings({"flywheel": {self.stage: own}}, self.stage, locally_built=context.get("locally_built", True))
         spec = _training_spec
         hyper = {**spec.COMMON_HYPERPARAMS, **spec.DEFAULT_HYPERPARAMS[self.stage], **merged["hyperparams"]}
-        try:
-            spec._check_hyperparams(self.stage, hyper, int(context.get("processes", 1)))
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
+        spec._check_hyperparams(self.stage, hyper, int(context.get("processes", 1)))  # a ValueError: reported at this stage
         return self
 
 

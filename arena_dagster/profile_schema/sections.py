@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
+from arena_dagster.judging.recorded import FORMATS as RECORDED_FORMATS
+from arena_dagster.judging.recorded import VERDICT_SCORES
 from arena_dagster.profile_schema.base import (
     Count,
     Finite,
@@ -37,8 +39,6 @@ from arena_dagster.profile_schema.models import (
     _union,
     model_names,
 )
-from arena_dagster.judging.recorded import FORMATS as RECORDED_FORMATS
-from arena_dagster.judging.recorded import VERDICT_SCORES
 from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError
 from arena_dagster.prompts.pools import REAL_SOURCES
 from arena_dagster.quality.expectations import JUDGE_HEALTH_LIMITS
@@ -320,9 +320,12 @@ def _limits_model(level: str) -> type[Section]:
     return create_model(model.__name__, __base__=model, __validators__={"ordered": model_validator(mode="after")(ordered)})
 
 
+JudgeHealthBlock, JudgeHealthWarn = _limits_model("block"), _limits_model("warn")
+
+
 class JudgeHealthSettings(Section):
-    block: _limits_model("block") = None
-    warn: _limits_model("warn") = None
+    block: JudgeHealthBlock = None
+    warn: JudgeHealthWarn = None
 
 
 class EvaluationSettings(Section):
