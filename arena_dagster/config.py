@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 import yaml
+
+from arena_dagster.errors import ArenaError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,8 +37,8 @@ PROFILES_DIR = ASSETS_DIR / "profiles"
 DEFAULT_PROFILE = "skills"
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(ArenaError, ValueError):
+    """A profile that cannot be used: unknown, unreadable, extending itself, or not valid."""
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -46,33 +47,203 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+# A mapping that names another of these than its parent's is another kind of thing (an openai model
+# config over a transformers one): it replaces the parent's instead of inheriting keys it cannot take.
+TYPE_KEYS = ("backend", "kind", "source")
+
+
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        parent = merged.get(key)
+        if isinstance(value, dict) and isinstance(parent, dict) and not _retyped(parent, value):
+            merged[key] = _deep_merge(parent, value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
 
 
-def load_profile(name_or_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Load a profile by name (assets/profiles/NAME.yaml) or path; `extends: NAME` inherits."""
-    ref = str(name_or_path or os.environ.get("ARENA_PROFILE") or DEFAULT_PROFILE)
-    path = Path(ref)
-    if not path.suffix:
-        path = PROFILES_DIR / f"{ref}.yaml"
+def _retyped(parent: dict[str, Any], child: dict[str, Any]) -> bool:
+    return any(key in child and key in parent and child[key] != parent[key] for key in TYPE_KEYS)
+
+
+def known_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def profile_file(ref: str | os.PathLike[str], relative_to: Path | None = None) -> Path:
+    """The YAML file of a profile name (assets/profiles/NAME.yaml) or path (`.yaml`/`.yml`, or with a `/`)."""
+    text = str(ref)
+    if Path(text).suffix in (".yaml", ".yml") or "/" in text or os.sep in text:
+        path = Path(text).expanduser()
+        if not path.is_absolute() and relative_to is not None:
+            path = relative_to / path
+        if not path.is_file():
+            raise ConfigError("profile file not found", str(path), f"give a YAML file, or a profile name: {', '.join(known_profiles())}")
+        return path
+    path = PROFILES_DIR / f"{text}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
-        raise ConfigError(f"profile {ref!r} not found (known profiles: {known})")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"unknown profile {text!r}", None, f"use one of {', '.join(known_profiles())}, or a path to a .yaml file")
+    return path
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key written twice in one mapping (PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", str(path), "save the profile as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"not valid YAML: {problem}", where, "fix the YAML syntax at that line") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the profile: {exc.strerror or exc}", str(path)) from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a profile must be a YAML mapping")
-    parent = data.pop("extends", None)
-    if parent:
-        data = _deep_merge(load_profile(parent), data)
-    data.setdefault("name", path.stem)
+        raise ConfigError(f"a profile must be a YAML mapping, got {type(data).__name__}", str(path))
     return data
+
+
+def profile_chain(ref: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """(file, its own settings) from the root profile to `ref`, following `extends:`; a cycle is an error."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    path = profile_file(ref)
+    while True:
+        if any(seen.resolve() == path.resolve() for seen, _ in chain):
+            cycle = " -> ".join([p.stem for p, _ in chain] + [path.stem])
+            raise ConfigError(f"profiles extend each other in a cycle: {cycle}", str(chain[0][0]), "remove one `extends:`")
+        data = _read_yaml(path)
+        parent = data.pop("extends", None)
+        chain.append((path, data))
+        if parent is None:
+            return chain[::-1]
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"extends must be a profile name or path, got {parent!r}", str(path))
+        path = profile_file(parent, relative_to=path.parent)
+
+
+def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """`profile` itself when every key and value is valid (profile_schema); else one ConfigError line.
+
+    `chain`: the files it was merged from, to name the one that holds the faulty key.
+    """
+    from pydantic import ValidationError
+
+    from arena_dagster.profile_schema import Profile, validation_context
+    from arena_dagster.profile_schema.base import first_error
+
+    try:
+        Profile.model_validate(profile, context=validation_context(profile))
+    except ValidationError as exc:
+        what, fix, parts, more = first_error(exc, profile)
+        source = _holder(chain or [], parts)
+        name = profile.get("name")
+        where = ", ".join(x for x in (f"profile {name}" if isinstance(name, str) else "", str(source) if source else "") if x)
+        if more:
+            fix = f"{fix + '; ' if fix else ''}{more} more problem{'s' if more > 1 else ''} after this one"
+        raise ConfigError(what, where or None, fix) from None
+    return profile
+
+
+def _holder(chain: list[tuple[Path, dict[str, Any]]], parts: list[Any]) -> Path | None:
+    """The last file of the chain that sets the longest prefix of `parts`."""
+    best, depth = (chain[-1][0] if chain else None), -1
+    for path, data in chain:
+        node, reached = data, 0
+        for part in parts:
+            if isinstance(node, dict) and part in node:
+                node, reached = node[part], reached + 1
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node, reached = node[part], reached + 1
+            else:
+                break
+        if reached and reached >= depth:
+            best, depth = path, reached
+    return best
+
+
+def load_profile(name_or_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The profile as a plain dict, valid, with its sub-seeds derived from its `seed` (see `with_seed`).
+
+    `name_or_path`: a name (assets/profiles/NAME.yaml) or a YAML path, else $ARENA_PROFILE,
+    else the default. `extends: NAME` inherits another profile (its path relative to this file's
+    folder when it is a path): mappings merge key by key, except that one naming another
+    `backend`, `kind` or `source` than the parent's replaces it. The name is the file's own
+    `name:` or its stem.
+    """
+    ref = str(name_or_path or os.environ.get("ARENA_PROFILE") or DEFAULT_PROFILE)
+    chain = profile_chain(ref)
+    merged: dict[str, Any] = {}
+    for _path, data in chain:
+        merged = _deep_merge(merged, data)
+    leaf_path, leaf = chain[-1]
+    merged["name"] = leaf.get("name", leaf_path.stem)
+    validate_profile(merged, chain)
+    return with_seed(merged, merged.get("seed", 0))
+
+
+def with_seed(profile: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A copy of `profile` whose every random choice follows `seed` (`arena-dagster flywheel --seed N`).
+
+    Each sub-seed (`prompts.seed`: the raw pool, the train/test split of real sources and the
+    round slices; `prompts.curation.seed`: MinHash; `testset.seed`; `models.seed`: base models and
+    every stage's training; `evaluation.seed` and `promotion.seed`: bootstraps) that the profile
+    does not set is derived from `seed`; one it sets is kept. Seed 0 derives the values every
+    profile had before seeds existed, so it reproduces those runs. The paths derived are listed
+    in `derived_seeds`, so a profile recorded with its seeds loads back to the same values and
+    a later `with_seed` moves exactly those: with_seed(with_seed(p, 3), 5) == with_seed(p, 5).
+    """
+    from arena_dagster.profile_schema import SEED_PATHS
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ConfigError(f"seed must be an integer from 0 to {2**31 - 1}, got {seed!r}")
+    out = copy.deepcopy(profile)
+    out["seed"] = seed
+    derived = set(out.get("derived_seeds") or [])
+    source = (out.get("prompts") or {}).get("source")
+    for path in SEED_PATHS:
+        *sections, key = path.split(".")
+        node: Any = out
+        for section in sections:
+            if node.get(section) is None:
+                node[section] = {}
+            node = node[section]
+            if not isinstance(node, dict):
+                break  # not a mapping: validation names it
+        if isinstance(node, dict) and (key not in node or path in derived):
+            node[key] = derive_seed(seed, path, source)
+            derived.add(path)
+    out["derived_seeds"] = [path for path in SEED_PATHS if path in derived]
+    return out
+
+
+# Sub-seeds at top-level seed 0: the values the built-in profiles were measured with.
+BASE_SEEDS = {"prompts.seed": 1, "prompts.curation.seed": 1, "models.seed": 0, "evaluation.seed": 0, "promotion.seed": 0}
+
+
+def derive_seed(seed: int, path: str, source: str | None = None) -> int:
+    """The sub-seed at `path` for top-level `seed`: the historical value at 0, else a hash of both."""
+    if seed == 0:
+        if path == "testset.seed":
+            return 10_000 if source == "skills" else 0
+        return BASE_SEEDS[path]
+    return int.from_bytes(hashlib.sha256(f"arena-dagster/{path}/{seed}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def profile_hash(profile: dict[str, Any]) -> str:

@@ -16,7 +16,6 @@ from arena_dagster.prompts.curation import (
     canonical,
     curate,
     normalize,
-    slice_rounds,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -242,49 +241,6 @@ def test_config_from_profile_mapping():
         CurationConfig(near_dedup_threshold=1.5)
 
 
-# ------------------------------------------------------------------ slicing
-
-
-def family_rows(n_per_family: dict[str, int]) -> list[dict]:
-    return [{"prompt": f"{family} prompt number {i}", "family": family}
-            for family, n in n_per_family.items() for i in range(n)]
-
-
-def test_slice_rounds_balanced_stratified_and_deterministic():
-    rows = family_rows({"add": 31, "reverse": 20, "sort": 9})
-    sliced = slice_rounds(rows, 3, seed=4)
-    assert [ {k: v for k, v in r.items() if k != "round"} for r in sliced] == rows
-    sizes = Counter(r["round"] for r in sliced)
-    assert set(sizes) == {1, 2, 3} and max(sizes.values()) - min(sizes.values()) <= 1
-    for family, n in (("add", 31), ("reverse", 20), ("sort", 9)):
-        per_round = Counter(r["round"] for r in sliced if r["family"] == family)
-        assert max(per_round.values()) - min(per_round.values()) <= 1, family
-    assert slice_rounds(rows, 3, seed=4) == sliced
-    shuffled = rows[::-1]
-    again = {r["prompt"]: r["round"] for r in slice_rounds(shuffled, 3, seed=4)}
-    assert again == {r["prompt"]: r["round"] for r in sliced}
-    assert {r["prompt"]: r["round"] for r in slice_rounds(rows, 3, seed=5)} != again
-
-
-def test_slice_rounds_stage_fractions():
-    rows = family_rows({"add": 60, "reverse": 40, "sort": 50})
-    sliced = slice_rounds(rows, 2, seed=0, stage_fractions={"sft": 0.34, "dpo": 0.33, "rl": 0.33})
-    for round_key in (1, 2):
-        stages = Counter(r["stage"] for r in sliced if r["round"] == round_key)
-        assert sum(stages.values()) == 75
-        assert all(abs(stages[name] - 75 * share) <= 1 for name, share in (("sft", .34), ("dpo", .33), ("rl", .33)))
-    for family in ("add", "reverse", "sort"):
-        stages = Counter(r["stage"] for r in sliced if r["family"] == family)
-        assert min(stages.values()) >= 12, (family, stages)
-
-
-def test_slice_rounds_rejects_bad_arguments():
-    with pytest.raises(CurationError, match="n_rounds"):
-        slice_rounds([{"prompt": "x"}], 0, seed=0)
-    with pytest.raises(CurationError, match="stage_fractions"):
-        slice_rounds([{"prompt": "x"}], 1, seed=0, stage_fractions={"sft": 0.0})
-
-
 # ------------------------------------------------------------------ embeddings (MiniLM)
 
 
@@ -368,23 +324,3 @@ def test_curate_cli_bad_input_exits_2(tmp_path, capsys):
     assert main([str(Path(__file__).parent / "data" / "prompts_mixed.jsonl"), "--out", str(tmp_path / "o.jsonl"),
                  "--set", "min_chars"]) == 2
     assert not (tmp_path / "o.jsonl").exists()
-
-
-def test_a_rebuilt_pool_keeps_started_rounds_and_dedups_new_prompts_against_them():
-    from arena_dagster.config import load_profile
-    from arena_dagster.prompts.pools import curated_pool, raw_prompt_frame, testset_frame
-
-    profile = load_profile("skills_smoke")
-    raw = raw_prompt_frame(profile)
-    testset = testset_frame(profile)
-    first, _, _ = curated_pool(raw.head(250), testset, profile)
-    assert set(first["round"].to_list()) == {1, 2} and set(first["stage"].to_list()) == {"sft", "dpo", "rl"}
-    frozen = first.filter(pl.col("round") == 1)
-    # More raw data arrives after round 1 ran: round 1 must not move, and nothing in it may come back.
-    rebuilt, removed, quarantine = curated_pool(raw, testset, profile, frozen=frozen)
-    assert rebuilt.filter(pl.col("round") == 1).sort("prompt_id").equals(frozen.sort("prompt_id"))
-    assert rebuilt["prompt_id"].n_unique() == rebuilt.height
-    assert removed["previous_rounds"] == frozen.height  # every raw row of round 1 is seen again and dropped
-    assert set(rebuilt["round"].to_list()) == {1, 2}
-    assert rebuilt.filter(pl.col("round") == 2).height > first.filter(pl.col("round") == 2).height
-    assert quarantine.filter(pl.col("step") == "previous_rounds").height == frozen.height

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from arena_dagster.config import load_profile
-from arena_dagster.prompts.curation import slice_rounds
+from arena_dagster.prompts.slicing import slice_rounds
 from arena_dagster.registry import record_promotion, register_model
 from arena_dagster.training.entrypoint import DEFAULT_HYPERPARAMS
 from arena_dagster.training.schedule import ScheduleError, battle_prompts, checkpoint_name, stage_plan
@@ -34,7 +34,7 @@ def test_each_stage_battles_its_own_disjoint_slice_of_the_round():
         for stage in ("sft", "dpo", "rl"):
             rows = battle_prompts(frame, stage_plan(PROFILE, stage, round_key))
             assert set(rows["round"].to_list()) == {round_key} and set(rows["stage"].to_list()) == {stage}
-            assert 30 <= rows.height <= 36  # 100 prompts a round, split .34/.33/.33
+            assert 20 <= rows.height <= 50  # ~100 prompts a round (hash buckets), split .34/.33/.33
             assert not seen & set(rows["prompt_id"].to_list())
             seen |= set(rows["prompt_id"].to_list())
     assert len(seen) == 300
@@ -62,7 +62,7 @@ def test_bad_schedules_are_clear_errors():
 def test_a_pool_without_stage_labels_gives_every_stage_the_whole_round():
     frame = pool().drop("stage")
     plans = [stage_plan({}, s, 2) for s in ("sft", "dpo", "rl")]
-    assert {battle_prompts(frame, p).height for p in plans} == {100}
+    assert {battle_prompts(frame, p).height for p in plans} == {frame.filter(pl.col("round") == 2).height}
 
 
 def _register(conn, model, kind, round_key, parent=None, skipped=False):

@@ -1,4 +1,4 @@
-"""The paper's prompt curation: clean, deduplicate, decontaminate, slice into rounds.
+"""The paper's prompt curation: clean, deduplicate, decontaminate (slicing into rounds: `slicing.py`).
 
 `curate` runs the steps below in this order; every step is counted (zero when disabled or
 when nothing matched) and every removed row is returned with the step, a reason and what
@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import random
 import re
 import unicodedata
 import zlib
@@ -699,65 +698,13 @@ def _decontaminate(alive, convs, test_texts, config, drop, timed, get_hasher, em
     return [i for i in alive if i not in gone]
 
 
-# ---------------------------------------------------------------- slicing
+def repeats_of_previous(rows: Sequence[dict], previous: Sequence[str | dict], config: CurationConfig) -> CurationResult:
+    """The `previous_rounds` step alone: which of `rows` (already curated) repeat a prompt of `previous`.
 
-
-def _order_key(seed: int, row: dict, index: int) -> tuple[str, int]:
-    text = row.get("prompt")
-    if not isinstance(text, str):
-        text = repr(row.get("messages"))
-    return hashlib.sha256(f"{seed}\0{text}".encode()).hexdigest(), index
-
-
-def slice_rounds(
-    rows: Sequence[dict],
-    n_rounds: int,
-    *,
-    seed: int,
-    stage_fractions: dict[str, float] | None = None,
-    stratify_by: str | None = "auto",
-) -> list[dict]:
-    """Copies of `rows` (input order) with `round` in 1..n_rounds and, optionally, `stage`.
-
-    Within each stratum (the `family` column, else `category`, when every row has it; or
-    `stratify_by`) rows are shuffled by a hash of (seed, prompt), so the assignment does
-    not depend on input order, then dealt to rounds in turn with one counter across strata:
-    round sizes differ by at most one and every stratum is spread over the rounds. Stages
-    (the paper's D1/D2/D3, e.g. {"sft": .34, "dpo": .33, "rl": .33}) are dealt the same
-    way inside each round by smooth weighted round robin, so stage sizes follow the
-    fractions to within one row and each stratum is spread over the stages.
+    Rows that passed `curate` together pass its other steps again as a subset (a duplicate of a
+    subset's row would have been a duplicate in the whole), so only the step against `previous`
+    can remove any; the costly checks (language, embeddings, decontamination) are switched off.
     """
-    if not isinstance(n_rounds, int) or n_rounds < 1:
-        raise CurationError(f"n_rounds must be an int >= 1, got {n_rounds!r}")
-    weights: dict[str, float] = {}
-    if stage_fractions:
-        for name, value in stage_fractions.items():
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise CurationError(f"stage_fractions[{name!r}] must be a positive number, got {value!r}")
-        total = float(sum(stage_fractions.values()))
-        weights = {name: value / total for name, value in stage_fractions.items()}
-    column = stratify_by
-    if column == "auto":
-        column = next((c for c in ("family", "category") if rows and all(c in r for r in rows)), None)
-    strata: dict[str, list[int]] = {}
-    for index, row in enumerate(rows):
-        strata.setdefault(str(row.get(column)) if column else "", []).append(index)
-    ordered: list[int] = []
-    for name in sorted(strata):
-        ordered.extend(sorted(strata[name], key=lambda i: _order_key(seed, rows[i], i)))
-    offset = random.Random(f"slice-{seed}").randrange(n_rounds)
-    assigned_round = {index: (position + offset) % n_rounds + 1 for position, index in enumerate(ordered)}
-    out = [dict(row, round=assigned_round[i]) for i, row in enumerate(rows)]
-    if weights:
-        per_round: dict[int, list[int]] = {}
-        for index in ordered:
-            per_round.setdefault(assigned_round[index], []).append(index)
-        for members in per_round.values():
-            current = {name: 0.0 for name in weights}
-            for index in members:
-                for name in current:
-                    current[name] += weights[name]
-                chosen = max(current, key=lambda name: (current[name], -list(weights).index(name)))
-                current[chosen] -= 1.0
-                out[index]["stage"] = chosen
-    return out
+    only = replace(config, min_chars=0, language=None, exact_dedup=False, prefix_dedup_chars=None,
+                   semantic_dedup_threshold=None)
+    return curate(rows, config=only, previous=previous)

@@ -359,88 +359,105 @@ def testset_frame(profile: dict[str, Any], **kwargs: Any) -> pl.DataFrame:
 def curated_pool(
     raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, Any], frozen: pl.DataFrame | None = None
 ) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
-    """Clean, deduplicate, decontaminate against the test set and slice into rounds.
+    """Clean, deduplicate, decontaminate against the test set, and slice into rounds (and stages).
 
-    `frozen`: rows of rounds that already ran (a rebuilt pool must not move their prompts);
-    they are kept as they are, every new prompt is deduplicated against them (step
-    `previous_rounds`), and the rest is sliced into the rounds after them.
-    Returns the pool, the count removed by each step, and the removed rows (the quarantine).
+    The pool is a function of the raw prompts and the profile: curation runs on every raw row
+    as on a first build, and each prompt's round and stage come from seeded hashes of its id
+    (`prompts/slicing.py`), never from the other prompts.
+    `frozen`: the pool rows of rounds that already started. They stay exactly as they are; a
+    curated prompt that is one of them is that row, not a repeat of it; any other is checked
+    against them (step `previous_rounds`) and, when its round already started, goes to a later
+    round (or, when every round started, to the quarantine as `rounds_closed`). So a pool rebuilt
+    from the raw prompts a run started with, frozen or not, has the rows and the quarantine of
+    the first build; new raw prompts never move an existing prompt.
+    Returns the pool (ordered by round, prompt_id), the count removed by each step, and the removed rows.
     """
-    from arena_dagster.prompts.curation import CurationConfig, curate
+    from arena_dagster.prompts.curation import CurationConfig, curate, repeats_of_previous
+    from arena_dagster.prompts.slicing import slice_rounds
 
     settings = profile["prompts"]
     config = CurationConfig.from_dict(settings.get("curation"))
-    if settings.get("source") in REAL_SOURCES:
-        pool, removed, removed_rows = _real_curated_pool(raw, testset, profile, config, frozen)
-        return _with_frozen(pool, frozen), removed, removed_rows
-    previous = frozen["prompt"].to_list() if frozen is not None and frozen.height else []
-    result = curate(raw.to_dicts(), config=config, against=testset["prompt"].to_list(), previous=previous)
-    rows = _slice_after_frozen(result.kept, settings, frozen, stratify_by="auto")
-    for row in rows:
-        # A follow-up is its whole conversation: the same last turn in two conversations is two prompts.
-        messages = row.get("messages")
-        row["prompt_id"] = prompt_id(json.dumps(messages, sort_keys=True) if messages else row["prompt"])
-        # Every pool row carries its conversation, so training rows are built one way for every source.
-        row["messages"] = json.dumps(messages or [{"role": "user", "content": row["prompt"]}], ensure_ascii=False)
-    pool = _with_frozen(pl.DataFrame(rows), frozen)
-    removed_rows = pl.DataFrame(
+    real = settings.get("source") in REAL_SOURCES
+    if real:
+        from arena_dagster.prompts.ingest import against_texts
+
+        rows = [dict(r, messages=_messages_of(r)) for r in raw.to_dicts()]
+        against: list[Any] = [{"messages": _messages_of(r), "prompt": r["prompt"]} for r in testset.to_dicts()]
+        files = against_sources(profile)
+        if files:
+            against.extend(against_texts(files)[0])
+    else:
+        rows = raw.to_dicts()
+        against = testset["prompt"].to_list()
+    result = curate(rows, config=config, against=against)
+    removed = {**result.removed, "rounds_closed": 0}
+    removed_rows = list(result.removed_rows)
+    identify = conversation_prompt_id if real else _pool_prompt_id
+    fresh = [dict(row, prompt_id=identify(row)) for row in result.kept]
+    frozen = frozen if frozen is not None and frozen.height else None
+    done = frozen_rounds(frozen)
+    if frozen is not None:
+        started = set(frozen["prompt_id"].to_list())
+        fresh = [row for row in fresh if row["prompt_id"] not in started]
+        if fresh:
+            repeats = repeats_of_previous(fresh, [{"messages": _messages_of(r), "prompt": r["prompt"]} for r in frozen.to_dicts()], config)
+            fresh = repeats.kept
+            removed["previous_rounds"] += repeats.removed["previous_rounds"]
+            removed_rows.extend(repeats.removed_rows)
+    rounds = int(settings["rounds"])
+    if done >= rounds and fresh:
+        removed["rounds_closed"] = len(fresh)
+        removed_rows.extend({**row, "step": "rounds_closed",
+                             "reason": f"new prompt after all {rounds} rounds started: no round left to take it"} for row in fresh)
+        fresh = []
+    sliced = slice_rounds(fresh, rounds, seed=int(settings.get("seed", 0)), stage_fractions=settings.get("stage_fractions"),
+                          first_open_round=done + 1) if fresh else []
+    extra = {"prompt_id": pl.Utf8, "round": pl.Int64, **({"stage": pl.Utf8} if settings.get("stage_fractions") else {})}
+    new_rows = _real_frame(sliced, extra) if real else _skills_frame(sliced, extra)
+    pool = _with_frozen(new_rows, frozen).sort(["round", "prompt_id"])
+    quarantine = pl.DataFrame(
         [{"source_id": r.get("source_id"), "prompt": r.get("prompt"), "step": r.get("step"), "reason": str(r.get("reason", ""))}
-         for r in result.removed_rows],
+         for r in removed_rows],
         schema={"source_id": pl.Utf8, "prompt": pl.Utf8, "step": pl.Utf8, "reason": pl.Utf8},
     )
-    return pool, dict(result.removed), removed_rows
+    return pool, removed, quarantine
+
+
+def _pool_prompt_id(row: dict) -> str:
+    # A follow-up is its whole conversation: the same last turn in two conversations is two prompts.
+    messages = row.get("messages")
+    return prompt_id(json.dumps(messages, sort_keys=True) if messages else row["prompt"])
+
+
+def _skills_frame(rows: list[dict], extra: dict[str, Any]) -> pl.DataFrame:
+    # Every pool row carries its conversation, so training rows are built one way for every source.
+    schema = {**RAW_SCHEMA, **extra, "messages": pl.Utf8}
+    out = []
+    for row in rows:
+        messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+        out.append({**{k: row.get(k) for k in schema}, "messages": json.dumps(messages, ensure_ascii=False)})
+    return pl.DataFrame(out, schema=schema)
 
 
 def frozen_rounds(frozen: pl.DataFrame | None) -> int:
     return int(frozen["round"].max()) if frozen is not None and frozen.height else 0
 
 
-def _slice_after_frozen(rows: list[dict], settings: dict[str, Any], frozen: pl.DataFrame | None, *, stratify_by) -> list[dict]:
-    """Slice new prompts into the rounds after the frozen ones (`prompts.rounds` counts every round)."""
-    from arena_dagster.prompts.curation import slice_rounds
-
-    done = frozen_rounds(frozen)
-    sliced = slice_rounds(rows, max(1, int(settings["rounds"]) - done), seed=int(settings.get("seed", 0)) + done,
-                          stage_fractions=settings.get("stage_fractions"), stratify_by=stratify_by)
-    for row in sliced:
-        row["round"] += done
-    return sliced
+def slice_sizes(pool: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Rows per round and, when the pool has stages, per stage: {"1": {"total": 166, "sft": 57, ...}}."""
+    sizes: dict[str, dict[str, int]] = {}
+    for (round_key,), rows in pool.group_by(["round"], maintain_order=False):
+        entry = {"total": rows.height}
+        if "stage" in rows.columns and rows["stage"].null_count() < rows.height:
+            entry.update({str(stage): n for stage, n in rows.group_by("stage").len().sort("stage").iter_rows()})
+        sizes[str(round_key)] = entry
+    return dict(sorted(sizes.items(), key=lambda item: int(item[0])))
 
 
 def _with_frozen(pool: pl.DataFrame, frozen: pl.DataFrame | None) -> pl.DataFrame:
     if frozen is None or not frozen.height:
         return pool
     return pl.concat([frozen.select([c for c in frozen.columns if c in pool.columns]), pool], how="diagonal_relaxed")
-
-
-def _real_curated_pool(
-    raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, Any], config, frozen: pl.DataFrame | None
-) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
-    from arena_dagster.prompts.curation import curate
-    from arena_dagster.prompts.ingest import against_texts
-
-    settings = profile["prompts"]
-    rows = [dict(r, messages=_messages_of(r)) for r in raw.to_dicts()]
-    against: list[Any] = [{"messages": _messages_of(r), "prompt": r["prompt"]} for r in testset.to_dicts()]
-    files = against_sources(profile)
-    if files:
-        texts, _result = against_texts(files)
-        against.extend(texts)
-    previous = [{"messages": _messages_of(r), "prompt": r["prompt"]} for r in frozen.to_dicts()] if frozen is not None else []
-    result = curate(rows, config=config, against=against, previous=previous)
-    sliced = _slice_after_frozen(result.kept, settings, frozen, stratify_by=None)
-    for row in sliced:
-        row["prompt_id"] = conversation_prompt_id(row)
-    extra = {"prompt_id": pl.Utf8, "round": pl.Int64}
-    if settings.get("stage_fractions"):
-        extra["stage"] = pl.Utf8
-    pool = _real_frame(sliced, extra)
-    removed_rows = pl.DataFrame(
-        [{"source_id": r.get("source_id"), "prompt": r.get("prompt"), "step": r.get("step"), "reason": str(r.get("reason", ""))}
-         for r in result.removed_rows],
-        schema={"source_id": pl.Utf8, "prompt": pl.Utf8, "step": pl.Utf8, "reason": pl.Utf8},
-    )
-    return pool, dict(result.removed), removed_rows
 
 
 def write_recorded_answers(pool: pl.DataFrame, testset: pl.DataFrame, folder: Path) -> dict[str, dict[str, Any]]:

@@ -21,6 +21,8 @@ from typing import Any
 
 import polars as pl
 
+from arena_dagster.errors import ArenaError
+
 STAGES = ("sft", "dpo", "rl")
 
 # The stage whose checkpoint is a stage's battle target (None: the round's target).
@@ -33,7 +35,7 @@ DEFAULT_SCHEDULE: dict[str, dict[str, Any]] = {
 }
 
 
-class ScheduleError(ValueError):
+class ScheduleError(ArenaError, ValueError):
     pass
 
 
