@@ -113,7 +113,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
             incumbent=incumbent["model"],
             margin=float(gate.get("margin", 0.0)),
             bootstrap=int(gate.get("bootstrap", evaluation.get("bootstrap", 200))),
-            seed=int(evaluation.get("seed", 0)),
+            seed=int(gate.get("seed", evaluation.get("seed", 0))),
             ratings=dict(zip(board["model"].to_list(), board["rating"].to_list())),
         )
         record_promotion(conn, round_key, decision)

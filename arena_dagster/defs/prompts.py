@@ -16,6 +16,7 @@ from arena_dagster.prompts.pools import (
     curated_pool,
     frozen_rounds,
     raw_prompt_frame,
+    slice_sizes,
     source_metadata,
     testset_with_stats,
     write_recorded_answers,
@@ -141,6 +142,7 @@ def prompt_pool(arena: ArenaHome, duckdb: DuckDBResource):
                 "removed_by_step": dg.MetadataValue.json(removed),
                 **{f"removed/{step}": count for step, count in removed.items()},
                 "rows_per_round": dg.MetadataValue.json({str(r): n for r, n in per_round.iter_rows()}),
+                "slices": dg.MetadataValue.json(slice_sizes(pool)),
                 **({"recorded_answers": dg.MetadataValue.json(recorded)} if recorded else {}),
             },
         )

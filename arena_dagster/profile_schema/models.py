@@ -30,10 +30,7 @@ from arena_dagster.profile_schema.base import (
 )
 from arena_dagster.prompts.skills import FAMILIES
 
-try:  # the training branch moves the spec's constants to training/spec.py
-    from arena_dagster.training import spec as _training_spec
-except ImportError:  # pragma: no cover - main before that move
-    from arena_dagster.training import entrypoint as _training_spec
+from arena_dagster.training import spec as _training_spec
 
 # A checkpoint's registry name; a base model with such a name would collide with a round's checkpoint.
 CHECKPOINT_NAME = re.compile(r"^(SFT|DPO|RM|RL)-I\d+$")
@@ -228,7 +225,7 @@ class _FlywheelStage(Section):
         merged = stage_settings({"flywheel": {self.stage: own}}, self.stage, locally_built=context.get("locally_built", True))
         spec = _training_spec
         hyper = {**spec.COMMON_HYPERPARAMS, **spec.DEFAULT_HYPERPARAMS[self.stage], **merged["hyperparams"]}
-        spec._check_hyperparams(self.stage, hyper, int(context.get("processes", 1)))  # a ValueError: reported at this stage
+        spec.check_hyperparams(self.stage, hyper, int(context.get("processes", 1)))  # a ValueError: reported at this stage
         return self
 
 

@@ -147,7 +147,7 @@ def validate_spec(spec: dict) -> dict:
     unknown = set(hyper) - allowed
     if unknown:
         raise TrainingSpecError(f"unknown hyperparameters for stage {stage}: {sorted(unknown)}")
-    _check_hyperparams(stage, hyper, _launch_processes(spec.get("launch")))
+    check_hyperparams(stage, hyper, _launch_processes(spec.get("launch")))
     resolved = {**spec, "round": int(spec.get("round", 0)), "hyperparams": hyper}
     device = resolved.pop("device", "auto")
     if device not in DEVICES:
@@ -180,7 +180,7 @@ def _check_reward_model(path: Any) -> None:
         )
 
 
-def _check_hyperparams(stage: str, hyper: dict, processes: int) -> None:
+def check_hyperparams(stage: str, hyper: dict, processes: int) -> None:
     if hyper.get("bf16", "auto") not in ("auto", True, False):
         raise TrainingSpecError(f"hyperparams.bf16 must be 'auto', true or false, got {hyper['bf16']!r}")
     if stage == "reward":
