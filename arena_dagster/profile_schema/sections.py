@@ -41,7 +41,7 @@ from arena_dagster.profile_schema.models import (
 )
 from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError
 from arena_dagster.prompts.pools import REAL_SOURCES
-from arena_dagster.quality.expectations import JUDGE_HEALTH_LIMITS
+from arena_dagster.quality.suites import judge_health_limits
 from arena_dagster.training.schedule import DEFAULT_SCHEDULE
 
 SKILLS_SOURCE = "skills"
@@ -308,7 +308,7 @@ Bounds = Annotated[list[Probability], Field(min_length=2, max_length=2)]
 
 
 def _limits_model(level: str) -> type[Section]:
-    fields = {column: (Bounds, None) for column in JUDGE_HEALTH_LIMITS[level]}
+    fields = {column: (Bounds, None) for column in judge_health_limits()[level]}
     model = create_model(f"JudgeHealth{level.capitalize()}", __base__=Section, **fields)
 
     def ordered(self):
