@@ -52,7 +52,13 @@ def flywheel_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def smoke_home(tmp_path_factory) -> Path:
-    """A home that `arena-dagster flywheel --profile skills_smoke --rounds 2` built, uninterrupted, through Dagster."""
+    """A home that `arena-dagster flywheel --profile skills_smoke --rounds 2` built, uninterrupted, through Dagster.
+
+    ARENA_TEST_SMOKE_HOME names a home that command already built (to iterate on the tests that read one).
+    """
+    reused = os.environ.get("ARENA_TEST_SMOKE_HOME")
+    if reused:
+        return Path(reused)
     home = tmp_path_factory.mktemp("smoke") / "home"
     proc = subprocess.run(flywheel_command(home), cwd=REPO, env=flywheel_env(), capture_output=True, text=True,
                           timeout=1800)

@@ -64,7 +64,7 @@ class ArenaHome(dg.ConfigurableResource):
     def provenance(self) -> dict[str, Any]:
         """Metadata every materialization carries: which profile (and seed) made it."""
         return {"arena/profile": self.profile, "arena/profile_hash": self.profile_hash(),
-                "arena/seed": -1 if self.seed is None else int(self.seed)}
+                "arena/seed": int(self.settings().get("seed", 0))}
 
     @property
     def root(self) -> Path:
