@@ -6,6 +6,8 @@ it matched, so nothing is lost silently:
 
   invalid           no usable instruction (no `prompt` string and no user turn in `messages`)
   too_short         instruction shorter than `min_chars` after normalization
+  too_long          conversation (instruction and history) longer than `max_chars`: a 5 MB paste
+                    would fill every context and dominate MinHash and embedding time
   language          identified, with confidence, as another language than `language`
   exact_dup         same normalized conversation as an earlier row
   prefix_dup        same first `prefix_dedup_chars` characters of the instruction, same history
@@ -64,6 +66,7 @@ import numpy as np
 STEPS: tuple[str, ...] = (
     "invalid",
     "too_short",
+    "too_long",
     "language",
     "exact_dup",
     "prefix_dup",
@@ -102,6 +105,7 @@ class CurationError(ValueError):
 @dataclass(frozen=True)
 class CurationConfig:
     min_chars: int = 10
+    max_chars: int | None = 100_000
     exact_dedup: bool = True
     # The paper's rule: two instructions sharing their first 10 characters are duplicates.
     prefix_dedup_chars: int | None = 10
@@ -128,6 +132,8 @@ class CurationConfig:
                 raise CurationError(f"CurationConfig.{name} must be {rule}, got {getattr(self, name)!r}")
 
         check(isinstance(self.min_chars, int) and self.min_chars >= 0, "min_chars", "an int >= 0")
+        check(self.max_chars is None or (isinstance(self.max_chars, int) and self.max_chars > self.min_chars),
+              "max_chars", "null or an int above min_chars")
         check(self.prefix_dedup_chars is None or (isinstance(self.prefix_dedup_chars, int) and self.prefix_dedup_chars > 0),
               "prefix_dedup_chars", "None or an int > 0")
         check(0.0 < self.near_dedup_threshold <= 1.0, "near_dedup_threshold", "in (0, 1]")
@@ -442,6 +448,18 @@ def curate(
             survivors.append(index)
     alive = survivors
     timed("too_short", started)
+
+    started = time.perf_counter()
+    if config.max_chars is not None:
+        survivors = []
+        for index in alive:
+            length = len(convs[index].instruction) + sum(len(content) for _role, content in convs[index].history)
+            if length > config.max_chars:
+                drop(index, "too_long", f"{length} characters > max_chars={config.max_chars}")
+            else:
+                survivors.append(index)
+        alive = survivors
+    timed("too_long", started)
 
     if config.language:
         started = time.perf_counter()
