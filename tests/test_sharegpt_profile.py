@@ -146,7 +146,7 @@ def test_prompts_group_materializes_with_step_counts(tmp_path, monkeypatch):
     defs = build_definitions(str(tmp_path), "sharegpt_smoke")
     result = dg.materialize(
         list(defs.assets), instance=dg.DagsterInstance.ephemeral(), resources=defs.resources,
-        selection=["raw_prompts", "arena_testset", "prompt_pool"],
+        selection=["raw_prompts", "arena_testset", "prompt_pool", "prompt_quarantine"],
     )
     assert result.success
     events = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
