@@ -59,42 +59,23 @@ def round_target(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Du
 _DECISION_FIELDS = ("candidate", "incumbent", "promoted", "new_target", "diff", "ci_low", "ci_high", "margin", "reason")
 
 
+def _gate_spec(key: str, kind: str, description: str) -> dg.AssetSpec:
+    # All three are written by the gate, after every checkpoint of the round is on the leaderboard.
+    return dg.AssetSpec(key, group_name="gate", kinds={kind}, owners=OWNERS, partitions_def=round_partitions,
+                        deps=["leaderboard", "arena_battles"], description=description)
+
+
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(
-            "target_model",
-            group_name="gate",
-            kinds={"python"},
-            owners=OWNERS,
-            partitions_def=round_partitions,
-            deps=["leaderboard", "arena_battles"],
-            description=(
-                "Round r's promotion gate: the candidate (the round's last stage) replaces the target only if the lower "
-                "bound of the paired prompt-bootstrap interval of (candidate - target) Elo on the arena test set is above "
-                "the margin. The model it names is round r+1's target."
-            ),
-        ),
-        dg.AssetSpec(
-            "promotions",
-            group_name="gate",
-            kinds={"duckdb"},
-            owners=OWNERS,
-            partitions_def=round_partitions,
-            deps=["leaderboard", "arena_battles"],
-            description="Round r's row of the promotions table: candidate, incumbent, difference, interval, margin, decision.",
-        ),
-        dg.AssetSpec(
-            "model_registry",
-            group_name="gate",
-            kinds={"duckdb"},
-            owners=OWNERS,
-            partitions_def=round_partitions,
-            deps=["leaderboard", "arena_battles"],  # published with the gate, after every checkpoint of the round
-            description=(
-                "Round r's checkpoints in the model registry (SFT-Ir, DPO-Ir, RM-Ir, RL-Ir): parent, training-dataset "
-                "hash, manifest and metrics; skipped stages with the reason."
-            ),
-        ),
+        _gate_spec("target_model", "python", (
+            "Round r's promotion gate: the candidate replaces the target only if the lower bound of the paired "
+            "prompt-bootstrap interval of (candidate - target) Elo on the arena test set is above the margin. "
+            "The model it names is round r+1's target.")),
+        _gate_spec("promotions", "duckdb",
+                   "Round r's row of the promotions table: candidate, incumbent, difference, interval, margin, decision."),
+        _gate_spec("model_registry", "duckdb", (
+            "Round r's checkpoints in the model registry (SFT-Ir, DPO-Ir, RM-Ir, RL-Ir): parent, training-dataset "
+            "hash, manifest and metrics; skipped stages with the reason.")),
     ],
 )
 def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource):
