@@ -84,7 +84,7 @@ class Flywheel:
             record_profile(self.home, self.profile, self.seed, self.settings, switch=self.switch_profile)
             self.hash = profile_hash(self.settings)
             self.instance = open_instance(self.home)
-            reap_dead_runs(self.instance, self.echo)
+            reap_dead_runs(self.instance, self.echo, self.home)
             for path in reap_stale_files(self.home):
                 self.echo(f"removed {path.relative_to(self.home)} left by a killed run")
         except BaseException:
@@ -196,6 +196,6 @@ def prepare_ui(home: Path, profile: str | None, host: str, port: int) -> list[st
     if profile is not None:
         record_profile(home, name, seed, settings)
     workspace = prepare_instance(home)
-    reap_dead_runs(open_instance(home), print)
+    reap_dead_runs(open_instance(home), print, home)
     dagster = str(Path(sys.executable).with_name("dagster"))
     return [dagster, "dev", "-w", str(workspace), "-h", host, "-p", str(port)]

@@ -60,7 +60,7 @@ def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     return None
 
 
-def reap_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) -> list[str]:
+def reap_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None], home: Path | None = None) -> list[str]:
     """Mark failed every run whose process died (kill -9, a crash), and drop runs queued by a dead CLI.
 
     A run stays STARTED in Dagster's history forever when the process executing it is killed;
@@ -71,7 +71,7 @@ def reap_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) ->
         pid = worker_pid(instance, run.run_id)
         if pid is not None and pid_alive(pid):
             continue
-        if pid is None and run.status == dg.DagsterRunStatus.STARTING and _daemon_alive(instance):
+        if pid is None and run.status == dg.DagsterRunStatus.STARTING and home is not None and daemon_serving(home):
             continue  # a live daemon is launching it right now
         instance.report_run_failed(run, f"the process running this run died (pid {pid}); marked failed at the next start")
         reaped.append(run.run_id)
@@ -89,20 +89,42 @@ def reap_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) ->
 # --------------------------------------------------------------------------- the daemon
 
 
-def _daemon_alive(instance: dg.DagsterInstance, fresh_s: float = 60.0) -> bool:
-    heartbeats = instance.get_daemon_heartbeats()
-    beat = heartbeats.get("QUEUED_RUN_COORDINATOR")
-    return beat is not None and time.time() - beat.timestamp < fresh_s
+def _last_heartbeat(instance: dg.DagsterInstance) -> float:
+    beat = instance.get_daemon_heartbeats().get("QUEUED_RUN_COORDINATOR")
+    return 0.0 if beat is None else float(beat.timestamp)
+
+
+def daemon_serving(home: Path) -> bool:
+    """Whether a live dagster-daemon process works on this home's instance (the UI's, or another command's).
+
+    A heartbeat alone cannot tell: daemons beat every 30 s, so a daemon killed a moment ago still
+    looks alive for up to a minute, and runs submitted meanwhile would wait in a queue nobody serves.
+    """
+    import psutil
+
+    target = dagster_home(home).resolve()
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "dagster-daemon" not in cmdline and "dagster._daemon" not in cmdline:
+            continue
+        try:
+            configured = process.environ().get("DAGSTER_HOME", "")
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if configured and Path(configured).resolve() == target:
+            return True
+    return False
 
 
 @contextlib.contextmanager
 def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str], None], timeout_s: float = 120) -> Iterator[None]:
     """A Dagster daemon serving the home's run queue while the block runs (the UI's, if one is open)."""
-    if _daemon_alive(instance):
+    if daemon_serving(home):
         yield
         return
     workspace = prepare_instance(home)
     log = open(logs_dir(home) / "daemon.log", "a")
+    previous = _last_heartbeat(instance)  # perhaps of a daemon that died a moment ago
     # Guarded: a daemon this command started ends with it, even when it is killed with kill -9.
     process = subprocess.Popen(
         guarded([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)]),
@@ -110,7 +132,7 @@ def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str
     )
     try:
         deadline = time.monotonic() + timeout_s
-        while not _daemon_alive(instance, fresh_s=30):
+        while _last_heartbeat(instance) <= previous:
             if process.poll() is not None:
                 raise ArenaError("the Dagster daemon stopped at start", str(logs_dir(home) / "daemon.log"),
                                  "read the log's last lines")
