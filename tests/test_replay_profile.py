@@ -147,6 +147,8 @@ def test_a_replay_rates_recorded_verdicts_like_the_command(tmp_path, judged, cle
     [health] = baseline["judge_health"]
     assert health["judgments"] == 36 and health["parse_failure_rate"] == pytest.approx(4 / 36)
     assert health["longer_answer_win_rate"] is None  # the answers are unknown
+    # 4 of 36 games unreadable: past the 10% warning limit; the leaderboard still rates the rest
+    assert baseline["judge_health_checks"].startswith("warn_parse_failure_rate: warning")
     assert "unknown" in metadata["arena_testset"]["build"]["prompt_texts"]
 
     with open_readonly(home) as conn:
@@ -174,6 +176,7 @@ def test_the_ko_arena_hard_replay_leaderboard_equals_the_command(tmp_path, clean
     assert board.height == 7 and board.sort("rating")["model"][0] == "llama-3.1-8b-instruct"
     baseline = metadata["baseline_leaderboard"]
     assert baseline["parse_failures"] == 1 and baseline["games_left_out"] == {"battle_without_two_verdicts": 2}
+    assert baseline["judge_health_checks"] == "all passed"
     assert metadata["arena_testset"]["dagster/row_count"] == 500
 
 
@@ -223,3 +226,15 @@ def test_judgment_files_changed_in_place_change_the_profile_hash(tmp_path, judge
     assert profile_hash(load_profile(path)) != before  # `flywheel` reruns the setup made from the old files
     skills = load_profile("skills_smoke")  # a profile without input files keeps the hash it always had
     assert profile_hash(skills) == hashlib.sha256(json.dumps(skills, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_a_replay_refuses_training_rounds_in_one_line(tmp_path, judged, clean_env, capsys, monkeypatch):
+    from arena_dagster import cli, config
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "tiny_replay.yaml").write_text(REPLAY.replace("paths: [judgments]", "paths: [../judgments]"))
+    monkeypatch.setattr(config, "PROFILES_DIR", tmp_path / "profiles")  # `flywheel --profile` takes names
+    assert cli.main(["flywheel", "--profile", "tiny_replay", "--home", str(tmp_path / "home"), "--rounds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("arena-dagster: ") and err.count("\n") == 1, err
+    assert "slices its prompt pool into 0 rounds (--rounds 1): it trains nothing" in err and "run --rounds 0" in err

@@ -233,8 +233,10 @@ def leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
     ),
 )
 def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    from arena_dagster.sql_models import create_views
     from arena_dagster.defs.sql import sql_variables
+    from arena_dagster.quality.suites import table_suite
+    from arena_dagster.quality.validation import validate_suite
+    from arena_dagster.sql_models import create_views
 
     answered = answer_arena(context, arena, duckdb, 0)
     judged = judge_arena(context, arena, duckdb, 0)
@@ -243,6 +245,9 @@ def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, du
         for name in ("arena_battles", "arena_judge_health"):
             run_model(conn, sql[name], round_key=0, variables=sql_variables(arena.settings()))
         health = read_table(conn, "arena_judge_health", round_key=0).drop("round").to_dicts()
+        # Round 0 is no partition of arena_judge_health: its checks are reported here.
+        health_problems = [f"{o.name}: {o.description}" for o in validate_suite(conn, table_suite("arena_judge_health"), 0)
+                           if not o.passed]
     board, extra = fit_arena(context, arena, duckdb, 0)
     initial = board.filter(pl.col("kind") == "initial").row(0, named=True)
     with duckdb.get_connection() as conn:
@@ -256,6 +261,7 @@ def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, du
                     "cache_misses": answered["cache_misses"], "judge": judged["judge"],
                     "parse_failures": judged["parse_failures"], "initial_target": initial["model"],
                     "judge_health": dg.MetadataValue.json(health),
+                    "judge_health_checks": "; ".join(health_problems) or "all passed",
                     **{k: answered[k] for k in ("models_without_answers",) if k in answered},
                     **{k: judged[k] for k in ("recorded_rows_rejected",) if k in judged}}
         checks = [
