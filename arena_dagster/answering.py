@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,30 @@ def prompt_messages(row: dict) -> tuple[dict[str, str], ...]:
     return user_messages(row["prompt"])
 
 
+def answers_recorded(spec: ModelSpec) -> bool:
+    """False for a model known only through a recorded judge's verdicts (`backend: recorded`
+    without a `path`): its answers were never kept, so it cannot answer anything."""
+    return not (spec.backend == "recorded" and not spec.path)
+
+
+def unrecorded_answers(spec: ModelSpec, prompts: pl.DataFrame, *, round_key: int, role: str) -> tuple[pl.DataFrame, AnswerStats]:
+    """One row per prompt for a model whose answers were not recorded: the answer, its token counts and
+    finish reason are NULL (unknown, never a placeholder), and its id names the absent answer, so
+    judgments and battles still say which model's answer to which prompt they judged."""
+    frame = pl.DataFrame(
+        [
+            {
+                "round": round_key, "prompt_id": pid, "model": spec.name, "role": role,
+                "response_id": "unrecorded-" + hashlib.sha256(f"{spec.name}|{pid}".encode()).hexdigest()[:24],
+                "response": None, "tokens_in": None, "tokens_out": None, "finish_reason": None, "cached": False,
+            }
+            for pid in prompts["prompt_id"].to_list()
+        ],
+        schema=RESPONSE_SCHEMA,
+    )
+    return frame, AnswerStats(model=spec.name, requests=0, cache_hits=0, cache_misses=0, tokens_in=0, tokens_out=0, wall_s=0.0)
+
+
 def answer_prompts(
     spec: ModelSpec,
     prompts: pl.DataFrame,
@@ -56,7 +81,11 @@ def answer_prompts(
     role: str,
     log: Callable[[str], None] | None = None,
 ) -> tuple[pl.DataFrame, AnswerStats]:
-    """One response row per prompt; answers already in the cache are never generated again."""
+    """One response row per prompt; answers already in the cache are never generated again.
+
+    A model whose answers were not recorded answers nothing: `unrecorded_answers`."""
+    if not answers_recorded(spec):
+        return unrecorded_answers(spec, prompts, round_key=round_key, role=role)
     from arena_dagster.backends.cache import CompletionCache
     from arena_dagster.backends.generation import generate_cached
     from arena_dagster.backends.registry import make_backend

@@ -178,6 +178,33 @@ def _holder(chain: list[tuple[Path, dict[str, Any]]], parts: list[Any]) -> Path 
     return best
 
 
+# Settings that name input files: a relative path is relative to the profile file that sets it (as
+# `extends:`), never to the working directory, which differs between the CLI and the Dagster daemon
+# (it runs in the home). Loading makes them absolute.
+FILE_SETTINGS = (("judge", "paths"), ("prompts", "questions"))
+
+
+def _with_file_paths(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    out = profile
+    for parts in FILE_SETTINGS:
+        section = out.get(parts[0])
+        if not isinstance(section, dict) or parts[1] not in section:
+            continue
+        holder = _holder(chain, list(parts))
+        folder = holder.parent if holder is not None else Path.cwd()
+
+        def absolute(value: Any, folder: Path = folder) -> Any:
+            if not isinstance(value, str) or not value:
+                return value  # not a path: validation names it
+            path = Path(value).expanduser()
+            return str(path if path.is_absolute() else (folder / path).resolve())
+
+        value = section[parts[1]]
+        resolved = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
+        out = {**out, parts[0]: {**section, parts[1]: resolved}}
+    return out
+
+
 def load_profile(name_or_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The profile as a plain dict, valid, with its sub-seeds derived from its `seed` (see `with_seed`).
 
@@ -185,7 +212,8 @@ def load_profile(name_or_path: str | os.PathLike[str] | None = None) -> dict[str
     else the default. `extends: NAME` inherits another profile (its path relative to this file's
     folder when it is a path): mappings merge key by key, except that one naming another
     `backend`, `kind` or `source` than the parent's replaces it. The name is the file's own
-    `name:` or its stem.
+    `name:` or its stem. Input files it names (FILE_SETTINGS) become absolute paths, read from
+    the folder of the profile file that names them.
     """
     ref = str(name_or_path or os.environ.get("ARENA_PROFILE") or DEFAULT_PROFILE)
     chain = profile_chain(ref)
@@ -194,6 +222,7 @@ def load_profile(name_or_path: str | os.PathLike[str] | None = None) -> dict[str
         merged = _deep_merge(merged, data)
     leaf_path, leaf = chain[-1]
     merged["name"] = leaf.get("name", leaf_path.stem)
+    merged = _with_file_paths(merged, chain)
     validate_profile(merged, chain)
     return with_seed(merged, merged.get("seed", 0))
 
@@ -246,8 +275,28 @@ def derive_seed(seed: int, path: str, source: str | None = None) -> int:
     return int.from_bytes(hashlib.sha256(f"arena-dagster/{path}/{seed}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+def input_digest(profile: dict[str, Any]) -> str | None:
+    """A digest of the contents of the input files the profile names (FILE_SETTINGS; a folder: its
+    files), None when it names none. Part of `profile_hash`: judgment files replaced in place change
+    the hash, so `arena-dagster flywheel` reruns what was made from them."""
+    files: list[Path] = []
+    for section, key in FILE_SETTINGS:
+        value = (profile.get(section) or {}).get(key) if isinstance(profile.get(section), dict) else None
+        for entry in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            path = Path(str(entry))
+            files.extend(sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path])
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path).encode() + b"\0" + (path.read_bytes() if path.is_file() else b"(absent)") + b"\0")
+    return digest.hexdigest()
+
+
 def profile_hash(profile: dict[str, Any]) -> str:
-    blob = json.dumps(profile, sort_keys=True, default=str).encode()
+    inputs = input_digest(profile)
+    content = profile if inputs is None else {"profile": profile, "input_files": inputs}
+    blob = json.dumps(content, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

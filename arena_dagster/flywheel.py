@@ -112,7 +112,8 @@ class Flywheel:
         slices = int(self.settings["prompts"]["rounds"])
         if rounds > slices:
             raise ArenaError(f"profile {self.profile!r} slices its prompt pool into {slices} rounds", f"--rounds {rounds}",
-                             f"ask for at most {slices}, or raise prompts.rounds in the profile")
+                             f"ask for at most {slices}, or raise prompts.rounds in the profile" if slices else
+                             "it trains nothing (a replay rates recorded judgments): run --rounds 0")
         self.echo(f"arena-dagster: profile {self.profile} (seed {self.seed if self.seed is not None else 'default'}, "
                   f"hash {self.hash[:8]}), home {self.home}; events in {self.log_file}")
         setup, needed = self.pending(rounds)
@@ -179,7 +180,8 @@ class Flywheel:
         if missing:
             raise ArenaError("the warehouse lacks rounds the Dagster instance says are done", f"rounds {missing}",
                              "rerun with --switch-profile to rebuild them")
-        absent = [model for model, path, _ in checkpoints if not Path(path).exists()]
+        # A declared model without files (served by name, or known only through recorded verdicts) has no path.
+        absent = [model for model, path, _ in checkpoints if path and not Path(path).exists()]
         if absent:
             raise ArenaError("registered checkpoints are missing on disk", ", ".join(absent[:5]),
                              "rerun with --switch-profile to rebuild them")

@@ -82,7 +82,8 @@ def build_round(conn) -> None:
     pairs = [("T", "C1"), ("T", "C2"), ("C1", "C2")]
     games = [judgment(1, stable_id(t, x, y), g, t, x, y, 7 if x == "C1" else 4, 5) for t in ("t1", "t2") for x, y in pairs for g in (1, 2)]
     write_table(conn, "arena_judgments", pl.DataFrame(games, schema=JUDGMENT_SCHEMA), round_key=1)
-    run_model(conn, models["arena_battles"], round_key=1, variables=VARS)
+    for table in ("arena_battles", "arena_judge_health"):
+        run_model(conn, models[table], round_key=1, variables=VARS)
     board = [{"model": m, "rating": r, "ci_low": r - 50, "ci_high": r + 50, "rank": k, "battles": 8, "role": role,
               "kind": "stage", "round": 1} for m, r, k, role in (("C1", 1100.0, 1, "competitor"), ("C2", 1000.0, 2, "competitor"),
                                                                  ("T", 900.0, 3, "target"))]
@@ -124,7 +125,7 @@ def test_every_suite_file_loads_and_builds_a_gx_suite():
 
 def test_every_warehouse_table_asset_has_a_suite():
     tables = {"raw_prompts", "arena_testset", "prompt_pool", "sft_examples", "dpo_pairs", "reward_pairs",
-              "arena_responses", "arena_judgments", "arena_battles", "leaderboard"}
+              "arena_responses", "arena_judgments", "arena_battles", "arena_judge_health", "leaderboard"}
     tables |= {f"{s}_{t}" for s in ("sft", "dpo", "rl") for t in ("responses", "judgments", "battle_outcomes", "judge_health")}
     assert set(load_suites()) == tables
     # Round-scoped suites are exactly the round-partitioned assets.
@@ -330,6 +331,34 @@ def test_judge_health_limits_block_or_warn_and_profiles_may_move_them(conn):
         judge_health_suite("sft_judge_health", {"warn": {"judge_iq": [0, 1]}})
     with pytest.raises(SuiteError, match="unknown level"):
         judge_health_suite("sft_judge_health", {"fail": {"flip_rate": [0, 1]}})
+
+
+def test_the_arena_judge_health_only_warns_and_keeps_its_own_limits(conn):
+    suite = table_suite("arena_judge_health")
+    limits = [c for c in suite.checks if c.name.startswith("warn_")]
+    assert limits and not any(c.blocking for c in limits)
+    assert all("judge_health.warn" not in suite.describe(c) for c in limits)  # a profile's judge_health: is the stages'
+    conn.execute("UPDATE arena_judge_health SET flip_rate = 0.5")
+    result = outcomes(conn, "arena_judge_health")
+    assert not result["warn_flip_rate"].passed and result["rates"].passed
+
+
+def test_a_replayed_test_set_may_lack_prompt_texts_but_no_other_may(conn):
+    conn.execute("UPDATE arena_testset SET prompt = NULL, subset = 'recorded'")
+    assert failed(conn, "arena_testset") == set()
+    conn.execute("UPDATE arena_testset SET subset = 'hard'")
+    assert failed(conn, "arena_testset") == {"not_null"}
+
+
+def test_an_expectation_that_cannot_hold_fails_its_check_and_the_others_still_run(conn):
+    # An empty raw pool (a replay trains nothing): "at least 1 and at most 0 rows" cannot hold.
+    conn.execute("DELETE FROM raw_prompts")
+    conn.execute("DELETE FROM prompt_pool")
+    result = outcomes(conn, "prompt_pool")
+    assert not result["row_count"].passed and not result["row_count"].blocking
+    assert "cannot hold with these parameters: min_value (1) must be less than or equal to max_value (0)" in \
+        result["row_count"].description
+    assert all(o.passed for name, o in result.items() if name != "row_count")
 
 
 # ---------------------------------------------------------------- in Dagster

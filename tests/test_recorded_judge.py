@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -17,16 +16,8 @@ from arena_dagster.ratings.judgments import read_arena_hard
 KO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ko-arena-hard-v0.1" / "model_judgment" / "ensemble"
 
 
-@dataclasses.dataclass(frozen=True)
-class NamedItem(JudgeItem):
-    """A judge item that names the models shown as A and B (what the recorded judge looks up)."""
-
-    model_a: str = ""
-    model_b: str = ""
-
-
 def item(prompt_id, a, b):
-    return NamedItem(prompt_id=prompt_id, prompt="", family="", reference="", answer_a="", answer_b="", model_a=a, model_b=b)
+    return JudgeItem(prompt_id=prompt_id, prompt=None, family="", reference="", answer_a=None, answer_b=None, model_a=a, model_b=b)
 
 
 def write_jsonl(path, rows):
@@ -43,6 +34,7 @@ def arena_hard(tmp_path):
         {"question_id": "q2", "model": "m", "games": [{"score": "A=B"}]},  # game 2 was never recorded
         {"question_id": "q3", "model": "m", "games": [{"score": None}, {"score": "B<<A"}]},
     ])
+    write_jsonl(folder / "other.jsonl", [{"question_id": "q4", "model": "other", "games": [{"score": "A>B"}] * 2}])
     write_jsonl(folder / "base.jsonl", [{"question_id": "q1", "model": "base", "games": [{"score": "A=B"}] * 2}])
     return folder
 
@@ -60,11 +52,38 @@ def test_replays_arena_hard_verdicts_as_scores_by_prompt_and_position(arena_hard
     for missing in (item("q2", "m", "base"), item("q3", "base", "m")):  # absent game; null verdict
         result = judge.verdict(missing.prompt_id, missing.model_a, missing.model_b)
         assert not result.parse_ok and result.score_a is None and "no readable verdict" in result.error
+    # A prompt and a pair the files know, without a row (m was not judged on q4 of other's file): a parse failure.
+    absent = judge.verdict("q4", "base", "m")
+    assert not absent.parse_ok and "no game of this prompt and pair" in absent.error
     assert judge.rejected == {"baseline_vs_itself": 1}
     with pytest.raises(RecordedJudgeError, match=r"no recorded game of prompt 'q1' with 'm' as A and 'other' as B"):
-        judge.verdict("q1", "m", "other")
+        judge.verdict("q1", "m", "other")  # two models the files never set against each other
+    with pytest.raises(RecordedJudgeError, match=r"no recorded game of prompt 'q9'"):
+        judge.verdict("q9", "base", "m")  # a prompt the files never judged
     with pytest.raises(RecordedJudgeError, match="must carry model_a and model_b"):
         judge.judge([JudgeItem("q1", "", "", "", "", "")])
+
+
+def test_plans_only_the_games_the_recordings_hold(arena_hard, tmp_path):
+    judge = RecordedJudge({"format": "arena-hard", "paths": [str(arena_hard)], "baseline": "base"})
+    assert judge.prompt_ids() == ["q1", "q2", "q3", "q4"] and judge.models() == {"base", "m", "other"}
+    plan = judge.plan(0, judge.prompt_ids(), ["m", "other", "base"])
+    assert plan.height == 8 and set(plan["model_x"]) == {"base"}  # game 1 shows the baseline as A, as arena-hard did
+    assert set(plan["model_y"]) == {"m", "other"}
+    with pytest.raises(RecordedJudgeError, match=r"model\(s\) \['gpt-9'\] that the 3 recorded arena-hard file\(s\) never judged"):
+        judge.plan(0, ["q1"], ["m", "base", "gpt-9"])
+    with pytest.raises(RecordedJudgeError, match="against the baseline 'base', which the arena does not hold"):
+        judge.plan(0, ["q1"], ["m", "other"])
+    # v2.0 rows name their baseline: the judge finds it without judge.baseline
+    v2 = write_jsonl(tmp_path / "v2.jsonl", [{"uid": "u1", "model": "m", "baseline": "b2", "games": [{"score": "A>B"}] * 2}])
+    assert RecordedJudge({"format": "arena-hard", "paths": [str(v2)]}).baseline == "b2"
+    pairs = write_jsonl(tmp_path / "gpt-4_pair.jsonl", [
+        {"question_id": 81, "model_1": "a", "model_2": "b", "g1_winner": "model_1", "g2_winner": "model_2", "turn": 1},
+        {"question_id": 81, "model_1": "a", "model_2": "c", "g1_winner": "tie", "g2_winner": "tie", "turn": 1},
+    ])
+    mt = RecordedJudge({"format": "mt-bench-pair", "paths": [str(pairs)]})
+    planned = mt.plan(1, mt.prompt_ids(), ["a", "b", "c"])  # b and c were never judged against each other
+    assert sorted(zip(planned["model_x"], planned["model_y"])) == [("a", "b"), ("a", "c")]
 
 
 def test_the_version_follows_the_files_and_the_score_mapping(arena_hard):

@@ -174,3 +174,24 @@ def test_training_rows_keep_the_conversation_history(conn):
     rows = {r["prompt"][-1]["content"]: r for r in preference_training_rows(read_table(conn, "dpo_pairs", round_key=1))}
     assert len(rows["prompt p1"]["prompt"]) == 3 and len(rows["prompt p3"]["prompt"]) == 1
     assert rows["prompt p3"]["chosen"] == [{"role": "assistant", "content": "answer of T to p3"}]
+
+
+def test_arena_judge_health_reports_unknown_lengths_as_null(conn):
+    """The arena's judge health is the stages' SQL on the arena tables; answers that were not recorded
+    (a replay) leave the length bias unknown (NULL), never a guess."""
+    models = load_models()
+    assert models["arena_judge_health"].refs == ("arena_judgments", "arena_responses", "arena_battles")
+    judgments = read_table(conn, "sft_judgments", round_key=1).with_columns(pl.lit(0).alias("round"))
+    write_table(conn, "arena_judgments", judgments, round_key=0)
+    responses = read_table(conn, "sft_responses", round_key=1).with_columns(
+        pl.lit(0).alias("round"), pl.lit(None, dtype=pl.Utf8).alias("response"))
+    write_table(conn, "arena_responses", responses, round_key=0)
+    for name in ("arena_battles", "arena_judge_health"):
+        run_model(conn, models[name], round_key=0, variables=VARS)
+    arena = read_table(conn, "arena_judge_health", round_key=0).row(0, named=True)
+    build(conn, "sft_battle_outcomes")
+    build(conn, "sft_judge_health")
+    stage = read_table(conn, "sft_judge_health", round_key=1).row(0, named=True)
+    for column in ("judgments", "battles", "parse_failure_rate", "flip_rate", "tie_rate", "first_position_win_rate"):
+        assert arena[column] == stage[column], column
+    assert stage["longer_answer_win_rate"] is not None and arena["longer_answer_win_rate"] is None

@@ -35,6 +35,9 @@ def _user_turns(request: ChatRequest) -> list[str]:
 class RecordedBackend:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        if not spec.path:
+            raise RecordedDataError(f"model {spec.name!r}: no recorded answers (no `path`): it cannot answer; "
+                                    "only a recorded judge (judge.kind: recorded) can judge it")
         self.path = Path(spec.path)
         if not self.path.is_file():
             raise RecordedDataError(f"model {spec.name!r}: recorded answers file {self.path} does not exist")

@@ -3,7 +3,8 @@
 A model config (one entry of a profile's `models:` mapping) looks like:
 
     backend: openai            # transformers | vllm | openai | recorded
-    model: Qwen/Qwen2.5-7B-Instruct   # or `path:` (a local folder, hub id, JSONL file)
+    model: Qwen/Qwen2.5-7B-Instruct   # or `path:` (a local folder, hub id, JSONL file; none for a
+                               # `recorded` model whose answers were not kept: only a recorded judge judges it)
     revision: main             # part of every cache key
     base_url: http://127.0.0.1:8000/v1
     api_key_env: MY_API_KEY    # the *name* of the variable holding the key
@@ -71,7 +72,8 @@ def model_spec_from_config(name: str, cfg: dict[str, Any]) -> ModelSpec:
     if "path" in cfg and "model" in cfg and cfg["path"] != cfg["model"]:
         raise ModelConfigError(f"model {name!r}: give `path` or `model`, not both")
     path = str(cfg.get("path") or cfg.get("model") or "")
-    if not path:
+    # `recorded` without a file: a model known only through a recorded judge's verdicts (no answers).
+    if not path and backend != "recorded":
         raise ModelConfigError(f"model {name!r}: `path` (or `model`) is required for backend {backend!r}")
     if backend == "openai" and not cfg.get("base_url"):
         raise ModelConfigError(f"model {name!r}: `base_url` is required for backend 'openai'")

@@ -19,8 +19,8 @@ from arena_dagster.answering import answer_prompts
 from arena_dagster.defs.common import OWNERS, table_check_results, table_check_specs, table_result
 from arena_dagster.defs.leaderboards import leaderboard_metadata
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
-from arena_dagster.judging.battles import judge_battles, plan_round_robin
-from arena_dagster.judging.judges import make_judge
+from arena_dagster.judging.battles import judge_battles
+from arena_dagster.judging.judges import make_judge, plan_arena
 from arena_dagster.models import generation_spec
 from arena_dagster.registry import current_target, models_of_kind, record_promotion
 from arena_dagster.sql_models import load_models, run_model
@@ -66,8 +66,11 @@ def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: i
         stats.append(stat.as_dict())
     with duckdb.get_connection() as conn:
         write_table(conn, "arena_responses", pl.concat(frames), round_key=round_key)
+    # Models known only through a recorded judge's verdicts answer nothing (NULL answers).
+    unrecorded = [frame["model"][0] for frame in frames if frame.height and frame["response"].null_count() == frame.height]
     return {
         "models": [row["model"] for row, _, _ in models],
+        **({"models_without_answers": ", ".join(unrecorded)} if unrecorded else {}),
         "testset_version": testset["testset_version"][0],
         "cache_hits": sum(s["cache_hits"] for s in stats),
         "cache_misses": sum(s["cache_misses"] for s in stats),
@@ -76,29 +79,41 @@ def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: i
 
 
 def judge_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
-    """Two games for every pair of arena models on every test prompt; writes round `round_key` of arena_judgments."""
+    """Two games for every pair of arena models on every test prompt (a recorded judge: the pairs its files
+    hold); writes round `round_key` of arena_judgments."""
     judge = make_judge(arena.settings()["judge"], cache_path=arena.cache_path, home=arena.root)
     with duckdb.get_connection() as conn:
         answers = read_table(conn, "arena_responses", round_key=round_key)
         testset = read_table(conn, "arena_testset")
-    battles = plan_round_robin(round_key, testset["prompt_id"].to_list(), answers["model"].unique().to_list())
+    battles = plan_arena(judge, round_key, testset["prompt_id"].to_list(), answers["model"].unique().to_list())
     frame = judge_battles(battles, answers, testset, judge, log=context.log.debug)
     with duckdb.get_connection() as conn:
         write_table(conn, "arena_judgments", frame, round_key=round_key)
-    return {"judge": judge.name, "battles": battles.height, "parse_failures": int((~frame["parse_ok"]).sum())}
+    rejected = dict(getattr(judge, "rejected", None) or {})  # a recorded judge's unusable file rows
+    return {"judge": judge.name, "battles": battles.height, "parse_failures": int((~frame["parse_ok"]).sum()),
+            **({"recorded_rows_rejected": dg.MetadataValue.json(rejected)} if rejected else {})}
 
 
-def arena_battles_for_rating(conn, round_key: int, style_control: bool) -> pl.DataFrame:
-    """The round's arena battles as the ratings take them; with the answers' style features for style control."""
+def arena_battles_for_rating(conn, round_key: int, settings: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The round's arena battles as the ratings take them, and the games left out by reason.
+
+    `evaluation.rate`: battles, the two-game battles of arena_battles.sql; games, every judged
+    game one battle of the verdict's weight (judging.recorded.judgment_battles, as arena-hard
+    scores), from arena_judgments. With the answers' style features for style control."""
+    from arena_dagster.judging.recorded import judgment_battles
     from arena_dagster.ratings import with_style_features
 
-    battles = read_table(conn, "arena_battles", round_key=round_key).select(
-        "model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id"))
-    if not style_control:
-        return battles
+    if settings.get("rate", "battles") == "games":
+        battles, dropped = judgment_battles(read_table(conn, "arena_judgments", round_key=round_key),
+                                            strong_weight=float(settings.get("strong_weight", 3.0)))
+    else:
+        battles, dropped = read_table(conn, "arena_battles", round_key=round_key).select(
+            "model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id")), {}
+    if not settings.get("style_control", False):
+        return battles, dropped
     answers = read_table(conn, "arena_responses", round_key=round_key).select(
         pl.col("prompt_id").alias("question_id"), "model", pl.col("response").alias("answer"))
-    return with_style_features(battles, answers)
+    return with_style_features(battles, answers), dropped
 
 
 def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -108,7 +123,7 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
     settings = arena.settings().get("evaluation", {})
     style_control = bool(settings.get("style_control", False))
     with duckdb.get_connection() as conn:
-        battles = arena_battles_for_rating(conn, round_key, style_control)
+        battles, dropped = arena_battles_for_rating(conn, round_key, settings)
         testset_version = read_table(conn, "arena_testset")["testset_version"][0]
         models = arena_models(conn, round_key)
     anchor = settings.get("anchor") or f"{sorted(r['model'] for r, _, k in models if k == 'competitor')[0]}=1000"
@@ -134,6 +149,9 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
         context.log.warning(f"round {round_key}: {result.unbounded_reason}")
     extra: dict[str, Any] = {
         "anchor": anchor, "battles": battles.height, "testset_version": testset_version,
+        "rated": settings.get("rate", "battles"),
+        **({"battle_weight": float(battles["weight"].sum())} if "weight" in battles.columns else {}),
+        **({"games_left_out": dg.MetadataValue.json(dropped)} if dropped else {}),
         "unbounded_models": ", ".join(result.unbounded) or "none",
         **leaderboard_metadata(board, battles, round_key, arena.folder("plots")),
     }
@@ -209,19 +227,27 @@ def leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
                                    description=spec.description) for spec in table_check_specs("leaderboard")],
     description=(
         "Round 0, before any training: the initial target and the competitors on the arena test set (answers, "
-        "two-game judgments, battles and the leaderboard are written as round 0 of arena_responses, "
-        "arena_judgments, arena_battles and leaderboard), and the baseline gate record that makes the initial "
-        "target round 1's target."
+        "two-game judgments, battles, judge health and the leaderboard are written as round 0 of arena_responses, "
+        "arena_judgments, arena_battles, arena_judge_health and leaderboard), and the baseline gate record that "
+        "makes the initial target round 1's target."
     ),
 )
 def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    from arena_dagster.sql_models import create_views
     from arena_dagster.defs.sql import sql_variables
+    from arena_dagster.quality.suites import table_suite
+    from arena_dagster.quality.validation import validate_suite
+    from arena_dagster.sql_models import create_views
 
     answered = answer_arena(context, arena, duckdb, 0)
     judged = judge_arena(context, arena, duckdb, 0)
+    sql = load_models()
     with duckdb.get_connection() as conn:
-        run_model(conn, load_models()["arena_battles"], round_key=0, variables=sql_variables(arena.settings()))
+        for name in ("arena_battles", "arena_judge_health"):
+            run_model(conn, sql[name], round_key=0, variables=sql_variables(arena.settings()))
+        health = read_table(conn, "arena_judge_health", round_key=0).drop("round").to_dicts()
+        # Round 0 is no partition of arena_judge_health: its checks are reported here.
+        health_problems = [f"{o.name}: {o.description}" for o in validate_suite(conn, table_suite("arena_judge_health"), 0)
+                           if not o.passed]
     board, extra = fit_arena(context, arena, duckdb, 0)
     initial = board.filter(pl.col("kind") == "initial").row(0, named=True)
     with duckdb.get_connection() as conn:
@@ -233,7 +259,11 @@ def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, du
         create_views(conn)
         metadata = {**arena.provenance(), **extra, "cache_hits": answered["cache_hits"],
                     "cache_misses": answered["cache_misses"], "judge": judged["judge"],
-                    "parse_failures": judged["parse_failures"], "initial_target": initial["model"]}
+                    "parse_failures": judged["parse_failures"], "initial_target": initial["model"],
+                    "judge_health": dg.MetadataValue.json(health),
+                    "judge_health_checks": "; ".join(health_problems) or "all passed",
+                    **{k: answered[k] for k in ("models_without_answers",) if k in answered},
+                    **{k: judged[k] for k in ("recorded_rows_rejected",) if k in judged}}
         checks = [
             dg.AssetCheckResult(asset_key="baseline_leaderboard", check_name=result.check_name, passed=result.passed,
                                 severity=result.severity, description=result.description, metadata=result.metadata)

@@ -83,7 +83,7 @@ def _register_declared_models(arena: ArenaHome, duckdb: DuckDBResource):
     with duckdb.get_connection() as conn:
         for name, kind, config in entries:
             register_model(
-                conn, model=name, kind=kind, round_key=0, path=str(config.get("path") or config.get("model")),
+                conn, model=name, kind=kind, round_key=0, path=str(config.get("path") or config.get("model") or ""),
                 revision=str(config.get("revision") or declared_revision(config)), manifest={"declared": config},
             )
     competitors = {name: config.get("backend") for name, kind, config in entries if kind == "competitor"}

@@ -17,13 +17,16 @@ import polars as pl
 @dataclass(frozen=True)
 class JudgeItem:
     prompt_id: str
-    prompt: str
+    prompt: str | None  # None: a replayed prompt whose text is unknown (prompts.source judgments)
     family: str
     reference: str
-    answer_a: str
-    answer_b: str
+    answer_a: str | None  # None: a model whose answers were not recorded (judged by a recorded judge only)
+    answer_b: str | None
     # The conversation before the instruction (role/content dicts), for multi-turn prompts.
     history: tuple[dict[str, str], ...] = ()
+    # The models shown as A and B: a recorded judge looks its verdicts up by them.
+    model_a: str = ""
+    model_b: str = ""
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ def judge_battles(
                     answer_a=a_text,
                     answer_b=b_text,
                     history=conversation_history(prompt.get("messages")),
+                    model_a=a,
+                    model_b=b,
                 )
             )
     results: list[JudgeResult] = []

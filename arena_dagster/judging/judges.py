@@ -13,7 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from arena_dagster.judging.battles import Judge, JudgeItem, JudgeResult
+import polars as pl
+
+from arena_dagster.judging.battles import Judge, JudgeItem, JudgeResult, plan_round_robin
 
 
 class JudgeConfigError(ValueError):
@@ -354,3 +356,13 @@ def make_judge(config: dict[str, Any], *, cache_path: Path | str | None = None, 
 
         return RecordedJudge(config)
     raise JudgeConfigError(f"unknown judge kind {kind!r} (known: verifier, llm, recorded)")
+
+
+def plan_arena(judge: Judge, round_key: int, prompt_ids: Sequence[str], models: Sequence[str]) -> pl.DataFrame:
+    """The arena battles `judge` can judge: a recorded judge's files hold only some games (RecordedJudge.plan);
+    any other judge judges every pair of models on every prompt."""
+    from arena_dagster.judging.recorded import RecordedJudge
+
+    if isinstance(judge, RecordedJudge):
+        return judge.plan(round_key, prompt_ids, models)
+    return plan_round_robin(round_key, prompt_ids, models)

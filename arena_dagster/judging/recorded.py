@@ -13,6 +13,12 @@ Profile section (`judge:`):
   turn: 1               # mt-bench-pair: the turn whose verdicts are replayed
   scores: {A>>B: [9, 3], ...}   # optional: the score pair of each verdict (default VERDICT_SCORES)
 
+The files hold only some games, so the arena plans only those (`plan`): arena-hard judged
+every model against one baseline, game 1 showing the baseline as A; MT-Bench pairwise files
+hold the pairs they judged. A planned game of a prompt and a pair the files know, whose row
+is absent or has no readable verdict, replays as a parse failure (counted by judge health,
+its battle dropped); a model, prompt or pair the files never mention is an error.
+
 The default scores keep arena-hard's weighting: the score gap of a strong verdict (6) is
 three times that of a plain one (2), so when the flywheel averages the two games a strong
 win outweighs a plain loss, as a weight-3 battle does in arena-hard's own scoring.
@@ -27,7 +33,7 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from arena_dagster.judging.battles import JudgeItem, JudgeResult
+from arena_dagster.judging.battles import JudgeItem, JudgeResult, plan_round_robin, plan_target_battles
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.judgments import JUDGMENT_SUFFIXES, RecordedGame, arena_hard_games, mt_bench_games
 from arena_dagster.ratings.records import as_paths
@@ -84,6 +90,9 @@ class RecordedJudge:
         if not self.games:
             raise RecordedJudgeError(f"judge.paths: no recorded games in {[str(p) for p in self.paths]} "
                                      f"(rejected rows: {dict(self.rejected) or 'none'})")
+        self.prompts = {key[0] for key in self.games}
+        self.pairs = {key[1:] for key in self.games}
+        self.baseline = self._baseline(config.get("baseline"))
         self.name = str(config.get("name") or f"recorded-{self.format}")
         digest = hashlib.sha256()
         for path in self.paths:
@@ -104,10 +113,55 @@ class RecordedJudge:
                 if row[1] == self.turn:
                     yield from games
 
+    def _baseline(self, configured: str | None) -> str | None:
+        """arena-hard: the model every game was played against (named, or the one model shown as A in game 1)."""
+        if self.format != "arena-hard":
+            return None
+        shown_first = {game.model_a for game in self.games.values() if game.game == 1}
+        if configured is None and len(shown_first) == 1:
+            return next(iter(shown_first))
+        return configured
+
+    def prompt_ids(self) -> list[str]:
+        """Every prompt (question id) the files judged, sorted: a replay's arena test set."""
+        return sorted(self.prompts)
+
+    def models(self) -> set[str]:
+        """Every model the files judged (the baseline included)."""
+        return {model for pair in self.pairs for model in pair}
+
+    def plan(self, round_key: int, prompt_ids: Sequence[str], models: Sequence[str]) -> pl.DataFrame:
+        """The arena battles the recordings hold, among `models` on `prompt_ids` (the schema of
+        judging.battles' plans): arena-hard, every model against the baseline (model_x, shown as
+        A in game 1 as arena-hard did); MT-Bench, every pair of models the files judged."""
+        unknown = sorted(set(models) - self.models())
+        if unknown:
+            raise RecordedJudgeError(
+                f"the arena holds model(s) {unknown} that the {len(self.paths)} recorded {self.format} file(s) never judged "
+                f"(they judged {len(self.models())} models, e.g. {sorted(self.models())[:5]}); declare only judged models, "
+                "under the name the files use, or add their judgment files to judge.paths"
+            )
+        if self.format == "arena-hard":
+            if self.baseline is None:
+                raise RecordedJudgeError("judge.baseline: the arena-hard files judge against several baselines; name one")
+            if self.baseline not in models:
+                raise RecordedJudgeError(
+                    f"every recorded arena-hard game is against the baseline {self.baseline!r}, which the arena does not "
+                    "hold; declare it as a model (competitor or initial target)"
+                )
+            return plan_target_battles(round_key, prompt_ids, self.baseline, sorted(set(models) - {self.baseline}))
+        plan = plan_round_robin(round_key, prompt_ids, models)
+        return plan.filter(pl.Series([pair in self.pairs for pair in plan.select("model_x", "model_y").iter_rows()]))
+
     def verdict(self, prompt_id: str, model_a: str, model_b: str) -> JudgeResult:
-        """The recorded game of `prompt_id` that showed model_a as A and model_b as B."""
+        """The recorded game of `prompt_id` that showed model_a as A and model_b as B.
+
+        A prompt and a pair the files know, without this game (a row absent, a game left out)
+        or with an unreadable verdict: a parse failure. Anything else was never recorded: an error."""
         game = self.games.get((str(prompt_id), model_a, model_b))
         if game is None:
+            if str(prompt_id) in self.prompts and (model_a, model_b) in self.pairs:
+                return JudgeResult(None, None, "", "", False, error="the files hold no game of this prompt and pair")
             raise RecordedJudgeError(
                 f"no recorded game of prompt {prompt_id!r} with {model_a!r} as A and {model_b!r} as B "
                 f"in {len(self.paths)} {self.format} file(s); plan only the battles the recordings hold"
@@ -121,13 +175,12 @@ class RecordedJudge:
     def judge(self, items: Sequence[JudgeItem], log=None) -> list[JudgeResult]:
         results = []
         for item in items:
-            model_a, model_b = getattr(item, "model_a", None), getattr(item, "model_b", None)
-            if not model_a or not model_b:
+            if not item.model_a or not item.model_b:
                 raise RecordedJudgeError(
                     "the recorded judge looks verdicts up by model: judge items must carry model_a and model_b "
                     "(the models shown as A and B)"
                 )
-            results.append(self.verdict(item.prompt_id, model_a, model_b))
+            results.append(self.verdict(item.prompt_id, item.model_a, item.model_b))
         return results
 
 

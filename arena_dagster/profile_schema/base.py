@@ -59,6 +59,15 @@ NonNegativeFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
+def existing_path(value: str, what: str) -> str:
+    """`value` itself when the file or folder exists; a ValueError naming `what` otherwise."""
+    from pathlib import Path
+
+    if not Path(value).expanduser().exists():
+        raise ValueError(f"{what} {value} does not exist")
+    return value
+
+
 def rule(path: str, message: str, fix: str | None = None) -> PydanticCustomError:
     """A broken rule between settings, reported at the key path `path`."""
     return PydanticCustomError("profile_rule", "{message}", {"path": path, "message": message, "fix": fix or ""})

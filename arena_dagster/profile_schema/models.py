@@ -119,7 +119,20 @@ class OpenAIModel(_Served, OpenAIOptions):
 
 
 class RecordedModel(_Served, RecordedOptions):
+    """Answers recorded earlier (`path`: a JSONL file); without a file, a model known only through a
+    recorded judge's verdicts (a replay): it answers nothing, and only `judge.kind: recorded` judges it."""
+
     backend: Literal["recorded"]
+
+    @model_validator(mode="after")
+    def _path_or_model(self) -> "RecordedModel":
+        if self.path is not None and self.model is not None and self.path != self.model:
+            raise ValueError("give `path` or `model`, not both")
+        return self
+
+    @property
+    def answers_recorded(self) -> bool:
+        return self.path is not None or self.model is not None
 
 
 def _tag(field: str, default: str | None = None):
@@ -355,6 +368,14 @@ class DeclaredModels(Section):
 
 
 ModelsSettings = _union("source", {"skills": SkillsModels, "declared": DeclaredModels}, default="skills")
+
+
+def unrecorded_models(models: Any) -> list[str]:
+    """Declared models whose answers were not recorded (`backend: recorded` without a file), sorted."""
+    if not isinstance(models, DeclaredModels):
+        return []
+    entries = [(models.initial_target.name, models.initial_target), *models.competitors.items()]
+    return sorted(name for name, config in entries if not getattr(config, "answers_recorded", True))
 
 
 def model_names(models: dict[str, Any] | None) -> set[str]:

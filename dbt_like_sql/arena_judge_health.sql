@@ -1,0 +1,16 @@
+-- group: evaluation
+-- key: judge
+-- Judge health of a round's arena judgments, per judge: parse failures, two-game flips,
+-- first-position wins, longer-answer wins and ties, as each training stage's judge_health;
+-- reported, never gating (the arena trains nothing).
+-- column round: the flywheel round (0: the baseline evaluation)
+-- column judge: the judge
+-- column judgments: games judged
+-- column parse_failure_rate: share of games whose judge output did not parse (a recorded judge: games without a readable verdict)
+-- column battles: battles whose two games both parsed
+-- column flip_rate: share of battles whose two games disagree
+-- column tie_rate: share of battles called a tie
+-- column first_position_win_rate: share of decided games won by the answer shown first (0.5 = no position bias)
+-- column longer_answer_win_rate: share of decided games won by the longer answer (0.5 = no length bias; NULL when the answers are unknown)
+{% import 'macros/judge_health.sql' as health with context %}
+{{ health.judge_health(ref('arena_judgments'), ref('arena_responses'), ref('arena_battles')) }}
