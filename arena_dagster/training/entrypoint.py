@@ -83,6 +83,11 @@ OPTIONAL_HYPERPARAMS: dict[str, Any] = {
     # "auto": bf16 mixed precision exactly when training on a CUDA device that supports it.
     "bf16": "auto",
 }
+# Stage-specific knobs written into a resolved spec only when set (same reason as above).
+# rpo_alpha (dpo): weight of an NLL term on the chosen answers added to the DPO loss (RPO,
+# Pang et al. 2024; TRL's loss_type ["sigmoid", "sft"]): it keeps DPO from lowering the
+# likelihood of the chosen answers along with the rejected ones.
+STAGE_OPTIONAL_HYPERPARAMS: dict[str, dict[str, Any]] = {"dpo": {"rpo_alpha": None}}
 LAUNCH_KEYS = ("num_processes", "config_file", "mixed_precision")
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
@@ -155,7 +160,10 @@ def validate_spec(spec: dict) -> dict:
             raise TrainingSpecError(f"spec.replay needs an existing dataset_path and rows >= 0, got {replay}")
     hyper = {**COMMON_HYPERPARAMS, **DEFAULT_HYPERPARAMS[stage], **(spec.get("hyperparams") or {})}
     # Per stage: a key another stage uses (beta in an sft spec, say) would be silently ignored.
-    allowed = set(COMMON_HYPERPARAMS) | set(DEFAULT_HYPERPARAMS[stage]) | set(OPTIONAL_HYPERPARAMS)
+    allowed = (
+        set(COMMON_HYPERPARAMS) | set(DEFAULT_HYPERPARAMS[stage]) | set(OPTIONAL_HYPERPARAMS)
+        | set(STAGE_OPTIONAL_HYPERPARAMS.get(stage, {}))
+    )
     unknown = set(hyper) - allowed
     if unknown:
         raise TrainingSpecError(f"unknown hyperparameters for stage {stage}: {sorted(unknown)}")
@@ -613,7 +621,8 @@ def train(spec: dict) -> dict | None:
         from trl import DPOConfig, DPOTrainer
 
         ref_model = AutoModelForCausalLM.from_pretrained(resolved["base_model"], **frozen_kwargs)
-        args = DPOConfig(**training_kwargs, beta=float(hyper.get("beta", 0.1)))
+        rpo = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, float(hyper["rpo_alpha"])]} if hyper.get("rpo_alpha") else {}
+        args = DPOConfig(**training_kwargs, beta=float(hyper.get("beta", 0.1)), **rpo)
         trainer = DPOTrainer(
             model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
         )
