@@ -40,7 +40,21 @@ CREATE TABLE IF NOT EXISTS promotions (
 """
 
 # Columns added after the first release; homes created before them gain them on first use.
-PROMOTION_GATE_COLUMNS = {"diff": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "margin": "DOUBLE", "gate": "VARCHAR"}
+PROMOTION_GATE_COLUMNS = {
+    "diff": "DOUBLE",
+    "ci_low": "DOUBLE",
+    "ci_high": "DOUBLE",
+    "margin": "DOUBLE",
+    "gate": "VARCHAR",
+    # The gate that picks the best stage (promotion.decide_promotion): how it chose and on how many prompts.
+    "rule": "VARCHAR",              # best | last
+    "candidates": "JSON",           # the round's stage checkpoints it considered, in stage order
+    "selection": "JSON",            # [{model, diff, ci_low, ci_high}] of each candidate on the selection prompts
+    "selection_fraction": "DOUBLE",
+    "selection_prompts": "BIGINT",  # 0: no selection (one candidate, or rule last)
+    "test_prompts": "BIGINT",       # prompts of the paired test of `candidate` (diff, ci_low, ci_high)
+    "split_seed": "BIGINT",
+}
 
 
 class RegistryError(LookupError):
@@ -177,7 +191,10 @@ def record_promotion(conn: duckdb.DuckDBPyConnection, round_key: int, decision: 
         "incumbent_rating": decision.get("incumbent_rating"),
         "reason": decision["reason"],
         "decided_at": datetime.now(timezone.utc),
-        **{column: decision.get(column) for column in PROMOTION_GATE_COLUMNS},
+        **{
+            column: json.dumps(decision.get(column)) if kind == "JSON" and decision.get(column) is not None else decision.get(column)
+            for column, kind in PROMOTION_GATE_COLUMNS.items()
+        },
     }
     columns = ", ".join(values)
     conn.execute(

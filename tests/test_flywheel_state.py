@@ -70,36 +70,36 @@ def arena_battles(candidate_wins: float, prompts: int = 120, seed: int = 0) -> p
 
 
 def test_promotion_gate_promotes_a_clearly_better_candidate():
-    decision = decide_promotion(arena_battles(0.8), candidate="cand", incumbent="inc", bootstrap=100)
+    decision = decide_promotion(arena_battles(0.8), candidates=["cand"], incumbent="inc", bootstrap=100)
     assert decision["promoted"] is True and decision["new_target"] == "cand"
     assert decision["ci_low"] > 0 and decision["ci_low"] <= decision["diff"] <= decision["ci_high"]
     # The same evidence does not clear a margin above its lower bound.
-    strict = decide_promotion(arena_battles(0.8), candidate="cand", incumbent="inc", bootstrap=100, margin=decision["ci_low"] + 1)
+    strict = decide_promotion(arena_battles(0.8), candidates=["cand"], incumbent="inc", bootstrap=100, margin=decision["ci_low"] + 1)
     assert strict["promoted"] is False and strict["new_target"] == "inc"
 
 
 def test_promotion_gate_rejects_a_worse_or_indistinguishable_candidate():
-    worse = decide_promotion(arena_battles(0.2), candidate="cand", incumbent="inc", bootstrap=100)
+    worse = decide_promotion(arena_battles(0.2), candidates=["cand"], incumbent="inc", bootstrap=100)
     assert worse["promoted"] is False and worse["new_target"] == "inc" and worse["ci_high"] < 0
     # Even odds: the point estimate may favour the candidate, the interval straddles zero.
-    even = decide_promotion(arena_battles(0.5, seed=3), candidate="cand", incumbent="inc", bootstrap=100)
+    even = decide_promotion(arena_battles(0.5, seed=3), candidates=["cand"], incumbent="inc", bootstrap=100)
     assert even["ci_low"] < 0 < even["ci_high"] and even["promoted"] is False
     assert "lower bound" in even["reason"]
 
 
 def test_promotion_gate_baseline_and_bad_input():
     battles = arena_battles(0.5)
-    baseline = decide_promotion(battles, candidate="inc", incumbent="inc", baseline=True)
+    baseline = decide_promotion(battles, candidates=["inc"], incumbent="inc", baseline=True)
     assert baseline["promoted"] is True and baseline["reason"].startswith("baseline")
     with pytest.raises(ValueError, match="no arena battles"):
-        decide_promotion(battles, candidate="missing", incumbent="inc")
+        decide_promotion(battles, candidates=["missing"], incumbent="inc")
     with pytest.raises(ValueError, match="at least 20"):
-        decide_promotion(battles, candidate="cand", incumbent="inc", bootstrap=5)
+        decide_promotion(battles, candidates=["cand"], incumbent="inc", bootstrap=5)
 
 
 def test_promotions_keep_the_gate_figures():
     conn = duckdb.connect(":memory:")
-    decision = decide_promotion(arena_battles(0.8), candidate="cand", incumbent="inc", bootstrap=50)
+    decision = decide_promotion(arena_battles(0.8), candidates=["cand"], incumbent="inc", bootstrap=50)
     record_promotion(conn, 1, decision)
     row = conn.execute("SELECT promoted, diff, ci_low, ci_high, margin, gate FROM promotions").fetchone()
     assert row[0] is True and row[1] == pytest.approx(decision["diff"]) and row[2] == pytest.approx(decision["ci_low"])

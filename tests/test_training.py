@@ -10,7 +10,7 @@ import pytest
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, user_messages
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, resolve_profile, write_jsonl
-from arena_dagster.training.spec import TrainingSpecError, file_sha256, read_manifest, spec_hash
+from arena_dagster.training.spec import TrainingSpecError, file_sha256, read_manifest, spec_hash, validate_spec
 from arena_dagster.training.runner import TrainingError, run_training, run_trainings
 from arena_dagster.training.stages import stage_training_spec
 
@@ -115,7 +115,17 @@ def test_sft_with_replay_then_dpo_from_sft(workspace):
     assert {"rewards/accuracies", "rewards/margins", "first_rewards_margins"} <= set(dpo["metrics"])
     assert all(len(dpo["curves"][name]) == 3 for name in ("loss", "rewards/margins", "rewards/accuracies"))
     assert isinstance(dpo["metrics"]["first_loss"], float) and isinstance(dpo["metrics"]["final_loss"], float)
+    assert dpo["hyperparams"]["rpo_alpha"] == 1.0  # the small-model default: DPO plus an NLL term on the chosen answers
     _generate(dpo_spec["output_dir"])
+
+
+def test_rpo_alpha_is_a_dpo_knob_written_only_when_set(workspace):
+    dpo = {"stage": "dpo", "output_dir": "/tmp/unused", "dataset_path": str(workspace["dpo_data"]),
+           "base_model": workspace["base_spec"]["output_dir"]}
+    assert "rpo_alpha" not in validate_spec(dpo)["hyperparams"]  # specs from before the knob keep their hash
+    assert validate_spec({**dpo, "hyperparams": {"rpo_alpha": 0.5}})["hyperparams"]["rpo_alpha"] == 0.5
+    with pytest.raises(TrainingSpecError, match="rpo_alpha"):
+        validate_spec({**dpo, "stage": "sft", "dataset_path": str(workspace["sft_data"]), "hyperparams": {"rpo_alpha": 0.5}})
 
 
 def test_bad_dataset_raises_training_error_with_the_reason(workspace):

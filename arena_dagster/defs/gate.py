@@ -17,7 +17,7 @@ from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.promotion import decide_promotion
 from arena_dagster.registry import RegistryError, get_model, record_promotion, record_round_target, round_target_decision
 from arena_dagster.sql_models import create_views
-from arena_dagster.training.stages import round_candidate
+from arena_dagster.training.stages import round_candidate, round_checkpoints
 from arena_dagster.warehouse import read_frame, read_table
 
 
@@ -86,12 +86,15 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
     with duckdb.get_connection() as conn:
         board = read_table(conn, "leaderboard", round_key=round_key)
         battles = read_table(conn, "arena_battles", round_key=round_key)
-        candidate = round_candidate(conn, round_key)
         incumbent = get_model(conn, round_target_decision(conn, round_key)["new_target"])
+        # Every stage checkpoint of the round is a candidate (skipped stages left out); rule `last` keeps the paper's.
+        candidates = [row["model"] for row in round_checkpoints(conn, round_key)] or [round_candidate(conn, round_key)["model"]]
         decision = decide_promotion(
             battles.select("model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id")),
-            candidate=candidate["model"],
             incumbent=incumbent["model"],
+            candidates=candidates,
+            rule=str(gate.get("candidate", "best")),
+            selection_fraction=float(gate.get("selection_fraction", 0.5)),
             margin=float(gate.get("margin", 0.0)),
             bootstrap=int(gate.get("bootstrap", evaluation.get("bootstrap", 200))),
             seed=int(gate.get("seed", evaluation.get("seed", 0))),
@@ -105,6 +108,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
         promotions_meta = table_metadata(conn, "promotions", None)
     context.log.info(f"round {round_key}: {decision['reason']} -> next target {target['model']}")
     figures = {f"gate/{k}": float(decision[k]) for k in ("diff", "ci_low", "ci_high", "margin") if decision.get(k) is not None}
+    selection = decision.get("selection") or []
     yield dg.MaterializeResult(
         asset_key="target_model",
         metadata={
@@ -112,6 +116,16 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
             **figures,
             "promoted": bool(decision["promoted"]),
             "decision": decision["reason"],
+            "rule": str(decision.get("rule") or ""),
+            "tested_candidate": decision["candidate"],
+            "selection_prompts": int(decision.get("selection_prompts") or 0),
+            "test_prompts": int(decision.get("test_prompts") or 0),
+            **({"selection": dg.MetadataValue.table(
+                [dg.TableRecord({"model": row["model"], "diff": round(float(row["diff"]), 1),
+                                 "ci_95": f"[{row['ci_low']:+.1f}, {row['ci_high']:+.1f}]"}) for row in selection],
+                schema=dg.TableSchema(columns=[dg.TableColumn("model"), dg.TableColumn("diff", "float",
+                    description="rating difference to the incumbent on the selection prompts"), dg.TableColumn("ci_95")]),
+            )} if selection else {}),
             "next_round_target": target["model"],
             "next_round_target_path": dg.MetadataValue.path(target["path"]),
         },

@@ -166,7 +166,7 @@ DeclaredTarget = _union("backend", {
 def hyperparameter_keys(stage: str) -> set[str]:
     """The hyperparameters the training entry point accepts for `stage`."""
     spec = _training_spec
-    return set(spec.COMMON_HYPERPARAMS) | set(spec.DEFAULT_HYPERPARAMS[stage]) | set(spec.OPTIONAL_HYPERPARAMS)
+    return spec.allowed_hyperparams(stage)
 
 
 _HYPERPARAMETER_TYPES: dict[str, Any] = {

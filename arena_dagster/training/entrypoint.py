@@ -199,7 +199,9 @@ def _build_trainer(resolved: dict, rows: list[dict], eval_rows: list[dict], tmp_
         from trl import DPOConfig, DPOTrainer
 
         ref_model = AutoModelForCausalLM.from_pretrained(resolved["base_model"], **frozen_kwargs)
-        args = DPOConfig(**training_kwargs, beta=float(hyper.get("beta", 0.1)))
+        # RPO: DPO's loss plus rpo_alpha x the NLL of the chosen answers (TRL 1.16 has no rpo_alpha field).
+        rpo = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, float(hyper["rpo_alpha"])]} if hyper.get("rpo_alpha") else {}
+        args = DPOConfig(**training_kwargs, beta=float(hyper.get("beta", 0.1)), **rpo)
         trainer = DPOTrainer(
             model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
         )

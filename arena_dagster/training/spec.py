@@ -68,6 +68,17 @@ OPTIONAL_HYPERPARAMS: dict[str, Any] = {
     # "auto": bf16 mixed precision exactly when training on a CUDA device that supports it.
     "bf16": "auto",
 }
+# Stage-specific knobs written into a resolved spec only when set (same reason as above).
+# rpo_alpha (dpo): weight of an NLL term on the chosen answers added to the DPO loss (RPO,
+# Pang et al. 2024; TRL's loss_type ["sigmoid", "sft"]): it keeps DPO from lowering the
+# likelihood of the chosen answers along with the rejected ones.
+STAGE_OPTIONAL_HYPERPARAMS: dict[str, dict[str, Any]] = {"dpo": {"rpo_alpha": None}}
+
+
+def allowed_hyperparams(stage: str) -> set[str]:
+    """Every hyperparameter a spec of `stage` may set (a key another stage uses would be silently ignored)."""
+    return (set(COMMON_HYPERPARAMS) | set(DEFAULT_HYPERPARAMS[stage]) | set(OPTIONAL_HYPERPARAMS)
+            | set(STAGE_OPTIONAL_HYPERPARAMS.get(stage, {})))
 LAUNCH_KEYS = ("num_processes", "config_file", "mixed_precision")
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
@@ -143,7 +154,7 @@ def validate_spec(spec: dict) -> dict:
             raise TrainingSpecError(f"spec.replay needs an existing dataset_path and rows >= 0, got {replay}")
     hyper = {**COMMON_HYPERPARAMS, **DEFAULT_HYPERPARAMS[stage], **(spec.get("hyperparams") or {})}
     # Per stage: a key another stage uses (beta in an sft spec, say) would be silently ignored.
-    allowed = set(COMMON_HYPERPARAMS) | set(DEFAULT_HYPERPARAMS[stage]) | set(OPTIONAL_HYPERPARAMS)
+    allowed = allowed_hyperparams(stage)
     unknown = set(hyper) - allowed
     if unknown:
         raise TrainingSpecError(f"unknown hyperparameters for stage {stage}: {sorted(unknown)}")
