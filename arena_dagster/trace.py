@@ -280,11 +280,15 @@ def checkpoint_lineage(conn: duckdb.DuckDBPyConnection, home: Path, model: str, 
                             f"WHERE model = ? {where} ORDER BY round", params)
     gates = []
     if table_exists(conn, "promotions"):
-        involved = [model, *descendants]
-        marks = ", ".join("?" for _ in involved)
-        gates = _rows(conn, f"SELECT round, candidate, incumbent, promoted, new_target, diff, ci_low, ci_high, margin, reason "
-                            f"FROM promotions WHERE candidate IN ({marks}) OR incumbent = ? ORDER BY round",
-                      [*involved, model])
+        # The gates this checkpoint (or one trained from it) stood before: as a candidate, chosen or not, or as the incumbent.
+        involved = {model, *descendants}
+        columns = {r[0] for r in conn.execute("DESCRIBE promotions").fetchall()}
+        considered = "candidates" if "candidates" in columns else "NULL AS candidates"
+        for row in _rows(conn, f"SELECT round, candidate, incumbent, promoted, new_target, diff, ci_low, ci_high, margin, "
+                               f"reason, {considered} FROM promotions ORDER BY round"):
+            candidates = set(json.loads(row.pop("candidates") or "[]"))
+            if row["candidate"] in involved or row["incumbent"] == model or candidates & involved:
+                gates.append(row)
     dataset = _dataset_file(home, reg, reg["kind"]) if reg.get("kind") in ("sft", "dpo", "reward", "rl") else None
     if dataset is None and manifest.get("dataset_path") and Path(manifest["dataset_path"]).is_file():
         dataset = Path(manifest["dataset_path"])  # a base model's training file
