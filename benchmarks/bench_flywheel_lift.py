@@ -14,9 +14,9 @@ with `arena-dagster leaderboard --home H --json`, and prints:
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_flywheel_lift.py --seeds 3
 
-A CLI without `--seed` gets the seed through a profile file instead (`extends: PROFILE`
-with prompts.seed, models.seed and evaluation.seed set to N). Homes go under --workdir
-(a fresh temporary folder by default) and are removed at the end unless --keep-homes.
+Homes go under --workdir (a fresh temporary folder by default) and are removed at the end
+unless --keep-homes. ARENA_CACHE is left as it is: with a warm base-model cache a seed whose
+base models were built before starts in seconds (`--cold-cache` gives each run an empty one).
 """
 
 from __future__ import annotations
@@ -45,22 +45,6 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PA
 def cli_command(cli: str) -> list[str]:
     """`arena-dagster` through this interpreter from the repository root, or the command given."""
     return cli.split() if cli else [sys.executable, "-m", "arena_dagster.cli"]
-
-
-def cli_has_seed_flag(command: list[str]) -> bool:
-    out = subprocess.run([*command, "flywheel", "--help"], cwd=REPO, capture_output=True, text=True, check=True)
-    return "--seed" in out.stdout
-
-
-def seed_profile(folder: Path, profile: str, seed: int) -> Path:
-    """A profile file that extends `profile` with every seed of the embedded default set to `seed`."""
-    path = folder / f"{Path(profile).stem}-seed{seed}.yaml"
-    parent = str(Path(profile).resolve()) if Path(profile).suffix else profile
-    path.write_text(
-        f"extends: {parent}\nname: {Path(profile).stem}-seed{seed}\n"
-        f"prompts: {{seed: {seed}}}\nmodels: {{seed: {seed}}}\nevaluation: {{seed: {seed}}}\n"
-    )
-    return path
 
 
 class PeakMemory:
@@ -94,14 +78,10 @@ class PeakMemory:
         return self.peak_bytes
 
 
-def run_seed(command: list[str], *, seed: int, rounds: int, profile: str, home: Path, use_flag: bool,
-             log_path: Path, timeout_s: float | None) -> dict[str, Any]:
-    args = [*command, "flywheel", "--rounds", str(rounds), "--home", str(home)]
-    if use_flag:
-        args += ["--seed", str(seed), "--profile", profile]
-    else:
-        args += ["--profile", str(seed_profile(log_path.parent, profile, seed))]
-    env = {**os.environ, **OFFLINE_ENV}
+def run_seed(command: list[str], *, seed: int, rounds: int, profile: str, home: Path, log_path: Path,
+             timeout_s: float | None, cache: Path | None) -> dict[str, Any]:
+    args = [*command, "flywheel", "--rounds", str(rounds), "--home", str(home), "--seed", str(seed), "--profile", profile]
+    env = {**os.environ, **OFFLINE_ENV, **({"ARENA_CACHE": str(cache)} if cache else {})}
     started = time.monotonic()
     with open(log_path, "w") as log:
         process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -216,25 +196,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="skills")
     parser.add_argument("--workdir", default="", help="where the homes and logs go (default: a fresh temporary folder)")
     parser.add_argument("--keep-homes", action="store_true")
+    parser.add_argument("--cold-cache", action="store_true", help="an empty base-model cache for every seed")
     parser.add_argument("--cli", default="", help="the CLI command (default: this interpreter's arena_dagster.cli)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per seed before the run is killed")
     parser.add_argument("--json", default="", help="also write every seed's figures and leaderboards to this file")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seed_list.split(",") if s.strip()] or list(range(args.seeds))
     command = cli_command(args.cli)
-    use_flag = cli_has_seed_flag(command)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-lift-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"profile {args.profile}, {args.rounds} rounds, seeds {seeds}, seed via {'--seed' if use_flag else 'a profile file'}; "
-          f"homes and logs in {workdir}", flush=True)
+    print(f"profile {args.profile}, {args.rounds} rounds, seeds {seeds}; homes and logs in {workdir}", flush=True)
     results = []
     for seed in seeds:
         home = workdir / f"home-seed{seed}"
         if home.exists():
             shutil.rmtree(home)
         print(f"seed {seed}: running ...", flush=True)
-        result = run_seed(command, seed=seed, rounds=args.rounds, profile=args.profile, home=home, use_flag=use_flag,
-                          log_path=workdir / f"seed{seed}.log", timeout_s=args.timeout)
+        result = run_seed(command, seed=seed, rounds=args.rounds, profile=args.profile, home=home,
+                          log_path=workdir / f"seed{seed}.log", timeout_s=args.timeout,
+                          cache=workdir / f"cache-seed{seed}" if args.cold_cache else None)
         print(f"seed {seed}: {result['wall_s']:.0f} s, peak {result['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
         results.append(result)
         if not args.keep_homes:
