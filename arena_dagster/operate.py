@@ -27,7 +27,7 @@ import dagster as dg
 
 from arena_dagster.errors import ArenaError
 from arena_dagster.training.guard import guarded
-from arena_dagster.home import LOCATION_NAME, dagster_home, environment, logs_dir, pid_alive, prepare_instance
+from arena_dagster.home import LOCATION_NAME, HomeLock, dagster_home, environment, logs_dir, pid_alive, prepare_instance
 
 IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 WAITING = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
@@ -39,10 +39,15 @@ class RunFailed(ArenaError):
 
 
 def open_instance(home: Path) -> dg.DagsterInstance:
-    """The home's persistent Dagster instance (dagster.yaml written on first use)."""
+    """The home's persistent Dagster instance (dagster.yaml written on first use).
+
+    Opening creates the instance's SQLite storage the first time; two processes doing that at
+    once (a command and the UI starting on a new home) would both stamp its schema version, so
+    the first opening of a home is done under a lock.
+    """
     prepare_instance(home)
-    os.environ.update(environment(home))
-    return dg.DagsterInstance.from_config(str(dagster_home(home)))
+    with HomeLock(home, "instance").held(timeout_s=120, command="open the Dagster instance"):
+        return dg.DagsterInstance.from_config(str(dagster_home(home)))
 
 
 # --------------------------------------------------------------------------- dead runs

@@ -165,8 +165,12 @@ def print_report(results: list[dict[str, Any]]) -> bool:
     if rejected:
         print("rejected (target kept): " + ", ".join(f"round {r}: {k}/{n}" for r, k in sorted(rejected.items())))
     walls = [res["wall_s"] for res in results]
+    warm = [res["warm_wall_s"] for res in results if "warm_wall_s" in res]
     peaks = [res["peak_rss_bytes"] / 2**20 for res in results]
     print(f"\nwall time {spread(walls)} s; peak memory (process tree RSS) {spread(peaks)} MiB")
+    if warm:
+        print(f"wall time from a cold base-model cache {spread(walls)} s, warm (the same seed again, cache filled) "
+              f"{spread(warm)} s")
     print(f"\n{'seed':>4}  {'wall':>7}  {'peak MiB':>8}  gate per round: candidate - target, 95% CI")
     for res in results:
         decisions = [
@@ -196,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="skills")
     parser.add_argument("--workdir", default="", help="where the homes and logs go (default: a fresh temporary folder)")
     parser.add_argument("--keep-homes", action="store_true")
-    parser.add_argument("--cold-cache", action="store_true", help="an empty base-model cache for every seed")
+    parser.add_argument("--cold-cache", action="store_true",
+                        help="an empty base-model cache for every seed; then the same seed again in a fresh home with the "
+                             "cache it filled (the warm start), timed")
     parser.add_argument("--cli", default="", help="the CLI command (default: this interpreter's arena_dagster.cli)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per seed before the run is killed")
     parser.add_argument("--json", default="", help="also write every seed's figures and leaderboards to this file")
@@ -216,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
                           log_path=workdir / f"seed{seed}.log", timeout_s=args.timeout,
                           cache=workdir / f"cache-seed{seed}" if args.cold_cache else None)
         print(f"seed {seed}: {result['wall_s']:.0f} s, peak {result['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
+        if args.cold_cache:
+            warm_home = workdir / f"home-seed{seed}-warm"
+            warm = run_seed(command, seed=seed, rounds=args.rounds, profile=args.profile, home=warm_home,
+                            log_path=workdir / f"seed{seed}-warm.log", timeout_s=args.timeout,
+                            cache=workdir / f"cache-seed{seed}")
+            result["warm_wall_s"] = warm["wall_s"]
+            print(f"seed {seed}: warm start {warm['wall_s']:.0f} s", flush=True)
+            if not args.keep_homes:
+                shutil.rmtree(warm_home)
         results.append(result)
         if not args.keep_homes:
             shutil.rmtree(home)

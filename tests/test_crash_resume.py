@@ -20,6 +20,7 @@ import dagster as dg
 import psutil
 import pytest
 
+from arena_dagster.operate import open_instance
 from conftest import REPO, flywheel_command, flywheel_env
 
 pytestmark = pytest.mark.slow
@@ -65,15 +66,18 @@ def _step_started(instance: dg.DagsterInstance, step: str, partition: str | None
 def _run_until_step(home: Path, step: str, partition: str | None, cache: Path, timeout_s: float = 1200) -> int:
     """Start the command, wait until `step` of `partition` runs, kill everything."""
     # Its own base-model cache: setup trains the base models (and fills the cache) instead of copying them.
-    process = subprocess.Popen(flywheel_command(home), cwd=REPO, env={**flywheel_env(), "ARENA_CACHE": str(cache)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = cache.parent / f"kill-{step}-{partition}.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(flywheel_command(home), cwd=REPO, env={**flywheel_env(), "ARENA_CACHE": str(cache)},
+                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     instance = None
     try:
         while time.monotonic() < deadline:
-            assert process.poll() is None, f"the command ended ({process.returncode}) before step {step} ran"
-            if instance is None and (home / "dagster" / "dagster.yaml").is_file():
-                instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+            assert process.poll() is None, (f"the command ended ({process.returncode}) before step {step} ran:\n"
+                                            + log.read_text()[-3000:])
+            if instance is None and (home / "logs" / "daemon.log").is_file():  # the command made the instance
+                instance = open_instance(home)
             if instance is not None and _step_started(instance, step, partition):
                 time.sleep(0.2)  # inside the step, not at its edge
                 return _kill_tree(process.pid)
@@ -96,7 +100,7 @@ def test_kill_at_every_kind_of_step_then_resume_gives_the_uninterrupted_tables(s
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # The resumed command marked the killed runs failed and cleaned what they left.
-    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    instance = open_instance(home)
     statuses = [run.status for run in instance.get_runs()]
     assert dg.DagsterRunStatus.STARTED not in statuses and dg.DagsterRunStatus.QUEUED not in statuses
     assert statuses.count(dg.DagsterRunStatus.FAILURE) >= len(KILL_POINTS) - 1
