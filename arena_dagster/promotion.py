@@ -64,17 +64,20 @@ def decide_promotion(
     seed: int = 0,
     ratings: dict[str, float] | None = None,
     baseline: bool = False,
+    style_control: bool = False,
 ) -> dict[str, Any]:
     """The decision as a dict: promoted, new_target, candidate, diff, ci_low, ci_high, reason, selection, ...
 
     `battles`: the round's arena battles (model_a, model_b, winner, question_id).
-    `candidates`: the round's trained stage checkpoints in stage order (skipped stages left
-    out); `candidate=X` is the single-candidate form, the same as `candidates=[X]`.
+    `candidates`: the round's trained stage checkpoints in stage order (skipped stages left out).
     `rule`: "best" (select on one part of the prompts, test on the other) or "last" (the
     paper's: the last candidate, tested on every prompt).
     `seed`: seeds the prompt split and the bootstrap.
     `ratings`: the leaderboard's ratings, recorded beside the decision for the history.
     `baseline`: round 0, where the initial target is both candidate and incumbent.
+    `style_control`: compare style-controlled ratings (the battles carry the answers' style
+    columns, see ratings.with_style_features), so a candidate is not promoted for writing longer
+    or more formatted answers that a judge happens to prefer.
     """
     if rule not in RULES:
         raise PromotionError(f"unknown promotion rule {rule!r}", "promotion.candidate", f"use one of {', '.join(RULES)}")
@@ -99,6 +102,7 @@ def decide_promotion(
         "split_seed": int(seed),
         "selection": [],
         "selection_prompts": 0,
+        "style_control": bool(style_control),
     }
     if not names:
         return {**decision, "candidate": incumbent, "candidate_rating": ratings.get(incumbent), "promoted": True,
@@ -114,7 +118,8 @@ def decide_promotion(
                              "promotion.bootstrap", f"set it to {MIN_BOOTSTRAP} or more (200 is the default)")
 
     def difference(model: str, part: pl.DataFrame) -> dict[str, Any]:
-        return rating_difference(part, model, incumbent, bootstrap=bootstrap, bootstrap_unit="prompt", seed=seed)
+        return rating_difference(part, model, incumbent, bootstrap=bootstrap, bootstrap_unit="prompt", seed=seed,
+                                 style_control="style" if style_control else False)
 
     tested = battles
     chosen = names[-1]
@@ -134,12 +139,15 @@ def decide_promotion(
         chosen = max(reversed(selection), key=lambda row: row["diff"])["model"]
         decision.update(selection=selection, selection_prompts=len(selection_ids))
     result = difference(chosen, tested)
-    promoted = result["ci_low"] > margin
+    # A difference the battles do not bound (a model that never lost, or never won) says nothing: no promotion on it.
+    promoted = result["ci_low"] > margin and not result.get("unbounded")
     part = f"on {tested['question_id'].n_unique()} held-out prompts" if decision["selection"] else "on every test prompt"
     chosen_how = f" (best of {len(names)} on {decision['selection_prompts']} selection prompts)" if decision["selection"] else ""
+    controlled = " (style-controlled)" if style_control else ""
     reason = (
-        f"{chosen}{chosen_how} - {incumbent} = {result['diff']:+.1f} Elo {part}, 95% CI [{result['ci_low']:+.1f}, "
-        f"{result['ci_high']:+.1f}]; lower bound {'>' if promoted else '<='} margin {margin:.1f}"
+        f"{chosen}{chosen_how} - {incumbent} = {result['diff']:+.1f} Elo{controlled} {part}, 95% CI "
+        f"[{result['ci_low']:+.1f}, {result['ci_high']:+.1f}]; lower bound {'>' if result['ci_low'] > margin else '<='} "
+        f"margin {margin:.1f}" + ("; not promoted: the battles do not bound the ratings" if result.get("unbounded") else "")
     )
     return {
         **decision,

@@ -123,3 +123,28 @@ def test_promotions_keep_both_parts_of_the_split():
     assert row[0] == "DPO-I1" and row[1] == "best" and json.loads(row[2]) == STAGES
     assert [r["model"] for r in json.loads(row[3])] == STAGES and json.loads(row[3]) == decision["selection"]
     assert row[4] == 0.5 and row[5] + row[6] == 240 and row[7] == 0 and row[8] == pytest.approx(decision["ci_low"])
+
+
+def test_style_control_compares_ratings_with_length_held_equal():
+    """A candidate that wins only by writing longer answers is promoted on raw ratings, not with style control."""
+    import math
+    import random
+
+    rng = random.Random(7)
+    rows = []
+    length = {"long": lambda: 600}
+    for k in range(300):
+        answers = {m: length.get(m, lambda: rng.choice([60, 150, 300, 600]))() for m in ("long", "inc", "comp", "other")}
+        for a, b in itertools.combinations(answers, 2):
+            # Equal quality; the judge prefers the longer answer (the way LLM judges do).
+            edge = 2.0 * (answers[a] - answers[b]) / (answers[a] + answers[b])
+            winner = "model_a" if rng.random() < 1 / (1 + math.exp(-edge)) else "model_b"
+            rows.append({"model_a": a, "model_b": b, "winner": winner, "question_id": f"q{k}",
+                         "length_a": answers[a], "length_b": answers[b]})
+    battles = pl.DataFrame(rows).with_columns(
+        *(pl.lit(0).alias(f"{feature}_{side}") for feature in ("header_count", "list_count", "bold_count") for side in "ab"))
+    raw = decide_promotion(battles, incumbent="inc", candidates=["long"], bootstrap=100)
+    controlled = decide_promotion(battles, incumbent="inc", candidates=["long"], bootstrap=100, style_control=True)
+    assert raw["promoted"] and raw["ci_low"] > 30
+    assert not controlled["promoted"] and controlled["ci_low"] < 0 < controlled["ci_high"]
+    assert "style-controlled" in controlled["reason"]

@@ -13,6 +13,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from arena_dagster.defs.common import OWNERS, table_metadata
+from arena_dagster.defs.evaluation import arena_battles_for_rating
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.promotion import decide_promotion
 from arena_dagster.registry import RegistryError, get_model, record_promotion, record_round_target, round_target_decision
@@ -85,12 +86,13 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
     evaluation = settings.get("evaluation", {})
     with duckdb.get_connection() as conn:
         board = read_table(conn, "leaderboard", round_key=round_key)
-        battles = read_table(conn, "arena_battles", round_key=round_key)
+        style_control = bool(gate.get("style_control", False))
+        battles = arena_battles_for_rating(conn, round_key, style_control)
         incumbent = get_model(conn, round_target_decision(conn, round_key)["new_target"])
         # Every stage checkpoint of the round is a candidate (skipped stages left out); rule `last` keeps the paper's.
         candidates = [row["model"] for row in round_checkpoints(conn, round_key)] or [round_candidate(conn, round_key)["model"]]
         decision = decide_promotion(
-            battles.select("model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id")),
+            battles,
             incumbent=incumbent["model"],
             candidates=candidates,
             rule=str(gate.get("candidate", "best")),
@@ -99,6 +101,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
             bootstrap=int(gate.get("bootstrap", evaluation.get("bootstrap", 200))),
             seed=int(gate.get("seed", evaluation.get("seed", 0))),
             ratings=dict(zip(board["model"].to_list(), board["rating"].to_list())),
+            style_control=style_control,
         )
         record_promotion(conn, round_key, decision)
         create_views(conn)

@@ -290,6 +290,7 @@ class PromotionSettings(Section):
     seed: Seed = None
     candidate: Literal["best", "last"] = "best"
     selection_fraction: OpenFraction = 0.5
+    style_control: bool = False  # compare style-controlled ratings (length and markdown held equal)
 
 
 # ---------------------------------------------------------------- the whole profile
