@@ -76,6 +76,9 @@ class RunPrinter:
         detail = ""
         if kind == "STEP_FAILURE":
             error = getattr(getattr(entry.dagster_event, "event_specific_data", None), "error", None)
+            # Dagster wraps the asset's own exception ("Error occurred while executing op ..."): show the innermost.
+            while getattr(error, "cause", None) is not None:
+                error = error.cause
             detail = _first_line(getattr(error, "message", "") or getattr(entry, "user_message", ""))
             reported = self._last_error.pop(step, "")
             if reported and reported not in detail:

@@ -87,7 +87,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
     with duckdb.get_connection() as conn:
         board = read_table(conn, "leaderboard", round_key=round_key)
         style_control = bool(gate.get("style_control", False))
-        battles = arena_battles_for_rating(conn, round_key, style_control)
+        battles, _dropped = arena_battles_for_rating(conn, round_key, {**evaluation, "style_control": style_control})
         incumbent = get_model(conn, round_target_decision(conn, round_key)["new_target"])
         # Every stage checkpoint of the round is a candidate (skipped stages left out); rule `last` keeps the paper's.
         candidates = [row["model"] for row in round_checkpoints(conn, round_key)] or [round_candidate(conn, round_key)["model"]]
