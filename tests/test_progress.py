@@ -1,0 +1,34 @@
+"""The terminal's view of a run: one line per finished step with its time; a failure shows the asset's own error."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace as NS
+
+from arena_dagster.progress import RunPrinter
+
+
+def _event(kind, step, message="", at=0.0, level=20, error=None):
+    data = NS(error=error) if error is not None else None
+    return NS(dagster_event=NS(event_type_value=kind, event_specific_data=data) if kind else None,
+              step_key=step, user_message=message, timestamp=at, level=level)
+
+
+def test_steps_print_one_line_each_and_a_failure_names_the_cause(tmp_path):
+    out = io.StringIO()
+    printer = RunPrinter(tmp_path / "run.log", out=out)
+    printer(_event("STEP_START", "sft_responses", at=100.0))
+    printer(_event("", "sft_responses", "SFT-I1: 96/240 generated", at=101.0))
+    printer(_event("STEP_SUCCESS", "sft_responses", at=112.5))
+    printer(_event("STEP_START", "promotion_gate", at=113.0))
+    printer(_event("", "promotion_gate", "round 2 cannot start", at=113.1, level=40))
+    cause = NS(message="RegistryError: round 2 cannot start: round 1's gate decision is not recorded\n", cause=None)
+    wrapper = NS(message='Error occurred while executing op "promotion_gate":', cause=cause)
+    printer(_event("STEP_FAILURE", "promotion_gate", at=114.0, error=wrapper))
+    printer.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["ok", "sft_responses", "12.5", "s"]
+    assert lines[1].startswith("  FAIL promotion_gate") and "RegistryError: round 2 cannot start" in lines[1]
+    assert printer.failures[0].startswith("promotion_gate: RegistryError: round 2 cannot start")
+    # Everything, the progress lines included, is in the log file; the terminal (not a TTY) shows no bars.
+    assert "96/240 generated" in (tmp_path / "run.log").read_text() and "96/240" not in out.getvalue()
