@@ -329,6 +329,7 @@ class SkillsModels(Section):
     model_config_: ArchitectureSettings = Field(None, alias="model_config")
     max_parallel: PositiveInt = 2
     threads_per_process: PositiveInt = 1
+    round_threads: PositiveInt = None
     competitors: Annotated[dict[Name, SkillsCompetitor], Field(min_length=1)] = None
     initial_target: SkillsTarget = None
     flywheel: FlywheelSettings = None
@@ -357,6 +358,7 @@ class DeclaredModels(Section):
     competitors: Annotated[dict[Name, ModelConfig], Field(min_length=1)]
     seed: Seed = 0
     threads_per_process: PositiveInt = None
+    round_threads: PositiveInt = None
     flywheel: FlywheelSettings = None
     device: Literal[_training_spec.DEVICES] = "auto"
     launch: LaunchSettings = None

@@ -89,8 +89,13 @@ def stage_training_spec(
         "dataset_path": str(dataset),
         "hyperparams": {"seed": seed, **settings["hyperparams"]},
     }
-    if models_settings.get("threads_per_process"):
-        spec["threads"] = int(models_settings["threads_per_process"])
+    threads = models_settings.get("round_threads") or models_settings.get("threads_per_process")
+    if locally_built and not threads:
+        from arena_dagster.training.base_models import DEFAULT_SKILLS_MODELS
+
+        threads = DEFAULT_SKILLS_MODELS["round_threads"]
+    if threads:
+        spec["threads"] = int(threads)
     for key in ("device", "launch"):
         if models_settings.get(key):
             spec[key] = copy.deepcopy(models_settings[key])
