@@ -61,6 +61,12 @@ class RunPrinter:
             self._write(line)
         if step and message and int(getattr(entry, "level", 0) or 0) >= 40:
             self._last_error[step] = _first_line(message)
+        if step and kind == "ENGINE_EVENT":
+            # A Pipes process that died of an exception says which in an engine event; the step's own failure
+            # only says that the process exited.
+            error = getattr(getattr(entry.dagster_event, "event_specific_data", None), "error", None)
+            if error is not None:
+                self._last_error[step] = _first_line(getattr(error, "message", ""))
         if kind == "STEP_START":
             self._started[step] = getattr(entry, "timestamp", time.time())
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
@@ -81,7 +87,9 @@ class RunPrinter:
                 error = error.cause
             detail = _first_line(getattr(error, "message", "") or getattr(entry, "user_message", ""))
             reported = self._last_error.pop(step, "")
-            if reported and reported not in detail:
+            if reported and "DagsterPipesExecutionError" in detail:
+                detail = f"{reported} (in the step's process; {detail.split(': ', 1)[-1]})"
+            elif reported and reported not in detail:
                 detail = f"{detail} ({reported})"
             self.failures.append(f"{step}: {detail}")
         self._write(f"  {mark} {self.label}{step:<28} {elapsed:7.1f} s  {detail}".rstrip())

@@ -14,5 +14,5 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# -rs: every skipped test is listed with its reason (shared data, the server, chromium).
-exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@"
+# -rs: every skipped test is listed with its reason (shared data, the server, chromium); the 12 slowest are named.
+exec .venv/bin/python -m pytest -q -rs --durations=12 -p no:cacheprovider "$@"

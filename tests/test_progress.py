@@ -32,3 +32,19 @@ def test_steps_print_one_line_each_and_a_failure_names_the_cause(tmp_path):
     assert printer.failures[0].startswith("promotion_gate: RegistryError: round 2 cannot start")
     # Everything, the progress lines included, is in the log file; the terminal (not a TTY) shows no bars.
     assert "96/240 generated" in (tmp_path / "run.log").read_text() and "96/240" not in out.getvalue()
+
+
+def test_a_failed_pipes_process_shows_its_own_exception(tmp_path):
+    out = io.StringIO()
+    printer = RunPrinter(tmp_path / "run.log", out=out)
+    printer(_event("STEP_START", "dpo_checkpoint", at=10.0))
+    crash = NS(message="ValueError: num_samples should be a positive integer value, but got num_samples=0\n", cause=None)
+    printer(_event("ENGINE_EVENT", "dpo_checkpoint", "[pipes] external process pipes closed with exception", at=12.0,
+                   error=crash))
+    exited = NS(message='dagster._core.errors.DagsterPipesExecutionError: External execution process failed with code 1\n',
+                cause=None)
+    printer(_event("STEP_FAILURE", "dpo_checkpoint", at=12.5, error=exited))
+    printer.close()
+    line = out.getvalue().splitlines()[0]
+    assert line.startswith("  FAIL dpo_checkpoint") and "ValueError: num_samples should be a positive integer" in line
+    assert "External execution process failed with code 1" in line

@@ -218,6 +218,21 @@ def test_bad_specs_fail_clearly(home, tmp_path):
     assert not (tmp_path / "rm-one").exists()
 
 
+def test_dpo_counts_the_pairs_trl_drops_and_fails_clearly_when_none_is_left(home, tmp_path):
+    # TRL's DPOTrainer drops a pair whose prompt alone fills max_length (a long ShareGPT conversation).
+    pairs = [json.loads(line) for line in home["pairs"].read_text().splitlines()[:8]]
+    long_prompt = " ".join(["seven"] * 400)
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [*pairs[:6], *({**p, "prompt": long_prompt} for p in pairs[6:])])
+    base = {"stage": "dpo", "round": 1, "base_model": str(home["policy"]), "threads": 2, "device": "cpu",
+            "hyperparams": {**FAST, "max_length": 64, "max_steps": 1, "batch_size": 2}}
+    manifest = train({**base, "dataset_path": str(mixed), "output_dir": str(tmp_path / "dpo-mixed")})
+    assert manifest["dataset_rows"] == 8 and manifest["metrics"]["pairs_over_max_length"] == 2
+    all_long = write_jsonl(tmp_path / "long.jsonl", [{**p, "prompt": long_prompt} for p in pairs[:2]])
+    with pytest.raises(TrainingDataError, match=r"every one of the 2 pair\(s\) is max_length=64 tokens or longer"):
+        train({**base, "dataset_path": str(all_long), "output_dir": str(tmp_path / "dpo-long")})
+    assert not (tmp_path / "dpo-long").exists()
+
+
 def test_paper_defaults_and_explicit_max_steps():
     from arena_dagster.training.spec import DEFAULT_HYPERPARAMS
 

@@ -38,6 +38,7 @@ from arena_dagster.paths import remove_tree, replace_dir
 from arena_dagster.training.data import load_rows, split_preference_pairs
 from arena_dagster.training.guard import follow_launcher
 from arena_dagster.training.metrics import REWARD_EVAL_PAIRS, StepSeries, step_metrics_callback
+from arena_dagster.training.pair_scores import preference_accuracy
 from arena_dagster.training.pipes import Reporter, open_reporter
 from arena_dagster.training.spec import (  # noqa: F401  (DEFAULT_HYPERPARAMS: imported from here by callers)
     DEFAULT_HYPERPARAMS,
@@ -115,41 +116,20 @@ def _is_main_process() -> bool:
     # Before a trainer exists: torchrun (behind `accelerate launch`) sets RANK on every process.
     return int(os.environ.get("RANK") or 0) == 0
 
-def _pair_scores(model, tokenized, pad_token_id: int, batch_size: int) -> tuple[list[float], list[float]]:
-    """Rewards of the chosen and rejected sequences of a tokenized preference dataset."""
-    import torch
 
-    device = next(model.parameters()).device
-    chosen_scores: list[float] = []
-    rejected_scores: list[float] = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(tokenized), batch_size):
-            batch = tokenized[start : start + batch_size]
-            sequences = batch["chosen_ids"] + batch["rejected_ids"]
-            width = max(len(seq) for seq in sequences)
-            input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(sequences), width), dtype=torch.long)
-            for i, seq in enumerate(sequences):
-                input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                attention[i, : len(seq)] = 1
-            scores = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits[:, 0].float().cpu()
-            half = len(sequences) // 2
-            chosen_scores += scores[:half].tolist()
-            rejected_scores += scores[half:].tolist()
-    model.train(was_training)
-    return chosen_scores, rejected_scores
-
-
-def preference_accuracy(model, tokenized, pad_token_id: int, batch_size: int = 16) -> dict:
-    """Share of pairs the model scores chosen > rejected, and the mean margin chosen - rejected."""
-    if len(tokenized) == 0:
-        return {"pairs": 0, "accuracy": None, "margin": None}
-    chosen, rejected = _pair_scores(model, tokenized, pad_token_id, batch_size)
-    wins = sum(c > r for c, r in zip(chosen, rejected))
-    margin = sum(c - r for c, r in zip(chosen, rejected)) / len(chosen)
-    return {"pairs": len(chosen), "accuracy": wins / len(chosen), "margin": margin}
+def _rows_dropped_by_trl(stage: str, rows: list[dict], trainer, dataset_path: Path, max_length: int) -> int:
+    """TRL's DPOTrainer drops pairs whose prompt alone fills max_length: counted, and an error when none is left
+    (torch would fail on an empty sampler with no word about why)."""
+    if stage != "dpo":
+        return 0
+    dropped = len(rows) - len(trainer.train_dataset)
+    if dropped and dropped == len(rows):
+        raise TrainingDataError(
+            f"{dataset_path}: the prompt of every one of the {len(rows)} pair(s) is max_length={max_length} tokens or "
+            "longer (TRL drops them): raise the dpo stage's hyperparams.max_length or shorten the prompts "
+            "(prompts.max_conversation_chars)"
+        )
+    return dropped
 
 
 def _fresh_model(spec: dict, tokenizer):
@@ -305,6 +285,7 @@ def train(spec: dict, reporter: Reporter | None = None) -> dict | None:
         remove_tree(root, tmp_dir)
     set_seed(int(hyper["seed"]))
     trainer, tokenizer = _build_trainer(resolved, rows, eval_rows, tmp_dir, runtime)
+    over_max_length = _rows_dropped_by_trl(stage, rows, trainer, dataset_path, int(hyper.get("max_length") or 0))
     series = _attach_step_metrics(trainer, tokenizer, resolved, reporter)
     is_main = trainer.accelerator.is_main_process
 
@@ -322,6 +303,8 @@ def train(spec: dict, reporter: Reporter | None = None) -> dict | None:
         "steps": int(train_output.global_step),
         "train_wall_s": round(time.time() - train_started, 2),
     }
+    if stage == "dpo":
+        metrics["pairs_over_max_length"] = over_max_length
 
     model = trainer.model
     if stage == "reward":
