@@ -112,3 +112,17 @@ def test_the_leaderboard_asset_shows_its_table_and_plot(webserver, page):
     box = image.bounding_box()
     assert box is not None and box["width"] > 300 and box["height"] > 150
     page.screenshot(path=str(ARTIFACTS / "leaderboard-plot.png"))
+
+
+def test_a_step_group_shows_its_assets_and_a_check_explains_itself(webserver, page):
+    # A group opened: the step's assets in order (the README's second picture).
+    _open(page, f"{webserver}/locations/arena_dagster/asset-groups/sft/lineage")
+    for asset in ("sft_responses", "sft_judgments", "sft_examples", "sft_judge_health", "sft_checkpoint"):
+        page.get_by_text(asset, exact=True).first.wait_for()
+    time.sleep(3)
+    page.screenshot(path=str(ARTIFACTS / "asset-group-sft.png"))
+    # A table's checks: each says what it checks, whether it blocks and why, and names its suite file.
+    _open(page, f"{webserver}/assets/sft_examples?view=checks")
+    page.get_by_text("lost_battle", exact=True).first.wait_for()
+    page.get_by_text("assets/expectations/sft_examples.yaml").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "sft-examples-checks.png"))
