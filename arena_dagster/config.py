@@ -87,7 +87,7 @@ def profile_file(ref: str | os.PathLike[str], relative_to: Path | None = None) -
     return path
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """A YAML loader that refuses a key written twice in one mapping (PyYAML would keep the last silently)."""
 
     def construct_mapping(self, node, deep=False):
@@ -104,7 +104,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8-sig")
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text (byte {exc.start})", str(path), "save the profile as UTF-8") from None
     except yaml.YAMLError as exc:

@@ -93,9 +93,11 @@ class Flywheel:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._submitter is not None:
-            self._submitter.close()
-        self._lock.release()
+        try:
+            if self._submitter is not None:
+                self._submitter.close()
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ what to run
 

@@ -93,7 +93,8 @@ def record_profile(home: Path, name: str, seed: int | None, settings: dict[str, 
     """Write `arena.json` on the first run; refuse another profile or seed unless `switch`."""
     check_name(name, "profile name")
     record = read_home_record(home)
-    if record is not None and not switch and (record["profile"], record.get("seed")) != (name, seed):
+    changed = record is not None and (record["profile"], record.get("seed")) != (name, seed)
+    if changed and not switch:
         raise HomeProfileMismatch(
             f"this home was built with profile {record['profile']!r} (seed {record.get('seed')}), "
             f"not {name!r} (seed {seed})", str(home), "use another --home, or --switch-profile",
@@ -103,9 +104,8 @@ def record_profile(home: Path, name: str, seed: int | None, settings: dict[str, 
         "seed": seed,
         "profile_hash": profile_hash(settings),
         "created_at": (record or {}).get("created_at") or _now(),
-        "switched_from": ([*((record or {}).get("switched_from") or []), {k: record[k] for k in ("profile", "seed")}]
-                          if record is not None and (record["profile"], record.get("seed")) != (name, seed) else
-                          (record or {}).get("switched_from") or []),
+        "switched_from": [*((record or {}).get("switched_from") or []),
+                          *([{"profile": record["profile"], "seed": record.get("seed")}] if changed else [])],
     }
     if record != new:
         _write_json(Path(home) / HOME_FILE, new)

@@ -128,13 +128,13 @@ def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str
         yield
         return
     workspace = prepare_instance(home)
-    log = open(logs_dir(home) / "daemon.log", "a")
     previous = _last_heartbeat(instance)  # perhaps of a daemon that died a moment ago
-    # Guarded: a daemon this command started ends with it, even when it is killed with kill -9.
-    process = subprocess.Popen(
-        guarded([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)]),
-        env={**os.environ, **environment(home)}, stdout=log, stderr=subprocess.STDOUT, cwd=str(home),
-    )
+    with open(logs_dir(home) / "daemon.log", "a") as log:
+        # Guarded: a daemon this command started ends with it, even when it is killed with kill -9.
+        process = subprocess.Popen(
+            guarded([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)]),
+            env={**os.environ, **environment(home)}, stdout=log, stderr=subprocess.STDOUT, cwd=str(home),
+        )
     try:
         deadline = time.monotonic() + timeout_s
         while _last_heartbeat(instance) <= previous:
@@ -154,7 +154,6 @@ def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        log.close()
 
 
 # --------------------------------------------------------------------------- submitting runs
@@ -171,17 +170,20 @@ class Submitter:
         logging.getLogger("dagster").setLevel(logging.WARNING)
         self.instance = instance
         self._stack = contextlib.ExitStack()
-        process_context = self._stack.enter_context(WorkspaceProcessContext(
-            instance=instance, version=dg.__version__, read_only=False,
-            workspace_load_target=WorkspaceFileTarget(paths=[str(workspace_file)]), code_server_log_level="WARNING",
-        ))
-        self.workspace = process_context.create_request_context()
-        location = self.workspace.get_code_location(LOCATION_NAME)
-        errors = self.workspace.get_code_location_error(LOCATION_NAME)
-        if errors:
-            raise ArenaError("the code location failed to load", LOCATION_NAME, errors.message.splitlines()[-1])
-        self.location = location
-        self.repository = next(iter(location.get_repositories().values()))
+        try:  # a location that fails to load must not leave its code server running
+            process_context = self._stack.enter_context(WorkspaceProcessContext(
+                instance=instance, version=dg.__version__, read_only=False,
+                workspace_load_target=WorkspaceFileTarget(paths=[str(workspace_file)]), code_server_log_level="WARNING",
+            ))
+            self.workspace = process_context.create_request_context()
+            errors = self.workspace.get_code_location_error(LOCATION_NAME)
+            if errors:
+                raise ArenaError("the code location failed to load", LOCATION_NAME, errors.message.splitlines()[-1])
+            self.location = self.workspace.get_code_location(LOCATION_NAME)
+            self.repository = next(iter(self.location.get_repositories().values()))
+        except BaseException:
+            self._stack.close()
+            raise
 
     def close(self) -> None:
         self._stack.close()
@@ -220,21 +222,21 @@ def terminate(instance: dg.DagsterInstance, run_id: str) -> None:
 def follow(instance: dg.DagsterInstance, run_id: str, on_event: Callable[[Any], None], poll_s: float = 0.5) -> dg.DagsterRun:
     """Feed every event of a run to `on_event` as it is written, until the run ends; returns the run."""
     cursor = None
+    pid = None
     while True:
-        connection = instance.get_records_for_run(run_id, cursor=cursor, limit=500)
-        for record in connection.records:
-            on_event(record.event_log_entry)
-        cursor = connection.cursor
-        if connection.has_more:
-            continue
+        # The status first: a run seen finished has written all its events, so the drain below reads them all.
         run = instance.get_run_by_id(run_id)
-        if run is not None and run.status in FINISHED:
-            tail = instance.get_records_for_run(run_id, cursor=cursor, limit=500)
-            for record in tail.records:
+        while True:
+            connection = instance.get_records_for_run(run_id, cursor=cursor, limit=500)
+            for record in connection.records:
                 on_event(record.event_log_entry)
+            cursor = connection.cursor
+            if not connection.has_more:
+                break
+        if run is not None and run.status in FINISHED:
             return run
         if run is not None and run.status in IN_PROGRESS:
-            pid = worker_pid(instance, run_id)
+            pid = pid or worker_pid(instance, run_id)
             if pid is not None and not pid_alive(pid):
                 instance.report_run_failed(run, f"the process running this run died (pid {pid})")
         time.sleep(poll_s)

@@ -76,7 +76,7 @@ def leaderboard_png(board: pl.DataFrame | list[dict[str, Any]], *, title: str | 
         ax.plot(row["rating"], y, "o", color=color, markersize=8, zorder=3)
         note = f"{row['rating']:.0f}  [{low:.0f}, {high:.0f}]"
         ax.annotate(note, (high, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=9, color="#333333")
-    anchor = str(rows[0].get("anchor") or "").split("=")[0]  # the model pinned at a fixed rating has no interval
+    anchor = str(rows[0].get("anchor") or "").split("=")[0]  # the model whose rating sets the scale
     labels = [(f"{row['rank']}. " if row.get("rank") is not None else "") + row["model"]
               + (" (anchor)" if row["model"] == anchor else "") for row in rows]
     ax.set_yticks(range(len(rows)), labels, fontsize=10)

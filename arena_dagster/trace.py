@@ -18,7 +18,6 @@ The warehouse is only read (open the connection with read_only=True). No Dagster
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import duckdb
 
 from arena_dagster.errors import ArenaError
+from arena_dagster.training.spec import file_sha256
 from arena_dagster.warehouse import table_exists
 
 # Training rows: table -> (id column, the stage whose battles made it, the dataset folder it is exported to).
@@ -222,7 +222,7 @@ def dataset_uses(conn: duckdb.DuckDBPyConnection, home: Path, table: str, row_id
         uses.append({
             "checkpoint": reg["model"], "stage": reg["kind"], "round": reg["round"], "dataset": str(path), "line": line,
             "dataset_rows": rows, "hf_dataset": str(hf) if hf.is_dir() else None, "dataset_hash": reg["dataset_hash"],
-            "hash_matches": _sha256(path) == reg["dataset_hash"],
+            "hash_matches": file_sha256(path) == reg["dataset_hash"],
         })
     return uses
 
@@ -246,14 +246,6 @@ def _find_line(path: Path, column: str, row_id: str) -> tuple[int | None, int]:
             if found is None and row_id in line and json.loads(line).get(column) == row_id:
                 found = number
     return found, count
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_lineage(conn: duckdb.DuckDBPyConnection, home: Path, model: str, round_key: int | None = None) -> dict[str, Any]:
@@ -297,7 +289,7 @@ def checkpoint_lineage(conn: duckdb.DuckDBPyConnection, home: Path, model: str, 
         "ancestors": ancestors, "descendants": descendants, "path": reg.get("path"),
         "dataset_hash": reg.get("dataset_hash"), "dataset": str(dataset) if dataset else manifest.get("dataset_path"),
         "dataset_rows": manifest.get("dataset_rows"),
-        "hash_matches": _sha256(dataset) == reg.get("dataset_hash") if dataset and reg.get("dataset_hash") else None,
+        "hash_matches": file_sha256(dataset) == reg.get("dataset_hash") if dataset and reg.get("dataset_hash") else None,
         "skipped": manifest.get("skipped"), "reward_model": manifest.get("reward_model"),
         "metrics": manifest.get("metrics", {}), "leaderboard": board, "gates": gates,
     }

@@ -30,7 +30,9 @@ def as_user_error(exc: BaseException) -> ArenaError | None:
         if isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
             return ArenaError("the warehouse is locked by another process", _first(exc),
                               "wait for the running flywheel (or the UI's run) to finish")
-        if isinstance(exc, duckdb.Error):
+        # Storage errors only: a binder or catalog error is a bug in a query and keeps its traceback.
+        if isinstance(exc, (duckdb.IOException, duckdb.InternalException, duckdb.FatalException,
+                            duckdb.SerializationException)):
             return ArenaError("the warehouse cannot be read or written", _first(exc),
                               "check the file (a damaged warehouse.duckdb can be rebuilt by deleting it and rerunning)")
     except ImportError:  # pragma: no cover - duckdb is a dependency

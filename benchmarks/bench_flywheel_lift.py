@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import shutil
 import statistics
 import subprocess
@@ -84,12 +85,13 @@ def run_seed(command: list[str], *, seed: int, rounds: int, profile: str, home: 
     env = {**os.environ, **OFFLINE_ENV, **({"ARENA_CACHE": str(cache)} if cache else {})}
     started = time.monotonic()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # Its own session: a timeout kills the command and every process it started (daemon, code server, runs).
+        process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         memory = PeakMemory(process.pid)
         try:
             code = process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             code = process.wait()
         peak = memory.stop()
     wall = time.monotonic() - started

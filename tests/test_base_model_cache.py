@@ -105,3 +105,22 @@ def test_cache_location_and_names(tmp_path, monkeypatch):
             resolve_profile({"initial_target": {"name": name}})
         with pytest.raises(UnsafePathError):
             CacheEntry(tmp_path, "models", name)
+
+
+def test_a_cache_that_cannot_be_written_only_costs_the_build(tmp_path):
+    from arena_dagster.training.model_cache import cached_folder
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tokenizer").write_text("a file where the entries' folder should be")  # no lock can be taken
+    home = tmp_path / "home"
+    target = home / "models" / "tokenizer"
+    lines: list[str] = []
+
+    def build() -> None:
+        target.mkdir(parents=True)
+        (target / "tokenizer.json").write_text("{}")
+
+    assert cached_folder(cache, "tokenizer", "k" * 64, target, home, build=build, log=lines.append) is False
+    assert (target / "tokenizer.json").is_file() and (cache / "tokenizer").is_file()
+    assert any("cannot be used" in line and "building in the home without it" in line for line in lines), lines

@@ -13,7 +13,7 @@ from arena_dagster.prompts.skills import make_items
 from arena_dagster.quality.checkpoints import check_checkpoint, checkpoint_checks, learned, manifest_complete
 from arena_dagster.registry import register_model
 from arena_dagster.training.base_models import chat_row, write_jsonl
-from arena_dagster.training.entrypoint import read_manifest
+from arena_dagster.training.spec import read_manifest
 from arena_dagster.training.runner import run_training
 from arena_dagster.training.stages import stage_training_spec
 

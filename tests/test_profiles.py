@@ -235,10 +235,10 @@ def test_model_names_are_unique_folders(tmp_path, text, fragment):
 
 
 def test_hyperparameter_keys_are_the_training_entry_points():
-    from arena_dagster.training import entrypoint
+    from arena_dagster.training import spec
 
     for stage in ("base", "sft", "dpo", "reward", "rl"):
-        expected = set(getattr(entrypoint, "COMMON_HYPERPARAMS", {})) | set(entrypoint.DEFAULT_HYPERPARAMS[stage])
+        expected = set(spec.COMMON_HYPERPARAMS) | set(spec.DEFAULT_HYPERPARAMS[stage])
         assert expected <= hyperparameter_keys(stage) == HYPERPARAMETERS[stage].setting_names()
 
 

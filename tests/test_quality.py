@@ -161,6 +161,8 @@ def test_descriptions_state_the_limit_and_why_it_blocks_or_warns():
     ("checks: {a: {why: x, expect: [{expect_column_values_to_not_be_null: {column: c}}]}}\ncolumns: 1\n", "unknown keys"),
     ("checks: {a: {expect: [{expect_column_values_to_not_be_null: {column: c}}]}}\n", "needs `why`"),
     ("checks: [oops\n", "cannot read the suite"),
+    ("checks:\n  a: {why: x, expect: [{expect_column_values_to_not_be_null: {column: c}}]}\n"
+     "  a: {why: y, expect: [{expect_column_values_to_not_be_null: {column: d}}]}\n", "'a' appears twice"),
 ])
 def test_a_broken_suite_file_is_a_clear_error(tmp_path, text, error):
     bad = tmp_path / "t.yaml"

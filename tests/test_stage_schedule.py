@@ -9,7 +9,7 @@ import pytest
 from arena_dagster.config import load_profile
 from arena_dagster.prompts.slicing import slice_rounds
 from arena_dagster.registry import record_promotion, register_model
-from arena_dagster.training.entrypoint import DEFAULT_HYPERPARAMS
+from arena_dagster.training.spec import DEFAULT_HYPERPARAMS
 from arena_dagster.training.schedule import ScheduleError, battle_prompts, checkpoint_name, stage_plan
 from arena_dagster.training.stages import (
     round_candidate,

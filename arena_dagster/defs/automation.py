@@ -86,8 +86,12 @@ def _active_round_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     )))
 
 
-def next_round_request(instance: dg.DagsterInstance, reason: str) -> dg.RunRequest | dg.SkipReason:
-    """A RunRequest for the next round, or why there is none (shared by the schedule and the sensor)."""
+def next_round_request(instance: dg.DagsterInstance, reason: str, event_id: int | None = None) -> dg.RunRequest | dg.SkipReason:
+    """A RunRequest for the next round, or why there is none (shared by the schedule and the sensor).
+
+    `event_id` (the sensor's gate materialization) makes the run key unique per gate decision: a sensor never reuses a
+    run key, so a round rerun after a failure or a profile switch would otherwise be skipped for good.
+    """
     if not baseline_done(instance):
         return dg.SkipReason("the baseline has not run: materialize the flywheel_setup job (or `arena-dagster flywheel`)")
     active = _active_round_runs(instance)
@@ -102,8 +106,9 @@ def next_round_request(instance: dg.DagsterInstance, reason: str) -> dg.RunReque
             "the profile's prompts.files, or a larger prompts.rounds / raw pool) and re-materialize prompt_pool; "
             "the round_partitions sensor then adds the new rounds"
         )
-    return dg.RunRequest(run_key=f"round-{key}-{reason}", partition_key=str(key), tags={"arena/round": str(key),
-                                                                                       "arena/started_by": reason})
+    run_key = f"round-{key}-{reason}" + (f"-{event_id}" if event_id is not None else "")
+    return dg.RunRequest(run_key=run_key, partition_key=str(key),
+                         tags={"arena/round": str(key), "arena/started_by": reason})
 
 
 @dg.schedule(
@@ -139,7 +144,7 @@ def round_partitions_sensor(context: dg.SensorEvaluationContext):
                 "rounds instead of one a night).",
 )
 def next_round_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-    return next_round_request(context.instance, "sensor")
+    return next_round_request(context.instance, "sensor", asset_event.storage_id)
 
 
 def failed_rounds_log(home: Path) -> Path:

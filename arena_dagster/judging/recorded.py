@@ -151,7 +151,8 @@ class RecordedJudge:
                 )
             return plan_target_battles(round_key, prompt_ids, self.baseline, sorted(set(models) - {self.baseline}))
         plan = plan_round_robin(round_key, prompt_ids, models)
-        return plan.filter(pl.Series([pair in self.pairs for pair in plan.select("model_x", "model_y").iter_rows()]))
+        return plan.filter(pl.Series([pair in self.pairs for pair in plan.select("model_x", "model_y").iter_rows()],
+                                     dtype=pl.Boolean))
 
     def verdict(self, prompt_id: str, model_a: str, model_b: str) -> JudgeResult:
         """The recorded game of `prompt_id` that showed model_a as A and model_b as B.

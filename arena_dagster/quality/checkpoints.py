@@ -104,7 +104,7 @@ def manifest_complete(stage: str, row: Mapping[str, Any], manifest: Mapping[str,
     }
     dataset = Path(str(manifest.get("dataset_path") or ""))
     if manifest.get("dataset_path") and dataset.is_file():
-        from arena_dagster.training.entrypoint import file_sha256
+        from arena_dagster.training.spec import file_sha256
 
         actual = file_sha256(dataset)
         metadata["dataset file hash"] = actual
@@ -226,7 +226,7 @@ def check_checkpoint(
     registered = registry_manifest(row)
     if registered.get("skipped"):
         return _skipped(stage, str(registered["skipped"]))
-    from arena_dagster.training.entrypoint import read_manifest
+    from arena_dagster.training.spec import read_manifest
 
     manifest = read_manifest(Path(row["path"]))
     first = scores(row["path"], pair) if stage == "reward" else generates(row["path"], threads=threads)

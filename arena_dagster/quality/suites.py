@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from arena_dagster.config import ASSETS_DIR
+from arena_dagster.config import ASSETS_DIR, UniqueKeyLoader
 from arena_dagster.errors import ArenaError
 
 EXPECTATIONS_DIR = ASSETS_DIR / "expectations"
@@ -192,7 +192,8 @@ def _check(path: Path, name: str, spec: Any) -> Check:
 def parse_suites(path: Path) -> list[Suite]:
     """The suites of one file: one, or one per stage of a `stages:` file."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # A check written twice is an error, not the last one silently kept (as in profiles).
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise _fail(path, f"cannot read the suite: {exc}", "fix the YAML") from exc
     if not isinstance(data, Mapping) or not isinstance(data.get("checks"), Mapping) or not data["checks"]:

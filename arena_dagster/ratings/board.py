@@ -188,6 +188,7 @@ def rate(
     compared with the rest, and BattlesInputError naming the row of any malformed battle.
     """
     scaling = _Scale(base, scale, init_rating, parse_anchor(anchor), baseline)
+    features = style_features_of(style_control)  # a bad setting fails before the bootstrap is paid for
     result = fit(battles, bootstrap=bootstrap, bootstrap_unit=bootstrap_unit, seed=seed)
     columns: dict[str, Any] = {"model": result.models}
     raw = scaling.columns(result.models, result.strength, result.bootstrap_strength)
@@ -196,7 +197,6 @@ def rate(
     columns["unbounded"] = [name in result.unbounded for name in result.models]
     columns.update(raw)
     coefficients = None
-    features = style_features_of(style_control)
     if features:
         styled = fit_style(battles, features, bootstrap=bootstrap, bootstrap_unit=bootstrap_unit, seed=seed)
         columns.update(scaling.columns(styled.models, styled.strength, styled.bootstrap_strength, suffix="_sc"))

@@ -40,12 +40,6 @@ class BradleyTerryFit:
     total_weight: float
     unbounded: list[str]
 
-    def index(self, model: str) -> int:
-        try:
-            return self.models.index(model)
-        except ValueError:
-            raise RatingsError(f"model {model!r} has no battles; models rated: {self.models}") from None
-
 
 class PairTotals:
     """The compared pairs of some cells (a design without covariates) and the maps from cell

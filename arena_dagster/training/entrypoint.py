@@ -40,8 +40,7 @@ from arena_dagster.training.guard import follow_launcher
 from arena_dagster.training.metrics import REWARD_EVAL_PAIRS, StepSeries, step_metrics_callback
 from arena_dagster.training.pair_scores import preference_accuracy
 from arena_dagster.training.pipes import Reporter, open_reporter
-from arena_dagster.training.spec import (  # noqa: F401  (DEFAULT_HYPERPARAMS: imported from here by callers)
-    DEFAULT_HYPERPARAMS,
+from arena_dagster.training.spec import (
     MANIFEST,
     TrainingDataError,
     TrainingSpecError,

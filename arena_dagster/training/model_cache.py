@@ -139,12 +139,22 @@ def cached_folder(
         build()
         return False
     entry = CacheEntry(cache, kind, key)
-    with entry.locked(log):
+    lock = contextlib.ExitStack()
+    try:
+        lock.enter_context(entry.locked(log))
+    except OSError as exc:  # the cache is optional: a read-only or foreign folder only costs the build
+        log(f"{kind}/{key[:12]}: the cache {cache} cannot be used ({exc}); building in the home without it")
+        build()
+        return False
+    with lock:
         if entry.exists():
             entry.restore(target, root)
             return True
         build()
-        entry.publish(target)
+        try:
+            entry.publish(target)
+        except OSError as exc:
+            log(f"{kind}/{key[:12]}: not stored in the cache ({exc}); the home keeps its trained copy")
         return False
 
 
