@@ -180,9 +180,25 @@ def iter_records(path: str | Path, quarantine: list[Quarantined], *, decode: Dec
         try:
             value = json.loads(text)
         except json.JSONDecodeError as error:
-            quarantine.append(Quarantined(number, "invalid_json", f"malformed JSON: {error.msg} (column {error.colno})", shown))
+            quarantine.append(Quarantined(number, "invalid_json", f"not JSON ({error.msg} at column {error.colno})", shown))
             continue
         yield from _checked(number, value, shown, quarantine)
+
+
+def strict_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """`iter_records` for files where every row counts (prompts to answer, recorded answers): the
+    first record that would be quarantined is a RecordFileError naming its line instead."""
+    quarantine: list[Quarantined] = []
+
+    def refuse() -> None:
+        if quarantine:
+            first = quarantine[0]
+            raise RecordFileError(first.detail, f"{path}:{first.number}")
+
+    for number, row in iter_records(path, quarantine):
+        refuse()
+        yield number, row
+    refuse()
 
 
 def _json_text(line: bytes) -> Any:

@@ -98,7 +98,7 @@ def test_ingest_mixed_jsonl_quarantines_bad_lines_with_numbers():
         (4, "Explain how a heat p"), (9, "List three uses of b")]
     assert [q["source_line"] for q in result.quarantine] == [5, 6, 7]
     assert "must be a string" in result.quarantine[0]["reason"]
-    assert result.quarantine[1]["reason"].startswith("invalid_json: malformed JSON")
+    assert result.quarantine[1]["reason"].startswith("invalid_json: not JSON")
     two_turn = result.rows[1]
     assert two_turn["recorded_answer"] == "Silent white blanket..." and len(two_turn["messages"]) == 3
     mt_bench_shaped = result.rows[2]
