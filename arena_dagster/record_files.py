@@ -20,8 +20,8 @@ A file that cannot be read at all (missing, a folder, not Parquet, a JSON array 
 one) is a RecordFileError: one line naming the file. `read_text` decodes a whole text file
 (YAML profiles, model configs) by the same rules, with any bad character an error naming
 its line. The standard library's json and csv and pyarrow's Parquet reader do the parsing;
-the JSON array walker is hand-written because json.load cannot keep the complete records of a
-truncated file (the ShareGPT dump is cut mid-record).
+JSON arrays are walked element by element (`json_array.py`), so a truncated file keeps its
+complete records.
 """
 
 from __future__ import annotations
@@ -32,18 +32,19 @@ import io
 import json
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 from arena_dagster.errors import ArenaError
+from arena_dagster.json_array import ESCAPED_BYTE, DecodeStats, JSONArrayError, array_items, iter_json_array
+
+__all__ = ["DecodeStats", "JSONArrayError", "Quarantined", "RecordFileError", "csv_rows", "iter_json_array",
+           "iter_records", "printable", "read_text", "reason_counts", "strict_records", "text_problem"]
 
 REASONS = ("invalid_utf8", "nul_character", "lone_surrogate", "invalid_json", "not_an_object", "invalid_csv")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what `surrogateescape` makes of a byte that is not UTF-8
-_CHUNK = 1 << 20
-_WS = " \t\r\n"
 
 
 class RecordFileError(ArenaError, ValueError):
@@ -138,8 +139,8 @@ def read_text(path: str | Path) -> str:
 
 def iter_records(path: str | Path, quarantine: list[Quarantined], *, decode: DecodeStats | None = None) -> Iterator[tuple[int, dict]]:
     """(number, object) of every readable record of a file; the others are appended to
-    `quarantine` as they are met. `.parquet` and `.csv` by suffix, anything else is JSON: an
-    array, one object, or JSON lines. `decode` receives the byte counts of a JSON array."""
+    `quarantine` as they are met. `.parquet` and `.csv` by suffix (a short CSV record's missing
+    cells are ""), anything else is JSON: an array, one object, or JSON lines. `decode` receives the byte counts of a JSON array."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -155,14 +156,16 @@ def iter_records(path: str | Path, quarantine: list[Quarantined], *, decode: Dec
             else:
                 yield number, dict(zip(header, cells + [""] * (len(header) - len(cells))))
         return
-    if raw.lstrip()[:1] == b"[":
+    start = re.match(rb"\s*", raw).end()  # the first byte that is not white space, without copying the file
+    first = raw[start:start + 1]
+    if first == b"[":
         yield from _array_records(io.BytesIO(raw), quarantine, decode if decode is not None else DecodeStats(), path)
         return
     lines = raw.split(b"\n")
-    if lines and raw.lstrip()[:1] == b"{" and _json_text(lines[0]) is None:
+    if first == b"{" and _json_text(lines[0]) is None:
         whole = _one_document(raw)  # an object written over several lines
         if whole is not None:
-            yield from _checked(1, whole, raw.decode("utf-8", "backslashreplace"), quarantine)
+            yield from _checked(1, whole, printable(raw[:8000].decode("utf-8", "backslashreplace"))[:2000], quarantine)
             return
     for number, line in enumerate(lines, start=1):
         line = line.removeprefix(codecs.BOM_UTF8).strip()  # a BOM also starts each file of a concatenation
@@ -228,7 +231,7 @@ def _checked(number: int, value: Any, shown: str, quarantine: list[Quarantined])
 
 def _array_records(stream: IO[bytes], quarantine: list[Quarantined], stats: DecodeStats, path: Path) -> Iterator[tuple[int, dict]]:
     try:
-        for number, (value, problem) in enumerate(_array_items(stream, stats), start=1):
+        for number, (value, problem) in enumerate(array_items(stream, stats), start=1):
             if problem == "invalid_utf8":
                 quarantine.append(Quarantined(number, "invalid_utf8", "not UTF-8 text", printable(json.dumps(value))[:2000]))
             elif problem:
@@ -285,7 +288,7 @@ def csv_rows(path: str | Path, quarantine: list[Quarantined], *, raw: bytes | No
 
 def _cells_problem(cells: list[str]) -> tuple[str, str] | None:
     for cell in cells:
-        if _ESCAPED_BYTE.search(cell):  # the file was decoded with surrogateescape: these were bad bytes
+        if ESCAPED_BYTE.search(cell):  # the file was decoded with surrogateescape: these were bad bytes
             return "invalid_utf8", "not UTF-8 text"
         problem = _string_problem(cell)
         if problem:
@@ -320,136 +323,3 @@ def _parquet_records(path: Path, quarantine: list[Quarantined]) -> Iterator[tupl
                 quarantine.append(Quarantined(number, "invalid_utf8", f"not UTF-8 text ({row.reason})"))
             else:
                 yield from _checked(number, row, printable(json.dumps(row, ensure_ascii=False, default=str))[:2000], quarantine)
-
-
-# ---------------------------------------------------------------- JSON arrays, truncated ones included
-
-
-@dataclass
-class DecodeStats:
-    bytes_total: int = 0
-    bytes_decoded: int = 0
-    bytes_lost: int = 0
-    records: int = 0
-    records_lost: int = 0  # malformed elements skipped by resynchronization (the tail counts as 1 when cut)
-    truncated: bool = False
-    errors: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class JSONArrayError(ValueError):
-    pass
-
-
-def iter_json_array(stream: IO[bytes], stats: DecodeStats, *, chunk_size: int = _CHUNK) -> Iterator[Any]:
-    """Yield each complete element of a top-level JSON array; fill `stats` as it goes."""
-    for value, problem in _array_items(stream, stats, chunk_size=chunk_size):
-        if problem is None:
-            yield value
-
-
-def _array_items(stream: IO[bytes], stats: DecodeStats, *, chunk_size: int = _CHUNK) -> Iterator[tuple[Any, str | None]]:
-    """(element, None) per decoded element, (element, "invalid_utf8") per one holding bytes that
-    are not UTF-8, (None, why) per element lost (malformed, or the cut-off tail)."""
-    decoder = json.JSONDecoder()
-    text_decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-    buffer = ""
-    position = 0
-    consumed_bytes = 0  # bytes of the text already dropped from the buffer
-    eof = False
-
-    def read_more() -> bool:
-        nonlocal buffer, eof
-        raw = stream.read(chunk_size)
-        stats.bytes_total += len(raw)
-        if not raw:
-            buffer += text_decoder.decode(b"", final=True)
-            eof = True
-            return False
-        buffer += text_decoder.decode(raw)
-        return True
-
-    def skip(chars: str) -> None:
-        nonlocal position
-        while True:
-            while position < len(buffer) and buffer[position] in chars:
-                position += 1
-            if position < len(buffer) or eof or not read_more():
-                return
-
-    def size(text: str) -> int:
-        return len(text.encode("utf-8", "surrogateescape"))
-
-    skip(_WS + "\ufeff")
-    if position >= len(buffer):
-        return
-    if buffer[position] != "[":
-        raise JSONArrayError(f"expected a JSON array, found {printable(buffer[position])!r} at the start")
-    position += 1
-    while True:
-        skip(_WS + ",")
-        if position >= len(buffer):
-            stats.truncated = True  # no closing bracket
-            break
-        if buffer[position] == "]":
-            stats.bytes_decoded = consumed_bytes + size(buffer[: position + 1])
-            break
-        try:
-            element, end = decoder.raw_decode(buffer, position)
-        except json.JSONDecodeError as err:
-            if not eof and read_more():
-                continue
-            # At the end of the file: either the cut-off tail or a malformed element.
-            at_byte = consumed_bytes + size(buffer[:position])
-            end = _element_end(buffer, position)
-            stats.records_lost += 1
-            if end is None:
-                stats.bytes_lost += size(buffer[position:])
-                stats.truncated = True
-                stats.errors.append(f"cut off at byte {at_byte}: {err.msg}")
-                yield None, stats.errors[-1]
-                break
-            stats.bytes_lost += size(buffer[position:end])
-            stats.errors.append(f"malformed element at byte {at_byte}: {err.msg}")
-            yield None, stats.errors[-1]
-            position = end
-            continue
-        stats.records += 1
-        bad_bytes = _ESCAPED_BYTE.search(buffer, position, end) is not None
-        position = end
-        stats.bytes_decoded = consumed_bytes + size(buffer[:position])
-        if position > chunk_size:
-            consumed_bytes += size(buffer[:position])
-            buffer = buffer[position:]
-            position = 0
-        yield element, "invalid_utf8" if bad_bytes else None
-
-
-def _element_end(text: str, start: int) -> int | None:
-    """End of the bracketed element starting at `start` (string-aware depth scan), or None."""
-    opening = text[start] if start < len(text) else ""
-    if opening not in "[{":
-        comma = text.find(",", start)
-        return None if comma < 0 else comma
-    depth = 0
-    in_string = escaped = False
-    for position in range(start, len(text)):
-        char = text[position]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-            if depth == 0:
-                return position + 1
-    return None
