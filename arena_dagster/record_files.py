@@ -70,11 +70,11 @@ def reason_counts(quarantine: list[Quarantined]) -> dict[str, int]:
 
 def _string_problem(text: str) -> tuple[str, str] | None:
     if "\x00" in text:
-        return "nul_character", f"a NUL character (U+0000) at position {text.index(chr(0)) + 1} of {printable(text[:60])!r}"
+        return "nul_character", f"a NUL character (U+0000) at position {text.index(chr(0)) + 1} of \"{printable(text[:60])}\""
     found = _SURROGATE.search(text)
     if found:
         return "lone_surrogate", (f"a lone UTF-16 surrogate U+{ord(found.group()):04X} at position {found.start() + 1} "
-                                  f"of {printable(text[:60])!r}")
+                                  f"of \"{printable(text[:60])}\"")
     return None
 
 
