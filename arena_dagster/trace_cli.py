@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", nargs="?", help="example_id, pair_id, battle_id or prompt_id (or a unique prefix of 8+ "
                                               "characters), or a model name such as DPO-I1")
     parser.add_argument("--column", metavar="TABLE.COLUMN", default=None,
-                        help="instead of a row: the upstream columns a SQL model's column is computed from, down to the "
-                             "tables Python assets write (traced by sqlglot; the open-source UI does not show "
+                        help="instead of a row: the upstream columns a SQL model's column is computed from, down to "
+                             "the tables Python assets write (traced by sqlglot; the open-source UI does not show "
                              "dagster/column_lineage)")
     parser.add_argument("--home", default=None, help="flywheel home (default: $ARENA_HOME or ./.arena)")
     parser.add_argument("--json", action="store_true", help="print the whole lineage as JSON (texts uncut)")
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     home = resolve_home(args.home)
     if (args.id is None) == (args.column is None):
         raise ArenaError("trace takes an ID or --column TABLE.COLUMN", " ".join(filter(None, [args.id, args.column])),
-                         "e.g. `arena-dagster trace DPO-I1` or `arena-dagster trace --column sft_examples.winner_model`")
+                         "e.g. `arena-dagster trace DPO-I1` or "
+                         "`arena-dagster trace --column sft_examples.winner_model`")
     with open_readonly(home) as conn:
         if args.column is not None:
             from arena_dagster.home import home_profile

@@ -246,7 +246,9 @@ def test_the_continuous_sensor_ticks_like_the_daemon(smoke_home, tmp_path):
     sensor = defs.resolve_sensor_def("next_round_sensor")
 
     def tick(cursor: str | None):
-        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repo, cursor=cursor))
+        # As the daemon's code server builds it: with the instance's ref, so the run request's partition is checked.
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(),
+                                                            repository_def=repo, cursor=cursor))
 
     gate_id = instance.fetch_materializations(dg.AssetKey("target_model"), limit=1).records[0].storage_id
     # Every slice has run: the gate decision is seen and passed over, saying why.

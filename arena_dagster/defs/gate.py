@@ -64,7 +64,8 @@ def gate_figures(decision: dict, ratings: dict[str, float], candidates: list[str
     rating/best_candidate: the best-rated stage checkpoint of round r; gate/diff, gate/ci_low, gate/ci_high: the
     tested candidate minus the incumbent, in Elo, with the paired bootstrap interval.
     """
-    figures = {f"gate/{k}": round(float(decision[k]), 2) for k in ("diff", "ci_low", "ci_high") if decision.get(k) is not None}
+    figures = {f"gate/{k}": round(float(decision[k]), 2) for k in ("diff", "ci_low", "ci_high")
+               if decision.get(k) is not None}
     if decision.get("new_target") in ratings:
         figures["rating/target"] = round(float(ratings[decision["new_target"]]), 2)
     rated = [float(ratings[c]) for c in candidates if c in ratings]
@@ -137,7 +138,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
             **arena.provenance(),
             **figures,
             "promoted": bool(decision["promoted"]),
-            "margin": str(decision.get("margin")),  # a profile setting, the same every round: text, not a plotted figure
+            "margin": str(decision.get("margin")),  # a profile setting, the same every round: text, not a figure
             "decision": decision["reason"],
             "rule": str(decision.get("rule") or ""),
             "tested_candidate": decision["candidate"],
