@@ -247,7 +247,7 @@ class LLMJudge:
         ids = [f"{item.prompt_id}#{n}" for n, item in enumerate(items)]
 
         def parse(index: int, text: str):
-            return parse_judgment(text, self.template, answers=shown[index])
+            return parse_judgment(text, self.template, answers=shown[index], structured=self.structured)
 
         results = []
         for parsed, raw, error, attempts in self._with_retries("pairwise", self._structured_options, ids, messages, parse,
@@ -328,7 +328,10 @@ def load_difficulty_template(name: str | Path) -> dict[str, str]:
 
 
 def parse_difficulty(text: str) -> float:
-    """The difficulty from `{"difficulty": 0-10}` (the last such object); ValueError when absent or out of range."""
+    """The difficulty from `{"difficulty": 0-10}` (the last such object; a number by the shared rule of
+    ratings/numbers.py); ValueError when absent or out of range."""
+    from arena_dagster.ratings.numbers import read_number
+
     found = None
     for match in re.finditer(r"\{[^{}]*\}", text or ""):
         try:
@@ -337,9 +340,10 @@ def parse_difficulty(text: str) -> float:
             continue
         if isinstance(obj, dict) and "difficulty" in obj:
             found = obj["difficulty"]
-    if isinstance(found, bool) or not isinstance(found, (int, float)) or not 0 <= found <= 10:
+    number = read_number(found)
+    if number is None or not 0 <= number <= 10:
         raise ValueError(f"no difficulty 0-10 in the judge output: {str(text)[:80]!r}")
-    return float(found)
+    return number
 
 
 def make_judge(config: dict[str, Any], *, cache_path: Path | str | None = None, home: Path | str | None = None) -> Judge:
