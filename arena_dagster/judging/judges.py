@@ -89,9 +89,11 @@ class LLMJudge:
                          score_a, score_b: reason first). A 135M judge copies score_a into an
                          adjacent score_b: measured on 24 ShareGPT games, [explanation, score_a,
                          score_b] gave 0 games with different scores, [score_a, explanation, score_b] 8
-      retries            extra attempts for outputs that do not parse (2); each adds
-                         `retry_suffix` to the user message and moves the sampling seed, so the
-                         cache key differs; still failing: recorded with its raw text, parse_ok False
+      retries            extra attempts for outputs that do not parse (2); attempt k adds
+                         `retry_suffix` to the user message and moves the sampling seed by k, so
+                         each attempt has its own cache key and a rerun replays the same attempts;
+                         still failing: recorded with its raw text, parse_ok False, and its battle
+                         is incomplete (left out of the outcomes, counted by judge health)
       max_chars          {instruction, history, answer}: longer texts are cut (and marked) in the
                          judge prompt, so one long answer cannot blow the context or the budget
       batch_size         games per cached generation call (each call is committed to the cache)
