@@ -20,6 +20,7 @@ repeats a planted one while the judge said otherwise.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Iterable, Sequence
 
@@ -52,7 +53,8 @@ def _marker_pattern(line: str) -> str:
     return r"\s*[^\]\n]{0,64}?\s*".join(parts)
 
 
-def answer_markers(user_template: str) -> list[tuple[re.Pattern, re.Pattern]]:
+@functools.lru_cache(maxsize=32)
+def answer_markers(user_template: str) -> tuple[tuple[re.Pattern, re.Pattern], ...]:
     """(opening, closing) patterns of the answer blocks: the lines around `{{answer_a}}` and
     `{{answer_b}}` in the template's user message, and the generic markers above."""
     lines = [line for line in user_template.splitlines() if line.strip()]
@@ -65,7 +67,7 @@ def answer_markers(user_template: str) -> list[tuple[re.Pattern, re.Pattern]]:
         if "{{" in opening.replace(_NONCE, "") or "{{" in closing.replace(_NONCE, ""):
             continue  # not marker lines: the answer sits inside running text
         pairs.append((_marker_pattern(opening), _marker_pattern(closing)))
-    return [(re.compile(o, re.I), re.compile(c, re.I)) for o, c in dict.fromkeys(pairs)]
+    return tuple((re.compile(o, re.I), re.compile(c, re.I)) for o, c in dict.fromkeys(pairs))
 
 
 def quoted_spans(text: str, markers: Sequence[tuple[re.Pattern, re.Pattern]], answers: Iterable[str]) -> list[Span]:
