@@ -2,8 +2,9 @@
 
 Every reader returns `(battles, rejected)`: a polars DataFrame ready for
 `leaderboard` (columns question_id, model_a, model_b, winner, ...) and a dict
-{reason: count} covering every input row that did not become part of a battle. Nothing
-is coerced: a score of "7" (a string) is rejected as `score_numeric_string`, not parsed.
+{reason: count} covering every input row that did not become part of a battle. A score is
+read by the one rule the judge parser uses too (ratings/numbers.py): a JSON number, or a
+string that is a plain decimal ("7" is 7); anything else is rejected, never guessed at.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import polars as pl
 
 from arena_dagster.ratings.battles import WINNERS
 from arena_dagster.ratings.errors import RatingsError
+from arena_dagster.ratings.numbers import read_number
 from arena_dagster.ratings.records import PathLike, as_paths, read_csv_rows, read_records
 
 BATTLE_SCHEMA = {"question_id": pl.String, "model_a": pl.String, "model_b": pl.String, "winner": pl.String}
@@ -97,18 +99,13 @@ def read_fastchat_battles(paths: PathLike | Iterable[PathLike]) -> tuple[pl.Data
 
 
 def _score_problem(score: Any) -> str | None:
-    """Why a grade's score is unusable, or None when it is a number in [1, 10]."""
+    """Why a grade's score is unusable, or None when it is a number (ratings/numbers.py) in [1, 10]."""
     if score is None:
         return "score_missing"
-    if isinstance(score, str):
-        try:
-            float(score)
-        except ValueError:
-            return "score_not_a_number"
-        return "score_numeric_string"
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+    number = read_number(score)
+    if number is None:
         return "score_not_a_number"
-    if not MIN_SCORE <= score <= MAX_SCORE:
+    if not MIN_SCORE <= number <= MAX_SCORE:
         return "score_out_of_range"
     return None
 
@@ -120,8 +117,8 @@ def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dic
     wins, equal scores tie. model_a is the name that sorts first. Every valid score is
     kept as it is (9.5 included). Rejected, by reason: invalid_utf8, invalid_json, not_an_object,
     missing_question_id, missing_model, score_missing (null or absent),
-    score_numeric_string (a number written as a string, e.g. "7": never coerced),
-    score_not_a_number (other strings, booleans, lists, NaN), score_out_of_range (outside
+    score_not_a_number (not a number by ratings/numbers.py: "seven", "7/10", booleans,
+    lists, NaN; a plain decimal string such as "7" is the number 7), score_out_of_range (outside
     1-10, e.g. -1), duplicate_grade (a second grade of the same model on the same
     question; the first is kept), grade_without_opponent (a valid grade on a question no
     other model has a valid grade for).
@@ -145,7 +142,7 @@ def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dic
                 rejected[problem] += 1
                 continue
             seen.add((question_id, model))
-            grades.append((question_id, model, float(record["score"])))
+            grades.append((question_id, model, read_number(record["score"])))
 
     schema = {"question_id": pl.String, "model": pl.String, "score": pl.Float64}
     table = pl.DataFrame(grades, schema=schema, orient="row")
