@@ -33,8 +33,8 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from arena_dagster.names import NameBook
 from arena_dagster.judging.battles import JudgeItem, JudgeResult, plan_round_robin, plan_target_battles
+from arena_dagster.names import NameBook
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.judgments import JUDGMENT_SUFFIXES, RecordedGame, arena_hard_games, mt_bench_games
 from arena_dagster.ratings.records import as_paths

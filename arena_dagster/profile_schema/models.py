@@ -326,7 +326,15 @@ def check_model_names(names: list[str], where: str) -> None:
         seen[fold(name)] = name
 
 
-class SkillsModels(Section):
+class _ModelsSection(Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _distinct_competitors(cls, data: Any) -> Any:  # before: a dict keeps one of two keys that normalize alike
+        check_distinct_keys(data, "competitors", "models.competitors")
+        return data
+
+
+class SkillsModels(_ModelsSection):
     source: Literal["skills"] = "skills"
     seed: Seed = 0
     tokenizer: TokenizerSettings = None
@@ -339,12 +347,6 @@ class SkillsModels(Section):
     flywheel: FlywheelSettings = None
     device: Literal[_training_spec.DEVICES] = "auto"
     launch: LaunchSettings = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _distinct_competitors(cls, data: Any) -> Any:
-        check_distinct_keys(data, "competitors", "models.competitors")
-        return data
 
     @model_validator(mode="after")
     def _names(self) -> "SkillsModels":
@@ -362,7 +364,7 @@ class SkillsModels(Section):
 
 
 
-class DeclaredModels(Section):
+class DeclaredModels(_ModelsSection):
     source: Literal["declared"]
     initial_target: DeclaredTarget
     competitors: Annotated[dict[Name, ModelConfig], Field(min_length=1)]
@@ -372,12 +374,6 @@ class DeclaredModels(Section):
     flywheel: FlywheelSettings = None
     device: Literal[_training_spec.DEVICES] = "auto"
     launch: LaunchSettings = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _distinct_competitors(cls, data: Any) -> Any:
-        check_distinct_keys(data, "competitors", "models.competitors")
-        return data
 
     @model_validator(mode="after")
     def _names(self) -> "DeclaredModels":

@@ -101,7 +101,8 @@ def check_flags(args: argparse.Namespace) -> list[str]:
     change what the user gets; return the warnings for flags that only have nothing to do.
 
     An error: --strong-weight outside (0, inf) in any case, and with a format that has no strong
-    verdicts (the board would silently lack the weighting asked for); --answers without
+    verdicts (the board would silently lack the weighting asked for); --style-control without
+    --answers on a format that holds no answer style; --answers without
     --style-control (the answers would be read and measured for nothing: the style fit asked for
     is missing); --plot with --battles (no picture would be written). A warning: --seed or
     --bootstrap-unit with --bootstrap 0 (no draws to seed or resample: the board is the one asked
@@ -116,6 +117,9 @@ def check_flags(args: argparse.Namespace) -> list[str]:
     if weight is not None and input_format != "arena-hard":
         raise RatingsError(f"--strong-weight does not apply to {FORMAT_NAMES[input_format]} (--input-format "
                            f"{input_format} has no strong verdicts; only arena-hard judgments do): drop it")
+    if args.style_control and not args.answers and input_format != "fastchat":
+        raise RatingsError(f"--style-control has no style to measure in {FORMAT_NAMES[input_format]} (only FastChat "
+                           "battles carry it, as conv_metadata): add --answers with the models' answer files")
     if args.answers and not args.style_control:
         raise RatingsError("--answers does not apply without --style-control (the answers only feed the style "
                            "fit): add --style-control style, or drop --answers")
