@@ -240,7 +240,7 @@ def read_reference(csv_path: PathLike) -> tuple[pl.DataFrame, dict[str, int]]:
             rejected["invalid_utf8"] += 1
             continue
         row = dict(zip(header, cells))
-        name = (row.get("model") or "").strip()
+        name = spelling(row.get("model") or "")
         try:
             values = [float(row.get(c, "")) for c in numeric]
         except ValueError:
@@ -265,7 +265,8 @@ def apply_rename(df: pl.DataFrame, csv_path: PathLike) -> pl.DataFrame:
     """Rename models in the model_a, model_b and model columns by a two-column CSV.
 
     Names not in the CSV stay as they are. Raises RatingsError when the renaming would
-    merge two models of the table into one name.
+    merge two models of the table into one name: to merge names on purpose, rename while
+    reading (`names=NameBook(read_rename(csv_path))`), as `leaderboard --rename` does.
     """
     mapping = read_rename(csv_path)
     columns = [c for c in ("model_a", "model_b", "model") if c in df.columns]
