@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from arena_dagster.backends.base import ChatRequest, Completion, ModelSpec
 from arena_dagster.errors import ArenaError
+from arena_dagster.names import NameBook, normalize_name
 
 ANSWER_FIELDS = ("completion", "response", "answer", "text", "output")
 ID_FIELDS = ("id", "question_id")
@@ -43,6 +44,9 @@ class RecordedBackend:
             raise RecordedDataError(f"model {spec.name!r}: recorded answers file {self.path} does not exist")
         self.answer_field = spec.options.get("answer_field")
         model_id = spec.options.get("model_id")
+        model_id = None if model_id is None else normalize_name(model_id, "model_id", f"model {spec.name!r}")
+        # a file's model names are compared as names (NFC, stripped); two that differ only in case are refused
+        names = NameBook(fix="use one spelling in the answers file")
         self.by_id: dict[str, dict[str, Any]] = {}
         self.by_prompt: dict[str, dict[str, Any]] = {}
         with self.path.open(encoding="utf-8") as handle:
@@ -55,7 +59,10 @@ class RecordedBackend:
                     raise RecordedDataError(f"{self.path}:{number}: not JSON ({exc.msg})") from exc
                 if not isinstance(row, dict):
                     raise RecordedDataError(f"{self.path}:{number}: a row must be a JSON object")
-                if model_id is not None and row.get("model", row.get("model_id")) != model_id:
+                model = row.get("model", row.get("model_id"))
+                if isinstance(model, str) and model.strip():
+                    model = names.add(model, f"{self.path}:{number}")
+                if model_id is not None and model != model_id:
                     continue
                 row_id = next((str(row[f]) for f in ID_FIELDS if row.get(f) is not None), None)
                 prompt = row.get("prompt")
@@ -67,6 +74,7 @@ class RecordedBackend:
                     if key in table:
                         raise RecordedDataError(f"{self.path}:{number}: duplicate answer for {key!r}")
                     table[key] = row
+        names.check()
         if not self.by_id and not self.by_prompt:
             raise RecordedDataError(f"model {spec.name!r}: {self.path} holds no answers" + (
                 f" for model_id {model_id!r}" if model_id is not None else ""

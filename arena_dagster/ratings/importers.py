@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from arena_dagster.names import NameBook, normalize_name, spelling
 from arena_dagster.ratings.battles import WINNERS
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.numbers import read_number
@@ -33,8 +34,13 @@ _FASTCHAT_STYLE = {
 }
 
 
-def model_name(value: Any) -> str | None:
-    return value if isinstance(value, str) and value.strip() else None
+def model_name(value: Any, names: NameBook | None = None, where: str | None = None) -> str | None:
+    """The name a row's model field is rated as (see arena_dagster.names); None when absent, not
+    text or blank (the row is rejected as missing_model). ModelNameError for a name that holds an
+    invisible character."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return names.add(value, where) if names is not None else normalize_name(value, where=where)
 
 
 def question_id_of(value: Any) -> str | None:
@@ -62,7 +68,9 @@ def _style_counts(metadata: Any) -> dict[str, float] | None:
     return out
 
 
-def read_fastchat_battles(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dict[str, int]]:
+def read_fastchat_battles(
+    paths: PathLike | Iterable[PathLike], *, names: NameBook | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """FastChat battle records (a JSON array or JSON lines) -> (battles, rejected).
 
     Keeps model_a, model_b, winner and question_id (null when absent) in file order, and
@@ -70,14 +78,18 @@ def read_fastchat_battles(paths: PathLike | Iterable[PathLike]) -> tuple[pl.Data
     (length_a, length_b, header_count_a, ...: null for a record without it); other fields
     are ignored. Rejects, by reason: invalid_utf8, invalid_json, not_an_object,
     missing_model (absent, null, empty or not a string), invalid_winner (absent or not one
-    of "model_a", "model_b", "tie", "tie (bothbad)"), same_model (a model against itself).
+    of "model_a", "model_b", "tie", "tie (bothbad)"), same_model (a model against itself, also
+    after `names` renamed it). Model names go through `names` (a fresh NameBook by default):
+    normalized, renamed, and refused when two differ only in case.
     """
+    names = NameBook() if names is None else names
     rejected: Counter = Counter()
     rows: list[tuple[str | None, str, str, str]] = []
     styles: list[dict[str, float] | None] = []
     for path in as_paths(paths):
-        for _, record in read_records(path, rejected):
-            model_a, model_b = model_name(record.get("model_a")), model_name(record.get("model_b"))
+        for number, record in read_records(path, rejected):
+            where = f"{path}:{number}"
+            model_a, model_b = model_name(record.get("model_a"), names, where), model_name(record.get("model_b"), names, where)
             winner = record.get("winner")
             if model_a is None or model_b is None:
                 rejected["missing_model"] += 1
@@ -95,6 +107,7 @@ def read_fastchat_battles(paths: PathLike | Iterable[PathLike]) -> tuple[pl.Data
             pl.Series(name, [None if style is None else style[name] for style in styles], dtype=pl.Float64)
             for name in columns
         )
+    names.check()
     return battles, dict(sorted(rejected.items()))
 
 
@@ -110,7 +123,9 @@ def _score_problem(score: Any) -> str | None:
     return None
 
 
-def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dict[str, int]]:
+def read_grades(
+    paths: PathLike | Iterable[PathLike], *, names: NameBook | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """Single-answer grades (JSON lines of question_id, model, score 1-10) -> pairwise battles.
 
     Per question, every two models with a valid grade make one battle: the higher score
@@ -121,16 +136,18 @@ def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dic
     lists, NaN; a plain decimal string such as "7" is the number 7), score_out_of_range (outside
     1-10, e.g. -1), duplicate_grade (a second grade of the same model on the same
     question; the first is kept), grade_without_opponent (a valid grade on a question no
-    other model has a valid grade for).
+    other model has a valid grade for). Model names go through `names` (see read_fastchat_battles).
 
     Returns columns question_id, model_a, model_b, winner, score_a, score_b.
     """
+    names = NameBook() if names is None else names
     rejected: Counter = Counter()
     seen: set[tuple[str, str]] = set()
     grades: list[tuple[str, str, float]] = []
     for path in as_paths(paths):
-        for _, record in read_records(path, rejected):
-            question_id, model = question_id_of(record.get("question_id")), model_name(record.get("model"))
+        for number, record in read_records(path, rejected):
+            question_id = question_id_of(record.get("question_id"))
+            model = model_name(record.get("model"), names, f"{path}:{number}")
             problem = (
                 "missing_question_id" if question_id is None
                 else "missing_model" if model is None
@@ -144,6 +161,7 @@ def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dic
             seen.add((question_id, model))
             grades.append((question_id, model, read_number(record["score"])))
 
+    names.check()
     schema = {"question_id": pl.String, "model": pl.String, "score": pl.Float64}
     table = pl.DataFrame(grades, schema=schema, orient="row")
     graded = table.group_by("question_id").agg(pl.len().alias("models"))
@@ -173,7 +191,9 @@ def read_rename(csv_path: PathLike) -> dict[str, str]:
     """A two-column CSV with a header row (from-name, to-name) -> {from: to}.
 
     A rename decides which battles merge, so a line it cannot read (not UTF-8, not two
-    cells, an empty name) is an error naming the line, never skipped.
+    cells, an empty name, a target name with an invisible character) is an error naming the
+    line, never skipped. A source name is kept as spelled (in NFC, stripped), so a name with an
+    invisible character can be mapped to a clean one.
     """
     path = Path(csv_path)
     header, rows = read_csv_rows(path)
@@ -187,9 +207,10 @@ def read_rename(csv_path: PathLike) -> dict[str, str]:
             raise RatingsError(f"{path}:{number}: not UTF-8 text; save the file as UTF-8")
         if len(cells) != 2:
             raise RatingsError(f"{path}:{number}: expected two cells (from, to), found {len(cells)}")
-        old, new = (cell.strip() for cell in cells)
+        old, new = (spelling(cell) for cell in cells)
         if not old or not new:
             raise RatingsError(f"{path}:{number}: empty model name in {source!r} or {target!r}")
+        new = normalize_name(new, f"{target} name", f"{path}:{number}")
         if old in mapping:
             repeated.add(old)
         mapping[old] = new
@@ -216,7 +237,7 @@ def read_reference(csv_path: PathLike) -> tuple[pl.DataFrame, dict[str, int]]:
             rejected["invalid_utf8"] += 1
             continue
         row = dict(zip(header, cells))
-        name = (row.get("model") or "").strip()
+        name = spelling(row.get("model") or "")
         try:
             values = [float(row.get(c, "")) for c in numeric]
         except ValueError:
@@ -241,7 +262,8 @@ def apply_rename(df: pl.DataFrame, csv_path: PathLike) -> pl.DataFrame:
     """Rename models in the model_a, model_b and model columns by a two-column CSV.
 
     Names not in the CSV stay as they are. Raises RatingsError when the renaming would
-    merge two models of the table into one name.
+    merge two models of the table into one name: to merge names on purpose, rename while
+    reading (`names=NameBook(read_rename(csv_path))`), as `leaderboard --rename` does.
     """
     mapping = read_rename(csv_path)
     columns = [c for c in ("model_a", "model_b", "model") if c in df.columns]
