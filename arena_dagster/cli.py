@@ -150,10 +150,11 @@ def _run(args: argparse.Namespace) -> int:
         print(GATE_LEGEND)
         return 0
     if args.command == "leaderboard":
-        if getattr(args, "battles", None):
-            from arena_dagster.ratings import cli as ratings_cli
+        from arena_dagster.ratings import cli as ratings_cli
 
+        if getattr(args, "battles", None):
             return ratings_cli.run(args)
+        ratings_cli.refuse_file_options(args)
         rows = read_leaderboards(resolve_home(args.home))
         print(json.dumps(rows, indent=2, default=str) if args.json else
               "\n".join([format_leaderboard(rows), RANK_LEGEND, GATE_LEGEND]))

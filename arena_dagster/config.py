@@ -143,17 +143,18 @@ def profile_chain(ref: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any
 
 
 def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]] | None = None) -> dict[str, Any]:
-    """`profile` itself when every key and value is valid (profile_schema); else one ConfigError line.
+    """`profile` when every key and value is valid (profile_schema), with its model names normalized
+    (the same object when they already were); else one ConfigError line.
 
     `chain`: the files it was merged from, to name the one that holds the faulty key.
     """
     from pydantic import ValidationError
 
     from arena_dagster.profile_schema import Profile, validation_context
-    from arena_dagster.profile_schema.base import first_error
+    from arena_dagster.profile_schema.base import first_error, normalized_input
 
     try:
-        Profile.model_validate(profile, context=validation_context(profile))
+        validated = Profile.model_validate(profile, context=validation_context(profile))
     except ValidationError as exc:
         what, fix, parts, more = first_error(exc, profile)
         source = _holder(chain or [], parts)
@@ -162,7 +163,7 @@ def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, 
         if more:
             fix = f"{fix + '; ' if fix else ''}{more} more problem{'s' if more > 1 else ''} after this one"
         raise ConfigError(what, where or None, fix) from None
-    return profile
+    return normalized_input(profile, validated)
 
 
 def _holder(chain: list[tuple[Path, dict[str, Any]]], parts: list[Any]) -> Path | None:
@@ -227,7 +228,7 @@ def load_profile(name_or_path: str | os.PathLike[str] | None = None) -> dict[str
     leaf_path, leaf = chain[-1]
     merged["name"] = leaf.get("name", leaf_path.stem)
     merged = _with_file_paths(merged, chain)
-    validate_profile(merged, chain)
+    merged = validate_profile(merged, chain)
     return with_seed(merged, merged.get("seed", 0))
 
 

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from arena_dagster.backends.base import ChatRequest, Completion, ModelSpec
 from arena_dagster.errors import ArenaError
+from arena_dagster.names import NameBook, normalize_name
 from arena_dagster.record_files import RecordFileError, strict_records
 
 ANSWER_FIELDS = ("completion", "response", "answer", "text", "output")
@@ -43,13 +44,19 @@ class RecordedBackend:
             raise RecordedDataError(f"model {spec.name!r}: recorded answers file {self.path} does not exist")
         self.answer_field = spec.options.get("answer_field")
         model_id = spec.options.get("model_id")
+        model_id = None if model_id is None else normalize_name(model_id, "model_id", f"model {spec.name!r}")
+        # a file's model names are compared as names (NFC, stripped); two that differ only in case are refused
+        names = NameBook(fix="use one spelling in the answers file")
         self.by_id: dict[str, dict[str, Any]] = {}
         self.by_prompt: dict[str, dict[str, Any]] = {}
         # The package's reader: a BOM or CRLF reads as clean UTF-8; text that is not UTF-8, a NUL or
         # lone surrogate, malformed JSON or a row that is not an object is an error naming its line.
         try:
             for number, row in strict_records(self.path):
-                if model_id is not None and row.get("model", row.get("model_id")) != model_id:
+                model = row.get("model", row.get("model_id"))
+                if isinstance(model, str) and model.strip():
+                    model = names.add(model, f"{self.path}:{number}")
+                if model_id is not None and model != model_id:
                     continue
                 row_id = next((str(row[f]) for f in ID_FIELDS if row.get(f) is not None), None)
                 prompt = row.get("prompt")
@@ -63,6 +70,7 @@ class RecordedBackend:
                     table[key] = row
         except RecordFileError as exc:
             raise RecordedDataError(f"{exc.input}: {exc.what}", fix="fix or remove that row") from None
+        names.check()
         if not self.by_id and not self.by_prompt:
             raise RecordedDataError(f"model {spec.name!r}: {self.path} holds no answers" + (
                 f" for model_id {model_id!r}" if model_id is not None else ""

@@ -136,15 +136,26 @@ def round_partitions_sensor(context: dg.SensorEvaluationContext):
     return dg.SensorResult(dynamic_partitions_requests=[round_partitions.build_add_request(missing)])
 
 
-@dg.asset_sensor(
-    asset_key=GATE_ASSET,
+@dg.sensor(
     job_name=ROUND_JOB,
+    minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Continuous flywheel: when a round's gate is recorded, start the next round (turn on for back-to-back "
                 "rounds instead of one a night).",
 )
-def next_round_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-    return next_round_request(context.instance, "sensor", asset_event.storage_id)
+def next_round_sensor(context: dg.SensorEvaluationContext):
+    # A plain sensor over the gate's materialization records, not `@asset_sensor`: the storage id lives on the
+    # record (the run key needs it), and an asset sensor hands over only the record's EventLogEntry.
+    seen = int(context.cursor) if (context.cursor or "").isdigit() else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=GATE_ASSET, after_storage_id=seen), limit=1, ascending=False).records
+    if not records:
+        return dg.SkipReason(f"no gate decision (target_model) recorded since the last tick (event {seen})")
+    gate = records[0]
+    request = next_round_request(context.instance, "sensor", gate.storage_id)
+    if isinstance(request, dg.SkipReason):
+        return dg.SensorResult(skip_reason=request, cursor=str(gate.storage_id))
+    return dg.SensorResult(run_requests=[request], cursor=str(gate.storage_id))
 
 
 def failed_rounds_log(home: Path) -> Path:
