@@ -312,14 +312,17 @@ def load_difficulty_template(name: str | Path) -> dict[str, str]:
     import yaml
 
     from arena_dagster.judging.llm_judge import TEMPLATE_DIR
+    from arena_dagster.record_files import read_text, text_problem
 
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = TEMPLATE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise JudgeConfigError(f"difficulty template {str(name)!r} not found at {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # the package's text rules: BOM and CRLF read as clean UTF-8, bad text is one line
     data = yaml.safe_load(text)
+    if text_problem(data):
+        raise JudgeConfigError(f"{path}: {text_problem(data)[1]}")
     if not isinstance(data, dict) or data.get("kind") != "difficulty" or not all(isinstance(data.get(k), str) for k in ("system", "user")):
         raise JudgeConfigError(f"{path}: a difficulty template needs kind: difficulty and string system/user")
     unknown = sorted(set(_PLACEHOLDER.findall(data["system"] + data["user"])) - {"history", "instruction", "nonce"})

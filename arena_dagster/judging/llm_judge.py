@@ -78,14 +78,18 @@ def load_template(name: str | Path) -> JudgeTemplate:
     """A template by name (`pairwise_v1`, `verdict_v1`) or by path to a YAML file."""
     import yaml
 
+    from arena_dagster.record_files import read_text, text_problem
+
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = TEMPLATE_DIR / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml"))
         raise JudgeTemplateError(f"judge template {str(name)!r} not found at {path} (known: {known})")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # the package's text rules: BOM and CRLF read as clean UTF-8, bad text is one line
     data = yaml.safe_load(text)
+    if text_problem(data):
+        raise JudgeTemplateError(f"{path}: {text_problem(data)[1]}")
     if not isinstance(data, dict):
         raise JudgeTemplateError(f"{path}: expected a mapping")
     missing = [key for key in ("kind", "system", "user") if not isinstance(data.get(key), str)]

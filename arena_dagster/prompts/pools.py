@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -90,11 +91,19 @@ def _settings_key(profile: dict[str, Any]) -> str:
 
 def source_rows(profile: dict[str, Any]) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """(training rows, test-candidate rows, counts) of a real source; read once per process and settings."""
-    return _source_rows(_settings_key(profile))
+    return _source_rows(_settings_key(profile))[:3]
+
+
+def source_quarantine(profile: dict[str, Any]) -> list[dict]:
+    """The records of a real source's files that are no prompt (unreadable text, malformed JSON,
+    no prompt field), as prompt-quarantine rows with step `ingest`; [] for other sources."""
+    if profile["prompts"].get("source") not in REAL_SOURCES:
+        return []
+    return _source_rows(_settings_key(profile))[3]
 
 
 @functools.lru_cache(maxsize=4)
-def _source_rows(key: str) -> tuple[list[dict], list[dict], dict[str, Any]]:
+def _source_rows(key: str) -> tuple[list[dict], list[dict], dict[str, Any], list[dict]]:
     from arena_dagster.prompts.ingest import ingest
 
     settings = json.loads(key)["prompts"]
@@ -103,6 +112,7 @@ def _source_rows(key: str) -> tuple[list[dict], list[dict], dict[str, Any]]:
     max_conversations = settings.get("max_conversations")
     max_user_turns = settings.get("max_user_turns")
     stats: dict[str, Any] = {"source": source}
+    quarantine: list[dict] = []
     if source == "sharegpt" and not files:
         from arena_dagster.prompts.sharegpt import load_sharegpt
 
@@ -116,6 +126,9 @@ def _source_rows(key: str) -> tuple[list[dict], list[dict], dict[str, Any]]:
         rows = result.rows
         stats["ingest"] = result.summary()
         stats["quarantined"] = len(result.quarantine)
+        stats["quarantine_reasons"] = dict(sorted(Counter(q["reason"].split(":")[0] for q in result.quarantine).items()))
+        quarantine = [{"source_id": f"{q['source']}:{q['source_line']}", "prompt": q["raw"], "step": "ingest",
+                       "reason": q["reason"]} for q in result.quarantine]
         if max_user_turns is not None:
             rows = [r for r in rows if int(r.get("turn") or 1) <= int(max_user_turns)]
         if max_conversations is not None:
@@ -154,7 +167,7 @@ def _source_rows(key: str) -> tuple[list[dict], list[dict], dict[str, Any]]:
         digest = hashlib.sha256(f"split-{seed}\0{_conversation_key(row)}".encode()).digest()
         (test if int.from_bytes(digest[:8], "big") / 2**64 < fraction else train).append(row)
     stats["train_rows"], stats["test_candidate_rows"] = len(train), len(test)
-    return train, test, stats
+    return train, test, stats, quarantine
 
 
 def _conversation_key(row: dict) -> str:
@@ -382,6 +395,9 @@ def curated_pool(
     round (or, when every round started, to the quarantine as `rounds_closed`). So a pool rebuilt
     from the raw prompts a run started with, frozen or not, has the rows and the quarantine of
     the first build; new raw prompts never move an existing prompt.
+    For real sources the quarantine also holds the files' records that never became raw prompts
+    (step `ingest`: unreadable text, malformed JSON, no prompt field) and the `prompts.against`
+    records that could not be read (step `ingest_against`), each with the reader's reason.
     Returns the pool (ordered by round, prompt_id), the count removed by each step, and the removed rows.
     """
     from arena_dagster.prompts.curation import CurationConfig, curate, repeats_of_previous
@@ -393,6 +409,7 @@ def curated_pool(
         return _skills_frame([], extra), {}, pl.DataFrame(schema=QUARANTINE_SCHEMA)
     config = CurationConfig.from_dict(settings.get("curation"))
     real = settings.get("source") in REAL_SOURCES
+    unread_against: list[dict] = []
     if real:
         from arena_dagster.prompts.ingest import against_texts
 
@@ -400,13 +417,21 @@ def curated_pool(
         against: list[Any] = [{"messages": _messages_of(r), "prompt": r["prompt"]} for r in testset.to_dicts()]
         files = against_sources(profile)
         if files:
-            against.extend(against_texts(files)[0])
+            texts, read = against_texts(files)
+            against.extend(texts)
+            # A test item that cannot be read cannot decontaminate: said in the quarantine, not dropped silently.
+            unread_against = [{"source_id": f"against:{q['source']}:{q['source_line']}", "prompt": q["raw"],
+                               "step": "ingest_against", "reason": q["reason"]} for q in read.quarantine]
     else:
         rows = raw.to_dicts()
         against = testset["prompt"].to_list()
     result = curate(rows, config=config, against=against)
     removed = {**result.removed, "rounds_closed": 0}
     removed_rows = list(result.removed_rows)
+    if real:  # the source's records that never became raw prompts: in the same quarantine, step `ingest`
+        unread = source_quarantine(profile)
+        removed["ingest"], removed["ingest_against"] = len(unread), len(unread_against)
+        removed_rows.extend(unread + unread_against)
     identify = conversation_prompt_id if real else _pool_prompt_id
     fresh = [dict(row, prompt_id=identify(row)) for row in result.kept]
     frozen = frozen if frozen is not None and frozen.height else None

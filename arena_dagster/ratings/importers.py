@@ -22,6 +22,7 @@ from arena_dagster.ratings.battles import WINNERS
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.numbers import read_number
 from arena_dagster.ratings.records import PathLike, as_paths, read_csv_rows, read_records
+from arena_dagster.record_files import Quarantined
 
 BATTLE_SCHEMA = {"question_id": pl.String, "model_a": pl.String, "model_b": pl.String, "winner": pl.String}
 MIN_SCORE, MAX_SCORE = 1.0, 10.0
@@ -203,8 +204,8 @@ def read_rename(csv_path: PathLike) -> dict[str, str]:
     mapping: dict[str, str] = {}
     repeated = set()
     for number, cells in rows:
-        if cells is None:
-            raise RatingsError(f"{path}:{number}: not UTF-8 text; save the file as UTF-8")
+        if isinstance(cells, Quarantined):
+            raise RatingsError(f"{path}:{number}: {cells.detail}; save the file as UTF-8 text")
         if len(cells) != 2:
             raise RatingsError(f"{path}:{number}: expected two cells (from, to), found {len(cells)}")
         old, new = (spelling(cell) for cell in cells)
@@ -222,7 +223,7 @@ def read_rename(csv_path: PathLike) -> dict[str, str]:
 def read_reference(csv_path: PathLike) -> tuple[pl.DataFrame, dict[str, int]]:
     """A reference leaderboard CSV (model, rating[, rating_q025, rating_q975] and any other
     columns, e.g. LMSYS's published board) -> (model, rating, bounds) and rejected rows by
-    reason: invalid_utf8, missing_model, rating_not_a_number (a rating or bound that is not
+    reason: the reader's (invalid_utf8, nul_character, ...), missing_model, rating_not_a_number (a rating or bound that is not
     a finite number), duplicate_model (the first row is kept)."""
     path = Path(csv_path)
     header, rows = read_csv_rows(path)
@@ -233,8 +234,8 @@ def read_reference(csv_path: PathLike) -> tuple[pl.DataFrame, dict[str, int]]:
     rejected: Counter = Counter()
     kept: dict[str, list[float]] = {}
     for _, cells in rows:
-        if cells is None:
-            rejected["invalid_utf8"] += 1
+        if isinstance(cells, Quarantined):
+            rejected[cells.reason] += 1
             continue
         row = dict(zip(header, cells))
         name = spelling(row.get("model") or "")
