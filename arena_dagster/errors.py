@@ -35,9 +35,9 @@ class ArenaError(Exception):
 # ------------------------------------------------------------------------------ OS errors by name
 
 # How OS errors read once they crossed a process or a library: Python's `[Errno 28] ...`, Rust's
-# (safetensors, tokenizers) `Os { code: 28, kind: StorageFull, message: "..." }`.
+# (safetensors, tokenizers) `... (os error 28)` or `Os { code: 28, kind: StorageFull, ... }`.
 _PYTHON_ERRNO = _re.compile(r"\[Errno (\d+)\] ")
-_RUST_ERRNO = _re.compile(r"Os \{ code: (\d+)")
+_RUST_ERRNO = _re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
 
 
 def errno_name(number: int | None) -> str:
@@ -54,7 +54,7 @@ def os_error_in(exc: BaseException | None) -> OSError | None:
             return current
         match = _RUST_ERRNO.search(str(current))
         if match:
-            number = int(match.group(1))
+            number = int(match.group(1) or match.group(2))
             return OSError(number, _os.strerror(number))
         current = current.__cause__ or current.__context__
     return None

@@ -66,7 +66,7 @@ class RunPrinter:
             self._log.flush()
         if self.verbose:
             self._write(line)
-        if step and message and int(getattr(entry, "level", 0) or 0) >= 40:
+        if step and message and kind != "STEP_FAILURE" and int(getattr(entry, "level", 0) or 0) >= 40:
             self._last_error[step] = _first_line(message)
         if step and kind == "ENGINE_EVENT":
             # A Pipes process that died of an exception says which in an engine event; the step's own failure

@@ -2,7 +2,9 @@
 the loss arrives as materialization metadata, per-step metrics as custom messages, log lines in the run log."""
 
 
+import io
 import json
+import sys
 
 import dagster as dg
 import pytest
@@ -97,3 +99,42 @@ def test_a_failed_training_reports_its_error_through_pipes(workspace):
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("error: " in m and "the last message must be the assistant" in m for m in messages)
     assert not (workspace["root"] / "models" / "bad").exists()
+
+
+def test_an_os_error_in_the_training_process_is_named_with_its_path(workspace, tmp_path):
+    """A real OS error (EFBIG: the process may write no file larger than RLIMIT_FSIZE, which root obeys too) in the
+    Pipes training process: the step's FAIL line and the failed-rounds record name it, its message and the path."""
+    from arena_dagster.progress import RunPrinter, step_failures
+
+    spec = {
+        "stage": "base",
+        "output_dir": str(workspace["root"] / "models" / "too-big"),
+        "dataset_path": str(workspace["data"]),
+        "tokenizer": str(workspace["tokenizer"]),
+        "model_config": TINY_MODEL,
+        "hyperparams": {"max_steps": 2, "batch_size": 8, "learning_rate": 3e-3, "logging_steps": 1},
+        "threads": 1,
+    }
+    limit = "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384)); os.execv(sys.argv[1], sys.argv[1:])"
+
+    @dg.asset(name="too_big_checkpoint")
+    def too_big_checkpoint(context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient) -> None:
+        def launch(command: list[str], env: dict[str, str]) -> int:
+            pipes.run(command=[sys.executable, "-c", limit, *command], context=context, env=env)
+            return 0
+
+        run_training(spec, log=context.log.info, launch=launch)
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([too_big_checkpoint], resources={"pipes": dg.PipesSubprocessClient()}, instance=instance,
+                            raise_on_error=False)
+    assert not result.success
+    out = io.StringIO()
+    printer = RunPrinter(tmp_path / "run.log", out=out)
+    for entry in instance.all_logs(result.run_id):
+        printer(entry)
+    printer.close()
+    fail = next(line for line in out.getvalue().splitlines() if line.startswith("  FAIL"))
+    assert "EFBIG: File too large" in fail and "too-big" in fail, fail
+    assert step_failures(instance.all_logs(result.run_id)) == printer.failures
+    assert not (workspace["root"] / "models" / "too-big").exists()
