@@ -225,3 +225,22 @@ def test_runs_left_started_by_a_dead_process_are_marked_failed(tmp_path):
     assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
     assert any("its process" in line for line in said)
     json.dumps(said)
+
+
+def test_end_processes_stops_a_tree_even_one_that_ignores_sigterm():
+    import subprocess
+    import time
+
+    from arena_dagster.operate import end_processes, process_tree
+
+    # A parent with two children, one of which ignores SIGTERM (bash execs the last command, ignoring it): all end.
+    parent = subprocess.Popen(["bash", "-c", "sleep 300 & bash -c 'trap \"\" TERM; sleep 300' & wait"])
+    deadline = time.monotonic() + 10
+    while len(process_tree(parent.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tree = process_tree(parent.pid)
+    assert len(tree) == 3
+    stopped = end_processes(tree, grace_s=0.5)
+    parent.wait(timeout=10)
+    assert set(stopped) == {p.pid for p in tree}
+    assert not [p for p in tree if p.is_running() and p.status() != "zombie"]
