@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -242,6 +243,9 @@ def signals_interrupt() -> Iterator[None]:
     Once one came, both are ignored until the process ends: cancelling the run and stopping what
     the command started is bounded (see cancel_run), and a second Ctrl-C must not cut it short.
     """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     caught: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:

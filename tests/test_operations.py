@@ -244,3 +244,22 @@ def test_end_processes_stops_a_tree_even_one_that_ignores_sigterm():
     parent.wait(timeout=10)
     assert set(stopped) == {p.pid for p in tree}
     assert not [p for p in tree if p.is_running() and p.status() != "zombie"]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_before_any_run_is_one_line_and_128_plus_the_signal(tmp_path, sig):
+    import signal
+
+    home = tmp_path / "home"
+    lock = flywheel_lock(home)
+    assert lock.acquire(wait=False, command="test")  # the command waits for this "other flywheel"
+    try:
+        process = subprocess.Popen(flywheel_command(home), cwd=REPO, env=flywheel_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        assert "waiting for it to finish" in process.stdout.readline()
+        process.send_signal(getattr(signal, sig))
+        out, err = process.communicate(timeout=60)
+    finally:
+        lock.release()
+    assert process.returncode == 128 + getattr(signal, sig)
+    assert err.splitlines() == [f"arena-dagster: interrupted by {sig}: run the same command again to resume"]

@@ -1,7 +1,7 @@
 """`kill -TERM` / Ctrl-C on `arena-dagster flywheel`: the run is canceled, nothing it started survives, the rerun resumes.
 
 The command is stopped twice on one home, by SIGTERM while round 1 trains its reward model (a
-Pipes training subprocess) and by SIGINT while round 1 runs again; each time it must exit
+Pipes training subprocess) and by SIGINT while round 2 trains SFT-I2; each time it must exit
 128 + the signal with one line, leave the run CANCELED in the home's instance and no process
 of its tree (daemon, code servers, run worker, trainer). The last, uninterrupted command then
 ends with the tables of the uninterrupted home of the `smoke_home` fixture.
@@ -67,14 +67,14 @@ def _interrupt(home: Path, sig: signal.Signals, step: str, partition: str, timeo
             process.kill()
 
 
-def _assert_canceled(home: Path, sig: signal.Signals, rc: int, out: str, err: str) -> None:
+def _assert_canceled(home: Path, sig: signal.Signals, round_key: str, rc: int, out: str, err: str) -> None:
     assert rc == 128 + sig, (rc, out[-2000:], err[-2000:])
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith(f"arena-dagster: round 1 canceled by {sig.name} (run "), lines[0]
+    assert lines[0].startswith(f"arena-dagster: round {round_key} canceled by {sig.name} (run "), lines[0]
     assert lines[0].endswith("): run the same command again to resume"), lines[0]
     instance = open_instance(home)
-    latest = _run_round_runs(instance, "1")[0]  # newest first
+    latest = _run_round_runs(instance, round_key)[0]  # newest first
     assert latest.status == dg.DagsterRunStatus.CANCELED, latest.status
     assert latest.run_id[:8] in lines[0]
     time.sleep(3)
@@ -89,11 +89,12 @@ def test_sigterm_and_sigint_cancel_the_run_stop_its_processes_and_the_rerun_resu
     home = tmp_path / "home"
     # While round 1 trains its reward model through Pipes: the trainer must go with the run.
     rc, out, err = _interrupt(home, signal.SIGTERM, "reward_model", "1")
-    _assert_canceled(home, signal.SIGTERM, rc, out, err)
+    _assert_canceled(home, signal.SIGTERM, "1", rc, out, err)
     assert not (home / "checkpoints" / "RM-I1").exists()
-    # Ctrl-C (only the command gets it, as with `kill -INT`) while round 1 runs again.
-    rc, out, err = _interrupt(home, signal.SIGINT, "sft_checkpoint", "1")
-    _assert_canceled(home, signal.SIGINT, rc, out, err)
+    # Ctrl-C (only the command gets it, as with `kill -INT`) while round 2 trains SFT-I2, once round 1 is resumed.
+    rc, out, err = _interrupt(home, signal.SIGINT, "sft_checkpoint", "2")
+    _assert_canceled(home, signal.SIGINT, "2", rc, out, err)
+    assert "round 1: done in" in out
 
     proc = subprocess.run(flywheel_command(home), cwd=REPO, env=flywheel_env(), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
