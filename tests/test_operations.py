@@ -327,3 +327,41 @@ def test_a_round_launched_from_the_ui_is_tagged_and_plots_stable_roles(smoke_hom
                        ("target_model", ("rating/target", "rating/best_candidate", "gate/diff"))):
         description = graph.get(dg.AssetKey(key)).description
         assert all(name in description for name in names), key
+
+
+def test_end_processes_stops_a_tree_even_one_that_ignores_sigterm():
+    import subprocess
+    import time
+
+    from arena_dagster.operate import end_processes, process_tree
+
+    # A parent with two children, one of which ignores SIGTERM (bash execs the last command, ignoring it): all end.
+    parent = subprocess.Popen(["bash", "-c", "sleep 300 & bash -c 'trap \"\" TERM; sleep 300' & wait"])
+    deadline = time.monotonic() + 10
+    while len(process_tree(parent.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tree = process_tree(parent.pid)
+    assert len(tree) == 3
+    stopped = end_processes(tree, grace_s=0.5)
+    parent.wait(timeout=10)
+    assert set(stopped) == {p.pid for p in tree}
+    assert not [p for p in tree if p.is_running() and p.status() != "zombie"]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_before_any_run_is_one_line_and_128_plus_the_signal(tmp_path, sig):
+    import signal
+
+    home = tmp_path / "home"
+    lock = flywheel_lock(home)
+    assert lock.acquire(wait=False, command="test")  # the command waits for this "other flywheel"
+    try:
+        process = subprocess.Popen(flywheel_command(home), cwd=REPO, env=flywheel_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        assert "waiting for it to finish" in process.stdout.readline()
+        process.send_signal(getattr(signal, sig))
+        out, err = process.communicate(timeout=60)
+    finally:
+        lock.release()
+    assert process.returncode == 128 + getattr(signal, sig)
+    assert err.splitlines() == [f"arena-dagster: interrupted by {sig}: run the same command again to resume"]

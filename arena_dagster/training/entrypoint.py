@@ -30,10 +30,12 @@ import json
 import os
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from arena_dagster.errors import describe_os_error, os_error_in
 from arena_dagster.paths import remove_tree, replace_dir
 from arena_dagster.training.data import load_rows, split_preference_pairs
 from arena_dagster.training.guard import follow_launcher
@@ -49,6 +51,10 @@ from arena_dagster.training.spec import (
     spec_hash,
     validate_spec,
 )
+
+
+# The exit status of a training stopped by an OS error (its `error: ENOSPC: ...` line says which).
+OS_ERROR_EXIT = 4
 
 
 def _training_kwargs(spec: dict, rows: int, output_dir: Path, runtime: dict) -> dict:
@@ -400,6 +406,16 @@ def main(argv: list[str] | None = None) -> int:
         reporter.error(f"error: {exc}")
         reporter.close()
         return 3
+    except Exception as exc:
+        # A full disk, a read-only or missing folder: the launcher's failure names the OS error and its path.
+        error = os_error_in(exc)
+        if error is None:
+            reporter.close(exc)
+            raise
+        traceback.print_exc()
+        reporter.error(f"error: {describe_os_error(error, writing=str(spec.get('output_dir', '')) + '.tmp')}")
+        reporter.close()
+        return OS_ERROR_EXIT
     except BaseException as exc:
         reporter.close(exc)
         raise
