@@ -282,6 +282,11 @@ class EvaluationSettings(Section):
     # verdict weighing strong_weight (arena-hard's own scoring; needs a recorded judge's verdict labels)
     rate: Literal["battles", "games"] = "battles"
     strong_weight: PositiveFloat = 3.0
+    # bootstrap: `bootstrap` resamples of `bootstrap_unit`; sandwich: the fit's robust covariance (ratings/sandwich.py),
+    # cluster-robust by prompt with bootstrap_unit prompt; the gate's paired differences follow it
+    ci: Literal["bootstrap", "sandwich"] = "bootstrap"
+    # a reference leaderboard CSV (model, rating[, rating_q025, rating_q975]): the baseline leaderboard's agreement with it
+    reference: str | None = None
 
 
 class PromotionSettings(Section):
@@ -291,6 +296,8 @@ class PromotionSettings(Section):
     candidate: Literal["best", "last"] = "best"
     selection_fraction: OpenFraction = 0.5
     style_control: bool = False  # compare style-controlled ratings (length and markdown held equal)
+    # categories of test prompts (families) in which the candidate must not lose significantly (95% interval below 0)
+    no_regression: list[Text] = None
 
 
 # ---------------------------------------------------------------- the whole profile

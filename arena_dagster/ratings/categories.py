@@ -10,13 +10,14 @@ board and a reason instead: the other categories still get theirs.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import polars as pl
 
-from arena_dagster.ratings.errors import RatingsError
+from arena_dagster.ratings.errors import RatingsError, RatingsWarning
 from arena_dagster.ratings.importers import question_id_of
 from arena_dagster.ratings.records import PathLike, as_paths, read_records
 
@@ -75,7 +76,10 @@ def category_boards(battles: pl.DataFrame, rate_options: dict[str, Any]) -> tupl
     for category in sorted(battles.get_column(CATEGORY).drop_nulls().unique().to_list()):
         part = battles.filter(pl.col(CATEGORY) == category)
         try:
-            boards[category] = rate(part, **rate_options)
+            with warnings.catch_warnings():
+                # a small category often leaves some rating unbounded: its board's `unbounded` column says so
+                warnings.simplefilter("ignore", RatingsWarning)
+                boards[category] = rate(part, **rate_options)
         except RatingsError as error:
             skipped[category] = f"{part.height} battle(s): {error}"
     return boards, skipped
@@ -158,3 +162,17 @@ def format_categories(report: dict[str, Any], format_table) -> str:
         shown = ", ".join(f"{reason} {count}" for reason, count in report["questions_rejected"].items())
         lines.append(f"rejected question rows: {shown}")
     return "\n".join(lines)
+
+
+def categories_of_testset(testset: pl.DataFrame) -> dict[str, str]:
+    """{prompt_id: category} of an arena test set: the prompt's family (the skills family, or the
+    pool's family, category or source), else its cluster's label; prompts with neither are left out."""
+    if "family" in testset.columns and testset.get_column("family").fill_null("").str.strip_chars().ne("").any():
+        column = pl.col("family").cast(pl.String).str.strip_chars()
+    elif "cluster" in testset.columns:
+        column = pl.format("cluster {}", pl.col("cluster"))
+    else:
+        return {}
+    frame = testset.select(pl.col("prompt_id").cast(pl.String), column.alias(CATEGORY)).filter(
+        pl.col(CATEGORY).is_not_null() & (pl.col(CATEGORY) != ""))
+    return dict(zip(frame["prompt_id"].to_list(), frame[CATEGORY].to_list()))
