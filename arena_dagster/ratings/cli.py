@@ -272,7 +272,8 @@ def format_table(report: dict[str, Any]) -> str:
 
         lines.append(
             f"\nalignment with the reference over {a['n_common']} models: spearman {show(a['spearman'])}, "
-            f"kendall {show(a['kendall'])}, agreement_ci {show(a['agreement_ci'])}, "
+            f"kendall {show(a['kendall'])}, pairs in the same order {show(a['pairs_same_order'])}, "
+            f"agreement_ci {show(a['agreement_ci'])}, "
             f"separability {show(a['separability'])}"
         )
     if "by_category" in report:
