@@ -335,6 +335,9 @@ class Profile(Section):
         if self.judge.kind == "verifier" and source != SKILLS_SOURCE:
             raise rule("judge.kind", f"the verifier judge checks skills answers against references; source {source} has none",
                        "use judge kind llm")
+        if self.judge.kind == "ensemble" and source != SKILLS_SOURCE and any(m.kind == "verifier" for m in self.judge.judges):
+            raise rule("judge.judges", f"the verifier judge checks skills answers against references; source {source} "
+                       "has none", "use llm judges as the ensemble's members")
         if source in REAL_SOURCES and self.testset.hard and self.testset.hard_by == "judge" and self.judge.kind != "llm":
             raise rule("testset.hard_by", "testset.hard_by: judge needs an llm judge to rate difficulty", "use hard_by: proxy")
         if self.prompts.stage_fractions is not None:
