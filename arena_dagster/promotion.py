@@ -171,6 +171,8 @@ def decide_promotion(
             promoted = False
             reason += "; not promoted: loses significantly in " + ", ".join(
                 f"{row['category']} ({row['diff']:+.1f} [{row['ci_low']:+.1f}, {row['ci_high']:+.1f}])" for row in lost)
+        if unmeasured := [row["category"] for row in categories if row["diff"] is None]:
+            reason += f"; no_regression not measured in {', '.join(unmeasured)} (no comparable battles on the tested prompts)"
     return {
         **decision,
         "candidate": chosen,

@@ -206,3 +206,45 @@ def test_home_leaderboard_stores_one_board_per_task_family(smoke_home, tmp_path)
         assert sorted(row["model"] for row in rows if row["round"] == 2) == sorted(models)
     text = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env).stdout
     assert f"category {families[0]}" in text
+
+
+def _home_with_profile(smoke_home: Path, tmp_path: Path, settings: str) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(smoke_home, home, symlinks=True)
+    profile = home / "changed.yaml"
+    profile.write_text(f"extends: skills_smoke\nname: changed\n{settings}")
+    record = json.loads((home / "arena.json").read_text())
+    (home / "arena.json").write_text(json.dumps({**record, "profile": str(profile)}))
+    return home
+
+
+def test_the_gate_asset_checks_every_named_family_with_sandwich_intervals(smoke_home, tmp_path):
+    import dagster as dg
+    import duckdb
+
+    from arena_dagster.defs import build_definitions
+    from arena_dagster.defs.gate import promotion_gate
+
+    home = _home_with_profile(smoke_home, tmp_path, "evaluation: {ci: sandwich}\npromotion: {no_regression: [add, acronym]}\n")
+    defs = build_definitions(home)
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    result = dg.materialize([promotion_gate], partition_key="2", instance=instance, resources=defs.resources)
+    assert result.success
+    with duckdb.connect(str(home / "warehouse.duckdb")) as conn:
+        ci_method, categories, reason = conn.execute(
+            "SELECT ci_method, categories, reason FROM promotions WHERE round = 2").fetchone()
+    assert ci_method == "sandwich"
+    assert [row["category"] for row in json.loads(categories)] == ["add", "acronym"]
+    for row in json.loads(categories):  # a family whose prompts all fell in the selection part is not measured
+        assert (row["diff"] is not None and row["ci_low"] <= row["diff"] <= row["ci_high"]) or (
+            row["battles"] == 0 and row["reason"] and row["category"] in reason.split("not measured in ")[1])
+    [metadata] = [event.materialization.metadata for event in result.get_asset_materialization_events()
+                  if event.materialization.asset_key == dg.AssetKey("target_model")]
+    assert [row["category"] for row in metadata["no_regression"].value] == ["add", "acronym"]
+
+    typo = _home_with_profile(smoke_home, tmp_path / "typo", "promotion: {no_regression: [adding]}\n")
+    failed = dg.materialize([promotion_gate], partition_key="2", resources=build_definitions(typo).resources,
+                            instance=dg.DagsterInstance.from_config(str(typo / "dagster")), raise_on_error=False)
+    assert not failed.success
+    [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "promotion.no_regression names categories without arena battles: ['adding']" in str(failure.event_specific_data.error)
