@@ -124,7 +124,7 @@ def rate_categories(battles: pl.DataFrame, testset: pl.DataFrame, rate_options: 
                         "rating": round(float(r["rating"]), 1),
                         "ci_95": f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]" if r.get("ci_low") is not None else "",
                         "battles": int(r["battles"])})
-        for r in table.sort(["category", "rating"], descending=[False, True]).iter_rows(named=True)
+        for r in (table.sort(["category", "rating"], descending=[False, True]) if boards else table).iter_rows(named=True)
     ]
     metadata: dict[str, Any] = {"categories": len(boards)}
     if rows:

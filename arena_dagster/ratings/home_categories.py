@@ -21,12 +21,12 @@ def read_home_categories(home: Path) -> dict[str, list[dict[str, Any]]]:
             raise RatingsError(f"{home}: no per-category leaderboards ({TABLE} is absent: the home's leaderboards were "
                                "built before per-category boards existed): rebuild them with `arena-dagster flywheel "
                                "--home H --rounds N` on this version")
-        frame = conn.execute(f"SELECT * FROM {TABLE} ORDER BY category, round, rating DESC").pl()
+        frame = conn.execute(f"SELECT * FROM {TABLE}").pl()
     if frame.height == 0:
         raise RatingsError(f"{home}: the arena test set's prompts carry no category (no family or cluster), so no "
                            "per-category leaderboard was stored")
     out: dict[str, list[dict[str, Any]]] = {}
-    for row in frame.iter_rows(named=True):
+    for row in frame.sort(["category", "round", "rating"], descending=[False, False, True]).iter_rows(named=True):
         out.setdefault(row.pop("category"), []).append(row)
     return out
 
