@@ -108,6 +108,11 @@ def test_by_category_bad_inputs_are_one_line_errors(judged, tmp_path, capsys):
         assert cli.run(parser().parse_args(argv)) == 2
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and err[0].startswith("arena-dagster: ") and message in err[0], err
+    from arena_dagster.ratings.errors import RatingsError
+    from arena_dagster.ratings.home_categories import print_home_categories
+
+    with pytest.raises(RatingsError, match="--plot does not apply to --by category"):
+        print_home_categories(tmp_path, False, "out.png")
 
 
 @pytest.mark.skipif(not MT_BENCH_QUESTIONS.is_file(), reason=f"shared data absent: needs {MT_BENCH_QUESTIONS}")

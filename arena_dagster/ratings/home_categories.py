@@ -44,7 +44,9 @@ def format_home_categories(by_category: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines).lstrip("\n")
 
 
-def print_home_categories(home: Path, as_json: bool) -> int:
+def print_home_categories(home: Path, as_json: bool, plot: str | None = None) -> int:
+    if plot:
+        raise RatingsError("--plot does not apply to --by category (it draws the overall leaderboards): drop one of them")
     by_category = read_home_categories(home)
     print(json.dumps({"by_category": by_category}, indent=2, default=str) if as_json else format_home_categories(by_category))
     return 0
