@@ -18,7 +18,7 @@ import pytest
 
 from arena_dagster.promotion import PromotionError, decide_promotion
 from arena_dagster.ratings import cli, rate
-from arena_dagster.ratings.categories import read_question_categories, categories_of_testset, with_categories
+from arena_dagster.ratings.categories import categories_of_testset, read_question_categories, with_categories
 
 REPO = Path(__file__).resolve().parents[1]
 MT_BENCH_QUESTIONS = REPO.parent / "shared" / "data" / "mt-bench" / "question.jsonl"
