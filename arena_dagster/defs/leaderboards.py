@@ -114,7 +114,7 @@ def rate_categories(battles: pl.DataFrame, testset: pl.DataFrame, rate_options: 
     """One board per category of test prompt (ratings/categories.py): `table`, every board's rows with a `category`
     column for the warehouse's leaderboard_by_category, and `metadata`, the same as a UI table (and the categories
     that get no board, with the reason)."""
-    from arena_dagster.ratings.categories import category_boards, category_table, categories_of_testset, with_categories
+    from arena_dagster.ratings.categories import categories_of_testset, category_boards, category_table, with_categories
 
     tagged, uncategorized = with_categories(battles, categories_of_testset(testset))
     boards, skipped = category_boards(tagged, rate_options)
