@@ -159,3 +159,16 @@ def test_command_prints_sandwich_intervals(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         "arena-dagster: --bootstrap 50 does not apply with --ci sandwich (its intervals come from the fit's "
         "covariance, not from resampling): drop --bootstrap, or use --ci bootstrap"]
+
+
+@pytest.mark.parametrize("ci", ["bootstrap", "sandwich"])
+def test_models_with_identical_results_share_a_rank(ci):
+    # b, c and d lose to a on every prompt and tie each other: the battles cannot tell them apart, and the
+    # solver's tolerance between their replicate ratings must not rank one above another
+    rows = []
+    for q in range(12):
+        rows += [("a", x, "model_a" if q % 4 else "tie", str(q)) for x in "bcd"]
+        rows += [("b", "c", "tie", str(q)), ("c", "d", "tie", str(q)), ("b", "d", "tie", str(q))]
+    frame = pl.DataFrame(rows, schema=["model_a", "model_b", "winner", "question_id"], orient="row")
+    board = rate(frame, bootstrap=50, bootstrap_unit="prompt", ci=ci).board
+    assert dict(zip(board["model"], board["rank"])) == {"a": 1, "b": 2, "c": 2, "d": 2}

@@ -39,6 +39,9 @@ BASE = 10.0
 SCALE = 400.0
 INIT_RATING = 1000.0
 _CHUNK_VALUES = 1 << 23  # paired differences formed at once when ranking (64 MiB)
+# A difference must clear this (natural-log odds, 2e-4 Elo) to rank one model above another: models the
+# battles cannot tell apart (identical results) differ only by the solver's tolerance in each replicate.
+RANK_TOLERANCE = 1e-6
 
 
 def parse_anchor(anchor: tuple[str, float] | str | None) -> tuple[str, float] | None:
@@ -72,13 +75,13 @@ def paired_ranks(point: np.ndarray, replicates: np.ndarray) -> np.ndarray:
     """1 + the number of models whose paired bootstrap difference with this one lies above 0."""
     m = len(point)
     if len(replicates) == 0:
-        above = point[:, None] > point[None, :]
+        above = point[:, None] - point[None, :] > RANK_TOLERANCE
     else:
         above = np.zeros((m, m), dtype=bool)
         step = max(1, _CHUNK_VALUES // (len(replicates) * m))
         for first in range(0, m, step):
             diff = replicates[:, first : first + step, None] - replicates[:, None, :]
-            above[first : first + step] = np.percentile(diff, 2.5, axis=0) > 0
+            above[first : first + step] = np.percentile(diff, 2.5, axis=0) > RANK_TOLERANCE
     return 1 + above.sum(axis=0)
 
 

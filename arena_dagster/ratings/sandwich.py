@@ -29,6 +29,8 @@ from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.solver import Design, gradient, inverse_hessian
 
 CI_METHODS = ("bootstrap", "sandwich")
+# as board.RANK_TOLERANCE: a difference of models with identical results is the solver's tolerance, not a rank
+RANK_TOLERANCE = 1e-6
 # the 97.5% quantile of the standard normal: the bootstrap's 2.5 and 97.5 percentiles
 Z_95 = 1.959963984540054
 
@@ -106,7 +108,7 @@ def paired_ranks(point: np.ndarray, covariance: np.ndarray) -> np.ndarray:
     (difference - z * its standard error > 0), as `board.paired_ranks` on replicates."""
     variance = np.diag(covariance)
     gap_sd = np.sqrt(np.clip(variance[:, None] + variance[None, :] - 2.0 * covariance, 0.0, None))
-    above = (point[:, None] - point[None, :]) - Z_95 * gap_sd > 0
+    above = (point[:, None] - point[None, :]) - Z_95 * gap_sd > RANK_TOLERANCE
     return 1 + above.sum(axis=0)
 
 
