@@ -164,6 +164,10 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, "battles", None):
             return ratings_cli.run(args)
         ratings_cli.refuse_file_options(args)
+        if args.by == "category":
+            from arena_dagster.ratings.home_categories import print_home_categories
+
+            return print_home_categories(resolve_home(args.home), args.json, args.plot)
         rows = read_leaderboards(resolve_home(args.home))
         print(json.dumps(rows, indent=2, default=str) if args.json else
               "\n".join([format_leaderboard(rows), RANK_LEGEND, GATE_LEGEND]))

@@ -186,7 +186,7 @@ def _holder(chain: list[tuple[Path, dict[str, Any]]], parts: list[Any]) -> Path 
 # Settings that name input files: a relative path is relative to the profile file that sets it (as
 # `extends:`), never to the working directory, which differs between the CLI and the Dagster daemon
 # (it runs in the home). Loading makes them absolute.
-FILE_SETTINGS = (("judge", "paths"), ("prompts", "questions"))
+FILE_SETTINGS = (("judge", "paths"), ("prompts", "questions"), ("evaluation", "reference"))
 
 
 def _with_file_paths(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:

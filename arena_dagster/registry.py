@@ -54,6 +54,8 @@ PROMOTION_GATE_COLUMNS = {
     "selection_prompts": "BIGINT",  # 0: no selection (one candidate, or rule last)
     "test_prompts": "BIGINT",       # prompts of the paired test of `candidate` (diff, ci_low, ci_high)
     "split_seed": "BIGINT",
+    "ci_method": "VARCHAR",         # bootstrap | sandwich: how the interval of `diff` was computed
+    "categories": "JSON",           # promotion.no_regression: [{category, battles, diff, ci_low, ci_high, reason}]
 }
 
 

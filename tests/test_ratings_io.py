@@ -175,7 +175,7 @@ def test_command_prints_the_json_report(arena_files, capsys):
     assert cli.run(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert list(report) == ["models", "battles", "total_weight", "unbounded", "unbounded_reason", "anchor", "baseline",
-                            "bootstrap", "bootstrap_unit", "seed", "style_control", "alignment", "rejected"]
+                            "bootstrap", "bootstrap_unit", "seed", "style_control", "ci", "alignment", "rejected"]
     assert [row["model"] for row in report["models"]] == ["strong", "mid", "weak"]
     assert set(report["models"][0]) == {"model", "rating", "ci_low", "ci_high", "rank", "battles", "unbounded"}
     assert report["unbounded"] == [] and report["anchor"] == "weak=1000"

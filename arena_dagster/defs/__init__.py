@@ -66,6 +66,7 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
         round_partitions_sensor,
     )
     from arena_dagster.defs.checks import checkpoint_asset_checks
+    from arena_dagster.defs.reference import reference_checks
     from arena_dagster.defs.resources import ArenaHome, warehouse_resource
     from arena_dagster.home import home_profile
 
@@ -74,7 +75,7 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
     arena = ArenaHome(home=str(root), profile=name, seed=seed)
     return dg.Definitions(
         assets=_versioned(_assets(), settings),
-        asset_checks=checkpoint_asset_checks(),
+        asset_checks=[*checkpoint_asset_checks(), *reference_checks(settings)],
         jobs=flywheel_jobs(arena.run_tags()),
         schedules=[nightly_flywheel],
         sensors=[round_partitions_sensor, next_round_sensor, failed_round_sensor_for(root)],

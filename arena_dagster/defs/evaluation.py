@@ -17,7 +17,7 @@ from dagster_duckdb import DuckDBResource
 
 from arena_dagster.answering import answer_prompts
 from arena_dagster.defs.common import OWNERS, table_check_results, table_check_specs, table_result
-from arena_dagster.defs.leaderboards import leaderboard_metadata
+from arena_dagster.defs.leaderboards import leaderboard_metadata, rate_categories
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import judge_battles
 from arena_dagster.judging.judges import make_judge, plan_arena
@@ -124,14 +124,15 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
     style_control = bool(settings.get("style_control", False))
     with duckdb.get_connection() as conn:
         battles, dropped = arena_battles_for_rating(conn, round_key, settings)
-        testset_version = read_table(conn, "arena_testset")["testset_version"][0]
+        testset = read_table(conn, "arena_testset")
+        testset_version = testset["testset_version"][0]
         models = arena_models(conn, round_key)
     anchor = settings.get("anchor") or f"{sorted(r['model'] for r, _, k in models if k == 'competitor')[0]}=1000"
     baseline = settings.get("baseline")
     result = rate(
         battles, anchor=anchor, baseline=baseline, bootstrap=int(settings.get("bootstrap", 200)),
         bootstrap_unit=settings.get("bootstrap_unit", "prompt"), seed=int(settings.get("seed", 0)),
-        style_control=style_control,
+        style_control=style_control, ci=settings.get("ci", "bootstrap"),
     )
     roles = pl.DataFrame(
         [{"model": row["model"], "role": role, "kind": kind, "stage": row["kind"], "model_path": row["path"]}
@@ -142,8 +143,13 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
         pl.lit(testset_version).alias("testset_version"),
         pl.lit(anchor).alias("anchor"),
     )
+    by_category = rate_categories(battles, testset, dict(
+        anchor=anchor, baseline=baseline, bootstrap=int(settings.get("bootstrap", 200)),
+        bootstrap_unit=settings.get("bootstrap_unit", "prompt"), seed=int(settings.get("seed", 0)),
+        style_control=style_control, ci=settings.get("ci", "bootstrap")))
     with duckdb.get_connection() as conn:
         write_table(conn, "leaderboard", board, round_key=round_key)
+        write_table(conn, "leaderboard_by_category", by_category["table"], round_key=round_key)
     context.log.info(f"round {round_key}: leaderboard of {board.height} models on {battles.height} battles")
     if result.unbounded:
         context.log.warning(f"round {round_key}: {result.unbounded_reason}")
@@ -153,6 +159,8 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
         **({"battle_weight": float(battles["weight"].sum())} if "weight" in battles.columns else {}),
         **({"games_left_out": dg.MetadataValue.json(dropped)} if dropped else {}),
         "unbounded_models": ", ".join(result.unbounded) or "none",
+        "ci_method": settings.get("ci", "bootstrap"),
+        **by_category["metadata"],
         **leaderboard_metadata(board, battles, round_key, arena.folder("plots")),
     }
     if result.style_coefficients is not None:

@@ -16,6 +16,7 @@ from arena_dagster.defs.common import OWNERS, table_metadata
 from arena_dagster.defs.evaluation import arena_battles_for_rating
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.promotion import decide_promotion
+from arena_dagster.ratings.categories import categories_of_testset, with_categories
 from arena_dagster.registry import RegistryError, get_model, record_promotion, record_round_target, round_target_decision
 from arena_dagster.sql_models import create_views
 from arena_dagster.training.stages import round_candidate, round_checkpoints
@@ -107,6 +108,8 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
         board = read_table(conn, "leaderboard", round_key=round_key)
         style_control = bool(gate.get("style_control", False))
         battles, _dropped = arena_battles_for_rating(conn, round_key, {**evaluation, "style_control": style_control})
+        if gate.get("no_regression"):
+            battles, _uncategorized = with_categories(battles, categories_of_testset(read_table(conn, "arena_testset")))
         incumbent = get_model(conn, round_target_decision(conn, round_key)["new_target"])
         # Every stage checkpoint of the round is a candidate (skipped stages left out); rule `last` keeps the paper's.
         candidates = [row["model"] for row in round_checkpoints(conn, round_key)] or [round_candidate(conn, round_key)["model"]]
@@ -122,6 +125,8 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
             seed=int(gate.get("seed", evaluation.get("seed", 0))),
             ratings=ratings,
             style_control=style_control,
+            ci=str(evaluation.get("ci", "bootstrap")),
+            no_regression=gate.get("no_regression") or (),
         )
         record_promotion(conn, round_key, decision)
         create_views(conn)
@@ -144,6 +149,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
             "tested_candidate": decision["candidate"],
             "selection_prompts": int(decision.get("selection_prompts") or 0),
             "test_prompts": int(decision.get("test_prompts") or 0),
+            **({"no_regression": dg.MetadataValue.json(decision["categories"])} if decision.get("categories") else {}),
             **({"selection": dg.MetadataValue.table(
                 [dg.TableRecord({"model": row["model"], "diff": round(float(row["diff"]), 1),
                                  "ci_95": f"[{row['ci_low']:+.1f}, {row['ci_high']:+.1f}]"}) for row in selection],

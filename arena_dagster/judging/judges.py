@@ -364,7 +364,11 @@ def make_judge(config: dict[str, Any], *, cache_path: Path | str | None = None, 
         from arena_dagster.judging.recorded import RecordedJudge
 
         return RecordedJudge(config)
-    raise JudgeConfigError(f"unknown judge kind {kind!r} (known: verifier, llm, recorded)")
+    if kind == "ensemble":
+        from arena_dagster.judging.ensemble import EnsembleJudge
+
+        return EnsembleJudge(config, cache_path=cache_path, home=home)
+    raise JudgeConfigError(f"unknown judge kind {kind!r} (known: verifier, llm, recorded, ensemble)")
 
 
 def plan_arena(judge: Judge, round_key: int, prompt_ids: Sequence[str], models: Sequence[str]) -> pl.DataFrame:

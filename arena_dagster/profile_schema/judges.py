@@ -99,6 +99,27 @@ class RecordedJudge(Section):
         return value
 
 
+MemberJudge = _union("kind", {"verifier": VerifierJudge, "llm": LLMJudge}, default="verifier")
+
+
+class EnsembleJudge(Section):
+    """Several judges on every game, their scores combined (judging/ensemble.py)."""
+
+    kind: Literal["ensemble"]
+    name: Name = "ensemble"
+    judges: Annotated[list[MemberJudge], Field(min_length=2)]
+    combine: Literal["mean", "majority"] = "mean"
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> "EnsembleJudge":
+        names = [member.name for member in self.judges]
+        if len(set(names)) != len(names):
+            raise rule("judge.judges", f"judge.judges: members need distinct names, got {names}",
+                       "give each member its own name")
+        return self
+
+
 # The judge kinds `judging.judges.make_judge` builds.
-JUDGE_KINDS: dict[str, type[Section]] = {"verifier": VerifierJudge, "llm": LLMJudge, "recorded": RecordedJudge}
+JUDGE_KINDS: dict[str, type[Section]] = {"verifier": VerifierJudge, "llm": LLMJudge, "recorded": RecordedJudge,
+                                         "ensemble": EnsembleJudge}
 JudgeSettings = _union("kind", JUDGE_KINDS, default="verifier")

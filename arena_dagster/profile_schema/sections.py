@@ -282,6 +282,11 @@ class EvaluationSettings(Section):
     # verdict weighing strong_weight (arena-hard's own scoring; needs a recorded judge's verdict labels)
     rate: Literal["battles", "games"] = "battles"
     strong_weight: PositiveFloat = 3.0
+    # bootstrap: `bootstrap` resamples of `bootstrap_unit`; sandwich: the fit's robust covariance (ratings/sandwich.py),
+    # cluster-robust by prompt with bootstrap_unit prompt; the gate's paired differences follow it
+    ci: Literal["bootstrap", "sandwich"] = "bootstrap"
+    # a reference leaderboard CSV (model, rating[, rating_q025, rating_q975]): the baseline leaderboard's agreement with it
+    reference: str | None = None
 
 
 class PromotionSettings(Section):
@@ -291,6 +296,8 @@ class PromotionSettings(Section):
     candidate: Literal["best", "last"] = "best"
     selection_fraction: OpenFraction = 0.5
     style_control: bool = False  # compare style-controlled ratings (length and markdown held equal)
+    # categories of test prompts (families) in which the candidate must not lose significantly (95% interval below 0)
+    no_regression: list[Text] = None
 
 
 # ---------------------------------------------------------------- the whole profile
@@ -328,6 +335,9 @@ class Profile(Section):
         if self.judge.kind == "verifier" and source != SKILLS_SOURCE:
             raise rule("judge.kind", f"the verifier judge checks skills answers against references; source {source} has none",
                        "use judge kind llm")
+        if self.judge.kind == "ensemble" and source != SKILLS_SOURCE and any(m.kind == "verifier" for m in self.judge.judges):
+            raise rule("judge.judges", f"the verifier judge checks skills answers against references; source {source} "
+                       "has none", "use llm judges as the ensemble's members")
         if source in REAL_SOURCES and self.testset.hard and self.testset.hard_by == "judge" and self.judge.kind != "llm":
             raise rule("testset.hard_by", "testset.hard_by: judge needs an llm judge to rate difficulty", "use hard_by: proxy")
         if self.prompts.stage_fractions is not None:

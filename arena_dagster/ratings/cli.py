@@ -20,10 +20,12 @@ from arena_dagster.errors import ArenaError
 from arena_dagster.names import NameBook
 from arena_dagster.ratings.alignment import alignment
 from arena_dagster.ratings.board import rate
+from arena_dagster.ratings.categories import category_report, format_categories
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.importers import read_fastchat_battles, read_grades, read_reference, read_rename
 from arena_dagster.ratings.judgments import read_answers, read_arena_hard, read_mt_bench_pairs
 from arena_dagster.ratings.resampling import BOOTSTRAP_UNITS
+from arena_dagster.ratings.sandwich import CI_METHODS
 from arena_dagster.ratings.style import STYLE_PRESETS, with_style_features
 
 FORMATS = ("fastchat", "grades", "arena-hard", "mt-bench-pair")
@@ -32,12 +34,13 @@ FORMAT_NAMES = {"fastchat": "FastChat battles", "grades": "grades", "arena-hard"
 UNBOUNDED_MARK = "!"
 # Options whose default is None in the parser, so a value given on the command line can be told
 # from the default (a flag the input ignores is refused only when given): their real defaults.
-DEFAULTS = {"input_format": "fastchat", "strong_weight": 3.0, "bootstrap": 100, "bootstrap_unit": "battle", "seed": 0}
+DEFAULTS = {"input_format": "fastchat", "strong_weight": 3.0, "bootstrap": 100, "bootstrap_unit": "battle", "seed": 0,
+            "ci": "bootstrap"}
 # Every option of a leaderboard from files (dest -> flag): without --battles none of them applies.
 FILE_OPTIONS = {"input_format": "--input-format", "baseline": "--baseline", "strong_weight": "--strong-weight",
                 "rename": "--rename", "anchor": "--anchor", "bootstrap": "--bootstrap",
                 "bootstrap_unit": "--bootstrap-unit", "seed": "--seed", "style_control": "--style-control",
-                "answers": "--answers", "reference": "--reference"}
+                "answers": "--answers", "reference": "--reference", "ci": "--ci", "questions": "--questions"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +79,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resample battles, or whole prompts (needs question_id). Default: battle",
     )
     group.add_argument("--seed", type=int, default=None, help="bootstrap seed (default 0)")
+    group.add_argument(
+        "--ci", choices=CI_METHODS, default=None,
+        help="how the 95%% intervals, ranks and win-rate intervals are computed: bootstrap (--bootstrap rounds) or "
+        "sandwich (the robust covariance H^-1 S H^-1 of the fit, LMArena's default: seconds instead of a bootstrap; "
+        "--bootstrap-unit prompt makes it cluster-robust by prompt). Default: bootstrap",
+    )
+    group.add_argument(
+        "--questions", nargs="+", metavar="PATH",
+        help="question files (JSON lines with question_id and category, e.g. MT-Bench's question.jsonl) giving "
+        "each battle's category for --by category",
+    )
+    parser.add_argument(
+        "--by", choices=("category",), default=None,
+        help="also one leaderboard per category of prompt (with --battles: the battles' category column or "
+        "--questions; with --home: the stored per-category boards of every round)",
+    )
     group.add_argument(
         "--style-control", choices=sorted(STYLE_PRESETS),
         help="also fit style-controlled ratings (style: length and markdown; length; markdown). Needs the answers' "
@@ -123,6 +142,12 @@ def check_flags(args: argparse.Namespace) -> list[str]:
     if args.answers and not args.style_control:
         raise RatingsError("--answers does not apply without --style-control (the answers only feed the style "
                            "fit): add --style-control style, or drop --answers")
+    if args.ci == "sandwich" and args.bootstrap is not None:
+        raise RatingsError(f"--bootstrap {args.bootstrap} does not apply with --ci sandwich (its intervals come from "
+                           "the fit's covariance, not from resampling): drop --bootstrap, or use --ci bootstrap")
+    if args.questions and args.by != "category":
+        raise RatingsError("--questions does not apply without --by category (it only gives the battles' "
+                           "categories): add --by category, or drop --questions")
     if getattr(args, "plot", None):
         raise RatingsError("--plot does not apply to --battles (it draws a home's stored leaderboards): "
                            "drop it, or use --home")
@@ -131,6 +156,8 @@ def check_flags(args: argparse.Namespace) -> list[str]:
         warnings += [f"{flag} has no effect with --bootstrap 0 (no bootstrap draws)"
                      for flag, value in (("--seed", args.seed), ("--bootstrap-unit", args.bootstrap_unit))
                      if value is not None]
+    if args.ci == "sandwich" and args.seed is not None:
+        warnings.append("--seed has no effect with --ci sandwich (no bootstrap draws)")
     if getattr(args, "home", None) is not None:
         warnings.append("--home has no effect with --battles (the files are rated, the home is not read)")
     return warnings
@@ -181,12 +208,13 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
     if args.answers:
         answers, answer_rejects = read_answers(args.answers, names=names)
         battles = with_style_features(battles, answers)
-    ratings = rate(
-        battles, anchor=anchor, baseline=baseline, bootstrap=_option(args, "bootstrap"),
-        bootstrap_unit=_option(args, "bootstrap_unit"), seed=_option(args, "seed"),
-        style_control=args.style_control or False,
-    )
+    options = dict(anchor=anchor, baseline=baseline, bootstrap=_option(args, "bootstrap"),
+                   bootstrap_unit=_option(args, "bootstrap_unit"), seed=_option(args, "seed"),
+                   style_control=args.style_control or False, ci=_option(args, "ci"))
+    ratings = rate(battles, **options)
     report: dict[str, Any] = {"models": ratings.board.to_dicts(), **ratings.summary()}
+    if args.by == "category":
+        report.update(category_report(battles, args.questions, options))
     if args.reference:
         reference, reference_rejects = read_reference(args.reference)
         report["alignment"] = alignment(ratings.board, reference)
@@ -244,9 +272,12 @@ def format_table(report: dict[str, Any]) -> str:
 
         lines.append(
             f"\nalignment with the reference over {a['n_common']} models: spearman {show(a['spearman'])}, "
-            f"kendall {show(a['kendall'])}, agreement_ci {show(a['agreement_ci'])}, "
+            f"kendall {show(a['kendall'])}, pairs in the same order {show(a['pairs_same_order'])}, "
+            f"agreement_ci {show(a['agreement_ci'])}, "
             f"separability {show(a['separability'])}"
         )
+    if "by_category" in report:
+        lines.append(format_categories(report, format_table))
     for key, title in (("rejected", "rejected rows"), ("answers_rejected", "rejected answer rows"),
                        ("reference_rejected", "rejected reference rows")):
         if key in report:
