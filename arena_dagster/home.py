@@ -157,6 +157,16 @@ def prepare_instance(home: Path) -> Path:
     return folder / "workspace.yaml"
 
 
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def prepare_environment(home: Path) -> None:
+    """Offline Hugging Face libraries and this home's Dagster instance for this process and its children."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.update(environment(home))
+
+
 def environment(home: Path) -> dict[str, str]:
     """Environment of every process that works on this home (daemon, code server, run workers, trainers)."""
     return {

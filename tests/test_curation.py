@@ -304,7 +304,7 @@ def test_calibrated_threshold_separates_mt_bench_paraphrases():
 
 
 def test_curate_cli_writes_kept_rows_and_prints_counts(tmp_path, capsys):
-    from arena_dagster.prompts.cli import main
+    from arena_dagster.commands.curate import main
 
     data = Path(__file__).parent / "data"
     against = tmp_path / "test.jsonl"
@@ -325,7 +325,7 @@ def test_curate_cli_writes_kept_rows_and_prints_counts(tmp_path, capsys):
 
 
 def test_curate_cli_bad_input_exits_2(tmp_path, capsys):
-    from arena_dagster.prompts.cli import main
+    from arena_dagster.commands.curate import main
 
     code = main([str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl")])
     assert code == 2 and "no such file" in capsys.readouterr().err

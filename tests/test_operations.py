@@ -65,7 +65,7 @@ def test_every_round_partition_of_every_asset_is_materialized(smoke_home):
 
 def test_the_home_remembers_its_profile(smoke_home):
     from arena_dagster.defs import build_definitions
-    from arena_dagster.flywheel import prepare_ui
+    from arena_dagster.commands.flywheel import prepare_ui
 
     defs = build_definitions(smoke_home)
     assert defs.resources["arena"].profile == "skills_smoke"

@@ -26,6 +26,7 @@ from arena_dagster.home import (
     flywheel_lock,
     home_profile,
     logs_dir,
+    prepare_environment,
     prepare_instance,
     profile_settings,
     reap_stale_files,
@@ -192,8 +193,6 @@ class Flywheel:
 def prepare_ui(home: Path, profile: str | None, host: str, port: int) -> list[str]:
     """The `dagster dev` command line for a home's UI (its profile resolved, dead runs marked failed)."""
     import sys
-
-    from arena_dagster.cli import prepare_environment
 
     prepare_environment(home)
     name, seed, settings = home_profile(home, profile)
