@@ -21,9 +21,6 @@ from arena_dagster.defs.automation import ROUND_JOB, SETUP_ASSETS, SETUP_JOB, mi
 from arena_dagster.defs.resources import round_partitions
 from arena_dagster.errors import ArenaError
 from arena_dagster.home import (
-    HomeError,
-    describe_holder,
-    flywheel_lock,
     home_profile,
     logs_dir,
     prepare_environment,
@@ -32,6 +29,7 @@ from arena_dagster.home import (
     reap_stale_files,
     record_profile,
 )
+from arena_dagster.locks import HomeError, describe_holder, flywheel_lock
 from arena_dagster.operate import RunFailed, Submitter, follow, open_instance, reap_dead_runs, running_daemon, terminate
 from arena_dagster.progress import RunPrinter
 

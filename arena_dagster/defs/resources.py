@@ -11,7 +11,9 @@ from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
 from arena_dagster.config import profile_hash, resolve_home
-from arena_dagster.home import WAREHOUSE, HomeLock, describe_holder, profile_settings, writer_lock
+from arena_dagster.home import profile_settings
+from arena_dagster.locks import HomeLock, describe_holder, writer_lock
+from arena_dagster.warehouse import WAREHOUSE
 from arena_dagster.paths import inside
 
 # Training rounds 1, 2, ...: one key per slice of the prompt pool (added when the pool has the slice).
