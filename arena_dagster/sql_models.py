@@ -22,7 +22,7 @@ import duckdb
 import jinja2
 from jinja2 import nodes
 
-from arena_dagster.config import resource_dir
+from arena_dagster.paths import resource_dir
 from arena_dagster.warehouse import column_schema, quote_ident, table_exists
 
 SQL_DIR = resource_dir("dbt_like_sql")

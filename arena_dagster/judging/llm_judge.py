@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from arena_dagster.config import ASSETS_DIR
+from arena_dagster.paths import ASSETS_DIR
 
 TEMPLATE_DIR = ASSETS_DIR / "judge_templates"
 SCORE_MIN, SCORE_MAX = 1, 10

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from arena_dagster.judging.recorded import FORMATS as RECORDED_FORMATS
 from arena_dagster.judging.recorded import VERDICT_SCORES
+from arena_dagster.paths import ASSETS_DIR
 from arena_dagster.profile_schema.base import Count, Name, PositiveInt, Section, Text, existing_path, rule
 from arena_dagster.profile_schema.models import ModelConfig, _union
 
@@ -27,8 +28,6 @@ class MaxChars(Section):
 
 
 def _template_exists(value: str, folder: str = "judge_templates") -> str:
-    from arena_dagster.config import ASSETS_DIR
-
     path = Path(value)
     if path.suffix in (".yaml", ".yml"):
         if not path.expanduser().is_file():
