@@ -8,15 +8,10 @@ import pytest
 
 from arena_dagster.config import load_profile
 from arena_dagster.prompts.slicing import slice_rounds
-from arena_dagster.registry import record_promotion, register_model
+from arena_dagster.registry import record_promotion, register_model, round_candidate, round_checkpoints, stage_battle_target
 from arena_dagster.training.spec import DEFAULT_HYPERPARAMS
 from arena_dagster.training.schedule import ScheduleError, battle_prompts, checkpoint_name, stage_plan
-from arena_dagster.training.stages import (
-    round_candidate,
-    round_checkpoints,
-    stage_battle_target,
-    stage_training_spec,
-)
+from arena_dagster.training.stages import stage_training_spec
 
 PROFILE = {"schedule": {"sft": {"accumulate_rounds": True}, "dpo": {"accumulate_rounds": False}}}
 

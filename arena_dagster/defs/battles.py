@@ -12,9 +12,8 @@ from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import judge_battles, plan_target_battles
 from arena_dagster.judging.judges import make_judge
 from arena_dagster.models import generation_spec
-from arena_dagster.registry import models_of_kind
+from arena_dagster.registry import models_of_kind, stage_battle_target
 from arena_dagster.training.schedule import PREVIOUS_STAGE, STAGES, battle_prompts, stage_plan
-from arena_dagster.training.stages import stage_battle_target
 from arena_dagster.warehouse import read_table, write_table
 
 # The asset that trains a stage's battle target (the round's target comes from the previous round).

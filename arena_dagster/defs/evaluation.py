@@ -22,9 +22,8 @@ from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import judge_battles
 from arena_dagster.judging.judges import make_judge, plan_arena
 from arena_dagster.models import generation_spec
-from arena_dagster.registry import current_target, models_of_kind, record_promotion
+from arena_dagster.registry import current_target, models_of_kind, record_promotion, round_checkpoints
 from arena_dagster.sql_models import load_models, run_model
-from arena_dagster.training.stages import round_checkpoints
 from arena_dagster.warehouse import read_table, write_table
 
 

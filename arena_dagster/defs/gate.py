@@ -16,9 +16,16 @@ from arena_dagster.defs.common import OWNERS, table_metadata
 from arena_dagster.defs.evaluation import arena_battles_for_rating
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.promotion import decide_promotion
-from arena_dagster.registry import RegistryError, get_model, record_promotion, record_round_target, round_target_decision
+from arena_dagster.registry import (
+    RegistryError,
+    get_model,
+    record_promotion,
+    record_round_target,
+    round_candidate,
+    round_checkpoints,
+    round_target_decision,
+)
 from arena_dagster.sql_models import create_views
-from arena_dagster.training.stages import round_candidate, round_checkpoints
 from arena_dagster.warehouse import read_frame, read_table
 
 
