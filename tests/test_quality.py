@@ -335,6 +335,13 @@ def test_judge_health_limits_block_or_warn_and_profiles_may_move_them(conn):
         judge_health_suite("sft_judge_health", {"fail": {"flip_rate": [0, 1]}})
 
 
+def test_the_schema_names_exactly_the_limits_of_the_judge_health_suite():
+    from arena_dagster.profile_schema.constants import JUDGE_HEALTH_LIMITS
+
+    suite = {level: set(columns) for level, columns in judge_health_limits().items()}
+    assert suite == {level: set(columns) for level, columns in JUDGE_HEALTH_LIMITS.items()}
+
+
 def test_the_arena_judge_health_only_warns_and_keeps_its_own_limits(conn):
     suite = table_suite("arena_judge_health")
     limits = [c for c in suite.checks if c.name.startswith("warn_")]

@@ -11,8 +11,8 @@ from dagster_duckdb import DuckDBResource
 
 from arena_dagster.defs.common import OWNERS, table_check_specs, table_metadata, table_result
 from arena_dagster.defs.resources import ArenaHome
+from arena_dagster.profile_schema.constants import REAL_SOURCES
 from arena_dagster.prompts.pools import (
-    REAL_SOURCES,
     curated_pool,
     frozen_rounds,
     raw_prompt_frame,

@@ -34,12 +34,11 @@ from typing import Any, Sequence
 import polars as pl
 
 from arena_dagster.judging.battles import JudgeItem, JudgeResult, plan_round_robin, plan_target_battles
+from arena_dagster.profile_schema.constants import RECORDED_FORMATS, VERDICT_SCORES
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.judgments import JUDGMENT_SUFFIXES, RecordedGame, arena_hard_games, mt_bench_games
 from arena_dagster.ratings.records import as_paths
 
-VERDICT_SCORES = {"A>>B": (9, 3), "A>B": (7, 5), "A=B": (5, 5), "B>A": (5, 7), "B>>A": (3, 9)}
-FORMATS = ("arena-hard", "mt-bench-pair")
 _KEYS = {"kind", "name", "format", "paths", "baseline", "turn", "scores"}
 
 
@@ -70,8 +69,8 @@ class RecordedJudge:
         if unknown:
             raise RecordedJudgeError(f"judge: unknown settings {unknown} (known: {sorted(_KEYS)})")
         self.format = config.get("format")
-        if self.format not in FORMATS:
-            raise RecordedJudgeError(f"judge.format must be one of {list(FORMATS)}, got {self.format!r}")
+        if self.format not in RECORDED_FORMATS:
+            raise RecordedJudgeError(f"judge.format must be one of {list(RECORDED_FORMATS)}, got {self.format!r}")
         paths = config.get("paths")
         paths = [paths] if isinstance(paths, (str, Path)) else paths
         if not paths:

@@ -7,10 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from arena_dagster.judging.recorded import FORMATS as RECORDED_FORMATS
-from arena_dagster.judging.recorded import VERDICT_SCORES
 from arena_dagster.paths import ASSETS_DIR
 from arena_dagster.profile_schema.base import Count, Name, PositiveInt, Section, Text, existing_path, rule
+from arena_dagster.profile_schema.constants import RECORDED_FORMATS, VERDICT_SCORES
 from arena_dagster.profile_schema.models import ModelConfig, _union
 
 JUDGMENT_FIELDS = ("explanation", "score_a", "score_b")

@@ -40,13 +40,10 @@ from arena_dagster.profile_schema.models import (
     model_names,
     unrecorded_models,
 )
-from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError
-from arena_dagster.prompts.pools import REAL_SOURCES
-from arena_dagster.prompts.recorded import JUDGMENTS_SOURCE
-from arena_dagster.quality.suites import judge_health_limits
-from arena_dagster.training.schedule import DEFAULT_SCHEDULE
+from arena_dagster.profile_schema.curation import PRESETS, CurationConfig, CurationError
+from arena_dagster.profile_schema.constants import JUDGE_HEALTH_LIMITS, JUDGMENTS_SOURCE, REAL_SOURCES, SKILLS_SOURCE
+from arena_dagster.profile_schema.training import DEFAULT_SCHEDULE
 
-SKILLS_SOURCE = "skills"
 MIN_BOOTSTRAP = 20  # the gate's paired interval needs at least this many replicates, and so does every leaderboard
 
 # Every sub-seed a profile may set; the ones it leaves out follow the top-level `seed` (config.with_seed).
@@ -251,7 +248,7 @@ Bounds = Annotated[list[Probability], Field(min_length=2, max_length=2)]
 
 
 def _limits_model(level: str) -> type[Section]:
-    fields = {column: (Bounds, None) for column in judge_health_limits()[level]}
+    fields = {column: (Bounds, None) for column in JUDGE_HEALTH_LIMITS[level]}
     model = create_model(f"JudgeHealth{level.capitalize()}", __base__=Section, **fields)
 
     def ordered(self):

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import polars as pl
 
 from arena_dagster.config import ConfigError
-from arena_dagster.prompts.recorded import JUDGMENTS_SOURCE
+from arena_dagster.profile_schema.constants import JUDGMENTS_SOURCE, REAL_SOURCES
 
 RAW_SCHEMA = {
     "source_id": pl.Utf8,
@@ -71,7 +71,6 @@ def raw_prompt_frame(profile: dict[str, Any]) -> pl.DataFrame:
 
 # ---------------------------------------------------------------- real prompt sources
 
-REAL_SOURCES = ("sharegpt", "files")
 REAL_SCHEMA = {
     **RAW_SCHEMA,
     "messages": pl.Utf8,
@@ -241,7 +240,8 @@ def _difficulty_proxy(row: dict) -> float:
 def _real_testset(
     profile: dict[str, Any], judge_factory: Callable[[], Any] | None, log: Callable[[str], None] | None
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    from arena_dagster.prompts.curation import CurationConfig, curate
+    from arena_dagster.profile_schema.curation import CurationConfig
+    from arena_dagster.prompts.curation import curate
     from arena_dagster.prompts.testset import build_testset
 
     settings = profile["testset"]
@@ -384,7 +384,8 @@ def curated_pool(
     the first build; new raw prompts never move an existing prompt.
     Returns the pool (ordered by round, prompt_id), the count removed by each step, and the removed rows.
     """
-    from arena_dagster.prompts.curation import CurationConfig, curate, repeats_of_previous
+    from arena_dagster.profile_schema.curation import CurationConfig
+    from arena_dagster.prompts.curation import curate, repeats_of_previous
     from arena_dagster.prompts.slicing import slice_rounds
 
     settings = profile["prompts"]

@@ -21,10 +21,10 @@ from typing import Any
 import polars as pl
 
 from arena_dagster.config import ConfigError
+from arena_dagster.profile_schema.constants import JUDGMENTS_SOURCE
 from arena_dagster.ratings.importers import question_id_of
 from arena_dagster.ratings.records import read_records
 
-JUDGMENTS_SOURCE = "judgments"
 SUBSET = "recorded"  # the test set's subset label: prompts of judgments recorded elsewhere
 TESTSET_SCHEMA = {
     "prompt_id": pl.Utf8,

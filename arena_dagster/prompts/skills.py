@@ -14,18 +14,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-FAMILIES: tuple[str, ...] = (
-    "reverse_word",
-    "uppercase",
-    "sort_numbers",
-    "add",
-    "count_letter",
-    "acronym",
-    "last_letter",
-    "max_number",
-    "min_number",
-    "word_length",
-)
+from arena_dagster.profile_schema.training import FAMILIES  # the family names are settings (models.*.families)
+
 
 # Families whose reference is a single integer: scored by numeric closeness.
 NUMERIC_FAMILIES = frozenset({"add", "count_letter", "max_number", "min_number", "word_length"})

@@ -22,17 +22,13 @@ from typing import Any
 import polars as pl
 
 from arena_dagster.errors import ArenaError
+from arena_dagster.profile_schema.training import DEFAULT_SCHEDULE
 
 STAGES = ("sft", "dpo", "rl")
 
 # The stage whose checkpoint is a stage's battle target (None: the round's target).
 PREVIOUS_STAGE = {"sft": None, "dpo": "sft", "rl": "dpo"}
 
-DEFAULT_SCHEDULE: dict[str, dict[str, Any]] = {
-    "sft": {"slice": "sft", "accumulate_rounds": True},
-    "dpo": {"slice": "dpo", "accumulate_rounds": False},
-    "rl": {"slice": "rl", "accumulate_rounds": False},
-}
 
 
 class ScheduleError(ArenaError, ValueError):

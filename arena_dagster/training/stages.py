@@ -11,25 +11,10 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from arena_dagster.profile_schema.training import DEFAULT_SKILLS_MODELS, stage_settings
 from arena_dagster.training.schedule import checkpoint_name
 
 TRAINING_STAGES = ("sft", "dpo", "reward", "rl")
-
-
-def stage_settings(models_settings: dict[str, Any], stage: str, *, locally_built: bool) -> dict[str, Any]:
-    """`models.flywheel.<stage>` of the profile.
-
-    The embedded default's models are tiny, so their stage settings start from the small-model
-    values in DEFAULT_SKILLS_MODELS; declared (real) models start from the entry point's
-    defaults, which are the paper's hyperparameters.
-    """
-    from arena_dagster.training.base_models import DEFAULT_SKILLS_MODELS
-
-    base = copy.deepcopy(DEFAULT_SKILLS_MODELS["flywheel"].get(stage, {})) if locally_built else {}
-    override = (models_settings.get("flywheel") or {}).get(stage) or {}
-    merged = {**base, **{k: v for k, v in override.items() if k != "hyperparams"}}
-    merged["hyperparams"] = {**base.get("hyperparams", {}), **override.get("hyperparams", {})}
-    return merged
 
 
 def stage_training_spec(
@@ -60,8 +45,6 @@ def stage_training_spec(
     }
     threads = models_settings.get("round_threads") or models_settings.get("threads_per_process")
     if locally_built and not threads:
-        from arena_dagster.training.base_models import DEFAULT_SKILLS_MODELS
-
         threads = DEFAULT_SKILLS_MODELS["round_threads"]
     if threads:
         spec["threads"] = int(threads)
