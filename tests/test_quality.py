@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.answering import RESPONSE_SCHEMA
+from arena_dagster.backends.answering import RESPONSE_SCHEMA
 from arena_dagster.judging.battles import JUDGMENT_SCHEMA, stable_id
 from arena_dagster.quality.suites import (
     EXPECTATIONS_DIR,

@@ -16,7 +16,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from arena_dagster.answering import answer_prompts
+from arena_dagster.backends.answering import answer_prompts
 from arena_dagster.backends.base import ModelSpec
 from arena_dagster.backends.recorded_backend import RecordedBackend, RecordedDataError
 from arena_dagster.backends.registry import ModelConfigError, model_spec_from_config

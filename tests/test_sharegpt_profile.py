@@ -13,7 +13,7 @@ import pytest
 from arena_dagster.backends.base import ChatRequest, ModelSpec
 from arena_dagster.backends.recorded_backend import RecordedBackend
 from arena_dagster.config import load_profile
-from arena_dagster.models import declared_models, prepare_model_config, trained_models_settings
+from arena_dagster.backends.models import declared_models, prepare_model_config, trained_models_settings
 from arena_dagster.prompts import pools
 from arena_dagster.training.base_models import resolve_profile
 

@@ -15,13 +15,13 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.answering import answer_prompts
+from arena_dagster.backends.answering import answer_prompts
 from arena_dagster.defs.common import OWNERS, table_check_results, table_check_specs, table_result
 from arena_dagster.defs.leaderboards import leaderboard_metadata
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import judge_battles
 from arena_dagster.judging.judges import make_judge, plan_arena
-from arena_dagster.models import generation_spec
+from arena_dagster.backends.models import generation_spec
 from arena_dagster.registry import current_target, models_of_kind, record_promotion, round_checkpoints
 from arena_dagster.sql_models import load_models, run_model
 from arena_dagster.warehouse import read_table, write_table

@@ -101,7 +101,7 @@ class LLMJudge:
     def __init__(self, config: dict[str, Any], *, cache_path: Path | str, home: Path | str | None = None) -> None:
         from arena_dagster.backends.registry import model_spec_from_config
         from arena_dagster.judging.llm_judge import judgment_json_schema, load_template
-        from arena_dagster.models import declared_revision, prepare_model_config
+        from arena_dagster.backends.models import declared_revision, prepare_model_config
 
         unknown = sorted(set(config) - _LLM_KEYS)
         if unknown:
