@@ -26,7 +26,7 @@ def _mt_bench_questions() -> Path:
     shared = SHARED_DATA / "mt-bench" / "question.jsonl"
     if shared.exists():
         return shared
-    from arena_dagster.prompts.pools import mtbench_questions_path
+    from arena_dagster.prompts.real_sources import mtbench_questions_path
 
     return mtbench_questions_path()
 

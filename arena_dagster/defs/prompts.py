@@ -12,15 +12,8 @@ from dagster_duckdb import DuckDBResource
 from arena_dagster.defs.common import OWNERS, table_check_specs, table_metadata, table_result
 from arena_dagster.defs.resources import ArenaHome
 from arena_dagster.profile_schema.constants import REAL_SOURCES
-from arena_dagster.prompts.pools import (
-    curated_pool,
-    frozen_rounds,
-    raw_prompt_frame,
-    slice_sizes,
-    source_metadata,
-    testset_with_stats,
-    write_recorded_answers,
-)
+from arena_dagster.prompts.pools import curated_pool, frozen_rounds, raw_prompt_frame, slice_sizes, testset_with_stats
+from arena_dagster.prompts.real_sources import source_metadata, write_recorded_answers
 from arena_dagster.warehouse import read_table, table_exists, write_table
 
 
