@@ -69,3 +69,8 @@ def test_no_module_imports_itself_through_others():
     imports = {module: set(graph.find_modules_directly_imported_by(module)) for module in graph.modules}
     assert _cycles(imports) == []
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_module_is_over_400_lines():
+    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in (REPO / "arena_dagster").rglob("*.py")}
+    assert {path: n for path, n in sizes.items() if n > 400} == {}
