@@ -7,12 +7,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from arena_dagster.errors import ArenaError
 from arena_dagster.paths import ASSETS_DIR
+
+if TYPE_CHECKING:
+    from arena_dagster.profile_schema import Profile
 
 PROFILES_DIR = ASSETS_DIR / "profiles"
 DEFAULT_PROFILE = "skills"
@@ -124,13 +127,23 @@ def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, 
 
     `chain`: the files it was merged from, to name the one that holds the faulty key.
     """
+    settings_of(profile, chain)
+    return profile
+
+
+def settings_of(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]] | None = None) -> "Profile":
+    """The typed settings of a plain profile (as `load_profile` returns it and a home records it).
+
+    The one place a profile is validated: code below reads the models' attributes, and the
+    plain form stays what a home records and hashes (`profile_hash`). Else one ConfigError line.
+    """
     from pydantic import ValidationError
 
     from arena_dagster.profile_schema import Profile, validation_context
     from arena_dagster.profile_schema.base import first_error
 
     try:
-        Profile.model_validate(profile, context=validation_context(profile))
+        return Profile.model_validate(profile, context=validation_context(profile))
     except ValidationError as exc:
         what, fix, parts, more = first_error(exc, profile)
         source = _holder(chain or [], parts)
@@ -139,7 +152,6 @@ def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, 
         if more:
             fix = f"{fix + '; ' if fix else ''}{more} more problem{'s' if more > 1 else ''} after this one"
         raise ConfigError(what, where or None, fix) from None
-    return profile
 
 
 def _holder(chain: list[tuple[Path, dict[str, Any]]], parts: list[Any]) -> Path | None:
@@ -206,6 +218,11 @@ def load_profile(name_or_path: str | os.PathLike[str] | None = None) -> dict[str
     merged = _with_file_paths(merged, chain)
     validate_profile(merged, chain)
     return with_seed(merged, merged.get("seed", 0))
+
+
+def load_settings(name_or_path: str | os.PathLike[str] | None = None) -> "Profile":
+    """The typed settings of a profile (`load_profile`, then `settings_of`)."""
+    return settings_of(load_profile(name_or_path))
 
 
 def with_seed(profile: dict[str, Any], seed: int) -> dict[str, Any]:

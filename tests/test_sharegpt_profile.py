@@ -12,7 +12,7 @@ import pytest
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec
 from arena_dagster.backends.recorded_backend import RecordedBackend
-from arena_dagster.config import load_profile
+from arena_dagster.config import load_profile, load_settings, settings_of
 from arena_dagster.backends.models import declared_models, prepare_model_config, trained_models_settings
 from arena_dagster.prompts import pools, real_sources
 from arena_dagster.training.base_models import resolve_profile
@@ -49,8 +49,8 @@ def test_prepare_model_config_resolves_home_and_leaves_other_configs_alone(tmp_p
 
 @needs_sharegpt
 def test_sharegpt_source_splits_by_conversation_and_counts_every_row():
-    profile = load_profile("sharegpt_smoke")
-    train, test, stats = real_sources.source_rows(profile)
+    profile = load_settings("sharegpt_smoke")
+    train, test, stats = real_sources.source_rows(profile.prompts)
     assert train and test
     filtered = sum(stats["filtered"].values())
     assert stats["rows_read"] == len(train) + len(test) + filtered
@@ -58,7 +58,7 @@ def test_sharegpt_source_splits_by_conversation_and_counts_every_row():
     assert not {conversation(r) for r in train} & {conversation(r) for r in test}
     for row in train + test:
         assert row["recorded_answer"].strip() and row["recorded_model"] == "sharegpt-chatgpt"
-        assert len(row["prompt"]) <= profile["prompts"]["max_prompt_chars"]
+        assert len(row["prompt"]) <= profile.prompts.max_prompt_chars
         assert row["messages"][-1] == {"role": "user", "content": row["prompt"]}
     # ShareGPT's split records of one conversation stay on one side.
     assert conversation({"source": "s", "conversation_id": "abc_3"}) == conversation({"source": "s", "conversation_id": "abc_0"})
@@ -73,7 +73,7 @@ def _files_profile(tmp_path, rows, **prompts):
     profile = load_profile("sharegpt_smoke")
     profile = {**profile, "prompts": {**profile["prompts"], "source": "files", "files": [str(path)],
                                       "max_conversations": None, "testset_fraction": 0.3, **prompts}}
-    return profile
+    return settings_of(profile)
 
 
 CLEAN = [
@@ -126,12 +126,13 @@ def test_real_pool_drops_mt_bench_copies_and_paraphrases_and_writes_recorded_ans
 
 def test_unknown_source_and_bad_split_are_clear_errors(tmp_path):
     profile = load_profile("sharegpt_smoke")
-    with pytest.raises(ValueError, match="unknown prompt source"):
-        pools.raw_prompt_frame({**profile, "prompts": {**profile["prompts"], "source": "nope"}})
+    # The settings are typed where they are loaded: a bad source or split never reaches the readers.
+    with pytest.raises(ValueError, match="prompts.source: input should be 'skills', 'sharegpt', 'files' or 'judgments', got 'nope'"):
+        pools.raw_prompt_frame(settings_of({**profile, "prompts": {**profile["prompts"], "source": "nope"}}))
     with pytest.raises(ValueError, match="testset_fraction"):
-        real_sources.source_rows(_files_profile(tmp_path, [{"prompt": CLEAN[0]}], testset_fraction=1.5))
+        real_sources.source_rows(_files_profile(tmp_path, [{"prompt": CLEAN[0]}], testset_fraction=1.5).prompts)
     with pytest.raises(ValueError, match="prompts.files"):
-        real_sources.source_rows({**profile, "prompts": {**profile["prompts"], "source": "files", "files": []}})
+        real_sources.source_rows(settings_of({**profile, "prompts": {**profile["prompts"], "source": "files", "files": []}}).prompts)
 
 
 @needs_sharegpt

@@ -113,6 +113,10 @@ class PromptsSettings(Section):
     def _questions_exist(cls, value: str) -> str:
         return existing_path(value, "question file")
 
+    def curation_config(self) -> CurationConfig:
+        """The curation steps' settings: the preset, then the keys the profile sets."""
+        return CurationConfig.from_dict(self.curation.model_dump(exclude_unset=True) if self.curation else None)
+
     @model_validator(mode="after")
     def _source_rules(self) -> "PromptsSettings":
         given = self.model_fields_set

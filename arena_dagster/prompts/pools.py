@@ -20,6 +20,7 @@ from typing import Any, Callable
 import polars as pl
 
 from arena_dagster.config import ConfigError
+from arena_dagster.profile_schema import Profile
 from arena_dagster.profile_schema.constants import JUDGMENTS_SOURCE, REAL_SOURCES
 from arena_dagster.prompts.real_sources import (
     against_sources,
@@ -33,22 +34,18 @@ from arena_dagster.prompts.skills_source import skills_raw_frame, skills_testset
 from arena_dagster.prompts.tables import QUARANTINE_SCHEMA, RAW_SCHEMA, pool_frame, pool_prompt_id
 
 
-def raw_prompt_frame(profile: dict[str, Any]) -> pl.DataFrame:
-    settings = profile["prompts"]
-    source = settings.get("source")
-    if source == "skills":
-        return skills_raw_frame(settings)
+def raw_prompt_frame(profile: Profile) -> pl.DataFrame:
+    source = profile.prompts.source
     if source in REAL_SOURCES:
-        train, _test, _stats = source_rows(profile)
+        train, _test, _stats = source_rows(profile.prompts)
         return real_frame(train)
     if source == JUDGMENTS_SOURCE:
         return pl.DataFrame(schema=RAW_SCHEMA)  # a replay trains nothing (prompts/recorded.py)
-    raise ConfigError(f"profile {profile.get('name')!r}: unknown prompt source {source!r} "
-                      f"(known: skills, {', '.join(REAL_SOURCES)}, {JUDGMENTS_SOURCE})")
+    return skills_raw_frame(profile.prompts)
 
 
 def testset_with_stats(
-    profile: dict[str, Any],
+    profile: Profile,
     *,
     judge_factory: Callable[[], Any] | None = None,
     log: Callable[[str], None] | None = None,
@@ -57,30 +54,26 @@ def testset_with_stats(
 
     `judge_factory` builds the judge that rates difficulty (real sources, `testset.hard_by: judge`).
     """
-    if profile["prompts"].get("source") in REAL_SOURCES:
+    if profile.prompts.source in REAL_SOURCES:
         return real_testset(profile, judge_factory, log)
-    if profile["prompts"].get("source") == JUDGMENTS_SOURCE:
+    if profile.prompts.source == JUDGMENTS_SOURCE:
         from arena_dagster.prompts.recorded import recorded_testset
 
         if judge_factory is None:
             raise ConfigError(f"prompts.source {JUDGMENTS_SOURCE} reads its test set from the recorded judge: pass judge_factory")
-        return recorded_testset(profile, judge_factory())
+        return recorded_testset(profile.prompts, judge_factory())
     return testset_frame(profile), {}
 
 
-def testset_frame(profile: dict[str, Any], **kwargs: Any) -> pl.DataFrame:
+def testset_frame(profile: Profile, **kwargs: Any) -> pl.DataFrame:
     """The fixed offline arena: a diverse part spread over families (skills) or k-means clusters, and a hard part."""
-    settings = profile["testset"]
-    source = profile["prompts"].get("source")
-    if source in REAL_SOURCES or source == JUDGMENTS_SOURCE:
+    if profile.prompts.source in REAL_SOURCES or profile.prompts.source == JUDGMENTS_SOURCE:
         return testset_with_stats(profile, judge_factory=kwargs.get("judge_factory"), log=kwargs.get("log"))[0]
-    if source != "skills":
-        raise ConfigError(f"profile {profile.get('name')!r}: no test-set builder for source {source!r}")
-    return skills_testset(settings)
+    return skills_testset(profile.testset)
 
 
 def curated_pool(
-    raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, Any], frozen: pl.DataFrame | None = None
+    raw: pl.DataFrame, testset: pl.DataFrame, profile: Profile, frozen: pl.DataFrame | None = None
 ) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
     """Clean, deduplicate, decontaminate against the test set, and slice into rounds (and stages).
 
@@ -95,22 +88,21 @@ def curated_pool(
     the first build; new raw prompts never move an existing prompt.
     Returns the pool (ordered by round, prompt_id), the count removed by each step, and the removed rows.
     """
-    from arena_dagster.profile_schema.curation import CurationConfig
     from arena_dagster.prompts.curation import curate, repeats_of_previous
     from arena_dagster.prompts.slicing import slice_rounds
 
-    settings = profile["prompts"]
-    extra = {"prompt_id": pl.Utf8, "round": pl.Int64, **({"stage": pl.Utf8} if settings.get("stage_fractions") else {})}
-    if settings.get("source") == JUDGMENTS_SOURCE:  # a replay trains nothing: no pool, nothing removed
+    settings = profile.prompts
+    extra = {"prompt_id": pl.Utf8, "round": pl.Int64, **({"stage": pl.Utf8} if settings.stage_fractions else {})}
+    if settings.source == JUDGMENTS_SOURCE:  # a replay trains nothing: no pool, nothing removed
         return pool_frame([], extra), {}, pl.DataFrame(schema=QUARANTINE_SCHEMA)
-    config = CurationConfig.from_dict(settings.get("curation"))
-    real = settings.get("source") in REAL_SOURCES
+    config = settings.curation_config()
+    real = settings.source in REAL_SOURCES
     if real:
         from arena_dagster.prompts.ingest import against_texts
 
         rows = [dict(r, messages=messages_of(r)) for r in raw.to_dicts()]
         against: list[Any] = [{"messages": messages_of(r), "prompt": r["prompt"]} for r in testset.to_dicts()]
-        files = against_sources(profile)
+        files = against_sources(settings)
         if files:
             against.extend(against_texts(files)[0])
     else:
@@ -131,13 +123,13 @@ def curated_pool(
             fresh = repeats.kept
             removed["previous_rounds"] += repeats.removed["previous_rounds"]
             removed_rows.extend(repeats.removed_rows)
-    rounds = int(settings["rounds"])
+    rounds = settings.rounds
     if done >= rounds and fresh:
         removed["rounds_closed"] = len(fresh)
         removed_rows.extend({**row, "step": "rounds_closed",
                              "reason": f"new prompt after all {rounds} rounds started: no round left to take it"} for row in fresh)
         fresh = []
-    sliced = slice_rounds(fresh, rounds, seed=int(settings.get("seed", 0)), stage_fractions=settings.get("stage_fractions"),
+    sliced = slice_rounds(fresh, rounds, seed=settings.seed, stage_fractions=settings.stage_fractions,
                           first_open_round=done + 1) if fresh else []
     new_rows = real_frame(sliced, extra) if real else pool_frame(sliced, extra)
     pool = _with_frozen(new_rows, frozen).sort(["round", "prompt_id"])

