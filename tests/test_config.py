@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arena_dagster.config import ConfigError, load_profile, settings_of, with_seed
 from arena_dagster.backends.models import trained_models_settings
+from arena_dagster.config import ConfigError, load_profile, settings_of, with_seed
 from arena_dagster.profile_schema import SEED_PATHS
 from arena_dagster.prompts import pools
 from arena_dagster.training.base_models import resolve_profile

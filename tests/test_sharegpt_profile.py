@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec
+from arena_dagster.backends.models import declared_models, prepare_model_config, trained_models_settings
 from arena_dagster.backends.recorded_backend import RecordedBackend
 from arena_dagster.config import load_profile, load_settings, settings_of
-from arena_dagster.backends.models import declared_models, prepare_model_config, trained_models_settings
 from arena_dagster.prompts import pools, real_sources
 from arena_dagster.training.base_models import resolve_profile
 

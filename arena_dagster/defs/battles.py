@@ -7,11 +7,11 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from arena_dagster.backends.answering import RESPONSE_SCHEMA, answer_prompts
+from arena_dagster.backends.models import generation_spec
 from arena_dagster.defs.common import OWNERS, table_check_specs, table_result
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import judge_battles, plan_target_battles
 from arena_dagster.judging.judges import make_judge
-from arena_dagster.backends.models import generation_spec
 from arena_dagster.registry import models_of_kind, stage_battle_target
 from arena_dagster.training.schedule import PREVIOUS_STAGE, STAGES, battle_prompts, stage_plan
 from arena_dagster.warehouse import read_table, write_table

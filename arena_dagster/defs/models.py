@@ -4,9 +4,9 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from arena_dagster.backends.models import declared_models, declared_revision, prepare_model_config, trained_models_settings
 from arena_dagster.defs.common import OWNERS
 from arena_dagster.defs.resources import ArenaHome
-from arena_dagster.backends.models import declared_models, declared_revision, prepare_model_config, trained_models_settings
 from arena_dagster.registry import register_model
 from arena_dagster.warehouse import read_table
 

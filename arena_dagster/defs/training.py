@@ -11,9 +11,9 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from arena_dagster.backends.models import trained_models_settings
 from arena_dagster.defs.common import OWNERS
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
-from arena_dagster.backends.models import trained_models_settings
 from arena_dagster.preferences.export import (
     export_dataset,
     preference_training_rows,
