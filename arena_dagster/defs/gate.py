@@ -88,13 +88,12 @@ def _gate_spec(key: str, kind: str, description: str) -> dg.AssetSpec:
 )
 def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource):
     round_key = round_of(context)
-    settings = arena.settings()
-    gate = settings.get("promotion", {})
-    evaluation = settings.get("evaluation", {})
+    settings = arena.typed_settings()
+    gate, evaluation = settings.promotion, settings.evaluation
     with duckdb.get_connection() as conn:
         board = read_table(conn, "leaderboard", round_key=round_key)
-        style_control = bool(gate.get("style_control", False))
-        battles, _dropped = arena_battles_for_rating(conn, round_key, {**evaluation, "style_control": style_control})
+        style_control = gate.style_control
+        battles, _dropped = arena_battles_for_rating(conn, round_key, evaluation.model_copy(update={"style_control": style_control}))
         incumbent = get_model(conn, round_target_decision(conn, round_key)["new_target"])
         # Every stage checkpoint of the round is a candidate (skipped stages left out); rule `last` keeps the paper's.
         candidates = [row["model"] for row in round_checkpoints(conn, round_key)] or [round_candidate(conn, round_key)["model"]]
@@ -102,11 +101,12 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
             battles,
             incumbent=incumbent["model"],
             candidates=candidates,
-            rule=str(gate.get("candidate", "best")),
-            selection_fraction=float(gate.get("selection_fraction", 0.5)),
-            margin=float(gate.get("margin", 0.0)),
-            bootstrap=int(gate.get("bootstrap", evaluation.get("bootstrap", 200))),
-            seed=int(gate.get("seed", evaluation.get("seed", 0))),
+            rule=gate.candidate,
+            selection_fraction=gate.selection_fraction,
+            margin=gate.margin,
+            # The gate's own bootstrap and seed, else the evaluation's.
+            bootstrap=gate.bootstrap if gate.bootstrap is not None else evaluation.bootstrap,
+            seed=gate.seed if gate.seed is not None else evaluation.seed,
             ratings=dict(zip(board["model"].to_list(), board["rating"].to_list())),
             style_control=style_control,
         )
