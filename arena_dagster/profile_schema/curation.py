@@ -1,6 +1,6 @@
 """The curation settings (`prompts.curation:` of a profile): one frozen dataclass and its presets.
 
-The steps that use them are in arena_dagster/prompts/curation.py; the schema builds its
+The steps that use them are in arena_dagster/prompts/curation/; the schema builds its
 `prompts.curation` section from this dataclass's fields.
 """
 
