@@ -44,7 +44,7 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
     def stage_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
         round_key = round_of(context)
         profile = arena.settings()
-        plan = stage_plan(profile, stage, round_key)
+        plan = stage_plan(arena.typed_settings().schedule, stage, round_key)
         with duckdb.get_connection() as conn:
             prompts = battle_prompts(read_table(conn, "prompt_pool"), plan)
             target = stage_battle_target(conn, plan)

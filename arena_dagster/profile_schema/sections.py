@@ -243,6 +243,11 @@ class ScheduleSettings(Section):
     dpo: ScheduleStage = None
     rl: ScheduleStage = None
 
+    def of(self, stage: str) -> ScheduleStage:
+        """The stage's schedule: DEFAULT_SCHEDULE's, with what the profile sets over it."""
+        chosen = getattr(self, stage)
+        return ScheduleStage(**{**DEFAULT_SCHEDULE[stage], **(chosen.model_dump(exclude_none=True) if chosen else {})})
+
 
 class RewardModelSettings(Section):
     min_eval_accuracy: Probability = 0.6
