@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import dagster as dg
 
-from arena_dagster.config import profile_hash
+from arena_dagster.config import profile_hash, settings_of
 from arena_dagster.defs.automation import ROUND_JOB, SETUP_ASSETS, SETUP_JOB, missing_round_partitions
 from arena_dagster.defs.resources import round_partitions
 from arena_dagster.errors import ArenaError
@@ -110,7 +110,7 @@ class Flywheel:
         return setup, needed
 
     def run(self, rounds: int, on_round: Callable[[int], None] | None = None) -> None:
-        slices = int(self.settings["prompts"]["rounds"])
+        slices = settings_of(self.settings).prompts.rounds
         if rounds > slices:
             raise ArenaError(f"profile {self.profile!r} slices its prompt pool into {slices} rounds", f"--rounds {rounds}",
                              f"ask for at most {slices}, or raise prompts.rounds in the profile" if slices else

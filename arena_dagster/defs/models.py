@@ -36,7 +36,7 @@ from arena_dagster.warehouse import read_table
     ]
 )
 def base_models(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource):
-    declared = arena.settings().get("models", {}).get("source") == "declared"
+    declared = arena.typed_settings().models.source == "declared"
     if declared:
         yield from _register_declared_models(arena, duckdb)
         return

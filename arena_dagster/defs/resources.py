@@ -72,7 +72,7 @@ class ArenaHome(dg.ConfigurableResource):
     def provenance(self) -> dict[str, Any]:
         """Metadata every materialization carries: which profile (and seed) made it."""
         return {"arena/profile": self.profile, "arena/profile_hash": self.profile_hash(),
-                "arena/seed": int(self.settings().get("seed", 0))}
+                "arena/seed": self.typed_settings().seed}
 
     @property
     def root(self) -> Path:

@@ -67,7 +67,7 @@ def _train(
     name = checkpoint_name(stage, round_key)
     export = export_dataset(rows, training_rows, arena.folder("datasets", f"round-{round_key}", stage))
     models_settings = trained_models_settings(profile)
-    locally_built = profile.get("models", {}).get("source") != "declared"
+    locally_built = arena.typed_settings().models.source != "declared"
     replay = None
     if locally_built:
         from arena_dagster.training.base_models import resolve_profile
@@ -177,7 +177,7 @@ def dpo_checkpoint(
 
 
 def _reward_accuracy_floor(arena: ArenaHome) -> float:
-    return float(arena.settings().get("reward_model", {}).get("min_eval_accuracy", 0.6))
+    return arena.typed_settings().reward_model.min_eval_accuracy
 
 
 @dg.asset(

@@ -312,7 +312,7 @@ class Profile(Section):
     judge: JudgeSettings
     sql_vars: SqlVars
     schedule: ScheduleSettings = None
-    reward_model: RewardModelSettings = None
+    reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)
     judge_health: JudgeHealthSettings = None
     evaluation: EvaluationSettings = None
     promotion: PromotionSettings = None
