@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -72,10 +73,18 @@ def run_flywheel(
 ) -> list[dict[str, Any]]:
     """Run setup and rounds 1..`rounds` on `home` through the home's Dagster instance; returns every leaderboard row."""
     from arena_dagster.commands.flywheel import Flywheel
+    from arena_dagster.operate import RunCanceled, end_processes, process_tree, signals_interrupt
 
     prepare_environment(home)
-    with Flywheel(home, profile, seed=seed, switch_profile=switch_profile, wait=wait, verbose=verbose, echo=echo) as flywheel:
-        flywheel.run(rounds, on_round=lambda r: echo(format_leaderboard(read_leaderboards(home), r)))
+    # SIGTERM and SIGINT cancel the run being followed (commands/flywheel.py); then nothing this command started may outlive it.
+    with signals_interrupt():
+        try:
+            with Flywheel(home, profile, seed=seed, switch_profile=switch_profile, wait=wait, verbose=verbose,
+                          echo=echo) as flywheel:
+                flywheel.run(rounds, on_round=lambda r: echo(format_leaderboard(read_leaderboards(home), r)))
+        except (KeyboardInterrupt, RunCanceled):
+            end_processes(process_tree(os.getpid())[1:])
+            raise
     return read_leaderboards(home)
 
 
@@ -140,10 +149,11 @@ def _run(args: argparse.Namespace) -> int:
         print(GATE_LEGEND)
         return 0
     if args.command == "leaderboard":
-        if getattr(args, "battles", None):
-            from arena_dagster.commands import leaderboard as ratings_cli
+        from arena_dagster.commands import leaderboard as ratings_cli
 
+        if getattr(args, "battles", None):
             return ratings_cli.run(args)
+        ratings_cli.refuse_file_options(args)
         rows = read_leaderboards(resolve_home(args.home))
         print(json.dumps(rows, indent=2, default=str) if args.json else
               "\n".join([format_leaderboard(rows), RANK_LEGEND, GATE_LEGEND]))
@@ -176,9 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except KeyboardInterrupt:
-        print("arena-dagster: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from arena_dagster.operate import Interrupted
+
+        interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        print(f"arena-dagster: {interrupted.line()}", file=sys.stderr)
+        return 128 + interrupted.signum
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into one line
         if args.debug:
             raise

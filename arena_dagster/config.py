@@ -86,21 +86,25 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    # The record reader's text rules: a BOM or CRLF reads as clean UTF-8; bad bytes, a NUL or a
+    # lone surrogate (also as a YAML "\ud800" escape) is one line naming the file.
+    from arena_dagster.record_files import RecordFileError, read_text, text_problem
+
     try:
-        text = path.read_text(encoding="utf-8-sig")
-        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (byte {exc.start})", str(path), "save the profile as UTF-8") from None
+        data = yaml.load(read_text(path), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecordFileError as exc:
+        raise ConfigError(exc.what, exc.input, "save the profile as UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"not valid YAML: {problem}", where, "fix the YAML syntax at that line") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the profile: {exc.strerror or exc}", str(path)) from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"a profile must be a YAML mapping, got {type(data).__name__}", str(path))
+    problem = text_problem(data)
+    if problem:
+        raise ConfigError(f"{problem[0].replace('_', ' ')} in a value: {problem[1]}", str(path), "remove it")
     return data
 
 
@@ -123,12 +127,14 @@ def profile_chain(ref: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any
 
 
 def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]] | None = None) -> dict[str, Any]:
-    """`profile` itself when every key and value is valid (profile_schema); else one ConfigError line.
+    """`profile` when every key and value is valid (profile_schema), with its model names normalized
+    (the same object when they already were); else one ConfigError line.
 
     `chain`: the files it was merged from, to name the one that holds the faulty key.
     """
-    settings_of(profile, chain)
-    return profile
+    from arena_dagster.profile_schema.base import normalized_input
+
+    return normalized_input(profile, settings_of(profile, chain))
 
 
 def settings_of(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]] | None = None) -> "Profile":
@@ -216,7 +222,7 @@ def load_profile(name_or_path: str | os.PathLike[str] | None = None) -> dict[str
     leaf_path, leaf = chain[-1]
     merged["name"] = leaf.get("name", leaf_path.stem)
     merged = _with_file_paths(merged, chain)
-    validate_profile(merged, chain)
+    merged = validate_profile(merged, chain)
     return with_seed(merged, merged.get("seed", 0))
 
 

@@ -22,6 +22,7 @@ import duckdb
 import jinja2
 from jinja2 import nodes
 
+from arena_dagster.errors import ArenaError
 from arena_dagster.paths import resource_dir
 from arena_dagster.warehouse import column_schema, quote_ident, table_exists
 
@@ -217,3 +218,43 @@ def column_lineage(select: str, schemas: Mapping[str, Mapping[str, str]], column
         if deps:
             out[column] = deps
     return out
+
+
+def model_column_lineage(conn: duckdb.DuckDBPyConnection, model: SqlModel, variables: Mapping[str, Any],
+                         round_key: int = 1) -> dict[str, list[tuple[str, str]]]:
+    """`column_lineage` of a model's SELECT as rendered for `round_key`, against the warehouse's table schemas."""
+    schemas = {ref: column_schema(conn, ref) for ref in model.refs if table_exists(conn, ref)}
+    select = render(model, round_key=round_key, variables=variables).strip().rstrip(";")
+    return column_lineage(select, schemas, list(column_schema(conn, model.name)))
+
+
+def trace_column(conn: duckdb.DuckDBPyConnection, wanted: str, variables: Mapping[str, Any],
+                 sql_dir: Path = SQL_DIR) -> dict[str, Any]:
+    """TABLE.COLUMN's upstream columns, followed through every SQL model down to the tables Python assets write.
+
+    A node is {table, column, model (the SQL file, or None for a table no SQL model builds), sources: [nodes]}.
+    """
+    table, _, column = wanted.partition(".")
+    models = load_models(sql_dir)
+    if not table or not column:
+        raise ArenaError("a column is named TABLE.COLUMN", wanted, f"e.g. sft_examples.winner_model; SQL models: "
+                         f"{', '.join(sorted(models))}")
+    if table not in models:
+        raise ArenaError("not a table a SQL model builds", table, f"column lineage is traced through the SQL "
+                         f"models: {', '.join(sorted(models))}")
+    if not table_exists(conn, table):
+        raise ArenaError("the table is not in the warehouse yet", table, "materialize it (run a round) first")
+    if column not in column_schema(conn, table):
+        raise ArenaError(f"not a column of {table}", column, f"its columns: {', '.join(column_schema(conn, table))}")
+    lineage_of: dict[str, dict[str, list[tuple[str, str]]]] = {}
+
+    def node(table: str, column: str, path: tuple[str, ...]) -> dict[str, Any]:
+        model = models.get(table)
+        if model is None or table in path or not table_exists(conn, table):
+            return {"table": table, "column": column, "model": None, "sources": []}
+        if table not in lineage_of:
+            lineage_of[table] = model_column_lineage(conn, model, variables)
+        return {"table": table, "column": column, "model": f"{sql_dir.name}/{model.path.name}",
+                "sources": [node(t, c, (*path, table)) for t, c in lineage_of[table].get(column, [])]}
+
+    return node(table, column, ())

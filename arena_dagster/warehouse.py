@@ -148,7 +148,7 @@ def column_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]
 # another home writes other values there and the same data everywhere else.
 VOLATILE_COLUMNS = {
     "registered_at", "decided_at",   # wall-clock times of registry and gate rows
-    "cached",                        # whether an answer came from the completion cache this time
+    "cached",                        # responses tables of homes made before it became run metadata (cache_hits)
     "manifest",                      # training manifests carry wall times; revision and dataset_hash carry identity
     "path", "model_path",            # folders under the home
 }

@@ -5,6 +5,7 @@
 -- first-position wins, longer-answer wins and ties. Checks on it gate the stage's training.
 -- column judge: the judge
 -- column parse_failure_rate: share of games whose judge output did not parse
+-- column incomplete_battles: battles left out of the outcomes because a game still did not parse after the judge's retries (never a win, loss or tie)
 -- column flip_rate: share of battles whose two games disagree
 -- column tie_rate: share of battles called a tie
 -- column first_position_win_rate: share of decided games won by the answer shown first (0.5 = no position bias)

@@ -226,3 +226,143 @@ def test_runs_left_started_by_a_dead_process_are_marked_failed(tmp_path):
     assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
     assert any("its process" in line for line in said)
     json.dumps(said)
+
+
+def _full_copy(home: Path, to: Path) -> Path:
+    """The whole home (warehouse, Dagster instance with its runs and materializations), to change it."""
+    shutil.copytree(home, to, symlinks=True)
+    return to
+
+
+def test_the_continuous_sensor_ticks_like_the_daemon(smoke_home, tmp_path):
+    from datetime import datetime, timezone
+
+    from arena_dagster.defs import build_definitions
+    from arena_dagster.defs.gate import promotion_gate
+
+    home = _full_copy(smoke_home, tmp_path / "copy")
+    defs = build_definitions(home)
+    repo = defs.get_repository_def()
+    instance = _instance(home)
+    sensor = defs.resolve_sensor_def("next_round_sensor")
+
+    def tick(cursor: str | None):
+        # As the daemon's code server builds it: with the instance's ref, so the run request's partition is checked.
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(),
+                                                            repository_def=repo, cursor=cursor))
+
+    gate_id = instance.fetch_materializations(dg.AssetKey("target_model"), limit=1).records[0].storage_id
+    # Every slice has run: the gate decision is seen and passed over, saying why.
+    first = tick(None)
+    assert not first.run_requests and "every round slice of the prompt pool has run" in first.skip_message
+    assert first.cursor == str(gate_id)
+    # The pool grew a third slice: the last gate decision asks for round 3, once per decision.
+    instance.add_dynamic_partitions("round", ["3"])
+    [request] = tick(None).run_requests
+    assert (request.partition_key, request.run_key) == ("3", f"round-3-sensor-{gate_id}")
+    assert request.tags["arena/round"] == "3" and request.tags["arena/started_by"] == "sensor"
+    for _ in range(2):
+        again = tick(first.cursor)
+        assert not again.run_requests and "no gate decision" in again.skip_message and again.cursor == first.cursor
+    # The nightly schedule asks for the same round.
+    nightly = defs.resolve_schedule_def("nightly_flywheel").evaluate_tick(dg.build_schedule_context(
+        instance=instance, repository_def=repo, scheduled_execution_time=datetime(2026, 1, 2, 2, tzinfo=timezone.utc)))
+    [scheduled] = nightly.run_requests
+    assert scheduled.partition_key == "3" and scheduled.tags["arena/started_by"] == "schedule"
+    # Round 2's gate decided again (a rerun after a fix): a new decision, a new run key, not skipped as a repeat.
+    assert dg.materialize([promotion_gate], partition_key="2", instance=instance, resources=defs.resources).success
+    rerun = tick(first.cursor)
+    [request_again] = rerun.run_requests
+    assert request_again.partition_key == "3" and request_again.run_key != request.run_key
+    assert int(rerun.cursor) > gate_id and not tick(rerun.cursor).run_requests
+
+
+def test_runs_launched_outside_the_cli_get_round_and_launcher_tags():
+    from arena_dagster.defs.resources import missing_run_tags
+
+    home = {"arena/profile": "p", "arena/profile_hash": "h", "arena/home": "/h"}
+    ui = missing_run_tags({"dagster/partition": "3", "dagster/from_ui": "true"}, home)
+    assert ui == {**home, "arena/round": "3", "arena/started_by": "ui"}
+    cli = {**home, "dagster/partition": "3", "arena/round": "3", "arena/started_by": "cli"}
+    assert missing_run_tags(cli, home) == {}
+    assert missing_run_tags({**home, "dagster/sensor_name": "next_round_sensor", "arena/started_by": "sensor",
+                             "arena/round": "3", "dagster/partition": "3"}, home) == {}
+    assert missing_run_tags({**home, "dagster/backfill": "abc"}, home) == {"arena/started_by": "backfill"}
+    assert missing_run_tags(home, home) == {"arena/started_by": "dagster"}
+    # The UI's Re-execute of a CLI run copies the CLI's tags; the re-execution says the UI started it.
+    again = {**cli, "dagster/parent_run_id": "x", "dagster/from_ui": "true"}
+    assert missing_run_tags(again, home) == {"arena/started_by": "ui"}
+
+
+def test_a_round_launched_from_the_ui_is_tagged_and_plots_stable_roles(smoke_home, tmp_path):
+    from arena_dagster.defs import build_definitions
+
+    home = _full_copy(smoke_home, tmp_path / "copy")
+    defs = build_definitions(home)
+    instance = _instance(home)
+    record = read_home_record(home)
+    # What the UI's Materialize dialog submits: a run of the round job for a partition, tagged by Dagster only.
+    job = defs.resolve_job_def("flywheel_round")
+    result = job.execute_in_process(
+        partition_key="2", instance=instance, tags={"dagster/from_ui": "true"},
+        asset_selection=[dg.AssetKey(k) for k in ("leaderboard", "target_model", "promotions", "model_registry")])
+    assert result.success
+    run = instance.get_run_by_id(result.run_id)
+    assert run.tags["arena/round"] == "2" and run.tags["arena/started_by"] == "ui"
+    assert run.tags["arena/profile_hash"] == record["profile_hash"] and run.tags["arena/home"] == str(home)
+    by_round = instance.get_runs(filters=dg.RunsFilter(tags={"arena/round": "2"}))
+    assert result.run_id in {r.run_id for r in by_round} and len(by_round) == 2  # the CLI's and the UI's
+    # The Plots tab: floats in roles that are the same thing every round, and no constant.
+    board = result.asset_materializations_for_node("leaderboard")[0].metadata
+    gate = next(m.metadata for m in result.asset_materializations_for_node("promotion_gate")
+                if m.asset_key == dg.AssetKey("target_model"))
+    figures = {k for k, v in {**board, **gate}.items() if isinstance(v, (dg.FloatMetadataValue, dg.IntMetadataValue))}
+    anchor = board["anchor"].value.rpartition("=")[0]
+    assert {"rating/sft", "rating/best_candidate", "rating/initial", "rating/target", "gate/diff"} <= figures
+    assert "rating/incumbent" not in figures and f"rating/{anchor}" not in figures
+    assert not {"gate/margin", "arena/seed"} & figures
+    assert gate["rating/best_candidate"].value == max(board[f"rating/{s}"].value for s in ("sft", "dpo", "rl")
+                                                     if f"rating/{s}" in board)
+    graph = defs.resolve_asset_graph()
+    for key, names in (("leaderboard", ("rating/best_candidate", "rating/initial", "rating/target")),
+                       ("target_model", ("rating/target", "rating/best_candidate", "gate/diff"))):
+        description = graph.get(dg.AssetKey(key)).description
+        assert all(name in description for name in names), key
+
+
+def test_end_processes_stops_a_tree_even_one_that_ignores_sigterm():
+    import subprocess
+    import time
+
+    from arena_dagster.operate import end_processes, process_tree
+
+    # A parent with two children, one of which ignores SIGTERM (bash execs the last command, ignoring it): all end.
+    parent = subprocess.Popen(["bash", "-c", "sleep 300 & bash -c 'trap \"\" TERM; sleep 300' & wait"])
+    deadline = time.monotonic() + 10
+    while len(process_tree(parent.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tree = process_tree(parent.pid)
+    assert len(tree) == 3
+    stopped = end_processes(tree, grace_s=0.5)
+    parent.wait(timeout=10)
+    assert set(stopped) == {p.pid for p in tree}
+    assert not [p for p in tree if p.is_running() and p.status() != "zombie"]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_before_any_run_is_one_line_and_128_plus_the_signal(tmp_path, sig):
+    import signal
+
+    home = tmp_path / "home"
+    lock = flywheel_lock(home)
+    assert lock.acquire(wait=False, command="test")  # the command waits for this "other flywheel"
+    try:
+        process = subprocess.Popen(flywheel_command(home), cwd=REPO, env=flywheel_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        assert "waiting for it to finish" in process.stdout.readline()
+        process.send_signal(getattr(signal, sig))
+        out, err = process.communicate(timeout=60)
+    finally:
+        lock.release()
+    assert process.returncode == 128 + getattr(signal, sig)
+    assert err.splitlines() == [f"arena-dagster: interrupted by {sig}: run the same command again to resume"]

@@ -113,3 +113,27 @@ def test_plot_files_and_markdown(tmp_path):
     for path in written:
         decode(path.read_bytes())
     assert plots.png_markdown(b"\x89PNG", "leaderboard").startswith("![leaderboard](data:image/png;base64,")
+
+
+def test_plotted_figures_are_stable_roles_and_no_constants():
+    from arena_dagster.defs.gate import gate_figures
+    from arena_dagster.defs.leaderboards import rating_figures
+
+    history, decisions = constructed_history()
+    board = history.filter(pl.col("round") == 1).with_columns(
+        pl.when(pl.col("stage").is_in(["sft", "dpo", "rl"]) & (pl.col("kind") != "incumbent")).then(pl.lit("candidate"))
+        .otherwise(pl.col("kind")).alias("kind"))
+    figures = rating_figures(board)
+    # The anchor (letters) is 1000 by definition and the incumbent is another model each round: neither is plotted.
+    assert set(figures) == {"rating/sft", "rating/dpo", "rating/rl", "rating/best_candidate", "rating/numbers"}
+    assert figures["rating/best_candidate"] == max(figures["rating/sft"], figures["rating/dpo"], figures["rating/rl"])
+    decision = decisions.filter(pl.col("round") == 1).row(0, named=True) | {"margin": 0.0}
+    ratings = dict(zip(board["model"], board["rating"]))
+    gate = gate_figures(decision, ratings, ["SFT-I1", "DPO-I1", "RL-I1"])
+    assert set(gate) == {"gate/diff", "gate/ci_low", "gate/ci_high", "rating/target", "rating/best_candidate"}
+    assert gate["rating/target"] == round(ratings[decision["new_target"]], 2)
+    # A rejected round: the target stays the incumbent, and rating/target is the incumbent's rating that round.
+    rejected = decisions.filter(pl.col("round") == 2).row(0, named=True)
+    board2 = history.filter(pl.col("round") == 2)
+    assert gate_figures(rejected, dict(zip(board2["model"], board2["rating"])), ["RL-I2"])["rating/target"] == round(
+        board2.filter(pl.col("kind") == "incumbent")["rating"][0], 2)

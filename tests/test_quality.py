@@ -52,7 +52,7 @@ def judgment(stage_round, battle, game, prompt, x, y, score_x, score_y):
 def response(prompt, model, role=None):
     return {"round": 1, "prompt_id": prompt, "model": model, "role": role or ("target" if model == "T" else "competitor"),
             "response_id": f"{prompt}-{model}", "response": f"{ANSWER[model]} to {prompt}", "tokens_in": 5,
-            "tokens_out": 3, "finish_reason": "stop", "cached": False}
+            "tokens_out": 3, "finish_reason": "stop"}
 
 
 def build_round(conn) -> None:

@@ -147,6 +147,7 @@ def test_a_replay_rates_recorded_verdicts_like_the_command(tmp_path, judged, cle
     assert baseline["recorded_rows_rejected"] == {"baseline_vs_itself": 6}
     [health] = baseline["judge_health"]
     assert health["judgments"] == 36 and health["parse_failure_rate"] == pytest.approx(4 / 36)
+    assert health["incomplete_battles"] == 3  # the battles of the 6 games left out, counted, never silent
     assert health["longer_answer_win_rate"] is None  # the answers are unknown
     # 4 of 36 games unreadable: past the 10% warning limit; the leaderboard still rates the rest
     assert baseline["judge_health_checks"].startswith("warn_parse_failure_rate: warning")

@@ -159,3 +159,26 @@ def test_a_warehouse_held_by_a_writer_is_one_line(home, capsys):
     finally:
         writer.kill()
         writer.wait()
+
+
+@pytest.mark.slow
+def test_a_column_traced_to_its_sources_on_a_real_home(smoke_home, capsys):
+    home = str(smoke_home)
+    assert cli.main(["trace", "--column", "sft_examples.winner_model", "--home", home]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0] == "sft_examples.winner_model  (dbt_like_sql/sft_examples.sql)"
+    # Through the battle outcomes (a SQL model) to the judgments a Python asset writes.
+    assert any(line.strip().startswith("<- sft_battle_outcomes.") and "battle_outcomes.sql" in line for line in lines)
+    assert "sft_judgments." in text and "(written by a Python asset)" in text
+    assert cli.main(["trace", "--column", "sft_examples.winner_model", "--home", home, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["table"] == "sft_examples" and doc["sources"][0]["table"] == "sft_battle_outcomes"
+    for wanted, message in (("sft_examples.nope", "not a column of sft_examples (nope): its columns: "),
+                            ("prompt_pool.prompt", "not a table a SQL model builds (prompt_pool)"),
+                            ("sft_examples", "a column is named TABLE.COLUMN (sft_examples)")):
+        assert cli.main(["trace", "--column", wanted, "--home", home]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"arena-dagster: {message}") and err.count("\n") == 1, err
+    assert cli.main(["trace", "SFT-I1", "--column", "sft_examples.margin", "--home", home]) == 2
+    assert "trace takes an ID or --column TABLE.COLUMN" in capsys.readouterr().err

@@ -22,8 +22,9 @@ RESPONSE_SCHEMA = {
     "tokens_in": pl.Int64,
     "tokens_out": pl.Int64,
     "finish_reason": pl.Utf8,
-    "cached": pl.Boolean,
 }
+# Whether an answer came from the completion cache is not table content: a resumed run finds in
+# the cache what an uninterrupted one generated. It is run metadata (cache_hits, cache_misses).
 
 
 @dataclass
@@ -63,7 +64,7 @@ def unrecorded_answers(spec: ModelSpec, prompts: pl.DataFrame, *, round_key: int
             {
                 "round": round_key, "prompt_id": pid, "model": spec.name, "role": role,
                 "response_id": "unrecorded-" + hashlib.sha256(f"{spec.name}|{pid}".encode()).hexdigest()[:24],
-                "response": None, "tokens_in": None, "tokens_out": None, "finish_reason": None, "cached": False,
+                "response": None, "tokens_in": None, "tokens_out": None, "finish_reason": None,
             }
             for pid in prompts["prompt_id"].to_list()
         ],
@@ -114,7 +115,6 @@ def answer_prompts(
                 "tokens_in": comp.tokens_in,
                 "tokens_out": comp.tokens_out,
                 "finish_reason": comp.finish_reason,
-                "cached": comp.cached,
             }
             for req, comp in zip(requests, result.completions)
         ],

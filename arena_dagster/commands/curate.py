@@ -2,10 +2,12 @@
 
     arena-dagster curate IN.jsonl... --out OUT.jsonl [--against TEST.jsonl...] [--json]
 
-Inputs and `--against` files: JSONL / JSON / Parquet rows with `prompt`, `messages` or
+Inputs, `--against` and `--previous` files: JSONL / JSON / CSV / Parquet rows with `prompt`, `messages` or
 `turns` (MT-Bench's question.jsonl), ShareGPT JSON, or `sharegpt` for the packaged
 ShareGPT conversations. Kept rows are written atomically (a temporary file renamed over
 OUT); removed rows go to `--removed PATH` when asked, with the step and the reason.
+A record that cannot be read (not UTF-8, a NUL, a lone surrogate, malformed JSON, no prompt)
+is quarantined, counted by reason (`quarantine_reasons`) and named on stderr; exit status 0.
 The default configuration is the paper's (`--preset paper`); `--set KEY=VALUE` overrides
 any `CurationConfig` field (YAML values: `--set decontam_embedding_threshold=null`).
 """
@@ -27,7 +29,7 @@ from arena_dagster.prompts.ingest import IngestError, against_texts, ingest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="IN", help="prompt files (.jsonl/.json/.parquet) or 'sharegpt'")
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="prompt files (.jsonl/.json/.csv/.parquet) or 'sharegpt'")
     parser.add_argument("--out", required=True, type=Path, help="where to write the kept rows (JSONL)")
     parser.add_argument("--against", nargs="*", default=[], metavar="TEST",
                         help="test sets to decontaminate against (same forms, or MT-Bench question.jsonl)")
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         config = _config(args.preset, args.overrides)
         pool = ingest(args.inputs)
         tests, test_ingest = against_texts(args.against) if args.against else ([], None)
-        previous = ingest(args.previous).rows if args.previous else []
+        previous_ingest = ingest(args.previous) if args.previous else None
+        previous = previous_ingest.rows if previous_ingest is not None else []
         result = curate(pool.rows, config=config, against=tests, previous=previous)
     except (IngestError, CurationError, FileNotFoundError) as err:
         print(f"arena-dagster curate: {err}", file=sys.stderr)
@@ -87,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
         write_jsonl_atomic(args.removed, result.removed_rows)
     summary = result.summary()
     summary["quarantined"] = sum(int(stats.get("quarantined", 0)) for stats in pool.stats.values())
+    summary["quarantine_reasons"] = _reasons(pool)
     summary["against"] = len(tests)
     summary["against_quarantined"] = len(test_ingest.quarantine) if test_ingest is not None else 0
+    summary["previous_quarantined"] = len(previous_ingest.quarantine) if previous_ingest is not None else 0
     if args.json:
         print(json.dumps(summary))
     else:
@@ -97,11 +102,23 @@ def run(args: argparse.Namespace) -> int:
         for step, count in summary["removed"].items():
             print(f"  {step:<20} -{count}")
         print(f"kept {summary['kept']} -> {args.out}  ({time.perf_counter() - started:.1f} s)")
-    for quarantined in pool.quarantine[:5]:
-        print(f"quarantined {quarantined['source']}:{quarantined['source_line']}: {quarantined['reason']}", file=sys.stderr)
-    if test_ingest is not None and test_ingest.quarantine:
-        print(f"{len(test_ingest.quarantine)} unreadable test-set record(s) ignored", file=sys.stderr)
+    for label, read in (("", pool), ("test-set ", test_ingest), ("previous-round ", previous_ingest)):
+        if read is None or not read.quarantine:
+            continue
+        if label:  # a test item that is not read cannot decontaminate; an earlier prompt not read is not excluded
+            print(f"{len(read.quarantine)} unreadable {label}record(s) ignored: {_reasons(read)}", file=sys.stderr)
+        for quarantined in read.quarantine[:5]:
+            print(f"quarantined {quarantined['source']}:{quarantined['source_line']}: {quarantined['reason']}", file=sys.stderr)
     return 0
+
+
+def _reasons(read) -> dict[str, int]:
+    """Quarantined records by the reader's reason (`invalid_utf8`, `lone_surrogate`, ...) or the row's problem."""
+    counts: dict[str, int] = {}
+    for quarantined in read.quarantine:
+        reason = quarantined["reason"].split(":")[0]
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

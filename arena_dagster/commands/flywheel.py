@@ -9,6 +9,7 @@ warehouse and the checkpoints, in seconds. Runs go through the home's run queue 
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +31,17 @@ from arena_dagster.home import (
     record_profile,
 )
 from arena_dagster.locks import HomeError, describe_holder, flywheel_lock
-from arena_dagster.operate import RunFailed, Submitter, follow, open_instance, reap_dead_runs, running_daemon, terminate
+from arena_dagster.operate import (
+    Interrupted,
+    RunCanceled,
+    RunFailed,
+    Submitter,
+    cancel_run,
+    follow,
+    open_instance,
+    reap_dead_runs,
+    running_daemon,
+)
 from arena_dagster.progress import RunPrinter
 
 
@@ -156,9 +167,11 @@ class Flywheel:
         started = time.monotonic()
         try:
             run = follow(self.instance, run_id, printer)
-        except KeyboardInterrupt:
-            terminate(self.instance, run_id)
-            raise
+        except KeyboardInterrupt as exc:
+            interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+            printer.close()
+            ended = cancel_run(self.instance, run_id, f"the arena-dagster command got {interrupted.name}")
+            raise RunCanceled(title, interrupted, ended, run_id) from None
         finally:
             printer.close()
         if run.status != dg.DagsterRunStatus.SUCCESS:

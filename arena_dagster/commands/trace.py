@@ -1,4 +1,5 @@
-"""`arena-dagster trace ID`: where a training row, battle, prompt or checkpoint came from and went.
+"""`arena-dagster trace ID`: where a training row, battle, prompt or checkpoint came from and went;
+`arena-dagster trace --column TABLE.COLUMN`: the upstream columns of a SQL model's column.
 
 `add_arguments(parser)` adds the options, `run(args)` opens the home's warehouse read-only,
 calls `trace.trace` and prints the lineage as sections (or JSON with --json).
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from arena_dagster.errors import ArenaError
 from arena_dagster.trace import trace
 from arena_dagster.warehouse import open_readonly
 
@@ -20,8 +22,12 @@ TITLES = {"sft_example": "SFT example", "dpo_pair": "DPO pair", "reward_pair": "
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id", help="example_id, pair_id, battle_id or prompt_id (or a unique prefix of 8+ characters), "
-                                   "or a model name such as DPO-I1")
+    parser.add_argument("id", nargs="?", help="example_id, pair_id, battle_id or prompt_id (or a unique prefix of 8+ "
+                                              "characters), or a model name such as DPO-I1")
+    parser.add_argument("--column", metavar="TABLE.COLUMN", default=None,
+                        help="instead of a row: the upstream columns a SQL model's column is computed from, down to "
+                             "the tables Python assets write (traced by sqlglot; the open-source UI does not show "
+                             "dagster/column_lineage)")
     parser.add_argument("--home", default=None, help="flywheel home (default: $ARENA_HOME or ./.arena)")
     parser.add_argument("--json", action="store_true", help="print the whole lineage as JSON (texts uncut)")
 
@@ -30,10 +36,34 @@ def run(args: argparse.Namespace) -> int:
     from arena_dagster.config import resolve_home
 
     home = resolve_home(args.home)
+    if (args.id is None) == (args.column is None):
+        raise ArenaError("trace takes an ID or --column TABLE.COLUMN", " ".join(filter(None, [args.id, args.column])),
+                         "e.g. `arena-dagster trace DPO-I1` or "
+                         "`arena-dagster trace --column sft_examples.winner_model`")
     with open_readonly(home) as conn:
-        doc = trace(conn, home, args.id)
-    print(json.dumps(doc, indent=2, default=str) if args.json else format_trace(doc))
+        if args.column is not None:
+            from arena_dagster.home import home_profile
+            from arena_dagster.sql_models import trace_column
+
+            variables = home_profile(home)[2].get("sql_vars", {})
+            doc = trace_column(conn, args.column, variables)
+        else:
+            doc = trace(conn, home, args.id)
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(format_column(doc) if args.column is not None else format_trace(doc))
     return 0
+
+
+def format_column(node: dict[str, Any], depth: int = 0) -> str:
+    """One line per column, indented under the column computed from it; tables no SQL model builds end a branch."""
+    made = f"  ({node['model']})" if node["model"] else "  (written by a Python asset)"
+    lines = [f"{'  ' * depth}{'<- ' if depth else ''}{node['table']}.{node['column']}{made}"]
+    if node["model"] and not node["sources"]:
+        lines.append(f"{'  ' * (depth + 1)}(no upstream column: a literal or an expression sqlglot cannot follow)")
+    lines += [format_column(source, depth + 1) for source in node["sources"]]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ text

@@ -58,7 +58,6 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
     `profile`/`seed` are for a home that no run has started yet (tests, the CLI's first run);
     a home that remembers another profile refuses them (home.HomeProfileMismatch).
     """
-    from arena_dagster.config import profile_hash
     from arena_dagster.defs.automation import (
         failed_round_sensor_for,
         flywheel_jobs,
@@ -72,15 +71,15 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
 
     root = resolve_home(home)
     name, seed, settings = home_profile(root, profile, seed)
-    tags = {"arena/profile": name, "arena/profile_hash": profile_hash(settings), "arena/home": str(root)}
+    arena = ArenaHome(home=str(root), profile=name, seed=seed)
     return dg.Definitions(
         assets=_versioned(_assets(), settings),
         asset_checks=checkpoint_asset_checks(),
-        jobs=flywheel_jobs(tags),
+        jobs=flywheel_jobs(arena.run_tags()),
         schedules=[nightly_flywheel],
         sensors=[round_partitions_sensor, next_round_sensor, failed_round_sensor_for(root)],
         resources={
-            "arena": ArenaHome(home=str(root), profile=name, seed=seed),
+            "arena": arena,
             "duckdb": warehouse_resource(root),
             # Training steps run as Pipes subprocesses; a cluster swaps in another Pipes client (README).
             "pipes": dg.PipesSubprocessClient(),

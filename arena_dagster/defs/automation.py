@@ -14,6 +14,7 @@ import dagster as dg
 
 from arena_dagster.defs.resources import round_partitions
 from arena_dagster.home import logs_dir
+from arena_dagster.progress import step_failures
 
 SETUP_ASSETS = ["raw_prompts", "arena_testset", "prompt_pool", "prompt_quarantine", "competitor_models",
                 "initial_target_model", "baseline_leaderboard"]
@@ -136,15 +137,26 @@ def round_partitions_sensor(context: dg.SensorEvaluationContext):
     return dg.SensorResult(dynamic_partitions_requests=[round_partitions.build_add_request(missing)])
 
 
-@dg.asset_sensor(
-    asset_key=GATE_ASSET,
+@dg.sensor(
     job_name=ROUND_JOB,
+    minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Continuous flywheel: when a round's gate is recorded, start the next round (turn on for back-to-back "
                 "rounds instead of one a night).",
 )
-def next_round_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-    return next_round_request(context.instance, "sensor", asset_event.storage_id)
+def next_round_sensor(context: dg.SensorEvaluationContext):
+    # A plain sensor over the gate's materialization records, not `@asset_sensor`: the storage id lives on the
+    # record (the run key needs it), and an asset sensor hands over only the record's EventLogEntry.
+    seen = int(context.cursor) if (context.cursor or "").isdigit() else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=GATE_ASSET, after_storage_id=seen), limit=1, ascending=False).records
+    if not records:
+        return dg.SkipReason(f"no gate decision (target_model) recorded since the last tick (event {seen})")
+    gate = records[0]
+    request = next_round_request(context.instance, "sensor", gate.storage_id)
+    if isinstance(request, dg.SkipReason):
+        return dg.SensorResult(skip_reason=request, cursor=str(gate.storage_id))
+    return dg.SensorResult(run_requests=[request], cursor=str(gate.storage_id))
 
 
 def failed_rounds_log(home: Path) -> Path:
@@ -165,8 +177,10 @@ def failed_round_sensor_for(home: Path) -> dg.RunStatusSensorDefinition:
         steps = [event.step_key for event in context.get_step_failure_events()]
         path = failed_rounds_log(home)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Each failed step's own cause (an OS error by name and path), as the terminal's FAIL line says it.
+        causes = step_failures(context.instance.all_logs(run.run_id))
         record = {"run_id": run.run_id, "job": run.job_name, "round": run.tags.get("dagster/partition"),
-                  "failed_steps": steps, "error": context.failure_event.message,
+                  "failed_steps": steps, "causes": causes, "error": causes[0] if causes else context.failure_event.message,
                   "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         with path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

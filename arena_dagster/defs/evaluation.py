@@ -208,7 +208,11 @@ def arena_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb:
     check_specs=table_check_specs("leaderboard"),
     description=(
         "Round r's Bradley-Terry leaderboard (base 10, scale 400, tie = half a win) of round r's arena battles, "
-        "with 95% prompt-bootstrap intervals; anchored on a fixed competitor, so rounds are comparable."
+        "with 95% prompt-bootstrap intervals; anchored on a fixed competitor, so rounds are comparable. Plots "
+        "across rounds: rating/sft, rating/dpo, rating/rl (the round's stage checkpoints), rating/best_candidate "
+        "(the best of them), rating/initial (the initial target) and rating/<competitor> (every competitor but the "
+        "anchor, whose rating is fixed); the round's incumbent is another model each round, so it is charted as "
+        "the gate's rating/target on target_model."
     ),
 )
 def leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:

@@ -64,6 +64,23 @@ def round_target(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Du
     )
 
 
+def gate_figures(decision: dict, ratings: dict[str, float], candidates: list[str]) -> dict[str, float]:
+    """The gate's floats for the Plots view, each a stable role across rounds (the margin, a constant, is not one).
+
+    rating/target: round r+1's target (the promoted candidate or the kept incumbent) rated on round r's board;
+    rating/best_candidate: the best-rated stage checkpoint of round r; gate/diff, gate/ci_low, gate/ci_high: the
+    tested candidate minus the incumbent, in Elo, with the paired bootstrap interval.
+    """
+    figures = {f"gate/{k}": round(float(decision[k]), 2) for k in ("diff", "ci_low", "ci_high")
+               if decision.get(k) is not None}
+    if decision.get("new_target") in ratings:
+        figures["rating/target"] = round(float(ratings[decision["new_target"]]), 2)
+    rated = [float(ratings[c]) for c in candidates if c in ratings]
+    if rated:
+        figures["rating/best_candidate"] = round(max(rated), 2)
+    return figures
+
+
 _DECISION_FIELDS = ("candidate", "incumbent", "promoted", "new_target", "diff", "ci_low", "ci_high", "margin", "reason")
 
 
@@ -78,7 +95,9 @@ def _gate_spec(key: str, kind: str, description: str) -> dg.AssetSpec:
         _gate_spec("target_model", "python", (
             "Round r's promotion gate: the candidate replaces the target only if the lower bound of the paired "
             "prompt-bootstrap interval of (candidate - target) Elo on the arena test set is above the margin. "
-            "The model it names is round r+1's target.")),
+            "The model it names is round r+1's target. Plots across rounds: rating/target (round r+1's target, "
+            "rated on round r's leaderboard), rating/best_candidate (the round's best stage checkpoint), gate/diff "
+            "(tested candidate minus incumbent, Elo) with gate/ci_low and gate/ci_high (its 95% interval).")),
         _gate_spec("promotions", "duckdb",
                    "Round r's row of the promotions table: candidate, incumbent, difference, interval, margin, decision."),
         _gate_spec("model_registry", "duckdb", (
@@ -97,6 +116,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
         incumbent = get_model(conn, round_target_decision(conn, round_key)["new_target"])
         # Every stage checkpoint of the round is a candidate (skipped stages left out); rule `last` keeps the paper's.
         candidates = [row["model"] for row in round_checkpoints(conn, round_key)] or [round_candidate(conn, round_key)["model"]]
+        ratings = dict(zip(board["model"].to_list(), board["rating"].to_list()))
         decision = decide_promotion(
             battles,
             incumbent=incumbent["model"],
@@ -107,7 +127,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
             # The gate's own bootstrap and seed, else the evaluation's.
             bootstrap=gate.bootstrap if gate.bootstrap is not None else evaluation.bootstrap,
             seed=gate.seed if gate.seed is not None else evaluation.seed,
-            ratings=dict(zip(board["model"].to_list(), board["rating"].to_list())),
+            ratings=ratings,
             style_control=style_control,
         )
         record_promotion(conn, round_key, decision)
@@ -117,7 +137,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
                                     "WHERE round = ? ORDER BY model", [round_key])
         promotions_meta = table_metadata(conn, "promotions", None)
     context.log.info(f"round {round_key}: {decision['reason']} -> next target {target['model']}")
-    figures = {f"gate/{k}": float(decision[k]) for k in ("diff", "ci_low", "ci_high", "margin") if decision.get(k) is not None}
+    figures = gate_figures(decision, ratings, candidates)
     selection = decision.get("selection") or []
     yield dg.MaterializeResult(
         asset_key="target_model",
@@ -125,6 +145,7 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
             **arena.provenance(),
             **figures,
             "promoted": bool(decision["promoted"]),
+            "margin": str(decision.get("margin")),  # a profile setting, the same every round: text, not a figure
             "decision": decision["reason"],
             "rule": str(decision.get("rule") or ""),
             "tested_candidate": decision["candidate"],
@@ -142,7 +163,8 @@ def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: 
     )
     yield dg.MaterializeResult(
         asset_key="promotions",
-        metadata={**arena.provenance(), **figures, "dagster/row_count": promotions_meta.get("dagster/row_count", 0),
+        metadata={**arena.provenance(), **{k: v for k, v in figures.items() if k.startswith("gate/")},
+                  "dagster/row_count": promotions_meta.get("dagster/row_count", 0),
                   "decision": dg.MetadataValue.json({k: decision.get(k) for k in _DECISION_FIELDS})},
     )
     yield dg.MaterializeResult(

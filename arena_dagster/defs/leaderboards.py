@@ -52,17 +52,27 @@ def leaderboard_table(board: pl.DataFrame) -> dg.TableMetadataValue:
 
 
 def rating_figures(board: pl.DataFrame) -> dict[str, float]:
-    """One float per model under a name that is the same every round, so the Plots view draws learning curves.
+    """Floats the Plots view draws across rounds, each under a name that means the same thing every round.
 
-    Stage checkpoints are keyed by their stage (rating/sft is SFT-I1 in round 1, SFT-I2 in round 2),
-    the incumbent and the initial target by their kind, competitors by their name.
+    rating/sft, rating/dpo, rating/rl: the round's stage checkpoints (SFT-I1 in round 1, SFT-I2 in round 2);
+    rating/best_candidate: the best of them; rating/initial: the initial target; rating/<competitor>: each
+    competitor but the anchor, whose rating is fixed by definition. The round's incumbent is left out: it is
+    another model each round (the gate's `rating/target` on target_model is the comparable series).
     """
+    anchor = str(board["anchor"][0]).rpartition("=")[0] if "anchor" in board.columns and board.height else None
     out: dict[str, float] = {}
+    candidates: list[float] = []
     for row in board.iter_rows(named=True):
-        kind = row.get("kind") or ""
-        key = row.get("stage") if kind == "candidate" else (row["model"] if kind == "competitor" else kind)
-        if key:
-            out[f"rating/{key}"] = round(float(row["rating"]), 2)
+        kind, rating = row.get("kind") or "", round(float(row["rating"]), 2)
+        if kind == "candidate" and row.get("stage"):
+            out[f"rating/{row['stage']}"] = rating
+            candidates.append(rating)
+        elif kind == "initial":
+            out["rating/initial"] = rating
+        elif kind == "competitor" and row["model"] != anchor:
+            out[f"rating/{row['model']}"] = rating
+    if candidates:
+        out["rating/best_candidate"] = max(candidates)
     return out
 
 

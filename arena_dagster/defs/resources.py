@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -19,6 +19,28 @@ from arena_dagster.profile_schema import Profile
 
 # Training rounds 1, 2, ...: one key per slice of the prompt pool (added when the pool has the slice).
 round_partitions = dg.DynamicPartitionsDefinition(name="round")
+
+# Dagster's own tags that say who launched a run; the UI adds `dagster/from_ui` to every run it launches.
+_LAUNCHERS = (("dagster/from_ui", "ui"), ("dagster/backfill", "backfill"), ("dagster/schedule_name", "schedule"),
+              ("dagster/sensor_name", "sensor"))
+
+
+def missing_run_tags(tags: Mapping[str, str], home_tags: Mapping[str, str]) -> dict[str, str]:
+    """The arena tags a run lacks: its round (the partition), who started it, and the home's profile tags.
+
+    The CLI, the schedule and the sensor set their own; a run launched another way (the UI's Materialize
+    dialog, a backfill, `dagster asset materialize`) gets them here, so filtering runs by round finds it.
+    """
+    wanted = dict(home_tags)
+    if tags.get("dagster/partition"):
+        wanted["arena/round"] = tags["dagster/partition"]
+    launcher = next((who for tag, who in _LAUNCHERS if tags.get(tag) not in (None, "", "false")), None)
+    wanted["arena/started_by"] = launcher or "dagster"
+    added = {key: value for key, value in wanted.items() if key not in tags}
+    # A re-execution copies its parent's tags: its own launcher (the UI's Re-execute) says who started it.
+    if launcher and "dagster/parent_run_id" in tags and tags.get("arena/started_by") != launcher:
+        added["arena/started_by"] = launcher
+    return added
 
 
 @lru_cache(maxsize=8)
@@ -41,6 +63,10 @@ class ArenaHome(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         run = context.dagster_run
+        if run is not None and context.instance is not None:
+            added = missing_run_tags(run.tags, self.run_tags())
+            if added:
+                context.instance.add_run_tags(run.run_id, added)
         lock = writer_lock(self.root)
         about = {"run_id": context.run_id or "", "job": run.job_name if run else "",
                  "round": (run.tags.get("dagster/partition") if run else "") or ""}
@@ -69,10 +95,15 @@ class ArenaHome(dg.ConfigurableResource):
     def profile_hash(self) -> str:
         return profile_hash(self.settings())
 
+    def run_tags(self) -> dict[str, str]:
+        """The tags the flywheel's jobs put on every run (profile, profile hash, home)."""
+        return {"arena/profile": self.profile, "arena/profile_hash": self.profile_hash(), "arena/home": str(self.root)}
+
     def provenance(self) -> dict[str, Any]:
         """Metadata every materialization carries: which profile (and seed) made it."""
         return {"arena/profile": self.profile, "arena/profile_hash": self.profile_hash(),
-                "arena/seed": self.typed_settings().seed}
+                # Text, not a number: the Plots tab would draw a constant as a flat line on every asset.
+                "arena/seed": str(self.typed_settings().seed)}
 
     @property
     def root(self) -> Path:

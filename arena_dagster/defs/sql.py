@@ -10,8 +10,7 @@ from dagster_duckdb import DuckDBResource
 from arena_dagster.defs.common import OWNERS, table_check_specs, table_result
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.quality.suites import judge_health_suite
-from arena_dagster.sql_models import SqlModel, column_lineage, load_models, render, run_model
-from arena_dagster.warehouse import column_schema, table_exists
+from arena_dagster.sql_models import SqlModel, load_models, model_column_lineage, run_model
 
 
 def sql_variables(profile: dict[str, Any]) -> dict[str, Any]:
@@ -20,9 +19,7 @@ def sql_variables(profile: dict[str, Any]) -> dict[str, Any]:
 
 def _lineage_metadata(conn, model: SqlModel, round_key: int, variables: dict[str, Any]) -> dict[str, Any]:
     """`dagster/column_lineage` of the round's SELECT: which upstream columns each output column comes from."""
-    schemas = {ref: column_schema(conn, ref) for ref in model.refs if table_exists(conn, ref)}
-    select = render(model, round_key=round_key, variables=variables).strip().rstrip(";")
-    traced = column_lineage(select, schemas, list(column_schema(conn, model.name)))
+    traced = model_column_lineage(conn, model, variables, round_key)
     if not traced:
         return {}
     return {"dagster/column_lineage": dg.TableColumnLineage(deps_by_column={

@@ -89,9 +89,11 @@ class LLMJudge:
                          score_a, score_b: reason first). A 135M judge copies score_a into an
                          adjacent score_b: measured on 24 ShareGPT games, [explanation, score_a,
                          score_b] gave 0 games with different scores, [score_a, explanation, score_b] 8
-      retries            extra attempts for outputs that do not parse (2); each adds
-                         `retry_suffix` to the user message and moves the sampling seed, so the
-                         cache key differs; still failing: recorded with its raw text, parse_ok False
+      retries            extra attempts for outputs that do not parse (2); attempt k adds
+                         `retry_suffix` to the user message and moves the sampling seed by k, so
+                         each attempt has its own cache key and a rerun replays the same attempts;
+                         still failing: recorded with its raw text, parse_ok False, and its battle
+                         is incomplete (left out of the outcomes, counted by judge health)
       max_chars          {instruction, history, answer}: longer texts are cut (and marked) in the
                          judge prompt, so one long answer cannot blow the context or the budget
       batch_size         games per cached generation call (each call is committed to the cache)
@@ -247,7 +249,7 @@ class LLMJudge:
         ids = [f"{item.prompt_id}#{n}" for n, item in enumerate(items)]
 
         def parse(index: int, text: str):
-            return parse_judgment(text, self.template, answers=shown[index])
+            return parse_judgment(text, self.template, answers=shown[index], structured=self.structured)
 
         results = []
         for parsed, raw, error, attempts in self._with_retries("pairwise", self._structured_options, ids, messages, parse,
@@ -310,14 +312,17 @@ def load_difficulty_template(name: str | Path) -> dict[str, str]:
     import yaml
 
     from arena_dagster.judging.llm_judge import TEMPLATE_DIR
+    from arena_dagster.record_files import read_text, text_problem
 
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = TEMPLATE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise JudgeConfigError(f"difficulty template {str(name)!r} not found at {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # the package's text rules: BOM and CRLF read as clean UTF-8, bad text is one line
     data = yaml.safe_load(text)
+    if text_problem(data):
+        raise JudgeConfigError(f"{path}: {text_problem(data)[1]}")
     if not isinstance(data, dict) or data.get("kind") != "difficulty" or not all(isinstance(data.get(k), str) for k in ("system", "user")):
         raise JudgeConfigError(f"{path}: a difficulty template needs kind: difficulty and string system/user")
     unknown = sorted(set(_PLACEHOLDER.findall(data["system"] + data["user"])) - {"history", "instruction", "nonce"})
@@ -328,7 +333,10 @@ def load_difficulty_template(name: str | Path) -> dict[str, str]:
 
 
 def parse_difficulty(text: str) -> float:
-    """The difficulty from `{"difficulty": 0-10}` (the last such object); ValueError when absent or out of range."""
+    """The difficulty from `{"difficulty": 0-10}` (the last such object; a number by the shared rule of
+    ratings/numbers.py); ValueError when absent or out of range."""
+    from arena_dagster.ratings.numbers import read_number
+
     found = None
     for match in re.finditer(r"\{[^{}]*\}", text or ""):
         try:
@@ -337,9 +345,10 @@ def parse_difficulty(text: str) -> float:
             continue
         if isinstance(obj, dict) and "difficulty" in obj:
             found = obj["difficulty"]
-    if isinstance(found, bool) or not isinstance(found, (int, float)) or not 0 <= found <= 10:
+    number = read_number(found)
+    if number is None or not 0 <= number <= 10:
         raise ValueError(f"no difficulty 0-10 in the judge output: {str(text)[:80]!r}")
-    return float(found)
+    return number
 
 
 def make_judge(config: dict[str, Any], *, cache_path: Path | str | None = None, home: Path | str | None = None) -> Judge:

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import polars as pl
 
 from arena_dagster.judging.battles import JudgeItem, JudgeResult, plan_round_robin, plan_target_battles
+from arena_dagster.names import NameBook
 from arena_dagster.profile_schema.constants import RECORDED_FORMATS, VERDICT_SCORES
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.judgments import JUDGMENT_SUFFIXES, RecordedGame, arena_hard_games, mt_bench_games
@@ -80,12 +81,14 @@ class RecordedJudge:
         self.scores = _scores(config.get("scores"))
         self.rejected: Counter = Counter()
         self.games: dict[tuple[str, str, str], RecordedGame] = {}
-        for game in self._read(config.get("baseline")):
+        names = NameBook(fix="use one spelling in the judgment files, or rate them with `leaderboard --rename`")
+        for game in self._read(config.get("baseline"), names):
             key = (game.question_id, game.model_a, game.model_b)
             if key in self.games:
                 self.rejected["duplicate_game"] += 1
             else:
                 self.games[key] = game
+        names.check()  # names the files spell alike would be two arena models that print alike
         if not self.games:
             raise RecordedJudgeError(f"judge.paths: no recorded games in {[str(p) for p in self.paths]} "
                                      f"(rejected rows: {dict(self.rejected) or 'none'})")
@@ -100,15 +103,15 @@ class RecordedJudge:
         # the judgment ids (and caches) change whenever the files or the score mapping do
         self.version = f"recorded-{self.format}-{digest.hexdigest()[:12]}"
 
-    def _read(self, baseline: str | None):
+    def _read(self, baseline: str | None, names: NameBook):
         if self.format == "arena-hard":
-            for games, problem, _ in arena_hard_games(self.paths, baseline=baseline, rejected=self.rejected):
+            for games, problem, _ in arena_hard_games(self.paths, baseline=baseline, rejected=self.rejected, names=names):
                 if problem == "baseline_vs_itself":
                     self.rejected[problem] += 1
                     continue
                 yield from games  # an absent or unreadable game replays as a parse failure
         else:
-            for row, games in mt_bench_games(self.paths, rejected=self.rejected):
+            for row, games in mt_bench_games(self.paths, rejected=self.rejected, names=names):
                 if row[1] == self.turn:
                     yield from games
 

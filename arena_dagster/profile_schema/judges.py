@@ -77,7 +77,7 @@ class RecordedJudge(Section):
     name: Name = None
     format: Literal[RECORDED_FORMATS]
     paths: Text | Annotated[list[Text], Field(min_length=1)]
-    baseline: Text = None  # a model name as the judgment files spell it
+    baseline: Name = None  # a declared model, as the judgment files spell it
     turn: PositiveInt = 1
     scores: dict[Literal[tuple(VERDICT_SCORES)], VerdictScores] = None
 

@@ -17,6 +17,7 @@ from pydantic import Discriminator, Field, Tag, ValidationInfo, create_model, fi
 
 from arena_dagster.profile_schema.base import (
     Count,
+    ModelName,
     Name,
     NonNegativeFloat,
     OpenFraction,
@@ -26,8 +27,10 @@ from arena_dagster.profile_schema.base import (
     Section,
     Seed,
     Text,
+    check_distinct_keys,
     rule,
 )
+from arena_dagster.names import fold
 
 from arena_dagster.profile_schema import training as _training
 from arena_dagster.profile_schema.training import DEFAULT_SKILLS_MODELS, FAMILIES, stage_settings
@@ -77,7 +80,7 @@ class OpenAIOptions(Section):
 
 class RecordedOptions(Section):
     answer_field: Text = None
-    model_id: Text = None
+    model_id: ModelName = None
 
 
 class _Served(Section):
@@ -313,14 +316,23 @@ def check_model_names(names: list[str], where: str) -> None:
     for name in names:
         if CHECKPOINT_NAME.match(name):
             raise rule(where, f"model name {name!r} is the name of a round's checkpoint (SFT-I1, DPO-I2 ...)", "rename it")
-        if name.lower() in seen:
-            same = seen[name.lower()] == name
+        if fold(name) in seen:
+            same = seen[fold(name)] == name
             raise rule(where, f"model name {name!r} is given to two models" if same else
-                       f"model names {seen[name.lower()]!r} and {name!r} name one folder", "rename one of them")
-        seen[name.lower()] = name
+                       f"model names {seen[fold(name)]!r} and {name!r} differ only in case (and name one folder)",
+                       "rename one of them")
+        seen[fold(name)] = name
 
 
-class SkillsModels(Section):
+class _ModelsSection(Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _distinct_competitors(cls, data: Any) -> Any:  # before: a dict keeps one of two keys that normalize alike
+        check_distinct_keys(data, "competitors", "models.competitors")
+        return data
+
+
+class SkillsModels(_ModelsSection):
     source: Literal["skills"] = "skills"
     seed: Seed = 0
     tokenizer: TokenizerSettings = None
@@ -348,7 +360,7 @@ class SkillsModels(Section):
 
 
 
-class DeclaredModels(Section):
+class DeclaredModels(_ModelsSection):
     source: Literal["declared"]
     initial_target: DeclaredTarget
     competitors: Annotated[dict[Name, ModelConfig], Field(min_length=1)]

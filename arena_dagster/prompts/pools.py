@@ -28,6 +28,7 @@ from arena_dagster.prompts.real_sources import (
     messages_of,
     real_frame,
     real_testset,
+    source_quarantine,
     source_rows,
 )
 from arena_dagster.prompts.skills_source import skills_raw_frame, skills_testset
@@ -86,6 +87,9 @@ def curated_pool(
     round (or, when every round started, to the quarantine as `rounds_closed`). So a pool rebuilt
     from the raw prompts a run started with, frozen or not, has the rows and the quarantine of
     the first build; new raw prompts never move an existing prompt.
+    For real sources the quarantine also holds the files' records that never became raw prompts
+    (step `ingest`: unreadable text, malformed JSON, no prompt field) and the `prompts.against`
+    records that could not be read (step `ingest_against`), each with the reader's reason.
     Returns the pool (ordered by round, prompt_id), the count removed by each step, and the removed rows.
     """
     from arena_dagster.prompts.curation import curate, repeats_of_previous
@@ -97,6 +101,7 @@ def curated_pool(
         return pool_frame([], extra), {}, pl.DataFrame(schema=QUARANTINE_SCHEMA)
     config = settings.curation_config()
     real = settings.source in REAL_SOURCES
+    unread_against: list[dict] = []
     if real:
         from arena_dagster.prompts.ingest import against_texts
 
@@ -104,13 +109,21 @@ def curated_pool(
         against: list[Any] = [{"messages": messages_of(r), "prompt": r["prompt"]} for r in testset.to_dicts()]
         files = against_sources(settings)
         if files:
-            against.extend(against_texts(files)[0])
+            texts, read = against_texts(files)
+            against.extend(texts)
+            # A test item that cannot be read cannot decontaminate: said in the quarantine, not dropped silently.
+            unread_against = [{"source_id": f"against:{q['source']}:{q['source_line']}", "prompt": q["raw"],
+                               "step": "ingest_against", "reason": q["reason"]} for q in read.quarantine]
     else:
         rows = raw.to_dicts()
         against = testset["prompt"].to_list()
     result = curate(rows, config=config, against=against)
     removed = {**result.removed, "rounds_closed": 0}
     removed_rows = list(result.removed_rows)
+    if real:  # the source's records that never became raw prompts: in the same quarantine, step `ingest`
+        unread = source_quarantine(settings)
+        removed["ingest"], removed["ingest_against"] = len(unread), len(unread_against)
+        removed_rows.extend(unread + unread_against)
     identify = conversation_prompt_id if real else pool_prompt_id
     fresh = [dict(row, prompt_id=identify(row)) for row in result.kept]
     frozen = frozen if frozen is not None and frozen.height else None

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,11 +57,19 @@ class _SettingsKey:
 
 def source_rows(settings: PromptsSettings) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """(training rows, test-candidate rows, counts) of a real source; read once per process and settings."""
-    return _source_rows(_SettingsKey(settings))
+    return _source_rows(_SettingsKey(settings))[:3]
+
+
+def source_quarantine(settings: PromptsSettings) -> list[dict]:
+    """The records of a real source's files that are no prompt (unreadable text, malformed JSON,
+    no prompt field), as prompt-quarantine rows with step `ingest`; [] for other sources."""
+    if settings.source not in REAL_SOURCES:
+        return []
+    return _source_rows(_SettingsKey(settings))[3]
 
 
 @functools.lru_cache(maxsize=4)
-def _source_rows(key: _SettingsKey) -> tuple[list[dict], list[dict], dict[str, Any]]:
+def _source_rows(key: _SettingsKey) -> tuple[list[dict], list[dict], dict[str, Any], list[dict]]:
     from arena_dagster.prompts.ingest import ingest
 
     settings = key.settings
@@ -69,6 +78,7 @@ def _source_rows(key: _SettingsKey) -> tuple[list[dict], list[dict], dict[str, A
     max_conversations = settings.max_conversations
     max_user_turns = settings.max_user_turns
     stats: dict[str, Any] = {"source": source}
+    quarantine: list[dict] = []
     if source == "sharegpt" and not files:
         from arena_dagster.prompts.sharegpt import load_sharegpt
 
@@ -82,6 +92,9 @@ def _source_rows(key: _SettingsKey) -> tuple[list[dict], list[dict], dict[str, A
         rows = result.rows
         stats["ingest"] = result.summary()
         stats["quarantined"] = len(result.quarantine)
+        stats["quarantine_reasons"] = dict(sorted(Counter(q["reason"].split(":")[0] for q in result.quarantine).items()))
+        quarantine = [{"source_id": f"{q['source']}:{q['source_line']}", "prompt": q["raw"], "step": "ingest",
+                       "reason": q["reason"]} for q in result.quarantine]
         if max_user_turns is not None:
             rows = [r for r in rows if int(r.get("turn") or 1) <= int(max_user_turns)]
         if max_conversations is not None:
@@ -118,7 +131,7 @@ def _source_rows(key: _SettingsKey) -> tuple[list[dict], list[dict], dict[str, A
         digest = hashlib.sha256(f"split-{seed}\0{_conversation_key(row)}".encode()).digest()
         (test if int.from_bytes(digest[:8], "big") / 2**64 < fraction else train).append(row)
     stats["train_rows"], stats["test_candidate_rows"] = len(train), len(test)
-    return train, test, stats
+    return train, test, stats, quarantine
 
 
 def _conversation_key(row: dict) -> str:

@@ -31,9 +31,11 @@ import json
 import os
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from arena_dagster.errors import describe_os_error, os_error_in
 from arena_dagster.paths import remove_tree, replace_dir
 from arena_dagster.training.data import load_rows, split_preference_pairs
 from arena_dagster.training.guard import follow_launcher
@@ -50,6 +52,10 @@ from arena_dagster.training.spec import (
     validate_spec,
 )
 from arena_dagster.training.trainers import build_trainer, runtime_of
+
+
+# The exit status of a training stopped by an OS error (its `error: ENOSPC: ...` line says which).
+OS_ERROR_EXIT = 4
 
 
 def _is_main_process() -> bool:
@@ -249,6 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         reporter.error(f"error: {exc}")
         reporter.close()
         return 3
+    except Exception as exc:
+        # A full disk, a read-only or missing folder: the launcher's failure names the OS error and its path.
+        error = os_error_in(exc)
+        if error is None:
+            reporter.close(exc)
+            raise
+        traceback.print_exc()
+        reporter.error(f"error: {describe_os_error(error, writing=str(spec.get('output_dir', '')) + '.tmp')}")
+        reporter.close()
+        return OS_ERROR_EXIT
     except BaseException as exc:
         reporter.close(exc)
         raise

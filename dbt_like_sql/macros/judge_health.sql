@@ -1,5 +1,7 @@
-{#- Judge health of a round's judgments, per judge: parse failures, two-game flips, ties,
-    first-position wins and longer-answer wins. `judgments` (one row per game), `responses`
+{#- Judge health of a round's judgments, per judge: parse failures, incomplete battles (a game
+    that still did not parse after the judge's retries: two_game.sql leaves the battle out, so
+    it is counted here, never silent), two-game flips, ties, first-position wins and
+    longer-answer wins. `judgments` (one row per game), `responses`
     (the answers judged) and `battles` (the two games combined) are tables of the same round.
     A model whose answers were not recorded (a replay) has NULL text: the length metric is then
     NULL (unknown), never a guess. -#}
@@ -20,7 +22,8 @@ battles AS (
     SELECT * FROM {{ battles }} WHERE round = {{ round }}
 ),
 per_judge AS (
-    SELECT judge, count(*) AS judgments, avg(CASE WHEN parse_ok THEN 0.0 ELSE 1.0 END) AS parse_failure_rate
+    SELECT judge, count(*) AS judgments, avg(CASE WHEN parse_ok THEN 0.0 ELSE 1.0 END) AS parse_failure_rate,
+        count(DISTINCT CASE WHEN NOT parse_ok THEN battle_id END) AS incomplete_battles
     FROM judged GROUP BY judge
 )
 SELECT
@@ -29,6 +32,7 @@ SELECT
     p.judgments,
     p.parse_failure_rate,
     (SELECT count(*) FROM battles AS b WHERE b.judge = p.judge) AS battles,
+    p.incomplete_battles,
     (SELECT avg(CASE WHEN b.inconsistent THEN 1.0 ELSE 0.0 END) FROM battles AS b WHERE b.judge = p.judge) AS flip_rate,
     (SELECT avg(CASE WHEN b.winner = 'tie' THEN 1.0 ELSE 0.0 END) FROM battles AS b WHERE b.judge = p.judge) AS tie_rate,
     (SELECT avg(CASE WHEN d.score_a > d.score_b THEN 1.0 ELSE 0.0 END) FROM decided AS d WHERE d.judge = p.judge)
