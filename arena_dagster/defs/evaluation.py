@@ -247,7 +247,7 @@ def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, du
     sql = load_models()
     with duckdb.get_connection() as conn:
         for name in ("arena_battles", "arena_judge_health"):
-            run_model(conn, sql[name], round_key=0, variables=sql_variables(arena.settings()))
+            run_model(conn, sql[name], round_key=0, variables=sql_variables(arena.typed_settings().sql_vars))
         health = read_table(conn, "arena_judge_health", round_key=0).drop("round").to_dicts()
         # Round 0 is no partition of arena_judge_health: its checks are reported here.
         health_problems = [f"{o.name}: {o.description}" for o in validate_suite(conn, table_suite("arena_judge_health"), 0)
