@@ -43,8 +43,8 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
     )
     def stage_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
         round_key = round_of(context)
-        profile = arena.settings()
-        plan = stage_plan(arena.typed_settings().schedule, stage, round_key)
+        settings = arena.typed_settings()
+        plan = stage_plan(settings.schedule, stage, round_key)
         with duckdb.get_connection() as conn:
             prompts = battle_prompts(read_table(conn, "prompt_pool"), plan)
             target = stage_battle_target(conn, plan)
@@ -54,7 +54,7 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
         frames, stats = [], []
         for row, role in [(target, "target")] + [(c, "competitor") for c in competitors]:
             frame, stat = answer_prompts(
-                generation_spec(row, profile), prompts, arena.cache_path, round_key=round_key, role=role, log=context.log.info
+                generation_spec(row, settings.generation), prompts, arena.cache_path, round_key=round_key, role=role, log=context.log.info
             )
             frames.append(frame)
             stats.append(stat.as_dict())

@@ -53,14 +53,14 @@ def arena_models(conn, round_key: int) -> list[tuple[dict[str, Any], str, str]]:
 
 def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
     """Every arena model answers the test set (cached); writes round `round_key` of arena_responses."""
-    profile = arena.settings()
+    generation = arena.typed_settings().generation
     with duckdb.get_connection() as conn:
         testset = read_table(conn, "arena_testset")
         models = arena_models(conn, round_key)
     frames, stats = [], []
     for row, role, _kind in models:
         frame, stat = answer_prompts(
-            generation_spec(row, profile), testset, arena.cache_path, round_key=round_key, role=role, log=context.log.info
+            generation_spec(row, generation), testset, arena.cache_path, round_key=round_key, role=role, log=context.log.info
         )
         frames.append(frame)
         stats.append(stat.as_dict())
