@@ -22,6 +22,7 @@ from arena_dagster.backends.recorded_backend import RecordedBackend, RecordedDat
 from arena_dagster.backends.registry import ModelConfigError, model_spec_from_config
 from arena_dagster.config import load_profile
 from arena_dagster.judging.recorded import RecordedJudge
+from arena_dagster.profile_schema.judges import judge_settings
 from arena_dagster.profile_schema.sections import PromptsSettings
 from arena_dagster.prompts.recorded import recorded_testset
 from arena_dagster.warehouse import open_readonly
@@ -183,7 +184,7 @@ def test_the_ko_arena_hard_replay_leaderboard_equals_the_command(tmp_path, clean
 
 
 def test_a_question_file_gives_the_test_prompts_their_text(judged, tmp_path):
-    judge = RecordedJudge({"format": "arena-hard", "paths": [str(judged)], "baseline": "base"})
+    judge = RecordedJudge(judge_settings({"kind": "recorded", "format": "arena-hard", "paths": [str(judged)], "baseline": "base"}))
     questions = write_jsonl(tmp_path / "question.jsonl", [
         {"question_id": "q1", "category": "coding", "turns": [{"content": "Write a sort."}]},  # arena-hard v0.1
         {"uid": "q2", "category": "math", "prompt": "Add 2 and 3."},  # v2.0

@@ -81,7 +81,7 @@ def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: i
 def judge_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
     """Two games for every pair of arena models on every test prompt (a recorded judge: the pairs its files
     hold); writes round `round_key` of arena_judgments."""
-    judge = make_judge(arena.settings()["judge"], cache_path=arena.cache_path, home=arena.root)
+    judge = make_judge(arena.typed_settings().judge, cache_path=arena.cache_path, home=arena.root)
     with duckdb.get_connection() as conn:
         answers = read_table(conn, "arena_responses", round_key=round_key)
         testset = read_table(conn, "arena_testset")

@@ -52,7 +52,7 @@ def arena_testset(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: D
     frame, build = testset_with_stats(
         arena.typed_settings(),
         # judging still reads its settings as a plain dict
-        judge_factory=lambda: make_judge(arena.settings()["judge"], cache_path=arena.cache_path, home=arena.root),
+        judge_factory=lambda: make_judge(arena.typed_settings().judge, cache_path=arena.cache_path, home=arena.root),
         log=context.log.info,
     )
     with duckdb.get_connection() as conn:

@@ -23,3 +23,7 @@ JUDGE_HEALTH_LIMITS = {
     "block": ("parse_failure_rate", "flip_rate", "first_position_win_rate"),
     "warn": ("flip_rate", "first_position_win_rate", "longer_answer_win_rate", "tie_rate"),
 }
+
+
+# The line an LLM judge's retry appends to its prompt (judge.retry_suffix).
+DEFAULT_RETRY_SUFFIX = "\n\n(Attempt {attempt}: your last reply could not be read. Reply with the JSON object only.)"

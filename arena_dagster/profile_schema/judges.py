@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from arena_dagster.paths import ASSETS_DIR
 from arena_dagster.profile_schema.base import Count, Name, PositiveInt, Section, Text, existing_path, rule
-from arena_dagster.profile_schema.constants import RECORDED_FORMATS, VERDICT_SCORES
+from arena_dagster.profile_schema.constants import DEFAULT_RETRY_SUFFIX, RECORDED_FORMATS, VERDICT_SCORES
 from arena_dagster.profile_schema.models import ModelConfig, _union
 
 JUDGMENT_FIELDS = ("explanation", "score_a", "score_b")
@@ -46,7 +46,7 @@ class LLMJudge(Section):
     integers: Literal["argmax", "expected"] = "argmax"
     explanation_tokens: PositiveInt = 64
     retries: Count = 2
-    retry_suffix: str = None
+    retry_suffix: str = DEFAULT_RETRY_SUFFIX
     max_chars: MaxChars = None
     batch_size: PositiveInt = 8
     difficulty_template: Text = "difficulty_v1"
@@ -100,3 +100,8 @@ class RecordedJudge(Section):
 # The judge kinds `judging.judges.make_judge` builds.
 JUDGE_KINDS: dict[str, type[Section]] = {"verifier": VerifierJudge, "llm": LLMJudge, "recorded": RecordedJudge}
 JudgeSettings = _union("kind", JUDGE_KINDS, default="verifier")
+
+
+def judge_settings(data: dict) -> VerifierJudge | LLMJudge | RecordedJudge:
+    """A `judge:` section validated on its own (a tool or test that builds a judge without a profile)."""
+    return TypeAdapter(JudgeSettings).validate_python(data)
