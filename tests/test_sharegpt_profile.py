@@ -26,7 +26,7 @@ needs_mtbench = pytest.mark.skipif(
 
 def test_profile_declares_its_models_and_trains_from_flywheel_settings_only():
     profile = load_profile("sharegpt")
-    entries = {name: (kind, config) for name, kind, config in declared_models(profile["models"])}
+    entries = {name: (kind, config) for name, kind, config in declared_models(settings_of(profile).models)}
     assert entries["smollm2-135m-instruct"][0] == "initial"
     assert entries["smollm2-135m-instruct"][1]["gguf_file"].endswith(".gguf")
     assert entries["sharegpt-chatgpt"] == ("competitor", {"backend": "recorded", "answer_field": "answer",

@@ -17,6 +17,7 @@ from arena_dagster.backends.base import ModelSpec, SamplingParams
 from arena_dagster.paths import remove_tree, replace_dir
 
 if TYPE_CHECKING:
+    from arena_dagster.profile_schema.models import DeclaredModels
     from arena_dagster.profile_schema.sections import GenerationSettings
 
 
@@ -24,18 +25,19 @@ class DeclaredModelError(ValueError):
     pass
 
 
-def declared_models(models: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(name, kind, config) of every declared model; kind is "competitor" or "initial"."""
+def declared_models(models: DeclaredModels) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, kind, config) of every declared model; kind is "competitor" or "initial".
+
+    Each config as the profile writes it (only the keys it sets): `declared_revision` hashes that form.
+    """
     from arena_dagster.backends.registry import model_spec_from_config
 
-    target = dict(models.get("initial_target") or {})
-    name = target.pop("name", None)
-    if not name:
-        raise DeclaredModelError("models.initial_target needs a `name` and a model config")
-    competitors = models.get("competitors") or {}
-    if not competitors:
-        raise DeclaredModelError("models.competitors: declare at least one competitor")
-    entries = [(name, "initial", target)] + [(n, "competitor", dict(c)) for n, c in competitors.items()]
+    def written(config: Any) -> dict[str, Any]:
+        return config.model_dump(by_alias=True, exclude_unset=True)
+
+    target = {k: v for k, v in written(models.initial_target).items() if k != "name"}
+    entries = [(models.initial_target.name, "initial", target)]
+    entries += [(name, "competitor", written(config)) for name, config in models.competitors.items()]
     for entry_name, _, config in entries:
         model_spec_from_config(entry_name, config)  # a bad config fails here, before any generation
     return entries

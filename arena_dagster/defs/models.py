@@ -79,7 +79,7 @@ def base_models(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
 def _register_declared_models(arena: ArenaHome, duckdb: DuckDBResource):
     # `{home}` paths resolved, GGUF weights converted once to an HF folder (servable and trainable).
     entries = [(name, kind, prepare_model_config(config, arena.root))
-               for name, kind, config in declared_models(arena.settings()["models"])]
+               for name, kind, config in declared_models(arena.typed_settings().models)]
     with duckdb.get_connection() as conn:
         for name, kind, config in entries:
             register_model(
