@@ -16,22 +16,12 @@ from typing import Any, Callable
 
 from arena_dagster.config import resolve_home
 from arena_dagster.errors import ArenaError
-
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+from arena_dagster.home import prepare_environment
 
 RANK_LEGEND = ("rank: 1 + the number of models rated above with 95% confidence (models that share a rank are not "
                "separable); 95% CI: prompt-bootstrap interval of the rating")
 GATE_LEGEND = ("gate: candidate - target Elo with its paired 95% interval; the candidate is promoted when the lower "
                "bound is above the profile's promotion.margin")
-
-
-def prepare_environment(home: Path) -> None:
-    """Offline Hugging Face libraries and this home's Dagster instance for this process and its children."""
-    from arena_dagster.home import environment
-
-    for key, value in OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
-    os.environ.update(environment(home))
 
 
 def read_leaderboards(home: Path, timeout_s: float = 15.0) -> list[dict[str, Any]]:
@@ -82,11 +72,11 @@ def run_flywheel(
     echo: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run setup and rounds 1..`rounds` on `home` through the home's Dagster instance; returns every leaderboard row."""
-    from arena_dagster.flywheel import Flywheel
+    from arena_dagster.commands.flywheel import Flywheel
     from arena_dagster.operate import RunCanceled, end_processes, process_tree, signals_interrupt
 
     prepare_environment(home)
-    # SIGTERM and SIGINT cancel the run being followed (flywheel.py); then nothing this command started may outlive it.
+    # SIGTERM and SIGINT cancel the run being followed (commands/flywheel.py); then nothing this command started may outlive it.
     with signals_interrupt():
         try:
             with Flywheel(home, profile, seed=seed, switch_profile=switch_profile, wait=wait, verbose=verbose,
@@ -103,10 +93,10 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from arena_dagster import trace_cli
-    from arena_dagster.backends import cli as generate_cli
-    from arena_dagster.prompts import cli as curate_cli
-    from arena_dagster.ratings import cli as ratings_cli
+    from arena_dagster.commands import curate as curate_cli
+    from arena_dagster.commands import generate as generate_cli
+    from arena_dagster.commands import leaderboard as ratings_cli
+    from arena_dagster.commands import trace as trace_cli
 
     parser = argparse.ArgumentParser(prog="arena-dagster", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -159,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         print(GATE_LEGEND)
         return 0
     if args.command == "leaderboard":
-        from arena_dagster.ratings import cli as ratings_cli
+        from arena_dagster.commands import leaderboard as ratings_cli
 
         if getattr(args, "battles", None):
             return ratings_cli.run(args)
@@ -177,19 +167,19 @@ def _run(args: argparse.Namespace) -> int:
             print("\n".join(f"wrote {path}" for path in write_home_plots(resolve_home(args.home), Path(args.plot))), file=sys.stderr)
         return 0
     if args.command == "trace":
-        from arena_dagster import trace_cli
+        from arena_dagster.commands import trace as trace_cli
 
         return trace_cli.run(args)
     if args.command == "generate":
-        from arena_dagster.backends import cli as generate_cli
+        from arena_dagster.commands import generate as generate_cli
 
         return generate_cli.run(args)
     if args.command == "curate":
-        from arena_dagster.prompts import cli as curate_cli
+        from arena_dagster.commands import curate as curate_cli
 
         return curate_cli.run(args)
     if args.command == "ui":
-        from arena_dagster.flywheel import prepare_ui
+        from arena_dagster.commands.flywheel import prepare_ui
 
         command = prepare_ui(resolve_home(args.home), args.profile, args.host, args.port)
         os.execv(command[0], command)

@@ -6,33 +6,17 @@ import copy
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from arena_dagster.errors import ArenaError
+from arena_dagster.paths import ASSETS_DIR
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from arena_dagster.profile_schema import Profile
 
-
-def resource_dir(name: str) -> Path:
-    """A top-level folder of versioned inputs (`assets`, `dbt_like_sql`).
-
-    From a checkout (or an editable install) it is the repository's folder; a wheel install
-    puts them under `<prefix>/share/arena-dagster/` (pyproject's data-files), where <prefix>
-    holds `lib/pythonX.Y/site-packages/arena_dagster`.
-    """
-    prefixes = [*PROJECT_ROOT.parents[2:3], Path(sys.prefix)]  # <prefix>/lib/pythonX.Y/site-packages
-    candidates = [PROJECT_ROOT, *(prefix / "share" / "arena-dagster" for prefix in prefixes)]
-    for root in candidates:
-        if (root / name).is_dir():
-            return root / name
-    raise FileNotFoundError(f"{name}/ not found in any of {[str(c) for c in candidates]}")
-
-
-ASSETS_DIR = resource_dir("assets")
 PROFILES_DIR = ASSETS_DIR / "profiles"
 DEFAULT_PROFILE = "skills"
 
@@ -148,13 +132,24 @@ def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, 
 
     `chain`: the files it was merged from, to name the one that holds the faulty key.
     """
+    from arena_dagster.profile_schema.base import normalized_input
+
+    return normalized_input(profile, settings_of(profile, chain))
+
+
+def settings_of(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]] | None = None) -> "Profile":
+    """The typed settings of a plain profile (as `load_profile` returns it and a home records it).
+
+    The one place a profile is validated: code below reads the models' attributes, and the
+    plain form stays what a home records and hashes (`profile_hash`). Else one ConfigError line.
+    """
     from pydantic import ValidationError
 
     from arena_dagster.profile_schema import Profile, validation_context
-    from arena_dagster.profile_schema.base import first_error, normalized_input
+    from arena_dagster.profile_schema.base import first_error
 
     try:
-        validated = Profile.model_validate(profile, context=validation_context(profile))
+        return Profile.model_validate(profile, context=validation_context(profile))
     except ValidationError as exc:
         what, fix, parts, more = first_error(exc, profile)
         source = _holder(chain or [], parts)
@@ -163,7 +158,6 @@ def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, 
         if more:
             fix = f"{fix + '; ' if fix else ''}{more} more problem{'s' if more > 1 else ''} after this one"
         raise ConfigError(what, where or None, fix) from None
-    return normalized_input(profile, validated)
 
 
 def _holder(chain: list[tuple[Path, dict[str, Any]]], parts: list[Any]) -> Path | None:
@@ -230,6 +224,11 @@ def load_profile(name_or_path: str | os.PathLike[str] | None = None) -> dict[str
     merged = _with_file_paths(merged, chain)
     merged = validate_profile(merged, chain)
     return with_seed(merged, merged.get("seed", 0))
+
+
+def load_settings(name_or_path: str | os.PathLike[str] | None = None) -> "Profile":
+    """The typed settings of a profile (`load_profile`, then `settings_of`)."""
+    return settings_of(load_profile(name_or_path))
 
 
 def with_seed(profile: dict[str, Any], seed: int) -> dict[str, Any]:

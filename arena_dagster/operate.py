@@ -29,7 +29,8 @@ import dagster as dg
 
 from arena_dagster.errors import ArenaError
 from arena_dagster.training.guard import guarded
-from arena_dagster.home import LOCATION_NAME, HomeLock, dagster_home, environment, logs_dir, pid_alive, prepare_instance
+from arena_dagster.home import LOCATION_NAME, dagster_home, environment, logs_dir, prepare_instance
+from arena_dagster.locks import HomeLock, pid_alive
 
 IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 WAITING = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)

@@ -22,8 +22,8 @@ import duckdb
 import jinja2
 from jinja2 import nodes
 
-from arena_dagster.config import resource_dir
 from arena_dagster.errors import ArenaError
+from arena_dagster.paths import resource_dir
 from arena_dagster.warehouse import _add_new_columns as add_new_columns
 from arena_dagster.warehouse import column_schema, quote_ident, table_exists
 

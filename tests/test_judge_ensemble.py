@@ -11,8 +11,9 @@ import pytest
 
 from arena_dagster.config import ConfigError, load_profile
 from arena_dagster.judging.battles import JudgeItem
-from arena_dagster.judging.ensemble import EnsembleConfigError, EnsembleJudge, combine_scores
+from arena_dagster.judging.ensemble import EnsembleJudge, combine_scores
 from arena_dagster.judging.judges import make_judge
+from arena_dagster.profile_schema.judges import judge_settings
 
 
 def test_mean_and_majority_combine_the_members_scores():
@@ -32,10 +33,10 @@ def item(family: str, reference: str, answer_a: str, answer_b: str) -> JudgeItem
 def test_an_ensemble_of_real_judges_records_every_members_verdict():
     config = {"kind": "ensemble", "combine": "mean",
               "judges": [{"kind": "verifier", "name": "strict"}, {"kind": "verifier", "name": "second"}]}
-    judge = make_judge(config)
+    judge = make_judge(judge_settings(config))
     assert isinstance(judge, EnsembleJudge) and judge.name == "ensemble"
     assert judge.version.startswith("ensemble(mean)|strict=verifier-v1|second=verifier-v1")
-    [right] = make_judge({"kind": "verifier"}).judge([item("add", "5", "5", "6")])
+    [right] = make_judge(judge_settings({"kind": "verifier"})).judge([item("add", "5", "5", "6")])
     [result] = judge.judge([item("add", "5", "5", "6")])
     assert result.parse_ok and (result.score_a, result.score_b) == (right.score_a, right.score_b)
     members = json.loads(result.raw)["members"]
@@ -53,7 +54,7 @@ def test_a_member_that_cannot_judge_leaves_the_game_unparsed():
         def judge(self, items):
             return [JudgeResult(None, None, "", "garbled", False, error="no JSON object") for _ in items]
 
-    judge = make_judge({"kind": "ensemble", "judges": [{"kind": "verifier", "name": "a"}, {"kind": "verifier", "name": "b"}]})
+    judge = make_judge(judge_settings({"kind": "ensemble", "judges": [{"kind": "verifier", "name": "a"}, {"kind": "verifier", "name": "b"}]}))
     judge.members[1] = Unreadable()
     [result] = judge.judge([item("add", "5", "5", "6")])
     assert not result.parse_ok and result.score_a is None and result.error == "unreadable: no JSON object"
@@ -75,11 +76,13 @@ def test_bad_ensembles_are_one_line_profile_errors(tmp_path, judge, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_make_judge_refuses_bad_ensembles_outside_a_profile():
-    with pytest.raises(EnsembleConfigError, match="at least two judges"):
-        make_judge({"kind": "ensemble", "judges": [{"kind": "verifier"}]})
-    with pytest.raises(EnsembleConfigError, match="distinct names"):
-        make_judge({"kind": "ensemble", "judges": [{"kind": "verifier"}, {"kind": "verifier"}]})
+def test_a_judge_section_built_outside_a_profile_is_checked_by_the_same_schema():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="at least 2 items"):
+        judge_settings({"kind": "ensemble", "judges": [{"kind": "verifier"}]})
+    with pytest.raises(ValidationError, match="distinct names"):
+        judge_settings({"kind": "ensemble", "judges": [{"kind": "verifier"}, {"kind": "verifier"}]})
 
 
 def test_an_ensemble_judges_a_skills_round_and_judge_health_reports_its_members(smoke_home, tmp_path):

@@ -7,10 +7,12 @@ import json
 
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
 from arena_dagster.backends.base import Completion
 from arena_dagster.judging.battles import JudgeItem, judge_battles, plan_target_battles
 from arena_dagster.judging.judges import JudgeConfigError, LLMJudge, make_judge, parse_difficulty
+from arena_dagster.profile_schema.judges import judge_settings
 
 FAKE_MODEL = {"backend": "openai", "model": "fake-judge", "base_url": "http://127.0.0.1:9/v1", "sampling": {"max_tokens": 64}}
 
@@ -44,7 +46,8 @@ class FakeBackend:
 
 
 def _judge(tmp_path, backend_kwargs=None, **config) -> tuple[LLMJudge, FakeBackend]:
-    judge = LLMJudge({"kind": "llm", "name": "fake", "model": FAKE_MODEL, "retries": 2, **config}, cache_path=tmp_path / "c.sqlite")
+    judge = LLMJudge(judge_settings({"kind": "llm", "name": "fake", "model": FAKE_MODEL, "retries": 2, **config}),
+                     cache_path=tmp_path / "c.sqlite")
     fake = FakeBackend(judge.spec, **(backend_kwargs or {}))
     judge._backends["pairwise"] = fake
     return judge, fake
@@ -131,13 +134,15 @@ def test_two_games_through_judge_battles(tmp_path):
 
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(JudgeConfigError, match="cache_path"):
-        make_judge({"kind": "llm", "model": FAKE_MODEL})
-    with pytest.raises(JudgeConfigError, match="unknown settings"):
-        LLMJudge({"kind": "llm", "model": FAKE_MODEL, "temperature": 1}, cache_path=tmp_path / "c")
-    with pytest.raises(JudgeConfigError, match="expected needs"):
-        LLMJudge({"kind": "llm", "model": FAKE_MODEL, "integers": "expected"}, cache_path=tmp_path / "c")
+        make_judge(judge_settings({"kind": "llm", "model": FAKE_MODEL}))
+    # What the section alone can tell is the schema's to refuse; what needs the template, the judge's.
+    with pytest.raises(ValidationError, match="unknown setting temperature"):
+        judge_settings({"kind": "llm", "model": FAKE_MODEL, "temperature": 1})
+    with pytest.raises(ValidationError, match="expected needs"):
+        judge_settings({"kind": "llm", "model": FAKE_MODEL, "integers": "expected"})
     with pytest.raises(JudgeConfigError, match="verdict template"):
-        LLMJudge({"kind": "llm", "model": FAKE_MODEL, "template": "verdict_v1", "structured": "on"}, cache_path=tmp_path / "c")
+        LLMJudge(judge_settings({"kind": "llm", "model": FAKE_MODEL, "template": "verdict_v1", "structured": "on"}),
+                 cache_path=tmp_path / "c")
     assert parse_difficulty('{"difficulty": 7}') == 7.0
     with pytest.raises(ValueError):
         parse_difficulty('{"difficulty": 11}')
@@ -152,7 +157,7 @@ def test_real_smollm2_judge_parses_every_game_and_rates_difficulty(tmp_path):
     from arena_dagster.config import load_profile
 
     config = load_profile("sharegpt")["judge"]
-    judge = make_judge({**config, "explanation_tokens": 8}, cache_path=tmp_path / "cache.sqlite", home=tmp_path)
+    judge = make_judge(judge_settings({**config, "explanation_tokens": 8}), cache_path=tmp_path / "cache.sqlite", home=tmp_path)
     items = [
         _item(1, "The capital of France is Paris.", "I like turtles."),
         _item(2, "I like turtles.", "The capital of France is Paris."),

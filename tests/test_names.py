@@ -14,6 +14,7 @@ from arena_dagster.backends.base import ChatRequest, ModelSpec
 from arena_dagster.backends.recorded_backend import RecordedBackend
 from arena_dagster.config import ConfigError, load_profile
 from arena_dagster.judging.recorded import RecordedJudge
+from arena_dagster.profile_schema.judges import judge_settings
 from arena_dagster.names import ModelNameError, NameBook, check_distinct, normalize_name
 from arena_dagster.ratings import read_fastchat_battles, read_grades
 from arena_dagster.ratings.judgments import read_arena_hard, read_mt_bench_pairs
@@ -195,7 +196,7 @@ def test_a_recorded_judge_refuses_case_twins_in_its_files(tmp_path):
     write_jsonl(folder / "m.jsonl", [{"question_id": "q1", "model": m, "baseline": "base",
                                       "games": [{"score": "A>B"}, {"score": "B>A"}]} for m in ("m ", "M")])
     with pytest.raises(ModelNameError, match=r"'m' and 'M' differ only in case.*use one spelling in the judgment files"):
-        RecordedJudge({"kind": "recorded", "format": "arena-hard", "paths": [str(folder)]})
+        RecordedJudge(judge_settings({"kind": "recorded", "format": "arena-hard", "paths": [str(folder)]}))
     write_jsonl(folder / "m.jsonl", [{"question_id": "q1", "model": "m ", "baseline": "base",
                                       "games": [{"score": "A>B"}, {"score": "B>A"}]}])
-    assert RecordedJudge({"kind": "recorded", "format": "arena-hard", "paths": [str(folder)]}).models() == {"m", "base"}
+    assert RecordedJudge(judge_settings({"kind": "recorded", "format": "arena-hard", "paths": [str(folder)]})).models() == {"m", "base"}

@@ -13,7 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from arena_dagster.home import HomeProfileMismatch, flywheel_lock, read_home_record, writer_lock
+from arena_dagster.home import HomeProfileMismatch, read_home_record
+from arena_dagster.locks import flywheel_lock, writer_lock
 from conftest import REPO, flywheel_command, flywheel_env
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,7 @@ def test_every_round_partition_of_every_asset_is_materialized(smoke_home):
 
 def test_the_home_remembers_its_profile(smoke_home):
     from arena_dagster.defs import build_definitions
-    from arena_dagster.flywheel import prepare_ui
+    from arena_dagster.commands.flywheel import prepare_ui
 
     defs = build_definitions(smoke_home)
     assert defs.resources["arena"].profile == "skills_smoke"
@@ -162,7 +163,7 @@ def test_a_second_flywheel_on_the_same_home_refuses_or_waits(smoke_home):
 READER_HOLDER = """
 import sys, time, duckdb
 from pathlib import Path
-from arena_dagster.home import writer_lock
+from arena_dagster.locks import writer_lock
 home = Path(sys.argv[1])
 lock = writer_lock(home)
 lock.acquire(run_id="run-under-test", job="flywheel_round", round="7")

@@ -17,7 +17,8 @@ import polars as pl
 import pytest
 
 from arena_dagster.promotion import PromotionError, decide_promotion
-from arena_dagster.ratings import cli, rate
+from arena_dagster.commands import leaderboard as cli
+from arena_dagster.ratings import rate
 from arena_dagster.ratings.categories import categories_of_testset, read_question_categories, with_categories
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from arena_dagster.ratings import (
     read_fastchat_battles,
     read_grades,
 )
-from arena_dagster.ratings import cli
+from arena_dagster.commands import leaderboard as cli
 
 
 def write_jsonl(path, rows):

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from arena_dagster.ratings import RatingsError, read_fastchat_battles, read_grades, read_rename
-from arena_dagster.ratings import cli
+from arena_dagster.commands import leaderboard as cli
 from arena_dagster.ratings.importers import read_reference
 from arena_dagster.ratings.judgments import read_answers, read_arena_hard, read_mt_bench_pairs
 

@@ -11,7 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from arena_dagster.ratings import cli, rate, rating_difference
+from arena_dagster.commands import leaderboard as cli
+from arena_dagster.ratings import rate, rating_difference
 from arena_dagster.ratings.bradley_terry import fit
 from arena_dagster.ratings.sandwich import Z_95
 from arena_dagster.ratings.style import fit_style

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams
-from arena_dagster.backends.cli import PromptFileError, read_prompts
+from arena_dagster.commands import curate as curate_cli
+from arena_dagster.commands.generate import PromptFileError, read_prompts
 from arena_dagster.backends.recorded_backend import RecordedBackend, RecordedDataError
 from arena_dagster.config import ConfigError, profile_chain
-from arena_dagster.prompts import cli as curate_cli
 from arena_dagster.prompts.ingest import against_texts, ingest
 from arena_dagster.prompts.recorded import read_questions
 from arena_dagster.ratings.importers import read_fastchat_battles, read_reference
@@ -275,11 +275,13 @@ def _files_profile(tmp_path: Path) -> tuple[dict, Path]:
 def test_flywheel_file_source_reads_line_one_and_quarantines_bad_text_with_reasons(tmp_path):
     import polars as pl
 
-    from arena_dagster.prompts import pools
+    from arena_dagster.config import settings_of
+    from arena_dagster.prompts import pools, real_sources
 
-    profile, path = _files_profile(tmp_path)
-    pools._source_rows.cache_clear()
-    train, test, stats = pools.source_rows(profile)
+    plain, path = _files_profile(tmp_path)
+    profile = settings_of(plain)
+    real_sources._source_rows.cache_clear()
+    train, test, stats = real_sources.source_rows(profile.prompts)
     read = sorted(row["source_line"] for row in train + test)
     assert read == [1, 2, 5, 6, 7, 8]  # line 1 (after the BOM) is a prompt like any other
     assert stats["quarantined"] == 3
@@ -296,7 +298,7 @@ def test_flywheel_file_source_reads_line_one_and_quarantines_bad_text_with_reaso
         assert quarantine.filter(pl.col("prompt") == CLEAN[1])["step"].item() == "decontam_exact"
     for text in quarantine["prompt"].to_list() + quarantine["reason"].to_list():
         text.encode("utf-8")  # storable: DuckDB takes every row
-    pools._source_rows.cache_clear()
+    real_sources._source_rows.cache_clear()
 
 
 def test_prompts_group_materializes_a_hostile_file_source(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from arena_dagster.config import resolve_home
+from arena_dagster.config import resolve_home, settings_of
 
 # The profile sections each group of assets reads: an edit of one shows exactly those assets as
 # changed (a new code version) in the UI, so it says what is stale.
@@ -75,7 +75,7 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
     arena = ArenaHome(home=str(root), profile=name, seed=seed)
     return dg.Definitions(
         assets=_versioned(_assets(), settings),
-        asset_checks=[*checkpoint_asset_checks(), *reference_checks(settings)],
+        asset_checks=[*checkpoint_asset_checks(), *reference_checks(settings_of(settings).evaluation)],
         jobs=flywheel_jobs(arena.run_tags()),
         schedules=[nightly_flywheel],
         sensors=[round_partitions_sensor, next_round_sensor, failed_round_sensor_for(root)],

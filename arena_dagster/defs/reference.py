@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from arena_dagster.profile_schema.sections import EvaluationSettings
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.warehouse import read_table
 
@@ -31,9 +32,9 @@ def reference_agreement(board, reference_path: str) -> tuple[bool, str, dict[str
     return True, f"over {figures['n_common']} models in common with {reference_path}: {shown}", metadata
 
 
-def reference_checks(settings: dict[str, Any]) -> list[dg.AssetChecksDefinition]:
+def reference_checks(settings: EvaluationSettings) -> list[dg.AssetChecksDefinition]:
     """The agreement check on baseline_leaderboard when the profile names a reference leaderboard, else none."""
-    path = (settings.get("evaluation") or {}).get("reference")
+    path = settings.reference
     if not path:
         return []
 

@@ -20,17 +20,12 @@ agreement and each member's position consistency (dbt_like_sql/macros/judge_heal
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from arena_dagster.judging.battles import JudgeItem, JudgeResult
+from arena_dagster.judging.battles import Judge, JudgeItem, JudgeResult
+from arena_dagster.profile_schema.judges import EnsembleJudge as EnsembleSettings
 
-COMBINES = ("mean", "majority")
 VERSION_PREFIX = "ensemble("  # judge health finds ensemble games by it
-
-
-class EnsembleConfigError(ValueError):
-    pass
 
 
 def _sign(a: float, b: float) -> int:
@@ -57,24 +52,12 @@ def combine_scores(scores: Sequence[tuple[int, int]], how: str) -> tuple[int, in
 class EnsembleJudge:
     """Every member judges every game; see the module docstring."""
 
-    def __init__(self, config: dict[str, Any], *, cache_path: Path | str | None = None,
-                 home: Path | str | None = None) -> None:
-        from arena_dagster.judging.judges import make_judge
-
-        members = config.get("judges") or []
-        if len(members) < 2:
-            raise EnsembleConfigError(f"judge.judges: an ensemble needs at least two judges, got {len(members)}")
-        kinds = [member.get("kind", "verifier") for member in members]
-        if any(kind not in ("verifier", "llm") for kind in kinds):
-            raise EnsembleConfigError(f"judge.judges: members are verifier or llm judges, got kinds {kinds}")
-        self.combine = str(config.get("combine", "mean"))
-        if self.combine not in COMBINES:
-            raise EnsembleConfigError(f"judge.combine must be one of {COMBINES}, got {self.combine!r}")
-        self.members = [make_judge(member, cache_path=cache_path, home=home) for member in members]
-        names = [member.name for member in self.members]
-        if len(set(names)) != len(names):
-            raise EnsembleConfigError(f"judge.judges: members need distinct names, got {names}")
-        self.name = str(config.get("name") or "ensemble")
+    def __init__(self, settings: EnsembleSettings, members: Sequence[Judge]) -> None:
+        # The schema has checked the members (two or more, verifier or llm, distinct names) and `combine`;
+        # `judges.make_judge` builds them.
+        self.combine = settings.combine
+        self.members = list(members)
+        self.name = settings.name
         self.version = f"{VERSION_PREFIX}{self.combine})|" + "|".join(f"{m.name}={m.version}" for m in self.members)
 
     def judge(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:

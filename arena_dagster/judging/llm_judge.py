@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from arena_dagster.config import ASSETS_DIR
 from arena_dagster.judging.quoted import answer_markers, inside, line_of, quoted_spans, squeeze
+from arena_dagster.paths import ASSETS_DIR
 from arena_dagster.ratings.numbers import read_number
 
 TEMPLATE_DIR = ASSETS_DIR / "judge_templates"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
-from arena_dagster.judging.recorded import FORMATS as RECORDED_FORMATS
-from arena_dagster.judging.recorded import VERDICT_SCORES
+from arena_dagster.paths import ASSETS_DIR
 from arena_dagster.profile_schema.base import Count, Name, PositiveInt, Section, Text, existing_path, rule
+from arena_dagster.profile_schema.constants import DEFAULT_RETRY_SUFFIX, RECORDED_FORMATS, VERDICT_SCORES
 from arena_dagster.profile_schema.models import ModelConfig, _union
 
 JUDGMENT_FIELDS = ("explanation", "score_a", "score_b")
@@ -27,8 +27,6 @@ class MaxChars(Section):
 
 
 def _template_exists(value: str, folder: str = "judge_templates") -> str:
-    from arena_dagster.config import ASSETS_DIR
-
     path = Path(value)
     if path.suffix in (".yaml", ".yml"):
         if not path.expanduser().is_file():
@@ -48,7 +46,7 @@ class LLMJudge(Section):
     integers: Literal["argmax", "expected"] = "argmax"
     explanation_tokens: PositiveInt = 64
     retries: Count = 2
-    retry_suffix: str = None
+    retry_suffix: str = DEFAULT_RETRY_SUFFIX
     max_chars: MaxChars = None
     batch_size: PositiveInt = 8
     difficulty_template: Text = "difficulty_v1"
@@ -123,3 +121,8 @@ class EnsembleJudge(Section):
 JUDGE_KINDS: dict[str, type[Section]] = {"verifier": VerifierJudge, "llm": LLMJudge, "recorded": RecordedJudge,
                                          "ensemble": EnsembleJudge}
 JudgeSettings = _union("kind", JUDGE_KINDS, default="verifier")
+
+
+def judge_settings(data: dict) -> VerifierJudge | LLMJudge | RecordedJudge:
+    """A `judge:` section validated on its own (a tool or test that builds a judge without a profile)."""
+    return TypeAdapter(JudgeSettings).validate_python(data)

@@ -16,11 +16,9 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from arena_dagster.profile_schema.base import (
     Count,
-    Finite,
     Name,
     NonNegativeFloat,
     OpenFraction,
-    PositiveFloat,
     PositiveInt,
     Probability,
     Section,
@@ -40,14 +38,10 @@ from arena_dagster.profile_schema.models import (
     model_names,
     unrecorded_models,
 )
-from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError
-from arena_dagster.prompts.pools import REAL_SOURCES
-from arena_dagster.prompts.recorded import JUDGMENTS_SOURCE
-from arena_dagster.quality.suites import judge_health_limits
-from arena_dagster.training.schedule import DEFAULT_SCHEDULE
-
-SKILLS_SOURCE = "skills"
-MIN_BOOTSTRAP = 20  # the gate's paired interval needs at least this many replicates, and so does every leaderboard
+from arena_dagster.profile_schema.curation import PRESETS, CurationConfig, CurationError
+from arena_dagster.profile_schema.constants import JUDGE_HEALTH_LIMITS, JUDGMENTS_SOURCE, REAL_SOURCES, SKILLS_SOURCE
+from arena_dagster.profile_schema.evaluation import EvaluationSettings, PromotionSettings
+from arena_dagster.profile_schema.training import DEFAULT_SCHEDULE
 
 # Every sub-seed a profile may set; the ones it leaves out follow the top-level `seed` (config.with_seed).
 SEED_PATHS = ("prompts.seed", "prompts.curation.seed", "testset.seed", "models.seed", "evaluation.seed", "promotion.seed")
@@ -115,6 +109,10 @@ class PromptsSettings(Section):
     @classmethod
     def _questions_exist(cls, value: str) -> str:
         return existing_path(value, "question file")
+
+    def curation_config(self) -> CurationConfig:
+        """The curation steps' settings: the preset, then the keys the profile sets."""
+        return CurationConfig.from_dict(self.curation.model_dump(exclude_unset=True) if self.curation else None)
 
     @model_validator(mode="after")
     def _source_rules(self) -> "PromptsSettings":
@@ -242,6 +240,11 @@ class ScheduleSettings(Section):
     dpo: ScheduleStage = None
     rl: ScheduleStage = None
 
+    def of(self, stage: str) -> ScheduleStage:
+        """The stage's schedule: DEFAULT_SCHEDULE's, with what the profile sets over it."""
+        chosen = getattr(self, stage)
+        return ScheduleStage(**{**DEFAULT_SCHEDULE[stage], **(chosen.model_dump(exclude_none=True) if chosen else {})})
+
 
 class RewardModelSettings(Section):
     min_eval_accuracy: Probability = 0.6
@@ -251,7 +254,7 @@ Bounds = Annotated[list[Probability], Field(min_length=2, max_length=2)]
 
 
 def _limits_model(level: str) -> type[Section]:
-    fields = {column: (Bounds, None) for column in judge_health_limits()[level]}
+    fields = {column: (Bounds, None) for column in JUDGE_HEALTH_LIMITS[level]}
     model = create_model(f"JudgeHealth{level.capitalize()}", __base__=Section, **fields)
 
     def ordered(self):
@@ -271,35 +274,6 @@ class JudgeHealthSettings(Section):
     warn: JudgeHealthWarn = None
 
 
-class EvaluationSettings(Section):
-    bootstrap: Annotated[int, Field(ge=MIN_BOOTSTRAP)] = 200
-    bootstrap_unit: Literal["prompt", "battle"] = "prompt"
-    seed: Seed = None
-    anchor: Annotated[str, Field(pattern=r"^[^=]+=-?[0-9]+(\.[0-9]+)?$")] | None = None
-    style_control: bool = False
-    baseline: Name | None = None
-    # battles: the two-game battles (arena_battles.sql); games: every judged game a battle, a strong
-    # verdict weighing strong_weight (arena-hard's own scoring; needs a recorded judge's verdict labels)
-    rate: Literal["battles", "games"] = "battles"
-    strong_weight: PositiveFloat = 3.0
-    # bootstrap: `bootstrap` resamples of `bootstrap_unit`; sandwich: the fit's robust covariance (ratings/sandwich.py),
-    # cluster-robust by prompt with bootstrap_unit prompt; the gate's paired differences follow it
-    ci: Literal["bootstrap", "sandwich"] = "bootstrap"
-    # a reference leaderboard CSV (model, rating[, rating_q025, rating_q975]): the baseline leaderboard's agreement with it
-    reference: str | None = None
-
-
-class PromotionSettings(Section):
-    margin: Finite = 0.0
-    bootstrap: Annotated[int, Field(ge=MIN_BOOTSTRAP)] = None
-    seed: Seed = None
-    candidate: Literal["best", "last"] = "best"
-    selection_fraction: OpenFraction = 0.5
-    style_control: bool = False  # compare style-controlled ratings (length and markdown held equal)
-    # categories of test prompts (families) in which the candidate must not lose significantly (95% interval below 0)
-    no_regression: list[Text] = None
-
-
 # ---------------------------------------------------------------- the whole profile
 
 
@@ -313,7 +287,7 @@ class Profile(Section):
     judge: JudgeSettings
     sql_vars: SqlVars
     schedule: ScheduleSettings = None
-    reward_model: RewardModelSettings = None
+    reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)
     judge_health: JudgeHealthSettings = None
     evaluation: EvaluationSettings = None
     promotion: PromotionSettings = None

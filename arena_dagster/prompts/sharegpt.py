@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from arena_dagster.record_files import DecodeStats, JSONArrayError, Quarantined, iter_json_array, iter_records
 

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError, curate
+from arena_dagster.profile_schema.curation import PRESETS, CurationConfig, CurationError
+from arena_dagster.prompts.curation import curate
 from arena_dagster.prompts.ingest import IngestError, against_texts, ingest
 
 

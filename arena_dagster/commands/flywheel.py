@@ -17,21 +17,20 @@ from typing import Any, Callable
 
 import dagster as dg
 
-from arena_dagster.config import profile_hash
+from arena_dagster.config import profile_hash, settings_of
 from arena_dagster.defs.automation import ROUND_JOB, SETUP_ASSETS, SETUP_JOB, missing_round_partitions
 from arena_dagster.defs.resources import round_partitions
 from arena_dagster.errors import ArenaError
 from arena_dagster.home import (
-    HomeError,
-    describe_holder,
-    flywheel_lock,
     home_profile,
     logs_dir,
+    prepare_environment,
     prepare_instance,
     profile_settings,
     reap_stale_files,
     record_profile,
 )
+from arena_dagster.locks import HomeError, describe_holder, flywheel_lock
 from arena_dagster.operate import (
     Interrupted,
     RunCanceled,
@@ -122,7 +121,7 @@ class Flywheel:
         return setup, needed
 
     def run(self, rounds: int, on_round: Callable[[int], None] | None = None) -> None:
-        slices = int(self.settings["prompts"]["rounds"])
+        slices = settings_of(self.settings).prompts.rounds
         if rounds > slices:
             raise ArenaError(f"profile {self.profile!r} slices its prompt pool into {slices} rounds", f"--rounds {rounds}",
                              f"ask for at most {slices}, or raise prompts.rounds in the profile" if slices else
@@ -205,8 +204,6 @@ class Flywheel:
 def prepare_ui(home: Path, profile: str | None, host: str, port: int) -> list[str]:
     """The `dagster dev` command line for a home's UI (its profile resolved, dead runs marked failed)."""
     import sys
-
-    from arena_dagster.cli import prepare_environment
 
     prepare_environment(home)
     name, seed, settings = home_profile(home, profile)
