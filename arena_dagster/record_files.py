@@ -30,11 +30,13 @@ import codecs
 import csv
 import io
 import json
+import os
 import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from arena_dagster.errors import ArenaError
 from arena_dagster.json_array import ESCAPED_BYTE, DecodeStats, JSONArrayError, array_items, iter_json_array
@@ -323,3 +325,23 @@ def _parquet_records(path: Path, quarantine: list[Quarantined]) -> Iterator[tupl
                 quarantine.append(Quarantined(number, "invalid_utf8", f"not UTF-8 text ({row.reason})"))
             else:
                 yield from _checked(number, row, printable(json.dumps(row, ensure_ascii=False, default=str))[:2000], quarantine)
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write every row or nothing: a temporary file in the same folder, fsynced, then renamed over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                         delete=False)
+    count = 0
+    try:
+        with handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return count

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, flywheel_env
+from conftest import leaderboard, one_line
 
 # arena-hard games per model (game 1 shows the baseline x as A): y often beats x strongly, z loses plainly
 GAMES = {"y": [("B>>A", "A>>B"), ("A>B", "B>A"), ("B>A", "A>B")], "z": [("A>B", "B>A"), ("A=B", "A=B"), ("B>A", "A>B")]}
@@ -18,18 +16,6 @@ GAMES = {"y": [("B>>A", "A>>B"), ("A>B", "B>A"), ("B>A", "A>B")], "z": [("A>B", 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
-
-
-def leaderboard(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "arena_dagster.cli", "leaderboard", *args], cwd=REPO,
-                          env=flywheel_env(), capture_output=True, text=True, timeout=120)
-
-
-def one_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.startswith("arena-dagster: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
-    return proc.stderr
 
 
 @pytest.fixture(scope="module")

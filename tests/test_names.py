@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from arena_dagster.profile_schema.judges import judge_settings
 from arena_dagster.names import ModelNameError, NameBook, check_distinct, normalize_name
 from arena_dagster.ratings import read_fastchat_battles, read_grades
 from arena_dagster.ratings.judgments import read_arena_hard, read_mt_bench_pairs
-from conftest import REPO, flywheel_env
+from conftest import leaderboard, one_line
 
 NFC, NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
 
@@ -26,18 +24,6 @@ NFC, NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return path
-
-
-def leaderboard(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "arena_dagster.cli", "leaderboard", *args], cwd=REPO,
-                          env=flywheel_env(), capture_output=True, text=True, timeout=120)
-
-
-def one_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.startswith("arena-dagster: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
-    return proc.stderr
 
 
 # --- the one normalization --------------------------------------------------------------

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,6 +24,7 @@ from typing import Any, Iterable
 from arena_dagster.profile_schema.curation import PRESETS, CurationConfig, CurationError
 from arena_dagster.prompts.curation import curate
 from arena_dagster.prompts.ingest import IngestError, against_texts, ingest
+from arena_dagster.record_files import write_jsonl_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,25 +51,6 @@ def _config(preset: str, overrides: Iterable[str]) -> CurationConfig:
             raise CurationError(f"--set expects KEY=VALUE, got {item!r}")
         settings[key.strip()] = yaml.safe_load(value)
     return CurationConfig.from_dict(settings)
-
-
-def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False)
-    count = 0
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return count
 
 
 def run(args: argparse.Namespace) -> int:

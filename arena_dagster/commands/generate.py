@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +27,7 @@ from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams
 from arena_dagster.backends.redact import redact
 from arena_dagster.backends.registry import BACKENDS, ModelConfigError, model_spec_from_config
 from arena_dagster.errors import ArenaError
-from arena_dagster.record_files import RecordFileError, read_text, strict_records, text_problem
+from arena_dagster.record_files import RecordFileError, read_text, strict_records, text_problem, write_jsonl_atomic
 
 EXIT_USER_ERROR = 2
 EXIT_BUDGET = 3
@@ -173,24 +170,6 @@ def read_prompts(path: Path, sampling: SamplingParams, template_version: str = "
         fix = "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)" if "UTF-8" in exc.what else None
         raise PromptFileError(f"{exc.input}: {exc.what}", fix=fix) from None
     return requests
-
-
-def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write all rows or nothing: a temp file in the same folder, fsynced, then renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:
