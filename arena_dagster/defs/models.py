@@ -42,7 +42,7 @@ def base_models(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
         return
     from arena_dagster.training.base_models import build_base_models, resolve_profile
 
-    models = resolve_profile(trained_models_settings(arena.settings()))
+    models = resolve_profile(trained_models_settings(arena.typed_settings().models))
     with duckdb.get_connection() as conn:
         excluded = read_table(conn, "arena_testset")["prompt"].to_list()
     built = build_base_models(arena.folder("models"), models, exclude_prompts=excluded, log=context.log.info)

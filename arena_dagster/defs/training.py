@@ -63,11 +63,11 @@ def _train(
     from arena_dagster.training.runner import run_training
 
     round_key = round_of(context)
-    profile = arena.settings()
+    models = arena.typed_settings().models
     name = checkpoint_name(stage, round_key)
     export = export_dataset(rows, training_rows, arena.folder("datasets", f"round-{round_key}", stage))
-    models_settings = trained_models_settings(profile)
-    locally_built = arena.typed_settings().models.source != "declared"
+    models_settings = trained_models_settings(models)
+    locally_built = models.source != "declared"
     replay = None
     if locally_built:
         from arena_dagster.training.base_models import resolve_profile
