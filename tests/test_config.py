@@ -87,7 +87,7 @@ def test_every_random_choice_follows_the_seed(tmp_path: Path):
     pool_again, _, _ = pools.curated_pool(raw, testset, settings_of({**base, "prompts": seeded["prompts"]}))
     assert pool.sort("prompt_id")["round"].to_list() != pool_again.sort("prompt_id")["round"].to_list()
     # ... the base models (their seed) and every stage's training seed.
-    assert resolve_profile(trained_models_settings(seeded))["seed"] == seeded["models"]["seed"] != 0
+    assert resolve_profile(trained_models_settings(settings_of(seeded).models))["seed"] == seeded["models"]["seed"] != 0
     specs = [stage_training_spec("dpo", round_key=2, base_model=tmp_path, dataset=tmp_path / "d.jsonl", output_dir=tmp_path / "o",
-                                 models_settings=trained_models_settings(p), locally_built=True) for p in (base, seeded)]
+                                 models_settings=trained_models_settings(settings_of(p).models), locally_built=True) for p in (base, seeded)]
     assert specs[0]["hyperparams"]["seed"] == 2 and specs[1]["hyperparams"]["seed"] == seeded["models"]["seed"] + 2

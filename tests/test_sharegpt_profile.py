@@ -31,12 +31,12 @@ def test_profile_declares_its_models_and_trains_from_flywheel_settings_only():
     assert entries["smollm2-135m-instruct"][1]["gguf_file"].endswith(".gguf")
     assert entries["sharegpt-chatgpt"] == ("competitor", {"backend": "recorded", "answer_field": "answer",
                                                           "path": "{home}/recorded/sharegpt-chatgpt.jsonl"})
-    settings = trained_models_settings(profile)
+    settings = trained_models_settings(settings_of(profile).models)
     assert "competitors" not in settings and "initial_target" not in settings
     flywheel = resolve_profile(settings)["flywheel"]  # the skills defaults' shape, this profile's sizes
     assert flywheel["sft"]["hyperparams"]["max_steps"] == 4 and flywheel["dpo"]["hyperparams"]["max_steps"] == 2
     # The skills profile keeps passing its whole models section through.
-    assert "initial_target" in trained_models_settings(load_profile("skills"))
+    assert "initial_target" in trained_models_settings(load_settings("skills").models)
 
 
 def test_prepare_model_config_resolves_home_and_leaves_other_configs_alone(tmp_path):

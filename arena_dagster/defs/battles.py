@@ -43,7 +43,7 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
     )
     def stage_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
         round_key = round_of(context)
-        settings = arena.typed_settings()
+        settings = arena.settings()
         plan = stage_plan(settings.schedule, stage, round_key)
         with duckdb.get_connection() as conn:
             prompts = battle_prompts(read_table(conn, "prompt_pool"), plan)
@@ -92,7 +92,7 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
     )
     def stage_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
         round_key = round_of(context)
-        judge = make_judge(arena.typed_settings().judge, cache_path=arena.cache_path, home=arena.root)
+        judge = make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root)
         with duckdb.get_connection() as conn:
             answers = read_table(conn, responses_table, round_key=round_key)
             prompts = read_table(conn, "prompt_pool")

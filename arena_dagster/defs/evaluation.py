@@ -53,7 +53,7 @@ def arena_models(conn, round_key: int) -> list[tuple[dict[str, Any], str, str]]:
 
 def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
     """Every arena model answers the test set (cached); writes round `round_key` of arena_responses."""
-    generation = arena.typed_settings().generation
+    generation = arena.settings().generation
     with duckdb.get_connection() as conn:
         testset = read_table(conn, "arena_testset")
         models = arena_models(conn, round_key)
@@ -81,7 +81,7 @@ def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: i
 def judge_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
     """Two games for every pair of arena models on every test prompt (a recorded judge: the pairs its files
     hold); writes round `round_key` of arena_judgments."""
-    judge = make_judge(arena.typed_settings().judge, cache_path=arena.cache_path, home=arena.root)
+    judge = make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root)
     with duckdb.get_connection() as conn:
         answers = read_table(conn, "arena_responses", round_key=round_key)
         testset = read_table(conn, "arena_testset")
@@ -120,7 +120,7 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
     """The round's Bradley-Terry leaderboard; writes round `round_key` of `leaderboard`."""
     from arena_dagster.ratings import rate
 
-    settings = arena.typed_settings().evaluation
+    settings = arena.settings().evaluation
     style_control = settings.style_control
     with duckdb.get_connection() as conn:
         battles, dropped = arena_battles_for_rating(conn, round_key, settings)
@@ -255,7 +255,7 @@ def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, du
     sql = load_models()
     with duckdb.get_connection() as conn:
         for name in ("arena_battles", "arena_judge_health"):
-            run_model(conn, sql[name], round_key=0, variables=sql_variables(arena.typed_settings().sql_vars))
+            run_model(conn, sql[name], round_key=0, variables=sql_variables(arena.settings().sql_vars))
         health = read_table(conn, "arena_judge_health", round_key=0).drop("round").to_dicts()
         # Round 0 is no partition of arena_judge_health: its checks are reported here.
         health_problems = [f"{o.name}: {o.description}" for o in validate_suite(conn, table_suite("arena_judge_health"), 0)

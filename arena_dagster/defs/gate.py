@@ -108,7 +108,7 @@ def _gate_spec(key: str, kind: str, description: str) -> dg.AssetSpec:
 )
 def promotion_gate(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource):
     round_key = round_of(context)
-    settings = arena.typed_settings()
+    settings = arena.settings()
     gate, evaluation = settings.promotion, settings.evaluation
     with duckdb.get_connection() as conn:
         board = read_table(conn, "leaderboard", round_key=round_key)

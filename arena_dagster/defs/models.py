@@ -36,13 +36,13 @@ from arena_dagster.warehouse import read_table
     ]
 )
 def base_models(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource):
-    declared = arena.typed_settings().models.source == "declared"
+    declared = arena.settings().models.source == "declared"
     if declared:
         yield from _register_declared_models(arena, duckdb)
         return
     from arena_dagster.training.base_models import build_base_models, resolve_profile
 
-    models = resolve_profile(trained_models_settings(arena.settings()))
+    models = resolve_profile(trained_models_settings(arena.settings().models))
     with duckdb.get_connection() as conn:
         excluded = read_table(conn, "arena_testset")["prompt"].to_list()
     built = build_base_models(arena.folder("models"), models, exclude_prompts=excluded, log=context.log.info)
@@ -79,7 +79,7 @@ def base_models(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
 def _register_declared_models(arena: ArenaHome, duckdb: DuckDBResource):
     # `{home}` paths resolved, GGUF weights converted once to an HF folder (servable and trainable).
     entries = [(name, kind, prepare_model_config(config, arena.root))
-               for name, kind, config in declared_models(arena.typed_settings().models)]
+               for name, kind, config in declared_models(arena.settings().models)]
     with duckdb.get_connection() as conn:
         for name, kind, config in entries:
             register_model(

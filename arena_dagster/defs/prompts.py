@@ -25,7 +25,7 @@ from arena_dagster.warehouse import read_table, table_exists, write_table
     description="Instruction prompts as ingested from the profile's source, duplicates and junk included.",
 )
 def raw_prompts(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    settings = arena.typed_settings()
+    settings = arena.settings()
     frame = raw_prompt_frame(settings)
     counts = source_metadata(settings.prompts)
     with duckdb.get_connection() as conn:
@@ -50,9 +50,9 @@ def arena_testset(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: D
     from arena_dagster.judging.judges import make_judge
 
     frame, build = testset_with_stats(
-        arena.typed_settings(),
+        arena.settings(),
         # judging still reads its settings as a plain dict
-        judge_factory=lambda: make_judge(arena.typed_settings().judge, cache_path=arena.cache_path, home=arena.root),
+        judge_factory=lambda: make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root),
         log=context.log.info,
     )
     with duckdb.get_connection() as conn:
@@ -109,7 +109,7 @@ def started_rounds(conn) -> pl.DataFrame | None:
     check_specs=table_check_specs("prompt_pool"),
 )
 def prompt_pool(arena: ArenaHome, duckdb: DuckDBResource):
-    settings = arena.typed_settings()
+    settings = arena.settings()
     with duckdb.get_connection() as conn:
         raw = read_table(conn, "raw_prompts")
         testset = read_table(conn, "arena_testset")

@@ -48,6 +48,11 @@ def _settings(profile: str, seed: int | None) -> dict[str, Any]:
     return profile_settings(profile, seed)
 
 
+@lru_cache(maxsize=8)
+def _typed_settings(profile: str, seed: int | None) -> Profile:
+    return settings_of(_settings(profile, seed))  # validated once per process (the models are frozen)
+
+
 class ArenaHome(dg.ConfigurableResource):
     """The flywheel home a run works on and the profile it runs (the one the home was built with).
 
@@ -84,16 +89,16 @@ class ArenaHome(dg.ConfigurableResource):
             self._lock.release()
             self._lock = None
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> Profile:
+        """The profile's typed settings, which every step reads."""
+        return _typed_settings(self.profile, self.seed)
+
+    def plain_settings(self) -> dict[str, Any]:
         """The profile in its plain form: what the home records and `profile_hash` hashes."""
         return _settings(self.profile, self.seed)
 
-    def typed_settings(self) -> Profile:
-        """The profile's typed settings, for every reader (a step not yet converted reads `settings()`)."""
-        return settings_of(self.settings())
-
     def profile_hash(self) -> str:
-        return profile_hash(self.settings())
+        return profile_hash(self.plain_settings())
 
     def run_tags(self) -> dict[str, str]:
         """The tags the flywheel's jobs put on every run (profile, profile hash, home)."""
@@ -103,7 +108,7 @@ class ArenaHome(dg.ConfigurableResource):
         """Metadata every materialization carries: which profile (and seed) made it."""
         return {"arena/profile": self.profile, "arena/profile_hash": self.profile_hash(),
                 # Text, not a number: the Plots tab would draw a constant as a flat line on every asset.
-                "arena/seed": str(self.typed_settings().seed)}
+                "arena/seed": str(self.settings().seed)}
 
     @property
     def root(self) -> Path:

@@ -60,7 +60,7 @@ def _sql_asset(model: SqlModel) -> dg.AssetsDefinition:
     )
     def _build(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
         round_key = round_of(context)
-        settings = arena.typed_settings()
+        settings = arena.settings()
         variables = sql_variables(settings.sql_vars)
         # Judge-health limits are the profile's to move (a weak judge is expected to be noisy).
         suite = judge_health_suite(model.name, settings.judge_health) if model.path.stem == "judge_health" else None
