@@ -20,8 +20,10 @@ VERDICT_SCORES = {"A>>B": (9, 3), "A>B": (7, 5), "A=B": (5, 5), "B>A": (5, 7), "
 # are the checks of assets/expectations/sft_judge_health.yaml (quality.suites.judge_health_limits;
 # a test holds the two together).
 JUDGE_HEALTH_LIMITS = {
-    "block": ("parse_failure_rate", "flip_rate", "first_position_win_rate"),
-    "warn": ("flip_rate", "first_position_win_rate", "longer_answer_win_rate", "tie_rate"),
+    "block": ("parse_failure_rate", "flip_rate", "first_position_win_rate", "member_agreement",
+              "member_position_consistency"),
+    "warn": ("flip_rate", "first_position_win_rate", "longer_answer_win_rate", "tie_rate", "member_agreement",
+             "member_position_consistency"),
 }
 
 
