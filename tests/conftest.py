@@ -65,3 +65,14 @@ def smoke_home(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (home / "flywheel-output.txt").write_text(proc.stdout)
     return home
+
+
+@pytest.fixture(scope="session")
+def ray_local_cluster():
+    """A local Ray cluster of 2 CPUs for the session (dagster-ray's tests do the same); the code under test joins it."""
+    ray = pytest.importorskip("ray")
+    from arena_dagster.compute.settings import WORKER_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": dict(WORKER_ENV)})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -66,6 +66,7 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
         round_partitions_sensor,
     )
     from arena_dagster.defs.checks import checkpoint_asset_checks
+    from arena_dagster.defs.compute import ArenaCompute
     from arena_dagster.defs.resources import ArenaHome, warehouse_resource
     from arena_dagster.home import home_profile
 
@@ -81,6 +82,8 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
         resources={
             "arena": arena,
             "duckdb": warehouse_resource(root),
+            # Where heavy steps run (the profile's `compute` section; `flywheel --engine` overrides it per run).
+            "compute": ArenaCompute.from_profile(settings),
             # Training steps run as Pipes subprocesses; a cluster swaps in another Pipes client (README).
             "pipes": dg.PipesSubprocessClient(),
         },

@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError, curate
+from arena_dagster.compute.cli import add_engine_arguments, engine_settings
+from arena_dagster.compute.cluster import ClusterError
+from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError
+from arena_dagster.prompts.curation_ray import curate_with
 from arena_dagster.prompts.ingest import IngestError, against_texts, ingest
 
 
@@ -37,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a CurationConfig field; repeatable")
     parser.add_argument("--removed", type=Path, help="also write the removed rows (with step and reason) here")
     parser.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    add_engine_arguments(parser)
 
 
 def _config(preset: str, overrides: Iterable[str]) -> CurationConfig:
@@ -77,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
         pool = ingest(args.inputs)
         tests, test_ingest = against_texts(args.against) if args.against else ([], None)
         previous = ingest(args.previous).rows if args.previous else []
-        result = curate(pool.rows, config=config, against=tests, previous=previous)
-    except (IngestError, CurationError, FileNotFoundError) as err:
+        result = curate_with(engine_settings(args), pool.rows, config=config, against=tests, previous=previous)
+    except (IngestError, CurationError, FileNotFoundError, ClusterError) as err:
         print(f"arena-dagster curate: {err}", file=sys.stderr)
         return 2
     write_jsonl_atomic(args.out, result.kept)

@@ -369,7 +369,8 @@ def testset_frame(profile: dict[str, Any], **kwargs: Any) -> pl.DataFrame:
 
 
 def curated_pool(
-    raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, Any], frozen: pl.DataFrame | None = None
+    raw: pl.DataFrame, testset: pl.DataFrame, profile: dict[str, Any], frozen: pl.DataFrame | None = None,
+    curate_rows: Any = None,
 ) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
     """Clean, deduplicate, decontaminate against the test set, and slice into rounds (and stages).
 
@@ -382,6 +383,8 @@ def curated_pool(
     round (or, when every round started, to the quarantine as `rounds_closed`). So a pool rebuilt
     from the raw prompts a run started with, frozen or not, has the rows and the quarantine of
     the first build; new raw prompts never move an existing prompt.
+    `curate_rows`: `curate` or a function like it that runs elsewhere (`curation_ray.curate_with` on the
+    profile's compute engine); every engine keeps the same rows.
     Returns the pool (ordered by round, prompt_id), the count removed by each step, and the removed rows.
     """
     from arena_dagster.prompts.curation import CurationConfig, curate, repeats_of_previous
@@ -404,7 +407,7 @@ def curated_pool(
     else:
         rows = raw.to_dicts()
         against = testset["prompt"].to_list()
-    result = curate(rows, config=config, against=against)
+    result = (curate_rows or curate)(rows, config=config, against=against)
     removed = {**result.removed, "rounds_closed": 0}
     removed_rows = list(result.removed_rows)
     identify = conversation_prompt_id if real else _pool_prompt_id
