@@ -81,11 +81,12 @@ class ArenaCompute(dg.ConfigurableResource):
 
     def curation(self, context: Any) -> Callable[..., Any]:
         """`curate` on this run's engine (`prompts.curation_ray.curate_with`), for `pools.curated_pool`."""
+        from arena_dagster.compute.progress import progress_sink
         from arena_dagster.prompts.curation_ray import curate_with
 
         settings = self.settings()
         context.log.info(f"curation on engine {settings.engine}" + (f" ({settings.workers} workers)" if settings.engine == "ray" else ""))
-        return functools.partial(curate_with, settings, connect=self.connector(context))
+        return functools.partial(curate_with, settings, connect=self.connector(context), progress=progress_sink(context.log.info))
 
     def connector(self, context: Any) -> Callable[[], None]:
         """How the seam (`compute.cluster.ray_cluster`) connects: through dagster-ray's resource, with the step's log."""

@@ -29,22 +29,42 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from arena_dagster.compute.cluster import actor_options, quiet_ray_data, ray_cluster
+from arena_dagster.compute.progress import Progress, progress_sink
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.prompts.curation import STEPS, CurationConfig, CurationError, CurationResult, curate, embed_texts, jaccard
 from arena_dagster.prompts.curation_rows import RowJudge, first_of_groups, greedy_keep, test_texts_of
 
-Report = Callable[[str, int, int], None]  # (phase, done, total)
+Sink = Callable[[str, int], Progress]  # progress.progress_sink: (label, total) -> a bar that logs
 
 
 def curate_with(compute: ComputeSettings | None, rows: Sequence[dict], *, config: CurationConfig | None = None,
                 against: Sequence[str | dict] = (), previous: Sequence[str | dict] = (), embed=None,
-                connect: Callable[[], None] | None = None) -> CurationResult:
-    """`curate` on the engine the compute settings name (local: in this process)."""
+                connect: Callable[[], None] | None = None, progress: Sink | None = None) -> CurationResult:
+    """`curate` on the engine the compute settings name (local: in this process), reporting to `progress`."""
     config = config or CurationConfig()
+    progress = progress or progress_sink()
     if compute is None or compute.engine == "local":
-        return curate(rows, config=config, against=against, previous=previous, embed=embed)
+        return curate(rows, config=config, against=against, previous=previous,
+                      embed=embed or _embedding_with_progress(config, progress))
     with ray_cluster(compute, connect):
-        return curate_on_ray(rows, config=config, against=against, previous=previous, compute=compute)
+        return curate_on_ray(rows, config=config, against=against, previous=previous, compute=compute, progress=progress)
+
+
+def _embedding_with_progress(config: CurationConfig, progress: Sink):
+    """The local engine's embeddings (most of its time) in chunks, each reported."""
+
+    def embed(texts):
+        bar = progress("embedding", len(texts))
+        try:
+            vectors = []
+            for start in range(0, len(texts), 512):
+                vectors.append(embed_texts(texts[start : start + 512], batch_size=config.embed_batch_size))
+                bar.update(len(vectors[-1]))
+            return np.concatenate(vectors) if vectors else embed_texts([])
+        finally:
+            bar.close()
+
+    return embed
 
 
 _JUDGES: dict[str, RowJudge] = {}
@@ -91,7 +111,7 @@ class _TurnScorer(_Embedder):
         sims = self.tests @ self.embed(turns).T
         k = min(self.k, len(turns))
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        out: dict[str, list] = {"test": [], "score": [], "turn": []}
+        out: dict[str, list] = {"test": [-1], "score": [len(turns)], "turn": [""]}
         for test, columns in enumerate(top):
             for column in columns:
                 if sims[test, column] >= self.threshold:
@@ -108,20 +128,25 @@ def _partition(key: str, partitions: int) -> int:
 
 def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequence[str | dict] = (),
                   previous: Sequence[str | dict] = (), compute: ComputeSettings,
-                  report: Report | None = None) -> CurationResult:
+                  progress: Sink | None = None) -> CurationResult:
     import pandas as pd
     import ray
     import ray.data
 
     quiet_ray_data()
-    report = report or (lambda phase, done, total: None)
+    progress = progress or progress_sink()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
+
+    phases = progress(f"curation on Ray ({compute.workers} workers)", len(rows))
 
     def timed(step: str) -> None:
         nonlocal started
         seconds[step] = round(seconds.get(step, 0.0) + time.perf_counter() - started, 4)
         started = time.perf_counter()
+        phases.label = f"curation on Ray ({compute.workers} workers), {step} done"
+        if phases.log:
+            phases.log(f"curation on Ray: {step} done in {seconds[step]:.1f} s ({n / max(seconds[step], 1e-9):.1f} rows/s)")
 
     n = len(rows)
     workers = compute.workers
@@ -143,7 +168,7 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
     features = source.map_batches(
         _features, fn_kwargs={"key": run_key, "config": config, "test_texts": test_texts, "previous": list(previous)},
         batch_format="pandas", batch_size=256, num_cpus=compute.cpus_per_worker).materialize()
-    report("filters", n, n)
+    phases.update(n)  # every row through the per-row stage; the shuffles follow
     for fact in features.filter(lambda r: r["step"] is not None).select_columns(["id", "step", "reason", "matched"]).iter_rows():
         removal[int(fact["id"])] = (fact["step"], fact["reason"], json.loads(fact["matched"]) if fact["matched"] else None)
     timed("filters")
@@ -218,9 +243,10 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
         for hit in survivors().filter(lambda r: r["dc_step"] is not None).iter_rows():
             removal[int(hit["id"])] = (hit["dc_step"], hit["dc_reason"], json.loads(hit["dc_matched"]))
         if config.decontam_embedding_threshold is not None:
-            _decontaminate_embeddings(survivors(), test_texts, config, compute, threads, partitions, removal)
+            _decontaminate_embeddings(survivors(), test_texts, config, compute, threads, partitions, removal, progress)
         timed("decontam")
 
+    phases.close()
     removed = {step: 0 for step in STEPS}
     removed_rows = []
     for index in sorted(removal):
@@ -273,7 +299,7 @@ def _semantic(rows, config: CurationConfig, compute: ComputeSettings, threads: i
 
 
 def _decontaminate_embeddings(rows, test_texts: list[str], config: CurationConfig, compute: ComputeSettings,
-                              threads: int, partitions: int, removal: dict) -> None:
+                              threads: int, partitions: int, removal: dict, progress: Sink) -> None:
     import pandas as pd
 
     threshold = config.decontam_embedding_threshold
@@ -291,8 +317,13 @@ def _decontaminate_embeddings(rows, test_texts: list[str], config: CurationConfi
                                             "k": k, "threshold": threshold},
         batch_format="numpy", batch_size=256, **_embedding_pool(compute))
     per_test: dict[int, list[tuple[float, str]]] = {}
+    bar = progress("embedding decontamination", count)
     for hit in scored.iter_rows():
+        if hit["test"] < 0:  # a batch's row count, for the progress bar
+            bar.update(int(hit["score"]))
+            continue
         per_test.setdefault(int(hit["test"]), []).append((float(hit["score"]), str(hit["turn"])))
+    bar.close()
     best: dict[str, tuple[float, int]] = {}
     for test, candidates in sorted(per_test.items()):
         for score, turn in sorted(candidates, key=lambda c: (-c[0], c[1]))[:k]:
