@@ -90,9 +90,9 @@ def _pool() -> list[dict]:
     first = rows[0]["prompt"]
     # An exact copy (later in the pool), a near duplicate (a word changed), a copy of a test item.
     rows.append(dict(rows[4]))
-    words = rows[6]["prompt"].split()
-    near = " ".join(words[:-1] + ["please"]) if len(words) > 12 else rows[6]["prompt"] + " Thanks a lot for all of this."
-    rows.append({"prompt": near, "source_id": "near"})
+    long_first_turn = next(r for r in rows if r["turn"] == 1 and len(r["prompt"].split()) >= 30)
+    words = long_first_turn["prompt"].split()
+    rows.append({"prompt": " ".join(words[:-1] + ["please"]), "source_id": "near"})
     rows.insert(0, {"prompt": "I just got back from Hawaii. Can you write a fun blog post about the trip that highlights "
                               "the culture and the must-see sights?", "source_id": "paraphrase-of-a-test-item"})
     rows.append({"prompt": first, "source_id": "late-copy-of-first"})
@@ -113,7 +113,7 @@ def test_ray_curation_keeps_the_local_rows_and_reasons(ray_local_cluster):
 
 
 def test_ray_semantic_dedup_and_templated_preset_match_local(ray_local_cluster):
-    rows, _ = load_sharegpt(max_conversations=15)
+    rows, _ = load_sharegpt(max_conversations=8)
     config = CurationConfig(semantic_dedup_threshold=0.9, decontam_embedding_threshold=None)
     local, on_ray = curate(rows, config=config), curate_with(ComputeSettings(engine="ray", workers=1), rows, config=config)
     assert local.removed["semantic_dup"] and _removed(on_ray) == _removed(local)
@@ -133,3 +133,34 @@ def test_curate_cli_on_ray_writes_the_local_rows(ray_local_cluster, tmp_path, ca
     local, on_ray = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-2:])
     assert local == on_ray
     assert (tmp_path / "local.jsonl").read_text() == (tmp_path / "ray.jsonl").read_text()
+
+
+def test_prompt_pool_on_ray_through_dagster_equals_the_local_build(ray_local_cluster, smoke_home, tmp_path):
+    """The curated pool and its quarantine, rebuilt on Ray by the real asset, equal the local build's tables; tagged."""
+    import shutil
+
+    import dagster as dg
+    import duckdb
+
+    from arena_dagster.defs import build_definitions
+    from arena_dagster.defs.prompts import prompt_pool
+
+    home = tmp_path / "copy"
+    home.mkdir()
+    for name in ("warehouse.duckdb", "arena.json"):
+        shutil.copy2(smoke_home / name, home / name)
+    defs = build_definitions(home)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([prompt_pool], instance=instance, resources=defs.resources,
+                            tags={"arena/engine": "ray", "arena/workers": "2"})
+    assert result.success
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert tags["arena/engine"] == "ray" and tags["arena/ray_address"] == "local"
+    logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+    assert any("curation on engine ray (2 workers)" in m for m in logs)
+    order = {"prompt_pool": "prompt_id", "prompt_quarantine": "source_id, step, reason, prompt"}
+    for table, key in order.items():
+        with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as local, \
+                duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as on_ray:
+            expected = local.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
+            assert on_ray.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall() == expected, table

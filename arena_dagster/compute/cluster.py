@@ -38,7 +38,9 @@ def ray_cluster(settings: ComputeSettings, connect: Connect | None = None) -> It
             ray.init(address=settings.address, logging_level=logging.WARNING, log_to_driver=False,
                      **settings.ray_init_options())
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ClusterError(f"no Ray cluster at {settings.address or 'a new local cluster'}: {err}") from err
+        where = settings.address or "a new local cluster"
+        raise ClusterError(f"no Ray cluster ({where}: {err}): start one (`ray start --head`), or leave out "
+                           "--ray-address / compute.address to start a local cluster for the run") from err
     try:
         yield
     finally:
