@@ -62,6 +62,28 @@ def test_bad_engine_flags_are_one_line_and_exit_2(tmp_path, flags):
     assert ("--workers" in proc.stderr) or ("--engine" in proc.stderr)
 
 
+def test_flywheel_engine_flags_become_run_tags():
+    from arena_dagster.cli import build_parser
+    from arena_dagster.compute.cli import engine_tags
+
+    args = build_parser().parse_args(["flywheel", "--rounds", "1", "--engine", "ray", "--workers", "3",
+                                      "--ray-address", "auto"])
+    assert engine_tags(args) == {"arena/engine": "ray", "arena/workers": "3", "arena/ray_address": "auto"}
+    assert engine_tags(build_parser().parse_args(["flywheel"])) == {}  # the profile's compute section decides
+
+
+def test_progress_logs_every_few_percent_with_a_rate():
+    from arena_dagster.compute.progress import Progress
+
+    lines: list[str] = []
+    bar = Progress("embedding", 200, log=lines.append, every=0.25)
+    for _ in range(20):
+        bar.update(10)
+    bar.close()
+    assert len(lines) == 4 and lines[-1].startswith("embedding: 200/200 rows (100%), ")
+    assert lines[0].startswith("embedding: 50/200 rows (25%)") and lines[0].endswith(" rows/s")
+
+
 def test_first_of_groups_keeps_the_smallest_id_whatever_the_order():
     config = CurationConfig(prefix_dedup_chars=3)
     ids, exact, prefix = [7, 2, 5, 9], ["a", "a", "b", "c"], ["p", "p", "p", "q"]
