@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import polars as pl
 
@@ -80,15 +80,18 @@ def answer_prompts(
     round_key: int,
     role: str,
     log: Callable[[str], None] | None = None,
+    compute: Any = None,
 ) -> tuple[pl.DataFrame, AnswerStats]:
     """One response row per prompt; answers already in the cache are never generated again.
+
+    `compute`: the engine's settings (`ComputeSettings`); on Ray a local model answers through replicas.
 
     A model whose answers were not recorded answers nothing: `unrecorded_answers`."""
     if not answers_recorded(spec):
         return unrecorded_answers(spec, prompts, round_key=round_key, role=role)
     from arena_dagster.backends.cache import CompletionCache
     from arena_dagster.backends.generation import generate_cached
-    from arena_dagster.backends.registry import make_backend
+    from arena_dagster.compute.replicas import backend_for
 
     rows = list(prompts.iter_rows(named=True))
     requests = [
@@ -96,7 +99,7 @@ def answer_prompts(
         for row in rows
     ]
     cache = CompletionCache(cache_path)
-    result = generate_cached(make_backend(spec), requests, cache, log=log)
+    result = generate_cached(backend_for(spec, compute), requests, cache, log=log)
     if result.stopped_by_budget or len(result.completions) != len(requests):
         raise RuntimeError(
             f"{spec.name}: {len(requests) - len(result.completions)} of {len(requests)} prompts unanswered "

@@ -186,3 +186,25 @@ def test_prompt_pool_on_ray_through_dagster_equals_the_local_build(ray_local_clu
                 duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as on_ray:
             expected = local.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
             assert on_ray.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall() == expected, table
+
+
+@pytest.mark.slow
+def test_skills_smoke_on_ray_ends_with_the_local_tables(smoke_home, tmp_path):
+    """`flywheel --engine ray --workers 2` (curation and the battles' generation on a local Ray cluster of 2 CPUs,
+    training local) ends with the tables of the local `smoke_home`, built from the same profile and seed."""
+    from arena_dagster.operate import open_instance
+    from arena_dagster.warehouse import open_readonly, table_fingerprints
+    from conftest import flywheel_command, flywheel_env
+
+    home = tmp_path / "on-ray"
+    proc = subprocess.run(flywheel_command(home, "--engine", "ray", "--workers", "2"), cwd=REPO,
+                          env={**flywheel_env(), "ARENA_CACHE": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=2400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = open_instance(home).get_runs()
+    assert runs and all(run.tags.get("arena/engine") == "ray" and run.tags.get("arena/workers") == "2" for run in runs)
+    with open_readonly(home) as conn:
+        on_ray = table_fingerprints(conn)
+    with open_readonly(smoke_home) as conn:
+        local = table_fingerprints(conn)
+    assert on_ray == local, {t: (on_ray.get(t), local.get(t)) for t in set(on_ray) | set(local) if on_ray.get(t) != local.get(t)}

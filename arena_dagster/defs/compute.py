@@ -9,6 +9,7 @@ light never starts one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from typing import Any, Callable
@@ -87,6 +88,13 @@ class ArenaCompute(dg.ConfigurableResource):
         settings = self.settings()
         context.log.info(f"curation on engine {settings.engine}" + (f" ({settings.workers} workers)" if settings.engine == "ray" else ""))
         return functools.partial(curate_with, settings, connect=self.connector(context), progress=progress_sink(context.log.info))
+
+    def session(self, context: Any) -> contextlib.AbstractContextManager:
+        """The cluster for a block of heavy work (nothing on the local engine), through the one seam."""
+        from arena_dagster.compute.cluster import ray_cluster
+
+        settings = self.settings()
+        return ray_cluster(settings, self.connector(context)) if settings.engine == "ray" else contextlib.nullcontext()
 
     def connector(self, context: Any) -> Callable[[], None]:
         """How the seam (`compute.cluster.ray_cluster`) connects: through dagster-ray's resource, with the step's log."""
