@@ -100,11 +100,13 @@ class _SemanticVectors(_Embedder):
 
 
 class _TurnScorer(_Embedder):
-    """Per test item, this batch's top-k turns at or above the threshold (only those can be flagged)."""
+    """Per test item, this batch's top-k turns at or above the threshold (only those can be flagged).
 
-    def __init__(self, threads: int, batch_size: int, tests: np.ndarray, k: int, threshold: float) -> None:
+    Each replica embeds the (small) test set itself, so the driver never loads the model."""
+
+    def __init__(self, threads: int, batch_size: int, test_texts: list[str], k: int, threshold: float) -> None:
         super().__init__(threads, batch_size)
-        self.tests, self.k, self.threshold = tests, k, threshold
+        self.tests, self.k, self.threshold = self.embed(test_texts), k, threshold
 
     def __call__(self, batch):
         turns = [str(t) for t in batch["turn"]]
@@ -311,9 +313,8 @@ def _decontaminate_embeddings(rows, test_texts: list[str], config: CurationConfi
     if not count:
         return
     k = min(config.decontam_top_k, count)
-    tests = embed_texts(test_texts, batch_size=config.embed_batch_size)
     scored = distinct.map_batches(
-        _TurnScorer, fn_constructor_kwargs={"threads": threads, "batch_size": config.embed_batch_size, "tests": tests,
+        _TurnScorer, fn_constructor_kwargs={"threads": threads, "batch_size": config.embed_batch_size, "test_texts": test_texts,
                                             "k": k, "threshold": threshold},
         batch_format="numpy", batch_size=256, **_embedding_pool(compute))
     per_test: dict[int, list[tuple[float, str]]] = {}
