@@ -9,28 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from arena_dagster.config import resolve_home
 from arena_dagster.errors import ArenaError
-
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+from arena_dagster.home import prepare_environment
 
 RANK_LEGEND = ("rank: 1 + the number of models rated above with 95% confidence (models that share a rank are not "
                "separable); 95% CI: prompt-bootstrap interval of the rating")
 GATE_LEGEND = ("gate: candidate - target Elo with its paired 95% interval; the candidate is promoted when the lower "
                "bound is above the profile's promotion.margin")
-
-
-def prepare_environment(home: Path) -> None:
-    """Offline Hugging Face libraries and this home's Dagster instance for this process and its children."""
-    from arena_dagster.home import environment
-
-    for key, value in OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
-    os.environ.update(environment(home))
 
 
 def read_leaderboards(home: Path, timeout_s: float = 15.0) -> list[dict[str, Any]]:
@@ -82,12 +73,19 @@ def run_flywheel(
     engine_tags: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run setup and rounds 1..`rounds` on `home` through the home's Dagster instance; returns every leaderboard row."""
-    from arena_dagster.flywheel import Flywheel
+    from arena_dagster.commands.flywheel import Flywheel
+    from arena_dagster.operate import RunCanceled, end_processes, process_tree, signals_interrupt
 
     prepare_environment(home)
-    with Flywheel(home, profile, seed=seed, switch_profile=switch_profile, wait=wait, verbose=verbose, echo=echo,
-                  engine_tags=engine_tags) as flywheel:
-        flywheel.run(rounds, on_round=lambda r: echo(format_leaderboard(read_leaderboards(home), r)))
+    # SIGTERM and SIGINT cancel the run being followed (commands/flywheel.py); then nothing this command started may outlive it.
+    with signals_interrupt():
+        try:
+            with Flywheel(home, profile, seed=seed, switch_profile=switch_profile, wait=wait, verbose=verbose,
+                          echo=echo, engine_tags=engine_tags) as flywheel:
+                flywheel.run(rounds, on_round=lambda r: echo(format_leaderboard(read_leaderboards(home), r)))
+        except (KeyboardInterrupt, RunCanceled):
+            end_processes(process_tree(os.getpid())[1:])
+            raise
     return read_leaderboards(home)
 
 
@@ -96,11 +94,11 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from arena_dagster import trace_cli
-    from arena_dagster.backends import cli as generate_cli
+    from arena_dagster.commands import curate as curate_cli
+    from arena_dagster.commands import generate as generate_cli
+    from arena_dagster.commands import leaderboard as ratings_cli
+    from arena_dagster.commands import trace as trace_cli
     from arena_dagster.compute.cli import add_engine_arguments
-    from arena_dagster.prompts import cli as curate_cli
-    from arena_dagster.ratings import cli as ratings_cli
 
     parser = argparse.ArgumentParser(prog="arena-dagster", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -157,10 +155,15 @@ def _run(args: argparse.Namespace) -> int:
         print(GATE_LEGEND)
         return 0
     if args.command == "leaderboard":
-        if getattr(args, "battles", None):
-            from arena_dagster.ratings import cli as ratings_cli
+        from arena_dagster.commands import leaderboard as ratings_cli
 
+        if getattr(args, "battles", None):
             return ratings_cli.run(args)
+        ratings_cli.refuse_file_options(args)
+        if args.by == "category":
+            from arena_dagster.ratings.home_categories import print_home_categories
+
+            return print_home_categories(resolve_home(args.home), args.json, args.plot)
         rows = read_leaderboards(resolve_home(args.home))
         print(json.dumps(rows, indent=2, default=str) if args.json else
               "\n".join([format_leaderboard(rows), RANK_LEGEND, GATE_LEGEND]))
@@ -170,19 +173,19 @@ def _run(args: argparse.Namespace) -> int:
             print("\n".join(f"wrote {path}" for path in write_home_plots(resolve_home(args.home), Path(args.plot))), file=sys.stderr)
         return 0
     if args.command == "trace":
-        from arena_dagster import trace_cli
+        from arena_dagster.commands import trace as trace_cli
 
         return trace_cli.run(args)
     if args.command == "generate":
-        from arena_dagster.backends import cli as generate_cli
+        from arena_dagster.commands import generate as generate_cli
 
         return generate_cli.run(args)
     if args.command == "curate":
-        from arena_dagster.prompts import cli as curate_cli
+        from arena_dagster.commands import curate as curate_cli
 
         return curate_cli.run(args)
     if args.command == "ui":
-        from arena_dagster.flywheel import prepare_ui
+        from arena_dagster.commands.flywheel import prepare_ui
 
         command = prepare_ui(resolve_home(args.home), args.profile, args.host, args.port)
         os.execv(command[0], command)
@@ -193,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except KeyboardInterrupt:
-        print("arena-dagster: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from arena_dagster.operate import Interrupted
+
+        interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        print(f"arena-dagster: {interrupted.line()}", file=sys.stderr)
+        return 128 + interrupted.signum
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into one line
         if args.debug:
             raise

@@ -6,33 +6,17 @@ import copy
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from arena_dagster.errors import ArenaError
+from arena_dagster.paths import ASSETS_DIR
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from arena_dagster.profile_schema import Profile
 
-
-def resource_dir(name: str) -> Path:
-    """A top-level folder of versioned inputs (`assets`, `dbt_like_sql`).
-
-    From a checkout (or an editable install) it is the repository's folder; a wheel install
-    puts them under `<prefix>/share/arena-dagster/` (pyproject's data-files), where <prefix>
-    holds `lib/pythonX.Y/site-packages/arena_dagster`.
-    """
-    prefixes = [*PROJECT_ROOT.parents[2:3], Path(sys.prefix)]  # <prefix>/lib/pythonX.Y/site-packages
-    candidates = [PROJECT_ROOT, *(prefix / "share" / "arena-dagster" for prefix in prefixes)]
-    for root in candidates:
-        if (root / name).is_dir():
-            return root / name
-    raise FileNotFoundError(f"{name}/ not found in any of {[str(c) for c in candidates]}")
-
-
-ASSETS_DIR = resource_dir("assets")
 PROFILES_DIR = ASSETS_DIR / "profiles"
 DEFAULT_PROFILE = "skills"
 
@@ -102,21 +86,25 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    # The record reader's text rules: a BOM or CRLF reads as clean UTF-8; bad bytes, a NUL or a
+    # lone surrogate (also as a YAML "\ud800" escape) is one line naming the file.
+    from arena_dagster.record_files import RecordFileError, read_text, text_problem
+
     try:
-        text = path.read_text(encoding="utf-8-sig")
-        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (byte {exc.start})", str(path), "save the profile as UTF-8") from None
+        data = yaml.load(read_text(path), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecordFileError as exc:
+        raise ConfigError(exc.what, exc.input, "save the profile as UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"not valid YAML: {problem}", where, "fix the YAML syntax at that line") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the profile: {exc.strerror or exc}", str(path)) from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"a profile must be a YAML mapping, got {type(data).__name__}", str(path))
+    problem = text_problem(data)
+    if problem:
+        raise ConfigError(f"{problem[0].replace('_', ' ')} in a value: {problem[1]}", str(path), "remove it")
     return data
 
 
@@ -139,9 +127,21 @@ def profile_chain(ref: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any
 
 
 def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]] | None = None) -> dict[str, Any]:
-    """`profile` itself when every key and value is valid (profile_schema); else one ConfigError line.
+    """`profile` when every key and value is valid (profile_schema), with its model names normalized
+    (the same object when they already were); else one ConfigError line.
 
     `chain`: the files it was merged from, to name the one that holds the faulty key.
+    """
+    from arena_dagster.profile_schema.base import normalized_input
+
+    return normalized_input(profile, settings_of(profile, chain))
+
+
+def settings_of(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]] | None = None) -> "Profile":
+    """The typed settings of a plain profile (as `load_profile` returns it and a home records it).
+
+    The one place a profile is validated: code below reads the models' attributes, and the
+    plain form stays what a home records and hashes (`profile_hash`). Else one ConfigError line.
     """
     from pydantic import ValidationError
 
@@ -149,7 +149,7 @@ def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, 
     from arena_dagster.profile_schema.base import first_error
 
     try:
-        Profile.model_validate(profile, context=validation_context(profile))
+        return Profile.model_validate(profile, context=validation_context(profile))
     except ValidationError as exc:
         what, fix, parts, more = first_error(exc, profile)
         source = _holder(chain or [], parts)
@@ -158,7 +158,6 @@ def validate_profile(profile: dict[str, Any], chain: list[tuple[Path, dict[str, 
         if more:
             fix = f"{fix + '; ' if fix else ''}{more} more problem{'s' if more > 1 else ''} after this one"
         raise ConfigError(what, where or None, fix) from None
-    return profile
 
 
 def _holder(chain: list[tuple[Path, dict[str, Any]]], parts: list[Any]) -> Path | None:
@@ -181,7 +180,7 @@ def _holder(chain: list[tuple[Path, dict[str, Any]]], parts: list[Any]) -> Path 
 # Settings that name input files: a relative path is relative to the profile file that sets it (as
 # `extends:`), never to the working directory, which differs between the CLI and the Dagster daemon
 # (it runs in the home). Loading makes them absolute.
-FILE_SETTINGS = (("judge", "paths"), ("prompts", "questions"))
+FILE_SETTINGS = (("judge", "paths"), ("prompts", "questions"), ("evaluation", "reference"))
 
 
 def _with_file_paths(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
@@ -223,8 +222,13 @@ def load_profile(name_or_path: str | os.PathLike[str] | None = None) -> dict[str
     leaf_path, leaf = chain[-1]
     merged["name"] = leaf.get("name", leaf_path.stem)
     merged = _with_file_paths(merged, chain)
-    validate_profile(merged, chain)
+    merged = validate_profile(merged, chain)
     return with_seed(merged, merged.get("seed", 0))
+
+
+def load_settings(name_or_path: str | os.PathLike[str] | None = None) -> "Profile":
+    """The typed settings of a profile (`load_profile`, then `settings_of`)."""
+    return settings_of(load_profile(name_or_path))
 
 
 def with_seed(profile: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,7 +29,8 @@ import dagster as dg
 
 from arena_dagster.errors import ArenaError
 from arena_dagster.training.guard import guarded
-from arena_dagster.home import LOCATION_NAME, HomeLock, dagster_home, environment, logs_dir, pid_alive, prepare_instance
+from arena_dagster.home import LOCATION_NAME, dagster_home, environment, logs_dir, prepare_instance
+from arena_dagster.locks import HomeLock, pid_alive
 
 IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 WAITING = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
@@ -147,6 +150,8 @@ def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str
             time.sleep(0.5)
         yield
     finally:
+        # Its code servers (and what they started) go with it, even when they outlive the daemon's own shutdown.
+        started = process_tree(process.pid)
         if process.poll() is None:
             process.terminate()
             try:
@@ -154,6 +159,7 @@ def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        end_processes(started[1:])
 
 
 # --------------------------------------------------------------------------- submitting runs
@@ -208,15 +214,129 @@ class Submitter:
         return run.run_id
 
 
-def terminate(instance: dg.DagsterInstance, run_id: str) -> None:
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT received while a command works on a home (a KeyboardInterrupt, so no `except Exception` hides it)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
+
+    def line(self) -> str:
+        return f"interrupted by {self.name}: run the same command again to resume"
+
+
+class RunCanceled(ArenaError):
+    """The run a command followed, ended because the command got a signal; exits 128 + the signal's number."""
+
+    def __init__(self, title: str, interrupted: Interrupted, run: dg.DagsterRun | None, run_id: str) -> None:
+        status = run.status if run is not None else None
+        what = (f"{title} canceled by {interrupted.name}" if status == dg.DagsterRunStatus.CANCELED else
+                f"{title} stopped by {interrupted.name}, the run ended {status.value if status else 'unknown'}")
+        super().__init__(what, f"run {run_id[:8]}", "run the same command again to resume")
+        self.exit_code = 128 + interrupted.signum
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT raise Interrupted in the main thread.
+
+    Once one came, both are ignored until the process ends: cancelling the run and stopping what
+    the command started is bounded (see cancel_run), and a second Ctrl-C must not cut it short.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    caught: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        for each in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(each, signal.SIG_IGN)
+        caught.append(signum)
+        raise Interrupted(signum)
+
+    previous = {each: signal.signal(each, handler) for each in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        if not caught:
+            for each, old in previous.items():
+                signal.signal(each, old)
+
+
+def _alive(process: Any) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def process_tree(pid: int | None) -> list[Any]:
+    """The process `pid` and every descendant (psutil.Process objects); empty when it is gone."""
+    import psutil
+
+    if pid is None:
+        return []
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def end_processes(processes: list[Any], grace_s: float = 10.0) -> list[int]:
+    """Give `processes` `grace_s` to end by themselves, then SIGTERM, then SIGKILL; returns the pids that had to be stopped."""
+    import psutil
+
+    deadline = time.monotonic() + grace_s
+    while any(_alive(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stopped = []
+    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        survivors = [p for p in processes if _alive(p)]
+        for process in survivors:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(sig)
+                stopped.append(process.pid)
+        deadline = time.monotonic() + wait_s
+        while any(_alive(p) for p in survivors) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return sorted(set(stopped))
+
+
+def cancel_run(instance: dg.DagsterInstance, run_id: str, reason: str, timeout_s: float = 60.0) -> dg.DagsterRun | None:
+    """Have Dagster cancel a run and make sure its process tree is gone; returns the run as it ended.
+
+    The run launcher asks the code server that launched the run to interrupt it: the step raises
+    Dagster's interrupt, Pipes sends SIGINT to a training process, and the run ends CANCELED.
+    A run that does not end in `timeout_s` (or whose code server is gone) has its processes
+    stopped and is marked canceled here; trainers, Pipes processes and servers its step started
+    are stopped too when they outlive it.
+    """
     run = instance.get_run_by_id(run_id)
     if run is None or run.status in FINISHED:
-        return
+        return run
     if run.status in WAITING:
-        instance.report_run_canceled(run, "the arena-dagster command was interrupted")
-        return
-    with contextlib.suppress(Exception):
+        instance.report_run_canceled(run, reason)
+        return instance.get_run_by_id(run_id)
+    pid = worker_pid(instance, run_id)
+    tree = process_tree(pid)
+    with contextlib.suppress(Exception):  # a code server that is gone: the processes are stopped below
         instance.run_launcher.terminate(run_id)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.status in FINISHED or (pid is not None and not pid_alive(pid)):
+            break
+        time.sleep(0.5)
+    tree += [p for p in process_tree(pid) if p.pid not in {q.pid for q in tree}]
+    end_processes(tree)
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.status not in FINISHED:
+        instance.report_run_canceled(run, reason)
+    return instance.get_run_by_id(run_id)
 
 
 def follow(instance: dg.DagsterInstance, run_id: str, on_event: Callable[[Any], None], poll_s: float = 0.5) -> dg.DagsterRun:

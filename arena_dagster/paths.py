@@ -15,9 +15,30 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from arena_dagster.errors import ArenaError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resource_dir(name: str) -> Path:
+    """A top-level folder of versioned inputs (`assets`, `dbt_like_sql`).
+
+    From a checkout (or an editable install) it is the repository's folder; a wheel install
+    puts them under `<prefix>/share/arena-dagster/` (pyproject's data-files), where <prefix>
+    holds `lib/pythonX.Y/site-packages/arena_dagster`.
+    """
+    prefixes = [*PROJECT_ROOT.parents[2:3], Path(sys.prefix)]  # <prefix>/lib/pythonX.Y/site-packages
+    candidates = [PROJECT_ROOT, *(prefix / "share" / "arena-dagster" for prefix in prefixes)]
+    for root in candidates:
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(f"{name}/ not found in any of {[str(c) for c in candidates]}")
+
+
+ASSETS_DIR = resource_dir("assets")
 
 # A name is 1-128 characters: a letter or digit first, then letters, digits, '.', '_' or '-'.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"

@@ -9,12 +9,15 @@ such count of the running step drives its bar.
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Iterable, TextIO
+
+from arena_dagster.errors import name_os_errors
 
 _COUNT = re.compile(r"(\d+)\s*/\s*(\d+)")
 _QUIET = {"STEP_START", "STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED", "RUN_SUCCESS", "RUN_FAILURE"}
@@ -32,12 +35,14 @@ def _first_line(text: str) -> str:
 class RunPrinter:
     """Renders a run's events as steps with elapsed time; feed it with `operate.follow`."""
 
-    def __init__(self, log_file: Path, *, verbose: bool = False, out: TextIO | None = None, label: str = "") -> None:
+    def __init__(self, log_file: Path | None, *, verbose: bool = False, out: TextIO | None = None, label: str = "") -> None:
         self.out = out or sys.stdout
         self.verbose = verbose
         self.label = label
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_file.open("a", encoding="utf-8")
+        self._log = None
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log = log_file.open("a", encoding="utf-8")
         self._started: dict[str, float] = {}
         self._last_error: dict[str, str] = {}
         self._bar = None
@@ -47,7 +52,8 @@ class RunPrinter:
 
     def close(self) -> None:
         self._close_bar()
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
 
     def __call__(self, entry: Any) -> None:
         kind = _event_type(entry)
@@ -55,11 +61,12 @@ class RunPrinter:
         message = getattr(entry, "user_message", "") or ""
         stamp = datetime.fromtimestamp(getattr(entry, "timestamp", time.time())).strftime("%H:%M:%S")
         line = f"{stamp} {kind or getattr(entry, 'level', '')} {step} {message}".rstrip()
-        self._log.write(line + "\n")
-        self._log.flush()
+        if self._log is not None:
+            self._log.write(line + "\n")
+            self._log.flush()
         if self.verbose:
             self._write(line)
-        if step and message and int(getattr(entry, "level", 0) or 0) >= 40:
+        if step and message and kind != "STEP_FAILURE" and int(getattr(entry, "level", 0) or 0) >= 40:
             self._last_error[step] = _first_line(message)
         if step and kind == "ENGINE_EVENT":
             # A Pipes process that died of an exception says which in an engine event; the step's own failure
@@ -91,6 +98,7 @@ class RunPrinter:
                 detail = f"{reported} (in the step's process; {detail.split(': ', 1)[-1]})"
             elif reported and reported not in detail:
                 detail = f"{detail} ({reported})"
+            detail = name_os_errors(detail)
             self.failures.append(f"{step}: {detail}")
         self._write(f"  {mark} {self.label}{step:<28} {elapsed:7.1f} s  {detail}".rstrip())
 
@@ -127,3 +135,12 @@ class RunPrinter:
         print(text, file=self.out, flush=True)
         if self._bar is not None:
             self._bar.refresh()
+
+
+def step_failures(entries: Iterable[Any]) -> list[str]:
+    """`step: cause` of every failed step of a run's events, as the terminal's FAIL lines say it (the failed-rounds log)."""
+    printer = RunPrinter(None, out=io.StringIO())
+    for entry in entries:
+        printer(entry)
+    printer.close()
+    return printer.failures

@@ -25,6 +25,7 @@ import polars as pl
 
 from arena_dagster.errors import ArenaError
 from arena_dagster.ratings import rating_difference
+from arena_dagster.ratings.categories import category_differences
 
 RULES = ("best", "last")
 GATES = {
@@ -65,6 +66,8 @@ def decide_promotion(
     ratings: dict[str, float] | None = None,
     baseline: bool = False,
     style_control: bool = False,
+    ci: str = "bootstrap",
+    no_regression: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The decision as a dict: promoted, new_target, candidate, diff, ci_low, ci_high, reason, selection, ...
 
@@ -78,6 +81,11 @@ def decide_promotion(
     `style_control`: compare style-controlled ratings (the battles carry the answers' style
     columns, see ratings.with_style_features), so a candidate is not promoted for writing longer
     or more formatted answers that a judge happens to prefer.
+    `ci`: "bootstrap" (the paired prompt bootstrap) or "sandwich" (the fit's covariance,
+    cluster-robust by prompt: no resampling, `bootstrap` unused).
+    `no_regression`: categories (the battles' `category` column) in which the tested candidate
+    must not lose significantly to the incumbent (the 95% interval of its difference there lies
+    below 0), else it is not promoted; each category's difference is in `categories`.
     """
     if rule not in RULES:
         raise PromotionError(f"unknown promotion rule {rule!r}", "promotion.candidate", f"use one of {', '.join(RULES)}")
@@ -97,7 +105,7 @@ def decide_promotion(
         "incumbent": incumbent,
         "incumbent_rating": ratings.get(incumbent),
         "margin": float(margin),
-        "gate": GATES[rule],
+        "gate": GATES[rule] if ci == "bootstrap" else GATES[rule].replace("paired prompt bootstrap", "paired sandwich interval clustered by prompt"),
         "selection_fraction": float(selection_fraction) if rule == "best" else None,
         "split_seed": int(seed),
         "selection": [],
@@ -113,13 +121,18 @@ def decide_promotion(
         if name not in models:
             raise PromotionError(f"{name!r} has no arena battles this round", "arena_battles",
                                  "evaluate every candidate and the incumbent on the arena test set before the gate")
-    if bootstrap < MIN_BOOTSTRAP:
+    if no_regression:
+        known = set(battles.get_column("category").drop_nulls().unique().to_list()) if "category" in battles.columns else set()
+        if unknown := [c for c in no_regression if c not in known]:
+            raise PromotionError(f"promotion.no_regression names categories without arena battles: {unknown}",
+                                 "promotion.no_regression", f"use categories of the arena test set: {sorted(known)}")
+    if ci == "bootstrap" and bootstrap < MIN_BOOTSTRAP:
         raise PromotionError(f"the gate needs a bootstrap of at least {MIN_BOOTSTRAP} replicates for its interval, got {bootstrap}",
                              "promotion.bootstrap", f"set it to {MIN_BOOTSTRAP} or more (200 is the default)")
 
     def difference(model: str, part: pl.DataFrame) -> dict[str, Any]:
         return rating_difference(part, model, incumbent, bootstrap=bootstrap, bootstrap_unit="prompt", seed=seed,
-                                 style_control="style" if style_control else False)
+                                 style_control="style" if style_control else False, ci=ci)
 
     tested = battles
     chosen = names[-1]
@@ -149,6 +162,17 @@ def decide_promotion(
         f"[{result['ci_low']:+.1f}, {result['ci_high']:+.1f}]; lower bound {'>' if result['ci_low'] > margin else '<='} "
         f"margin {margin:.1f}" + ("; not promoted: the battles do not bound the ratings" if result.get("unbounded") else "")
     )
+    categories = None
+    if no_regression:
+        categories = category_differences(
+            tested, chosen, incumbent, no_regression,
+            dict(bootstrap=bootstrap, bootstrap_unit="prompt", seed=seed, style_control="style" if style_control else False, ci=ci))
+        if lost := [row for row in categories if row["ci_high"] is not None and row["ci_high"] < 0]:
+            promoted = False
+            reason += "; not promoted: loses significantly in " + ", ".join(
+                f"{row['category']} ({row['diff']:+.1f} [{row['ci_low']:+.1f}, {row['ci_high']:+.1f}])" for row in lost)
+        if unmeasured := [row["category"] for row in categories if row["diff"] is None]:
+            reason += f"; no_regression not measured in {', '.join(unmeasured)} (no comparable battles on the tested prompts)"
     return {
         **decision,
         "candidate": chosen,
@@ -158,6 +182,9 @@ def decide_promotion(
         **_figures(result),
         "test_prompts": tested["question_id"].n_unique(),
         "reason": reason,
+        "ci_method": ci,
+        **({"categories": [{k: row.get(k) for k in ("category", "battles", "diff", "ci_low", "ci_high", "reason")}
+                           for row in categories]} if categories is not None else {}),
     }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from arena_dagster.training.schedule import STAGES, StagePlan
 from arena_dagster.warehouse import read_frame, table_exists
 
 REGISTRY_DDL = """
@@ -54,6 +55,8 @@ PROMOTION_GATE_COLUMNS = {
     "selection_prompts": "BIGINT",  # 0: no selection (one candidate, or rule last)
     "test_prompts": "BIGINT",       # prompts of the paired test of `candidate` (diff, ci_low, ci_high)
     "split_seed": "BIGINT",
+    "ci_method": "VARCHAR",         # bootstrap | sandwich: how the interval of `diff` was computed
+    "categories": "JSON",           # promotion.no_regression: [{category, battles, diff, ci_low, ci_high, reason}]
 }
 
 
@@ -206,3 +209,35 @@ def promotions(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     if not table_exists(conn, "promotions"):
         return pl.DataFrame()
     return read_frame(conn, "SELECT * FROM promotions ORDER BY round")
+
+
+# ---------------------------------------------------------------- a round's stages over the registry
+
+
+def stage_battle_target(conn: duckdb.DuckDBPyConnection, plan: StagePlan) -> dict[str, Any]:
+    """The model a stage battles with: the round's target, or this round's previous-stage checkpoint.
+
+    A stage skipped for lack of data stands for its parent, so the next stage battles the parent.
+    """
+    if plan.battle_target_stage is None:
+        return current_target(conn, plan.round)
+    return resolve_skipped(conn, round_checkpoint(conn, plan.battle_target_stage, plan.round))
+
+
+def round_candidate(conn: duckdb.DuckDBPyConnection, round_key: int) -> dict[str, Any]:
+    """The model a round offers for promotion: its last stage's checkpoint (round 0: the initial target)."""
+    if round_key == 0:
+        return current_target(conn, 0)
+    return resolve_skipped(conn, round_checkpoint(conn, STAGES[-1], round_key))
+
+
+def round_checkpoints(conn: duckdb.DuckDBPyConnection, round_key: int) -> list[dict[str, Any]]:
+    """The round's trained policy checkpoints in stage order, skipped stages left out."""
+    if round_key == 0:
+        return []
+    out = []
+    for stage in STAGES:
+        row = round_checkpoint(conn, stage, round_key)
+        if resolve_skipped(conn, row)["model"] == row["model"]:
+            out.append(row)
+    return out

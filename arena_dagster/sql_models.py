@@ -22,8 +22,9 @@ import duckdb
 import jinja2
 from jinja2 import nodes
 
-from arena_dagster.config import resource_dir
 from arena_dagster.errors import ArenaError
+from arena_dagster.paths import resource_dir
+from arena_dagster.warehouse import _add_new_columns as add_new_columns
 from arena_dagster.warehouse import column_schema, quote_ident, table_exists
 
 SQL_DIR = resource_dir("dbt_like_sql")
@@ -175,6 +176,7 @@ def run_model(
         if stray:
             raise SqlModelError(f"{model.name}: {stray} rows are not of round {round_key}")
         conn.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM _model_out LIMIT 0")
+        add_new_columns(conn, model.name, "_model_out")  # a home built by an older version gains the new columns
         conn.execute(f"DELETE FROM {name} WHERE round = ?", [round_key])
         conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _model_out")
         rows = conn.execute("SELECT count(*) FROM _model_out").fetchone()[0]

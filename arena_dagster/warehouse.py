@@ -17,8 +17,11 @@ import duckdb
 import polars as pl
 
 from arena_dagster.errors import ArenaError
+from arena_dagster.locks import describe_holder, writer_lock
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+WAREHOUSE = "warehouse.duckdb"  # the file under the home
 
 
 class WarehouseError(ArenaError, RuntimeError):
@@ -31,8 +34,6 @@ def open_readonly(home: Path, *, timeout_s: float = 15.0) -> Iterator[duckdb.Duc
 
     DuckDB lets one process write a file and no other process open it meanwhile, not even to read.
     """
-    from arena_dagster.home import WAREHOUSE, describe_holder, writer_lock
-
     path = Path(home) / WAREHOUSE
     if not path.exists():
         raise WarehouseError("no warehouse in this home yet", str(path), "run `arena-dagster flywheel` first")
@@ -147,7 +148,7 @@ def column_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]
 # another home writes other values there and the same data everywhere else.
 VOLATILE_COLUMNS = {
     "registered_at", "decided_at",   # wall-clock times of registry and gate rows
-    "cached",                        # whether an answer came from the completion cache this time
+    "cached",                        # responses tables of homes made before it became run metadata (cache_hits)
     "manifest",                      # training manifests carry wall times; revision and dataset_hash carry identity
     "path", "model_path",            # folders under the home
 }

@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from arena_dagster.backends.models import trained_models_settings
 from arena_dagster.config import load_profile
-from arena_dagster.models import trained_models_settings
 from arena_dagster.training.base_models import build_base_models, resolve_profile
 
 

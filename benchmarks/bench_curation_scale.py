@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _pool(n: int) -> tuple[list[dict], list[str]]:
     from arena_dagster.prompts.ingest import against_texts
-    from arena_dagster.prompts.pools import mtbench_questions_path
+    from arena_dagster.prompts.real_sources import mtbench_questions_path
     from arena_dagster.prompts.sharegpt import load_sharegpt
 
     rows, _ = load_sharegpt(max_conversations=max(50, n))
@@ -41,7 +41,7 @@ def _one(engine: str, workers: int, n: int) -> dict:
 
     from arena_dagster.compute.cluster import ray_cluster
     from arena_dagster.compute.settings import ComputeSettings
-    from arena_dagster.prompts.curation import CurationConfig
+    from arena_dagster.profile_schema.curation import CurationConfig
     from arena_dagster.prompts.curation_ray import curate_with
 
     rows, against = _pool(n)
@@ -70,7 +70,7 @@ class _nothing:
 
 def _embedding_cost(n: int) -> float:
     """Seconds per prompt of the MiniLM embedding alone, one process, on the pool's first turns."""
-    from arena_dagster.prompts.curation import embed_texts, load_embedder
+    from arena_dagster.prompts.curation.similarity import embed_texts, load_embedder
 
     rows, _ = _pool(n)
     load_embedder()

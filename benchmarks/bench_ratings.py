@@ -20,6 +20,9 @@ Methods:
 Usage (from the repository root):
     .venv/bin/python benchmarks/bench_ratings.py                      # the full table
     .venv/bin/python benchmarks/bench_ratings.py --sizes 1e5 --models 60 --peers newer   # quick
+    # with LMArena's arena-rank (sandwich path) in its own venv, as the README's benchmark section shows:
+    .venv/bin/python benchmarks/bench_ratings.py --sizes 1e6 --models 60 --peers newer \
+        --arena-rank-python /work/cache/venv-arena-rank/bin/python
 """
 
 from __future__ import annotations
@@ -41,22 +44,40 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- the synthetic arena -----------------------------------------------------------------
 
 
-def make_battles(n_battles: int, n_models: int, seed: int = 0):
-    """Battles drawn from Bradley-Terry with ratings ~ N(1000, 100) and 20% ties, as strings."""
-    import polars as pl
+WINNERS = ["model_a", "model_b", "tie", "tie (bothbad)"]
 
+
+def battle_codes(n_battles: int, n_models: int, seed: int = 0):
+    """Model names, model_a and model_b indices and winner codes (into WINNERS) of the synthetic arena."""
     rng = np.random.default_rng(seed)
     rating = rng.normal(1000, 100, n_models)
-    names = pl.Series([f"model-{i:04d}-chat" for i in range(n_models)])
+    names = [f"model-{i:04d}-chat" for i in range(n_models)]
     a = rng.integers(0, n_models, n_battles)
     b = (a + rng.integers(1, n_models, n_battles)) % n_models
     p_a = 1 / (1 + 10 ** ((rating[b] - rating[a]) / 400))
     tie = rng.random(n_battles) < 0.2
     outcome = np.where(tie, np.where(rng.random(n_battles) < 0.7, 2, 3), np.where(rng.random(n_battles) < p_a, 0, 1))
-    winners = pl.Series(["model_a", "model_b", "tie", "tie (bothbad)"])
+    return names, a, b, outcome
+
+
+def make_battles(n_battles: int, n_models: int, seed: int = 0):
+    """Battles drawn from Bradley-Terry with ratings ~ N(1000, 100) and 20% ties, as strings."""
+    import polars as pl
+
+    names, a, b, outcome = battle_codes(n_battles, n_models, seed)
+    names, winners = pl.Series(names), pl.Series(WINNERS)
     return pl.DataFrame(
         {"model_a": names.gather(a), "model_b": names.gather(b), "winner": winners.gather(outcome)}
     ).rechunk()
+
+
+def make_pandas_battles(n_battles: int, n_models: int, seed: int = 0):
+    """The same battles as a pandas DataFrame of strings (arena-rank's input; its venv has no polars)."""
+    import pandas as pd
+
+    names, a, b, outcome = battle_codes(n_battles, n_models, seed)
+    names, winners = np.array(names, dtype=object), np.array(WINNERS, dtype=object)
+    return pd.DataFrame({"model_a": names[a], "model_b": names[b], "winner": winners[outcome]})
 
 
 # --- the peers -----------------------------------------------------------------------------
@@ -135,6 +156,27 @@ def ours(frame_pl, rounds: int):
     return board["model"].to_list(), board["rating"].to_numpy(), board["ci_low"].to_numpy(), board["ci_high"].to_numpy()
 
 
+def ours_sandwich(frame_pl, rounds: int):
+    """Ours with sandwich intervals (`rounds` unused: no resampling)."""
+    from arena_dagster.ratings import leaderboard
+
+    board = leaderboard(frame_pl, ci="sandwich")
+    return board["model"].to_list(), board["rating"].to_numpy(), board["ci_low"].to_numpy(), board["ci_high"].to_numpy()
+
+
+def arena_rank_sandwich(frame_pd, rounds: int):
+    """arena-rank 0.1.1 (LMArena's library), end to end from the pandas table: PairDataset.from_pandas,
+    BradleyTerry.compute_ratings_and_cis(ci_method="sandwich"). Its bootstrap path forks a
+    multiprocessing pool under JAX (which can hang), so only the sandwich path is timed."""
+    from arena_rank.models.bradley_terry import BradleyTerry
+    from arena_rank.utils.data_utils import PairDataset
+
+    dataset = PairDataset.from_pandas(frame_pd)
+    result = BradleyTerry(n_competitors=len(dataset.competitors)).compute_ratings_and_cis(dataset, ci_method="sandwich")
+    low, high = np.asarray(result["rating_lower"]), np.asarray(result["rating_upper"])
+    return list(result["competitors"]), np.asarray(result["ratings"]), low, high
+
+
 def converged_peers(n_battles: int, n_models: int, seed: int) -> dict[str, float]:
     """Max |rating difference| between ours and each peer's objective solved to convergence.
 
@@ -183,7 +225,8 @@ def _ranks(low, high):
 
 
 BOOTSTRAP_SECONDS: list[float] = []  # the published method's bootstrap loop, for extrapolating fewer rounds
-METHODS = {"ours": ours, "newer": newer_fastchat, "published": published_fastchat}
+METHODS = {"ours": ours, "sandwich": ours_sandwich, "newer": newer_fastchat, "published": published_fastchat,
+           "arena-rank": arena_rank_sandwich}
 
 
 # --- one measurement, in a child process ---------------------------------------------------
@@ -212,8 +255,9 @@ def measure(method: str, n_battles: int, n_models: int, rounds: int, repeat: int
     run = METHODS[method]
     if method == "published":
         from fastchat.serve.monitor import elo_analysis  # noqa: F401  (import time is not the method's)
-    frame = make_battles(n_battles, n_models, seed)
-    run(make_battles(2000, min(n_models, 20), seed + 1), 2)  # warm up imports and caches
+    make = make_pandas_battles if method == "arena-rank" else make_battles
+    frame = make(n_battles, n_models, seed)
+    run(make(2000, min(n_models, 20), seed + 1), 2)  # warm up imports and caches (JAX compiles again per shape)
     times = []
     reset = _reset_peak()
     baseline = _memory_kib("VmRSS")
@@ -232,12 +276,13 @@ def measure(method: str, n_battles: int, n_models: int, rounds: int, repeat: int
         "worker_peak_mib": workers / 1024 if method == "newer" else None,
         "bootstrap_seconds": BOOTSTRAP_SECONDS[-1] if BOOTSTRAP_SECONDS else None,
         "ratings": dict(zip(models, np.asarray(rating, dtype=float).tolist())),
+        "half_widths": dict(zip(models, ((np.asarray(high, dtype=float) - np.asarray(low, dtype=float)) / 2).tolist())),
     }
 
 
 def run_child(args, method, n_battles, n_models, rounds, repeat) -> dict | None:
     command = [
-        sys.executable, __file__, "--child", method, "--battles-n", str(n_battles), "--models-n", str(n_models),
+        args.arena_rank_python if method == "arena-rank" else sys.executable, __file__, "--child", method, "--battles-n", str(n_battles), "--models-n", str(n_models),
         "--rounds", str(rounds), "--repeat", str(repeat), "--seed", str(args.seed),
     ]
     env = dict(os.environ)
@@ -281,6 +326,9 @@ def main() -> int:
                         help="bootstrap rounds for the published FastChat (default: --bootstrap); fewer rounds "
                         "are timed as such and extrapolated in the ratio column")
     parser.add_argument("--fastchat-path", help="a folder holding fschat 0.2.36 (pip install --target)")
+    parser.add_argument("--arena-rank-python", metavar="PATH",
+                        help="the python of a separate venv with arena-rank==0.1.1 (it pins numpy and jax): adds "
+                        "arena-rank's sandwich path as a peer, and ours with sandwich intervals beside it")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of ours (the best is reported)")
     parser.add_argument("--no-check-converged", dest="check_converged", action="store_false",
                         help="skip fitting the peers' objectives to convergence at the smallest size")
@@ -300,10 +348,12 @@ def main() -> int:
     cases += [(1_000_000, m) for m in _parse_counts(args.models) if (1_000_000, m) not in cases]
     print(f"# bench_ratings: {args.bootstrap} bootstrap rounds, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
     print(f"# time: table of strings -> leaderboard with intervals; memory: peak RSS above the input table")
-    header = f"{'battles':>8} {'models':>6}  {'method':<9} {'time':>32} {'peak MiB':>9}  {'x ours':>7}  {'max |diff| Elo':>14}"
+    header = f"{'battles':>8} {'models':>6}  {'method':<10} {'time':>31} {'peak MiB':>9}  {'x ours':>7}  {'max |diff| Elo':>14}"
     print(header)
     print("-" * len(header))
     timings: dict[tuple[int, int], float] = {}
+    peer_times: dict[tuple[str, int, int], dict] = {}
+    sandwiches: list[tuple] = []
     for n_battles, n_models in cases:
         repeat = 1 if n_battles >= 10_000_000 else args.repeat  # the largest table is heavy: time it once
         mine = run_child(args, "ours", n_battles, n_models, args.bootstrap, repeat)
@@ -318,6 +368,16 @@ def main() -> int:
                 result = run_child(args, peer, n_battles, n_models, rounds, 3 if peer == "newer" else 1)
                 if result is not None:
                     rows.append((result, f"{_agreement(mine['ratings'], result['ratings']):14.5f}"))
+                    peer_times[(peer, n_battles, n_models)] = result
+            if args.arena_rank_python:
+                # rounds are not used by either sandwich; passed so that no row reads as extrapolated
+                robust = run_child(args, "sandwich", n_battles, n_models, args.bootstrap, args.repeat)
+                theirs = run_child(args, "arena-rank", n_battles, n_models, args.bootstrap, 3)
+                if robust is not None:
+                    rows.append((robust, f"{_agreement(mine['ratings'], robust['ratings']):14.5f}"))
+                if robust is not None and theirs is not None:
+                    rows.append((theirs, f"{_agreement(robust['ratings'], theirs['ratings']):14.5f}"))
+                    sandwiches.append((n_battles, n_models, mine, robust, theirs))
         for result, diff in rows:
             seconds = min(result["seconds"])
             if result["rounds"] < args.bootstrap and result["bootstrap_seconds"]:
@@ -327,9 +387,24 @@ def main() -> int:
             memory = f"{result['peak_extra_mib']:9.0f}"
             if result.get("worker_peak_mib"):
                 memory += f" (+{result['worker_peak_mib']:.0f} per worker)"
-            print(f"{n_battles:8.0e} {n_models:6d}  {result['method']:<9} {_fmt_time(result, args.bootstrap, seconds):>32} "
+            print(f"{n_battles:8.0e} {n_models:6d}  {result['method']:<10} {_fmt_time(result, args.bootstrap, seconds):>31} "
                   f"{memory}  {ratio:>7}  {diff:>14}")
         sys.stdout.flush()
+
+    for n_battles, n_models, mine, robust, theirs in sandwiches:
+        shared = sorted(set(robust["half_widths"]) & set(theirs["half_widths"]))
+        relative = max(abs(robust["half_widths"][m] / theirs["half_widths"][m] - 1) for m in shared)
+        print(f"# at {n_battles:.0e} battles / {n_models} models, ours --ci sandwich vs arena-rank 0.1.1 sandwich: "
+              f"max |rating diff| {_agreement(robust['ratings'], theirs['ratings']):.2e} Elo, max relative half-width "
+              f"diff {relative:.2%} (arena-rank adds 1e-5 x battles to the Hessian's diagonal; ours is exact)")
+        fast = min(mine["seconds"])
+        line = (f"# at {n_battles:.0e} battles / {n_models} models, ours fit + {args.bootstrap} bootstrap rounds "
+                f"{fast:.3f} s: x{min(theirs['seconds']) / fast:.1f} faster than arena-rank's sandwich path "
+                f"({min(theirs['seconds']):.2f} s)")
+        if ("newer", n_battles, n_models) in peer_times:
+            newer = min(peer_times[("newer", n_battles, n_models)]["seconds"])
+            line += f", x{newer / fast:.1f} faster than the FastChat method ({newer:.2f} s)"
+        print(line + f"; ours with sandwich intervals {min(robust['seconds']):.3f} s")
 
     if peers and args.check_converged:
         smallest = min(n for n, m in cases if m == 60 and n <= args.peer_max_battles)

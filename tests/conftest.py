@@ -50,6 +50,20 @@ def flywheel_env() -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
+def leaderboard(*args: str) -> subprocess.CompletedProcess:
+    """`arena-dagster leaderboard ARGS` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "arena_dagster.cli", "leaderboard", *args], cwd=REPO,
+                          env=flywheel_env(), capture_output=True, text=True, timeout=120)
+
+
+def one_line(proc: subprocess.CompletedProcess) -> str:
+    """The one-line user error of a command that refused (exit 2, no traceback, nothing on stdout)."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("arena-dagster: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    return proc.stderr
+
+
 @pytest.fixture(scope="session")
 def smoke_home(tmp_path_factory) -> Path:
     """A home that `arena-dagster flywheel --profile skills_smoke --rounds 2` built, uninterrupted, through Dagster.

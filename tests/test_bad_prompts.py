@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from arena_dagster.prompts import cli as curate_cli
+from arena_dagster.commands import curate as curate_cli
 from arena_dagster.prompts.curation import CurationConfig, curate
 from arena_dagster.prompts.ingest import ingest
 

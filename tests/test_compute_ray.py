@@ -11,7 +11,8 @@ import pytest
 
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.config import profile_hash
-from arena_dagster.prompts.curation import PRESETS, CurationConfig, curate
+from arena_dagster.profile_schema.curation import PRESETS, CurationConfig
+from arena_dagster.prompts.curation import curate
 from arena_dagster.prompts.curation_ray import curate_with
 from arena_dagster.prompts.curation_rows import first_of_groups, greedy_keep
 from arena_dagster.prompts.sharegpt import load_sharegpt
@@ -146,7 +147,7 @@ def test_ray_semantic_dedup_and_templated_preset_match_local(ray_local_cluster):
 
 
 def test_curate_cli_on_ray_writes_the_local_rows(ray_local_cluster, tmp_path, capsys):
-    from arena_dagster.prompts.cli import main
+    from arena_dagster.commands.curate import main
 
     data = REPO / "tests" / "data"
     args = [str(data / "prompts_mixed.jsonl"), str(data / "sharegpt_truncated.json"), "--json"]

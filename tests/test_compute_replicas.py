@@ -7,7 +7,7 @@ import pytest
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, StreamingBackend, user_messages
 from arena_dagster.backends.cache import CompletionCache
 from arena_dagster.backends.generation import generate_cached
-from arena_dagster.compute.replicas import RayReplicas, backend_for
+from arena_dagster.backends.replicas import RayReplicas, backend_for
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.prompts.skills import make_items
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arena_dagster.config import ConfigError, load_profile, with_seed
-from arena_dagster.models import trained_models_settings
+from arena_dagster.backends.models import trained_models_settings
+from arena_dagster.config import ConfigError, load_profile, settings_of, with_seed
 from arena_dagster.profile_schema import SEED_PATHS
 from arena_dagster.prompts import pools
 from arena_dagster.training.base_models import resolve_profile
@@ -78,13 +78,13 @@ def test_every_random_choice_follows_the_seed(tmp_path: Path):
     base = load_profile("skills_smoke")
     seeded = with_seed(base, 7)
     # The raw pool, the test set, the slices ...
-    raw, raw_seeded = pools.raw_prompt_frame(base), pools.raw_prompt_frame(seeded)
-    assert raw.equals(pools.raw_prompt_frame(load_profile("skills_smoke")))
+    raw, raw_seeded = pools.raw_prompt_frame(settings_of(base)), pools.raw_prompt_frame(settings_of(seeded))
+    assert raw.equals(pools.raw_prompt_frame(settings_of(load_profile("skills_smoke"))))
     assert not raw["prompt"].equals(raw_seeded["prompt"])
-    testset, testset_seeded = pools.testset_frame(base), pools.testset_frame(seeded)
+    testset, testset_seeded = pools.testset_frame(settings_of(base)), pools.testset_frame(settings_of(seeded))
     assert set(testset["prompt"].to_list()) != set(testset_seeded["prompt"].to_list())
-    pool, _, _ = pools.curated_pool(raw, testset, base)
-    pool_again, _, _ = pools.curated_pool(raw, testset, {**base, "prompts": seeded["prompts"]})
+    pool, _, _ = pools.curated_pool(raw, testset, settings_of(base))
+    pool_again, _, _ = pools.curated_pool(raw, testset, settings_of({**base, "prompts": seeded["prompts"]}))
     assert pool.sort("prompt_id")["round"].to_list() != pool_again.sort("prompt_id")["round"].to_list()
     # ... the base models (their seed) and every stage's training seed.
     assert resolve_profile(trained_models_settings(seeded))["seed"] == seeded["models"]["seed"] != 0

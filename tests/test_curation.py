@@ -6,7 +6,6 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from arena_dagster.prompts.curation import (
@@ -26,7 +25,7 @@ def _mt_bench_questions() -> Path:
     shared = SHARED_DATA / "mt-bench" / "question.jsonl"
     if shared.exists():
         return shared
-    from arena_dagster.prompts.pools import mtbench_questions_path
+    from arena_dagster.prompts.real_sources import mtbench_questions_path
 
     return mtbench_questions_path()
 
@@ -304,7 +303,7 @@ def test_calibrated_threshold_separates_mt_bench_paraphrases():
 
 
 def test_curate_cli_writes_kept_rows_and_prints_counts(tmp_path, capsys):
-    from arena_dagster.prompts.cli import main
+    from arena_dagster.commands.curate import main
 
     data = Path(__file__).parent / "data"
     against = tmp_path / "test.jsonl"
@@ -325,7 +324,7 @@ def test_curate_cli_writes_kept_rows_and_prints_counts(tmp_path, capsys):
 
 
 def test_curate_cli_bad_input_exits_2(tmp_path, capsys):
-    from arena_dagster.prompts.cli import main
+    from arena_dagster.commands.curate import main
 
     code = main([str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl")])
     assert code == 2 and "no such file" in capsys.readouterr().err

@@ -107,14 +107,14 @@ def test_importing_the_code_location_has_no_side_effects_and_no_heavy_imports(tm
     assert not (tmp_path / "never").exists() and not (tmp_path / ".arena").exists()
 
 
-DAGSTER_LAYER = {"defs", "operate.py", "flywheel.py"}
+DAGSTER_LAYER = {"defs", "operate.py", "commands/flywheel.py"}
 
 
 def test_domain_modules_never_import_dagster():
     offenders = []
     for path in (REPO / "arena_dagster").rglob("*.py"):
         relative = path.relative_to(REPO / "arena_dagster")
-        if relative.parts[0] in DAGSTER_LAYER:
+        if relative.parts[0] in DAGSTER_LAYER or relative.as_posix() in DAGSTER_LAYER:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (

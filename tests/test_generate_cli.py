@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from arena_dagster.backends import cli
+from arena_dagster.commands import generate as cli
 from arena_dagster.backends.base import ChatRequest, ModelSpec, user_messages
 from arena_dagster.backends.recorded_backend import (
     MissingRecordedAnswerError,

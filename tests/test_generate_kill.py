@@ -31,7 +31,7 @@ CONCURRENCY = 4
 
 def generate_cli(url: str, prompts: Path, out: Path, home: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "arena_dagster.backends.cli", "--backend", "openai", "--base-url", url,
+        [sys.executable, "-m", "arena_dagster.commands.generate", "--backend", "openai", "--base-url", url,
          "--model-name", "served", "--concurrency", str(CONCURRENCY), "--prompts", str(prompts), "--out", str(out),
          "--home", str(home), "--quiet", *extra],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
@@ -86,7 +86,7 @@ def test_a_server_that_dies_mid_run_is_one_line_and_the_rerun_sends_only_the_res
                       "max_retries: 2, backoff_initial_s: 0.01, backoff_max_s: 0.05}\n")
     prompts, out, home = write_prompts(tmp_path / "in.jsonl", 120), tmp_path / "out.jsonl", tmp_path / "home"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "arena_dagster.backends.cli", "--config", str(config), "--model", "srv",
+        [sys.executable, "-m", "arena_dagster.commands.generate", "--config", str(config), "--model", "srv",
          "--prompts", str(prompts), "--out", str(out), "--home", str(home), "--quiet"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
     )

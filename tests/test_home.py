@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from arena_dagster.home import (
-    HomeProfileMismatch,
-    flywheel_lock,
-    home_profile,
-    read_home_record,
-    reap_stale_files,
-    record_profile,
-    writer_lock,
-)
+from arena_dagster.home import HomeProfileMismatch, home_profile, read_home_record, reap_stale_files, record_profile
+from arena_dagster.locks import flywheel_lock, writer_lock
 
 
 def test_the_first_run_records_the_profile_and_another_is_refused(tmp_path):

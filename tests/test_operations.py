@@ -13,7 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from arena_dagster.home import HomeProfileMismatch, flywheel_lock, read_home_record, writer_lock
+from arena_dagster.home import HomeProfileMismatch, read_home_record
+from arena_dagster.locks import flywheel_lock, writer_lock
 from conftest import REPO, flywheel_command, flywheel_env
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,7 @@ def test_every_round_partition_of_every_asset_is_materialized(smoke_home):
 
 def test_the_home_remembers_its_profile(smoke_home):
     from arena_dagster.defs import build_definitions
-    from arena_dagster.flywheel import prepare_ui
+    from arena_dagster.commands.flywheel import prepare_ui
 
     defs = build_definitions(smoke_home)
     assert defs.resources["arena"].profile == "skills_smoke"
@@ -162,7 +163,7 @@ def test_a_second_flywheel_on_the_same_home_refuses_or_waits(smoke_home):
 READER_HOLDER = """
 import sys, time, duckdb
 from pathlib import Path
-from arena_dagster.home import writer_lock
+from arena_dagster.locks import writer_lock
 home = Path(sys.argv[1])
 lock = writer_lock(home)
 lock.acquire(run_id="run-under-test", job="flywheel_round", round="7")
@@ -327,3 +328,41 @@ def test_a_round_launched_from_the_ui_is_tagged_and_plots_stable_roles(smoke_hom
                        ("target_model", ("rating/target", "rating/best_candidate", "gate/diff"))):
         description = graph.get(dg.AssetKey(key)).description
         assert all(name in description for name in names), key
+
+
+def test_end_processes_stops_a_tree_even_one_that_ignores_sigterm():
+    import subprocess
+    import time
+
+    from arena_dagster.operate import end_processes, process_tree
+
+    # A parent with two children, one of which ignores SIGTERM (bash execs the last command, ignoring it): all end.
+    parent = subprocess.Popen(["bash", "-c", "sleep 300 & bash -c 'trap \"\" TERM; sleep 300' & wait"])
+    deadline = time.monotonic() + 10
+    while len(process_tree(parent.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tree = process_tree(parent.pid)
+    assert len(tree) == 3
+    stopped = end_processes(tree, grace_s=0.5)
+    parent.wait(timeout=10)
+    assert set(stopped) == {p.pid for p in tree}
+    assert not [p for p in tree if p.is_running() and p.status() != "zombie"]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_before_any_run_is_one_line_and_128_plus_the_signal(tmp_path, sig):
+    import signal
+
+    home = tmp_path / "home"
+    lock = flywheel_lock(home)
+    assert lock.acquire(wait=False, command="test")  # the command waits for this "other flywheel"
+    try:
+        process = subprocess.Popen(flywheel_command(home), cwd=REPO, env=flywheel_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        assert "waiting for it to finish" in process.stdout.readline()
+        process.send_signal(getattr(signal, sig))
+        out, err = process.communicate(timeout=60)
+    finally:
+        lock.release()
+    assert process.returncode == 128 + getattr(signal, sig)
+    assert err.splitlines() == [f"arena-dagster: interrupted by {sig}: run the same command again to resume"]

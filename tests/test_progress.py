@@ -48,3 +48,26 @@ def test_a_failed_pipes_process_shows_its_own_exception(tmp_path):
     line = out.getvalue().splitlines()[0]
     assert line.startswith("  FAIL dpo_checkpoint") and "ValueError: num_samples should be a positive integer" in line
     assert "External execution process failed with code 1" in line
+
+
+def test_an_os_error_of_the_step_itself_is_named(tmp_path):
+    from arena_dagster.progress import step_failures
+
+    try:  # a real one: a folder under a regular file
+        (tmp_path / "file").write_text("")
+        (tmp_path / "file" / "datasets").mkdir()
+    except OSError as exc:
+        cause = NS(message=f"{type(exc).__name__}: {exc}\n", cause=None)
+    wrapper = NS(message='Error occurred while executing op "sft_checkpoint":', cause=cause)
+    events = [_event("STEP_START", "sft_checkpoint", at=1.0),
+              # Dagster's own STEP_FAILURE message is an error-level line too: it must not hide the cause.
+              _event("STEP_FAILURE", "sft_checkpoint", 'Execution of step "sft_checkpoint" failed.', at=2.0, level=40,
+                     error=wrapper)]
+    out = io.StringIO()
+    printer = RunPrinter(tmp_path / "run.log", out=out)
+    for event in events:
+        printer(event)
+    printer.close()
+    expected = f"NotADirectoryError: ENOTDIR: Not a directory: '{tmp_path / 'file' / 'datasets'}'"
+    assert out.getvalue().rstrip().endswith(expected)
+    assert step_failures(events) == [f"sft_checkpoint: {expected}"]

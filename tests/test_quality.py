@@ -11,9 +11,11 @@ import duckdb
 import polars as pl
 import pytest
 from dagster_duckdb import DuckDBResource
+from pydantic import ValidationError
 
-from arena_dagster.answering import RESPONSE_SCHEMA
+from arena_dagster.backends.answering import RESPONSE_SCHEMA
 from arena_dagster.judging.battles import JUDGMENT_SCHEMA, stable_id
+from arena_dagster.profile_schema.sections import JudgeHealthSettings
 from arena_dagster.quality.suites import (
     EXPECTATIONS_DIR,
     SuiteError,
@@ -52,7 +54,7 @@ def judgment(stage_round, battle, game, prompt, x, y, score_x, score_y):
 def response(prompt, model, role=None):
     return {"round": 1, "prompt_id": prompt, "model": model, "role": role or ("target" if model == "T" else "competitor"),
             "response_id": f"{prompt}-{model}", "response": f"{ANSWER[model]} to {prompt}", "tokens_in": 5,
-            "tokens_out": 3, "finish_reason": "stop", "cached": False}
+            "tokens_out": 3, "finish_reason": "stop"}
 
 
 def build_round(conn) -> None:
@@ -325,14 +327,22 @@ def test_judge_health_limits_block_or_warn_and_profiles_may_move_them(conn):
     assert not result["warn_first_position_win_rate"].passed and not result["warn_first_position_win_rate"].blocking
     assert "first_position_win_rate=0.68" in result["warn_first_position_win_rate"].metadata[
         "first_position_win_rate in [0.35, 0.65]: examples"]
-    loose = judge_health_suite("sft_judge_health", {"block": {"flip_rate": [0, 1]}})
+    loose = judge_health_suite("sft_judge_health", JudgeHealthSettings(block={"flip_rate": [0, 1]}))
     moved = {o.name: o for o in validate_suite(conn, loose, 1)}
     assert moved["block_flip_rate"].passed and "flip_rate in [0.0, 1.0]" in moved["block_flip_rate"].description
     assert judge_health_limits()["block"]["flip_rate"] == (0.0, 0.6)
-    with pytest.raises(SuiteError, match="no limit named 'judge_iq'"):
-        judge_health_suite("sft_judge_health", {"warn": {"judge_iq": [0, 1]}})
-    with pytest.raises(SuiteError, match="unknown level"):
-        judge_health_suite("sft_judge_health", {"fail": {"flip_rate": [0, 1]}})
+    # Only the limits the suite has, at its two levels: the schema refuses any other.
+    with pytest.raises(ValidationError, match="judge_iq"):
+        JudgeHealthSettings.model_validate({"warn": {"judge_iq": [0, 1]}})
+    with pytest.raises(ValidationError, match="fail"):
+        JudgeHealthSettings.model_validate({"fail": {"flip_rate": [0, 1]}})
+
+
+def test_the_schema_names_exactly_the_limits_of_the_judge_health_suite():
+    from arena_dagster.profile_schema.constants import JUDGE_HEALTH_LIMITS
+
+    suite = {level: set(columns) for level, columns in judge_health_limits().items()}
+    assert suite == {level: set(columns) for level, columns in JUDGE_HEALTH_LIMITS.items()}
 
 
 def test_the_arena_judge_health_only_warns_and_keeps_its_own_limits(conn):

@@ -372,7 +372,8 @@ def test_alignment_figures_on_a_hand_made_case():
 def test_alignment_without_intervals_and_without_common_models():
     ours = pl.DataFrame({"model": ["a", "b", "c"], "rating": [3.0, 2.0, 1.0]})
     result = alignment(ours, pl.DataFrame({"model": ["c", "b", "a"], "rating": [1.0, 2.0, 3.0]}))
-    assert result == {"spearman": 1.0, "kendall": 1.0, "agreement_ci": None, "separability": None, "n_common": 3}
+    assert result == {"spearman": 1.0, "kendall": 1.0, "pairs_same_order": 1.0, "agreement_ci": None,
+                      "separability": None, "n_common": 3}
     with pytest.raises(RatingsError, match="only 1 model"):
         alignment(ours, pl.DataFrame({"model": ["a", "x"], "rating": [1.0, 2.0]}))
 

@@ -16,7 +16,7 @@ from arena_dagster.ratings import (
     read_fastchat_battles,
     read_grades,
 )
-from arena_dagster.ratings import cli
+from arena_dagster.commands import leaderboard as cli
 
 
 def write_jsonl(path, rows):
@@ -57,7 +57,7 @@ def test_grades_become_pairwise_battles_and_bad_scores_are_counted(tmp_path):
         {"question_id": "q1", "model": "b", "score": 9},
         {"question_id": "q1", "model": "c", "score": 9.0},
         {"question_id": "q1", "model": "d", "score": None},
-        {"question_id": "q1", "model": "e", "score": "7"},
+        {"question_id": "q1", "model": "e", "score": "7/10"},
         {"question_id": "q1", "model": "f", "score": "seven"},
         {"question_id": "q1", "model": "g", "score": -1.0},
         {"question_id": "q1", "model": "h", "score": 11},
@@ -86,10 +86,32 @@ def test_grades_become_pairwise_battles_and_bad_scores_are_counted(tmp_path):
         "missing_model": 1,
         "missing_question_id": 1,
         "score_missing": 2,
-        "score_not_a_number": 2,
-        "score_numeric_string": 1,
+        "score_not_a_number": 3,
         "score_out_of_range": 2,
     }
+
+
+# (value written in the file, the number it is): one rule for the judge parser and the importers.
+NUMERIC_STRINGS = [("10", 10.0), (" 7 ", 7.0), ("10.0", 10.0), ("+3", 3.0), (10.0, 10.0), (7, 7.0),
+                   ("7/10", None), ("seven", None), ("1e1", None), ("NaN", None), ("", None), (True, None)]
+
+
+@pytest.mark.parametrize("value, number", NUMERIC_STRINGS)
+def test_a_numeric_string_is_the_same_number_for_the_judge_and_the_grade_importer(tmp_path, value, number):
+    from arena_dagster.judging.llm_judge import JudgeParseError, load_template, parse_judgment
+    from arena_dagster.ratings.numbers import read_number
+
+    assert read_number(value) == number
+    grades, rejected = read_grades(write_jsonl(tmp_path / "g.jsonl", [
+        {"question_id": "q", "model": "x", "score": value}, {"question_id": "q", "model": "y", "score": 5}]))
+    judged = json.dumps({"explanation": "x", "score_a": value, "score_b": 5})
+    if number is None:
+        assert grades.height == 0 and rejected["score_not_a_number"] == 1
+        with pytest.raises(JudgeParseError, match="score_a must be an integer"):
+            parse_judgment(judged, load_template("pairwise_v1"))
+    else:
+        assert grades["score_a"].to_list() == [number] and "score_not_a_number" not in rejected
+        assert parse_judgment(judged, load_template("pairwise_v1")).score_a == number
 
 
 def test_rename_maps_names_and_refuses_to_merge_models(tmp_path):
@@ -153,7 +175,7 @@ def test_command_prints_the_json_report(arena_files, capsys):
     assert cli.run(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert list(report) == ["models", "battles", "total_weight", "unbounded", "unbounded_reason", "anchor", "baseline",
-                            "bootstrap", "bootstrap_unit", "seed", "style_control", "alignment", "rejected"]
+                            "bootstrap", "bootstrap_unit", "seed", "style_control", "ci", "alignment", "rejected"]
     assert [row["model"] for row in report["models"]] == ["strong", "mid", "weak"]
     assert set(report["models"][0]) == {"model", "rating", "ci_low", "ci_high", "rank", "battles", "unbounded"}
     assert report["unbounded"] == [] and report["anchor"] == "weak=1000"

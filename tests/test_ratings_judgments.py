@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from arena_dagster.ratings import RatingsError, read_fastchat_battles, read_grades, read_rename
-from arena_dagster.ratings import cli
+from arena_dagster.commands import leaderboard as cli
 from arena_dagster.ratings.importers import read_reference
 from arena_dagster.ratings.judgments import read_answers, read_arena_hard, read_mt_bench_pairs
 
@@ -219,7 +219,7 @@ def test_command_style_control_from_arena_hard_answers(arena_hard_files, capsys)
     assert cli.run(parser().parse_args(args)) == 0
     assert "style coefficients (log-odds per typical style gap): length" in capsys.readouterr().out
     assert cli.run(parser().parse_args(args[:-2] + ["--json"])) == 2  # style control without answers
-    assert "style control needs columns" in capsys.readouterr().err
+    assert "--style-control has no style to measure in arena-hard judgments" in capsys.readouterr().err
 
 
 def test_command_flags_unbounded_ratings(tmp_path, capsys):

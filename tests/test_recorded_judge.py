@@ -7,13 +7,21 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
 from arena_dagster.judging.battles import JudgeItem
 from arena_dagster.judging.judges import make_judge
-from arena_dagster.judging.recorded import VERDICT_SCORES, RecordedJudge, RecordedJudgeError
+from arena_dagster.judging.recorded import VERDICT_SCORES, RecordedJudgeError
+from arena_dagster.judging.recorded import RecordedJudge as _RecordedJudge
+from arena_dagster.profile_schema.judges import judge_settings
 from arena_dagster.ratings.judgments import read_arena_hard
 
 KO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ko-arena-hard-v0.1" / "model_judgment" / "ensemble"
+
+
+def RecordedJudge(config: dict) -> _RecordedJudge:
+    """The recorded judge of a `judge:` section given as the profile writes it."""
+    return _RecordedJudge(judge_settings({"kind": "recorded", **config}))
 
 
 def item(prompt_id, a, b):
@@ -40,8 +48,8 @@ def arena_hard(tmp_path):
 
 
 def test_replays_arena_hard_verdicts_as_scores_by_prompt_and_position(arena_hard):
-    judge = make_judge({"kind": "recorded", "format": "arena-hard", "paths": [str(arena_hard)], "baseline": "base"})
-    assert isinstance(judge, RecordedJudge) and judge.name == "recorded-arena-hard"
+    judge = make_judge(judge_settings({"kind": "recorded", "format": "arena-hard", "paths": [str(arena_hard)], "baseline": "base"}))
+    assert isinstance(judge, _RecordedJudge) and judge.name == "recorded-arena-hard"
     results = judge.judge([item("q1", "base", "m"), item("q1", "m", "base"), item("q3", "m", "base")])
     assert [(r.score_a, r.score_b, r.raw, r.parse_ok) for r in results] == [
         (*VERDICT_SCORES["A>>B"], "A>>B", True),  # game 1: the baseline shown as A
@@ -99,16 +107,16 @@ def test_the_version_follows_the_files_and_the_score_mapping(arena_hard):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"format": "chatbot-arena"}, "judge.format must be one of"),
-    ({"paths": []}, "judge.paths"),
-    ({"colour": "red"}, r"unknown settings \['colour'\]"),
-    ({"scores": {"A>B": [7, 5]}}, "judge.scores must map each of"),
-    ({"scores": {**VERDICT_SCORES, "A>B": [11, 5]}}, r"judge.scores\['A>B'\] must be two whole scores"),
+    ({"format": "chatbot-arena"}, "format"),
+    ({"paths": []}, "paths"),
+    ({"colour": "red"}, "unknown setting colour"),
+    ({"scores": {"A>B": [7, 5]}}, "give the score pair of every verdict"),
+    ({"scores": {**VERDICT_SCORES, "A>B": [11, 5]}}, "less than or equal to 10"),
 ])
-def test_bad_settings_are_one_line_errors(arena_hard, change, message):
+def test_bad_settings_are_refused_by_the_schema(arena_hard, change, message):
     config = {"kind": "recorded", "format": "arena-hard", "paths": [str(arena_hard)], "baseline": "base", **change}
-    with pytest.raises(RecordedJudgeError, match=message):
-        make_judge(config)
+    with pytest.raises(ValidationError, match=message):
+        judge_settings(config)
 
 
 def test_replays_mt_bench_pairwise_games_of_one_turn(tmp_path):

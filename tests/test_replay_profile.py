@@ -16,12 +16,14 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from arena_dagster.answering import answer_prompts
+from arena_dagster.backends.answering import answer_prompts
 from arena_dagster.backends.base import ModelSpec
 from arena_dagster.backends.recorded_backend import RecordedBackend, RecordedDataError
 from arena_dagster.backends.registry import ModelConfigError, model_spec_from_config
 from arena_dagster.config import load_profile
 from arena_dagster.judging.recorded import RecordedJudge
+from arena_dagster.profile_schema.judges import judge_settings
+from arena_dagster.profile_schema.sections import PromptsSettings
 from arena_dagster.prompts.recorded import recorded_testset
 from arena_dagster.warehouse import open_readonly
 
@@ -146,6 +148,7 @@ def test_a_replay_rates_recorded_verdicts_like_the_command(tmp_path, judged, cle
     assert baseline["recorded_rows_rejected"] == {"baseline_vs_itself": 6}
     [health] = baseline["judge_health"]
     assert health["judgments"] == 36 and health["parse_failure_rate"] == pytest.approx(4 / 36)
+    assert health["incomplete_battles"] == 3  # the battles of the 6 games left out, counted, never silent
     assert health["longer_answer_win_rate"] is None  # the answers are unknown
     # 4 of 36 games unreadable: past the 10% warning limit; the leaderboard still rates the rest
     assert baseline["judge_health_checks"].startswith("warn_parse_failure_rate: warning")
@@ -181,7 +184,7 @@ def test_the_ko_arena_hard_replay_leaderboard_equals_the_command(tmp_path, clean
 
 
 def test_a_question_file_gives_the_test_prompts_their_text(judged, tmp_path):
-    judge = RecordedJudge({"format": "arena-hard", "paths": [str(judged)], "baseline": "base"})
+    judge = RecordedJudge(judge_settings({"kind": "recorded", "format": "arena-hard", "paths": [str(judged)], "baseline": "base"}))
     questions = write_jsonl(tmp_path / "question.jsonl", [
         {"question_id": "q1", "category": "coding", "turns": [{"content": "Write a sort."}]},  # arena-hard v0.1
         {"uid": "q2", "category": "math", "prompt": "Add 2 and 3."},  # v2.0
@@ -189,9 +192,9 @@ def test_a_question_file_gives_the_test_prompts_their_text(judged, tmp_path):
         {"question_id": "q4", "turns": []},  # no text
         {"question_id": "q1", "turns": [{"content": "again"}]},
     ])
-    unknown, stats = recorded_testset({"prompts": {"source": "judgments"}}, judge)
+    unknown, stats = recorded_testset(PromptsSettings(source="judgments", rounds=0), judge)
     assert unknown["prompt"].null_count() == 6 and "unknown" in stats["prompt_texts"]
-    frame, stats = recorded_testset({"prompts": {"source": "judgments", "questions": str(questions)}}, judge)
+    frame, stats = recorded_testset(PromptsSettings(source="judgments", rounds=0, questions=str(questions)), judge)
     texts = dict(zip(frame["prompt_id"], frame["prompt"]))
     assert texts == {"q1": "Write a sort.", "q2": "Add 2 and 3.", "q3": "Write a poem.", "q4": None, "q5": None, "q6": None}
     assert frame.filter(pl.col("prompt_id") == "q1")["family"].item() == "coding"

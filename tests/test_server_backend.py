@@ -244,7 +244,7 @@ def test_dead_server_error_is_clear_and_keeps_finished_rows(server: LocalServer,
 
 def _generate_cli(url: str, model: str, prompts: Path, out: Path, home: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "arena_dagster.backends.cli", "--backend", "openai", "--base-url", url,
+        [sys.executable, "-m", "arena_dagster.commands.generate", "--backend", "openai", "--base-url", url,
          "--model-name", model, "--concurrency", str(KILL_CONCURRENCY), "--max-tokens", "24",
          "--prompts", str(prompts), "--out", str(out), "--home", str(home), "--quiet"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},

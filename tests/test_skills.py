@@ -9,11 +9,10 @@ from arena_dagster.prompts.skills import (
     FAMILIES,
     TEMPLATES,
     UnknownFamilyError,
-    check_answer,
     make_items,
     make_raw_pool,
-    normalize_answer,
 )
+from arena_dagster.prompts.skill_checks import check_answer, normalize_answer
 
 
 def test_at_least_eight_families_each_with_several_templates():

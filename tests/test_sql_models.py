@@ -111,6 +111,26 @@ def test_two_game_combination(conn):
     assert out["b6"]["score_a"] == 8.5 and out["b6"]["winner"] == "model_b" and out["b6"]["inconsistent"] is False
 
 
+def test_a_battle_with_an_unparsed_game_is_incomplete_never_a_win(conn):
+    """b5: game 1 says C1 beat T 10 to 1, game 2 never parsed. The battle is resolved for neither
+    side: in no outcome table, no SFT row, DPO pair or reward pair, and counted by judge health."""
+    for stage in STAGES:
+        build(conn, f"{stage}_battle_outcomes")
+        build(conn, f"{stage}_judge_health")
+        outcomes = read_table(conn, f"{stage}_battle_outcomes", round_key=1)
+        assert "b5" not in outcomes["battle_id"].to_list()
+        assert read_table(conn, f"{stage}_judge_health", round_key=1)["incomplete_battles"].to_list() == [1]
+    for table in ("sft_examples", "dpo_pairs", "reward_pairs"):
+        build(conn, table)
+        rows = read_table(conn, table, round_key=1)
+        assert "b5" not in rows["battle_id"].to_list() and "p4" not in rows["prompt_id"].to_list(), table
+    # Both games unparsed is one incomplete battle too, not two.
+    conn.execute("UPDATE sft_judgments SET parse_ok = false, score_a = NULL, score_b = NULL WHERE battle_id = 'b5'")
+    build(conn, "sft_battle_outcomes")
+    build(conn, "sft_judge_health")
+    assert read_table(conn, "sft_judge_health", round_key=1)["incomplete_battles"].to_list() == [1]
+
+
 def test_sft_and_dpo_selection_keep_lineage(conn):
     build(conn, "sft_battle_outcomes")
     build(conn, "sft_examples")
@@ -137,7 +157,7 @@ def test_judge_health(conn):
     build(conn, "sft_battle_outcomes")
     build(conn, "sft_judge_health")
     health = read_table(conn, "sft_judge_health", round_key=1).row(0, named=True)
-    assert health["judgments"] == 12 and health["battles"] == 5
+    assert health["judgments"] == 12 and health["battles"] == 5 and health["incomplete_battles"] == 1
     assert health["parse_failure_rate"] == pytest.approx(1 / 12)
     assert health["flip_rate"] == pytest.approx(1 / 5)
     assert health["tie_rate"] == pytest.approx(1 / 5)
@@ -192,6 +212,7 @@ def test_arena_judge_health_reports_unknown_lengths_as_null(conn):
     build(conn, "sft_battle_outcomes")
     build(conn, "sft_judge_health")
     stage = read_table(conn, "sft_judge_health", round_key=1).row(0, named=True)
-    for column in ("judgments", "battles", "parse_failure_rate", "flip_rate", "tie_rate", "first_position_win_rate"):
+    for column in ("judgments", "battles", "incomplete_battles", "parse_failure_rate", "flip_rate", "tie_rate",
+                   "first_position_win_rate"):
         assert arena[column] == stage[column], column
     assert stage["longer_answer_win_rate"] is not None and arena["longer_answer_win_rate"] is None

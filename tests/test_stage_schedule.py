@@ -7,18 +7,14 @@ import polars as pl
 import pytest
 
 from arena_dagster.config import load_profile
+from arena_dagster.profile_schema.sections import ScheduleSettings
 from arena_dagster.prompts.slicing import slice_rounds
-from arena_dagster.registry import record_promotion, register_model
+from arena_dagster.registry import record_promotion, register_model, round_candidate, round_checkpoints, stage_battle_target
 from arena_dagster.training.spec import DEFAULT_HYPERPARAMS
 from arena_dagster.training.schedule import ScheduleError, battle_prompts, checkpoint_name, stage_plan
-from arena_dagster.training.stages import (
-    round_candidate,
-    round_checkpoints,
-    stage_battle_target,
-    stage_training_spec,
-)
+from arena_dagster.training.stages import stage_training_spec
 
-PROFILE = {"schedule": {"sft": {"accumulate_rounds": True}, "dpo": {"accumulate_rounds": False}}}
+PROFILE = ScheduleSettings.model_validate({"sft": {"accumulate_rounds": True}, "dpo": {"accumulate_rounds": False}})
 
 
 def pool(rounds: int = 3) -> pl.DataFrame:
@@ -46,22 +42,22 @@ def test_targets_and_data_rounds_follow_the_paper():
     assert stage_plan(PROFILE, "rl", 2).battle_target_stage == "dpo"
     assert stage_plan(PROFILE, "sft", 3).data_rounds == (1, 2, 3)  # accumulated, as in the paper's later rounds
     assert stage_plan(PROFILE, "dpo", 3).data_rounds == (3,)
-    assert stage_plan({}, "rl", 2).data_rounds == (2,)
+    assert stage_plan(None, "rl", 2).data_rounds == (2,)
     assert [checkpoint_name(s, 2) for s in ("sft", "dpo", "reward", "rl")] == ["SFT-I2", "DPO-I2", "RM-I2", "RL-I2"]
 
 
 def test_bad_schedules_are_clear_errors():
-    with pytest.raises(ScheduleError, match="unknown stages"):
-        stage_plan({"schedule": {"ppo": {}}}, "sft", 1)
+    with pytest.raises(ValueError, match="ppo"):  # the schema refuses an unknown stage where the profile loads
+        ScheduleSettings.model_validate({"ppo": {}})
     with pytest.raises(ScheduleError, match="rounds >= 1"):
-        stage_plan({}, "sft", 0)
+        stage_plan(None, "sft", 0)
     with pytest.raises(ScheduleError, match="no prompts labelled 'dpo'"):
-        battle_prompts(pool().filter(pl.col("stage") != "dpo"), stage_plan({}, "dpo", 1))
+        battle_prompts(pool().filter(pl.col("stage") != "dpo"), stage_plan(None, "dpo", 1))
 
 
 def test_a_pool_without_stage_labels_gives_every_stage_the_whole_round():
     frame = pool().drop("stage")
-    plans = [stage_plan({}, s, 2) for s in ("sft", "dpo", "rl")]
+    plans = [stage_plan(None, s, 2) for s in ("sft", "dpo", "rl")]
     assert {battle_prompts(frame, p).height for p in plans} == {frame.filter(pl.col("round") == 2).height}
 
 
@@ -77,9 +73,9 @@ def test_battle_targets_candidates_and_skipped_stages_come_from_the_registry():
     _register(conn, "SFT-I1", "sft", 1, "target-I0")
     _register(conn, "DPO-I1", "dpo", 1, "SFT-I1")
     _register(conn, "RL-I1", "rl", 1, "DPO-I1")
-    assert stage_battle_target(conn, stage_plan({}, "sft", 1))["model"] == "target-I0"
-    assert stage_battle_target(conn, stage_plan({}, "dpo", 1))["model"] == "SFT-I1"
-    assert stage_battle_target(conn, stage_plan({}, "rl", 1))["model"] == "DPO-I1"
+    assert stage_battle_target(conn, stage_plan(None, "sft", 1))["model"] == "target-I0"
+    assert stage_battle_target(conn, stage_plan(None, "dpo", 1))["model"] == "SFT-I1"
+    assert stage_battle_target(conn, stage_plan(None, "rl", 1))["model"] == "DPO-I1"
     assert round_candidate(conn, 1)["model"] == "RL-I1"
     assert [r["model"] for r in round_checkpoints(conn, 1)] == ["SFT-I1", "DPO-I1", "RL-I1"]
     # Round 2 starts from the promoted model; a stage without data stands for its parent.
@@ -87,8 +83,8 @@ def test_battle_targets_candidates_and_skipped_stages_come_from_the_registry():
     _register(conn, "SFT-I2", "sft", 2, "RL-I1", skipped=True)
     _register(conn, "DPO-I2", "dpo", 2, "SFT-I2")
     _register(conn, "RL-I2", "rl", 2, "DPO-I2", skipped=True)
-    assert stage_battle_target(conn, stage_plan({}, "sft", 2))["model"] == "RL-I1"
-    assert stage_battle_target(conn, stage_plan({}, "dpo", 2))["model"] == "RL-I1"
+    assert stage_battle_target(conn, stage_plan(None, "sft", 2))["model"] == "RL-I1"
+    assert stage_battle_target(conn, stage_plan(None, "dpo", 2))["model"] == "RL-I1"
     assert round_candidate(conn, 2)["model"] == "DPO-I2"
     assert [r["model"] for r in round_checkpoints(conn, 2)] == ["DPO-I2"]
     assert round_candidate(conn, 0)["model"] == "target-I0" and round_checkpoints(conn, 0) == []

@@ -10,7 +10,7 @@ import pytest
 
 from arena_dagster import cli
 from arena_dagster.trace import TraceError, trace
-from arena_dagster.trace_cli import cut
+from arena_dagster.commands.trace import cut
 
 EXAMPLE = "ab" * 32
 BATTLE = "b" * 24

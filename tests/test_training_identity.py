@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from arena_dagster.models import declared_revision, prepare_model_config
+from arena_dagster.backends.models import declared_revision, prepare_model_config
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
 from arena_dagster.training.runner import run_training

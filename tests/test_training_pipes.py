@@ -2,7 +2,9 @@
 the loss arrives as materialization metadata, per-step metrics as custom messages, log lines in the run log."""
 
 
+import io
 import json
+import sys
 
 import dagster as dg
 import pytest
@@ -97,3 +99,55 @@ def test_a_failed_training_reports_its_error_through_pipes(workspace):
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("error: " in m and "the last message must be the assistant" in m for m in messages)
     assert not (workspace["root"] / "models" / "bad").exists()
+
+
+def test_an_os_error_in_the_training_process_is_named_with_its_path(workspace, tmp_path):
+    """A real OS error in the Pipes training process of a round (EFBIG: RLIMIT_FSIZE bounds every file it writes, and
+    root obeys it too): the terminal's FAIL line and the failed-rounds log name it, with its message and the path."""
+    from arena_dagster.defs.automation import ROUND_JOB, failed_round_sensor_for, failed_rounds_log
+    from arena_dagster.progress import RunPrinter, step_failures
+
+    spec = {
+        "stage": "base",
+        "output_dir": str(workspace["root"] / "models" / "too-big"),
+        "dataset_path": str(workspace["data"]),
+        "tokenizer": str(workspace["tokenizer"]),
+        "model_config": TINY_MODEL,
+        "hyperparams": {"max_steps": 2, "batch_size": 8, "learning_rate": 3e-3, "logging_steps": 1},
+        "threads": 1,
+    }
+    limit = "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384)); os.execv(sys.argv[1], sys.argv[1:])"
+
+    @dg.asset(name="too_big_checkpoint")
+    def too_big_checkpoint(context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient) -> None:
+        def launch(command: list[str], env: dict[str, str]) -> int:
+            pipes.run(command=[sys.executable, "-c", limit, *command], context=context, env=env)
+            return 0
+
+        run_training(spec, log=context.log.info, launch=launch)
+
+    defs = dg.Definitions(assets=[too_big_checkpoint], jobs=[dg.define_asset_job(ROUND_JOB, selection=[too_big_checkpoint])],
+                          resources={"pipes": dg.PipesSubprocessClient()})
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def(ROUND_JOB).execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    out = io.StringIO()
+    printer = RunPrinter(tmp_path / "run.log", out=out)
+    for entry in instance.all_logs(result.run_id):
+        printer(entry)
+    printer.close()
+    fail = next(line for line in out.getvalue().splitlines() if line.startswith("  FAIL"))
+    assert "EFBIG: File too large" in fail and str(workspace["root"] / "models" / "too-big") in fail, fail
+    assert not (workspace["root"] / "models" / "too-big").exists()
+
+    # The daemon's failed_round_sensor, on this run's failure, records the same cause.
+    home = tmp_path / "home"
+    failure = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records[0]
+    failure = failure.event_log_entry.dagster_event
+    context = dg.build_run_status_sensor_context(sensor_name="failed_round_sensor", dagster_event=failure,
+                                                 dagster_instance=instance, dagster_run=result.dagster_run).for_run_failure()
+    failed_round_sensor_for(home)(context)
+    record = json.loads(failed_rounds_log(home).read_text().splitlines()[-1])
+    assert record["failed_steps"] == ["too_big_checkpoint"]
+    assert record["causes"] == printer.failures == step_failures(instance.all_logs(result.run_id))
+    assert record["error"].startswith("too_big_checkpoint: error: EFBIG: File too large"), record

@@ -9,12 +9,13 @@ that hold several models' answers); `answer_field` names the answer column expli
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from arena_dagster.backends.base import ChatRequest, Completion, ModelSpec
 from arena_dagster.errors import ArenaError
+from arena_dagster.names import NameBook, normalize_name
+from arena_dagster.record_files import RecordFileError, strict_records
 
 ANSWER_FIELDS = ("completion", "response", "answer", "text", "output")
 ID_FIELDS = ("id", "question_id")
@@ -43,19 +44,19 @@ class RecordedBackend:
             raise RecordedDataError(f"model {spec.name!r}: recorded answers file {self.path} does not exist")
         self.answer_field = spec.options.get("answer_field")
         model_id = spec.options.get("model_id")
+        model_id = None if model_id is None else normalize_name(model_id, "model_id", f"model {spec.name!r}")
+        # a file's model names are compared as names (NFC, stripped); two that differ only in case are refused
+        names = NameBook(fix="use one spelling in the answers file")
         self.by_id: dict[str, dict[str, Any]] = {}
         self.by_prompt: dict[str, dict[str, Any]] = {}
-        with self.path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise RecordedDataError(f"{self.path}:{number}: not JSON ({exc.msg})") from exc
-                if not isinstance(row, dict):
-                    raise RecordedDataError(f"{self.path}:{number}: a row must be a JSON object")
-                if model_id is not None and row.get("model", row.get("model_id")) != model_id:
+        # The package's reader: a BOM or CRLF reads as clean UTF-8; text that is not UTF-8, a NUL or
+        # lone surrogate, malformed JSON or a row that is not an object is an error naming its line.
+        try:
+            for number, row in strict_records(self.path):
+                model = row.get("model", row.get("model_id"))
+                if isinstance(model, str) and model.strip():
+                    model = names.add(model, f"{self.path}:{number}")
+                if model_id is not None and model != model_id:
                     continue
                 row_id = next((str(row[f]) for f in ID_FIELDS if row.get(f) is not None), None)
                 prompt = row.get("prompt")
@@ -67,6 +68,9 @@ class RecordedBackend:
                     if key in table:
                         raise RecordedDataError(f"{self.path}:{number}: duplicate answer for {key!r}")
                     table[key] = row
+        except RecordFileError as exc:
+            raise RecordedDataError(f"{exc.input}: {exc.what}", fix="fix or remove that row") from None
+        names.check()
         if not self.by_id and not self.by_prompt:
             raise RecordedDataError(f"model {spec.name!r}: {self.path} holds no answers" + (
                 f" for model_id {model_id!r}" if model_id is not None else ""

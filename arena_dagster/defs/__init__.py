@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from arena_dagster.config import resolve_home
+from arena_dagster.config import resolve_home, settings_of
 
 # The profile sections each group of assets reads: an edit of one shows exactly those assets as
 # changed (a new code version) in the UI, so it says what is stale.
@@ -67,15 +67,17 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
     )
     from arena_dagster.defs.checks import checkpoint_asset_checks
     from arena_dagster.defs.compute import ArenaCompute
+    from arena_dagster.defs.reference import reference_checks
     from arena_dagster.defs.resources import ArenaHome, warehouse_resource
     from arena_dagster.home import home_profile
 
     root = resolve_home(home)
     name, seed, settings = home_profile(root, profile, seed)
     arena = ArenaHome(home=str(root), profile=name, seed=seed)
+    typed = settings_of(settings)
     return dg.Definitions(
         assets=_versioned(_assets(), settings),
-        asset_checks=checkpoint_asset_checks(),
+        asset_checks=[*checkpoint_asset_checks(), *reference_checks(typed.evaluation)],
         jobs=flywheel_jobs(arena.run_tags()),
         schedules=[nightly_flywheel],
         sensors=[round_partitions_sensor, next_round_sensor, failed_round_sensor_for(root)],
@@ -83,7 +85,7 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
             "arena": arena,
             "duckdb": warehouse_resource(root),
             # Where heavy steps run (the profile's `compute` section; `flywheel --engine` overrides it per run).
-            "compute": ArenaCompute.from_profile(settings),
+            "compute": ArenaCompute.from_profile(typed),
             # Training steps run as Pipes subprocesses; a cluster swaps in another Pipes client (README).
             "pipes": dg.PipesSubprocessClient(),
         },

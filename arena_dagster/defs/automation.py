@@ -14,6 +14,7 @@ import dagster as dg
 
 from arena_dagster.defs.resources import round_partitions
 from arena_dagster.home import logs_dir
+from arena_dagster.progress import step_failures
 
 SETUP_ASSETS = ["raw_prompts", "arena_testset", "prompt_pool", "prompt_quarantine", "competitor_models",
                 "initial_target_model", "baseline_leaderboard"]
@@ -176,8 +177,10 @@ def failed_round_sensor_for(home: Path) -> dg.RunStatusSensorDefinition:
         steps = [event.step_key for event in context.get_step_failure_events()]
         path = failed_rounds_log(home)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Each failed step's own cause (an OS error by name and path), as the terminal's FAIL line says it.
+        causes = step_failures(context.instance.all_logs(run.run_id))
         record = {"run_id": run.run_id, "job": run.job_name, "round": run.tags.get("dagster/partition"),
-                  "failed_steps": steps, "error": context.failure_event.message,
+                  "failed_steps": steps, "causes": causes, "error": causes[0] if causes else context.failure_event.message,
                   "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         with path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -6,16 +6,15 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.answering import RESPONSE_SCHEMA, answer_prompts
+from arena_dagster.backends.answering import RESPONSE_SCHEMA, answer_prompts
+from arena_dagster.backends.models import generation_spec
 from arena_dagster.defs.common import OWNERS, table_check_specs, table_result
 from arena_dagster.defs.compute import ArenaCompute
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import judge_battles, plan_target_battles
 from arena_dagster.judging.judges import make_judge
-from arena_dagster.models import generation_spec
-from arena_dagster.registry import models_of_kind
+from arena_dagster.registry import models_of_kind, stage_battle_target
 from arena_dagster.training.schedule import PREVIOUS_STAGE, STAGES, battle_prompts, stage_plan
-from arena_dagster.training.stages import stage_battle_target
 from arena_dagster.warehouse import read_table, write_table
 
 # The asset that trains a stage's battle target (the round's target comes from the previous round).
@@ -46,8 +45,8 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
     def stage_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource,
                         compute: ArenaCompute) -> dg.MaterializeResult:
         round_key = round_of(context)
-        profile = arena.settings()
-        plan = stage_plan(profile, stage, round_key)
+        settings = arena.typed_settings()
+        plan = stage_plan(settings.schedule, stage, round_key)
         with duckdb.get_connection() as conn:
             prompts = battle_prompts(read_table(conn, "prompt_pool"), plan)
             target = stage_battle_target(conn, plan)
@@ -57,8 +56,10 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
         frames, stats = [], []
         with compute.session(context):
             for row, role in [(target, "target")] + [(c, "competitor") for c in competitors]:
-                frame, stat = answer_prompts(generation_spec(row, profile), prompts, arena.cache_path, round_key=round_key,
-                                             role=role, log=context.log.info, compute=compute.settings())
+                frame, stat = answer_prompts(
+                    generation_spec(row, settings.generation), prompts, arena.cache_path, round_key=round_key, role=role,
+                    log=context.log.info, compute=compute.settings(),
+                )
                 frames.append(frame)
                 stats.append(stat.as_dict())
         with duckdb.get_connection() as conn:
@@ -95,7 +96,7 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
     )
     def stage_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
         round_key = round_of(context)
-        judge = make_judge(arena.settings()["judge"], cache_path=arena.cache_path, home=arena.root)
+        judge = make_judge(arena.typed_settings().judge, cache_path=arena.cache_path, home=arena.root)
         with duckdb.get_connection() as conn:
             answers = read_table(conn, responses_table, round_key=round_key)
             prompts = read_table(conn, "prompt_pool")

@@ -19,6 +19,7 @@ from dagster_ray import LocalRay, Lifecycle, RayResource
 from pydantic import PrivateAttr
 
 from arena_dagster.compute.settings import ComputeSettings
+from arena_dagster.profile_schema import Profile
 
 
 class JoinedRay(RayResource):
@@ -65,8 +66,9 @@ class ArenaCompute(dg.ConfigurableResource):
     _settings: ComputeSettings | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_profile(cls, profile: dict[str, Any]) -> "ArenaCompute":
-        return cls(settings_json=ComputeSettings.from_profile(profile).model_dump_json())
+    def from_profile(cls, profile: Profile) -> "ArenaCompute":
+        """The typed profile's `compute` section (the local engine where it has none)."""
+        return cls(settings_json=(profile.compute or ComputeSettings()).model_dump_json())
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         base = ComputeSettings.model_validate(json.loads(self.settings_json))

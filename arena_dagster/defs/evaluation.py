@@ -15,16 +15,16 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.answering import answer_prompts
+from arena_dagster.backends.answering import answer_prompts
+from arena_dagster.backends.models import generation_spec
 from arena_dagster.defs.common import OWNERS, table_check_results, table_check_specs, table_result
-from arena_dagster.defs.leaderboards import leaderboard_metadata
+from arena_dagster.defs.leaderboards import leaderboard_metadata, rate_categories
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import judge_battles
 from arena_dagster.judging.judges import make_judge, plan_arena
-from arena_dagster.models import generation_spec
-from arena_dagster.registry import current_target, models_of_kind, record_promotion
+from arena_dagster.profile_schema.sections import EvaluationSettings
+from arena_dagster.registry import current_target, models_of_kind, record_promotion, round_checkpoints
 from arena_dagster.sql_models import load_models, run_model
-from arena_dagster.training.stages import round_checkpoints
 from arena_dagster.warehouse import read_table, write_table
 
 
@@ -53,14 +53,14 @@ def arena_models(conn, round_key: int) -> list[tuple[dict[str, Any], str, str]]:
 
 def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
     """Every arena model answers the test set (cached); writes round `round_key` of arena_responses."""
-    profile = arena.settings()
+    generation = arena.typed_settings().generation
     with duckdb.get_connection() as conn:
         testset = read_table(conn, "arena_testset")
         models = arena_models(conn, round_key)
     frames, stats = [], []
     for row, role, _kind in models:
         frame, stat = answer_prompts(
-            generation_spec(row, profile), testset, arena.cache_path, round_key=round_key, role=role, log=context.log.info
+            generation_spec(row, generation), testset, arena.cache_path, round_key=round_key, role=role, log=context.log.info
         )
         frames.append(frame)
         stats.append(stat.as_dict())
@@ -81,7 +81,7 @@ def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: i
 def judge_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
     """Two games for every pair of arena models on every test prompt (a recorded judge: the pairs its files
     hold); writes round `round_key` of arena_judgments."""
-    judge = make_judge(arena.settings()["judge"], cache_path=arena.cache_path, home=arena.root)
+    judge = make_judge(arena.typed_settings().judge, cache_path=arena.cache_path, home=arena.root)
     with duckdb.get_connection() as conn:
         answers = read_table(conn, "arena_responses", round_key=round_key)
         testset = read_table(conn, "arena_testset")
@@ -94,7 +94,7 @@ def judge_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: in
             **({"recorded_rows_rejected": dg.MetadataValue.json(rejected)} if rejected else {})}
 
 
-def arena_battles_for_rating(conn, round_key: int, settings: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, int]]:
+def arena_battles_for_rating(conn, round_key: int, settings: EvaluationSettings) -> tuple[pl.DataFrame, dict[str, int]]:
     """The round's arena battles as the ratings take them, and the games left out by reason.
 
     `evaluation.rate`: battles, the two-game battles of arena_battles.sql; games, every judged
@@ -103,13 +103,13 @@ def arena_battles_for_rating(conn, round_key: int, settings: dict[str, Any]) -> 
     from arena_dagster.judging.recorded import judgment_battles
     from arena_dagster.ratings import with_style_features
 
-    if settings.get("rate", "battles") == "games":
+    if settings.rate == "games":
         battles, dropped = judgment_battles(read_table(conn, "arena_judgments", round_key=round_key),
-                                            strong_weight=float(settings.get("strong_weight", 3.0)))
+                                            strong_weight=settings.strong_weight)
     else:
         battles, dropped = read_table(conn, "arena_battles", round_key=round_key).select(
             "model_a", "model_b", "winner", pl.col("prompt_id").alias("question_id")), {}
-    if not settings.get("style_control", False):
+    if not settings.style_control:
         return battles, dropped
     answers = read_table(conn, "arena_responses", round_key=round_key).select(
         pl.col("prompt_id").alias("question_id"), "model", pl.col("response").alias("answer"))
@@ -120,18 +120,19 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
     """The round's Bradley-Terry leaderboard; writes round `round_key` of `leaderboard`."""
     from arena_dagster.ratings import rate
 
-    settings = arena.settings().get("evaluation", {})
-    style_control = bool(settings.get("style_control", False))
+    settings = arena.typed_settings().evaluation
+    style_control = settings.style_control
     with duckdb.get_connection() as conn:
         battles, dropped = arena_battles_for_rating(conn, round_key, settings)
-        testset_version = read_table(conn, "arena_testset")["testset_version"][0]
+        testset = read_table(conn, "arena_testset")
+        testset_version = testset["testset_version"][0]
         models = arena_models(conn, round_key)
-    anchor = settings.get("anchor") or f"{sorted(r['model'] for r, _, k in models if k == 'competitor')[0]}=1000"
-    baseline = settings.get("baseline")
+    anchor = settings.anchor or f"{sorted(r['model'] for r, _, k in models if k == 'competitor')[0]}=1000"
+    baseline = settings.baseline
     result = rate(
-        battles, anchor=anchor, baseline=baseline, bootstrap=int(settings.get("bootstrap", 200)),
-        bootstrap_unit=settings.get("bootstrap_unit", "prompt"), seed=int(settings.get("seed", 0)),
-        style_control=style_control,
+        battles, anchor=anchor, baseline=baseline, bootstrap=settings.bootstrap,
+        bootstrap_unit=settings.bootstrap_unit, seed=settings.seed,
+        style_control=style_control, ci=settings.ci,
     )
     roles = pl.DataFrame(
         [{"model": row["model"], "role": role, "kind": kind, "stage": row["kind"], "model_path": row["path"]}
@@ -142,17 +143,24 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
         pl.lit(testset_version).alias("testset_version"),
         pl.lit(anchor).alias("anchor"),
     )
+    by_category = rate_categories(battles, testset, dict(
+        anchor=anchor, baseline=baseline, bootstrap=settings.bootstrap,
+        bootstrap_unit=settings.bootstrap_unit, seed=settings.seed,
+        style_control=style_control, ci=settings.ci))
     with duckdb.get_connection() as conn:
         write_table(conn, "leaderboard", board, round_key=round_key)
+        write_table(conn, "leaderboard_by_category", by_category["table"], round_key=round_key)
     context.log.info(f"round {round_key}: leaderboard of {board.height} models on {battles.height} battles")
     if result.unbounded:
         context.log.warning(f"round {round_key}: {result.unbounded_reason}")
     extra: dict[str, Any] = {
         "anchor": anchor, "battles": battles.height, "testset_version": testset_version,
-        "rated": settings.get("rate", "battles"),
+        "rated": settings.rate,
         **({"battle_weight": float(battles["weight"].sum())} if "weight" in battles.columns else {}),
         **({"games_left_out": dg.MetadataValue.json(dropped)} if dropped else {}),
         "unbounded_models": ", ".join(result.unbounded) or "none",
+        "ci_method": settings.ci,
+        **by_category["metadata"],
         **leaderboard_metadata(board, battles, round_key, arena.folder("plots")),
     }
     if result.style_coefficients is not None:
@@ -247,7 +255,7 @@ def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, du
     sql = load_models()
     with duckdb.get_connection() as conn:
         for name in ("arena_battles", "arena_judge_health"):
-            run_model(conn, sql[name], round_key=0, variables=sql_variables(arena.settings()))
+            run_model(conn, sql[name], round_key=0, variables=sql_variables(arena.typed_settings().sql_vars))
         health = read_table(conn, "arena_judge_health", round_key=0).drop("round").to_dicts()
         # Round 0 is no partition of arena_judge_health: its checks are reported here.
         health_problems = [f"{o.name}: {o.description}" for o in validate_suite(conn, table_suite("arena_judge_health"), 0)

@@ -108,3 +108,31 @@ def leaderboard_metadata(board: pl.DataFrame, battles: pl.DataFrame, round_key: 
         "plot_file": dg.MetadataValue.path(str(ratings_file)),
         **rating_figures(board),
     }
+
+
+def rate_categories(battles: pl.DataFrame, testset: pl.DataFrame, rate_options: dict[str, Any]) -> dict[str, Any]:
+    """One board per category of test prompt (ratings/categories.py): `table`, every board's rows with a `category`
+    column for the warehouse's leaderboard_by_category, and `metadata`, the same as a UI table (and the categories
+    that get no board, with the reason)."""
+    from arena_dagster.ratings.categories import categories_of_testset, category_boards, category_table, with_categories
+
+    tagged, uncategorized = with_categories(battles, categories_of_testset(testset))
+    boards, skipped = category_boards(tagged, rate_options)
+    table = category_table(boards)
+    rows = [
+        dg.TableRecord({"category": r["category"], "rank": int(r["rank"]), "model": r["model"] + (" *" if r["unbounded"] else ""),
+                        "rating": round(float(r["rating"]), 1),
+                        "ci_95": f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]" if r.get("ci_low") is not None else "",
+                        "battles": int(r["battles"])})
+        for r in (table.sort(["category", "rating"], descending=[False, True]) if boards else table).iter_rows(named=True)
+    ]
+    metadata: dict[str, Any] = {"categories": len(boards)}
+    if rows:
+        metadata["leaderboard_by_category"] = dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=[
+            dg.TableColumn("category", "string", description="the test prompts' family (or cluster)"),
+            *(c for c in LEADERBOARD_COLUMNS if c.name != "kind")]))
+    if skipped:
+        metadata["categories_without_board"] = dg.MetadataValue.json(skipped)
+    if uncategorized and boards:
+        metadata["battles_without_category"] = uncategorized
+    return {"table": table, "metadata": metadata}

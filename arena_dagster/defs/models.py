@@ -4,9 +4,9 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from arena_dagster.backends.models import declared_models, declared_revision, prepare_model_config, trained_models_settings
 from arena_dagster.defs.common import OWNERS
 from arena_dagster.defs.resources import ArenaHome
-from arena_dagster.models import declared_models, declared_revision, prepare_model_config, trained_models_settings
 from arena_dagster.registry import register_model
 from arena_dagster.warehouse import read_table
 
@@ -36,7 +36,7 @@ from arena_dagster.warehouse import read_table
     ]
 )
 def base_models(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource):
-    declared = arena.settings().get("models", {}).get("source") == "declared"
+    declared = arena.typed_settings().models.source == "declared"
     if declared:
         yield from _register_declared_models(arena, duckdb)
         return
@@ -79,7 +79,7 @@ def base_models(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
 def _register_declared_models(arena: ArenaHome, duckdb: DuckDBResource):
     # `{home}` paths resolved, GGUF weights converted once to an HF folder (servable and trainable).
     entries = [(name, kind, prepare_model_config(config, arena.root))
-               for name, kind, config in declared_models(arena.settings()["models"])]
+               for name, kind, config in declared_models(arena.typed_settings().models)]
     with duckdb.get_connection() as conn:
         for name, kind, config in entries:
             register_model(

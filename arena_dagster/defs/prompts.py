@@ -12,16 +12,9 @@ from dagster_duckdb import DuckDBResource
 from arena_dagster.defs.common import OWNERS, table_check_specs, table_metadata, table_result
 from arena_dagster.defs.compute import ArenaCompute
 from arena_dagster.defs.resources import ArenaHome
-from arena_dagster.prompts.pools import (
-    REAL_SOURCES,
-    curated_pool,
-    frozen_rounds,
-    raw_prompt_frame,
-    slice_sizes,
-    source_metadata,
-    testset_with_stats,
-    write_recorded_answers,
-)
+from arena_dagster.profile_schema.constants import REAL_SOURCES
+from arena_dagster.prompts.pools import curated_pool, frozen_rounds, raw_prompt_frame, slice_sizes, testset_with_stats
+from arena_dagster.prompts.real_sources import source_metadata, write_recorded_answers
 from arena_dagster.warehouse import read_table, table_exists, write_table
 
 
@@ -33,13 +26,14 @@ from arena_dagster.warehouse import read_table, table_exists, write_table
     description="Instruction prompts as ingested from the profile's source, duplicates and junk included.",
 )
 def raw_prompts(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    frame = raw_prompt_frame(arena.settings())
-    counts = source_metadata(arena.settings())
+    settings = arena.typed_settings()
+    frame = raw_prompt_frame(settings)
+    counts = source_metadata(settings.prompts)
     with duckdb.get_connection() as conn:
         write_table(conn, "raw_prompts", frame)
         return table_result(
             conn, "raw_prompts", None,
-            {**arena.provenance(), "source": arena.settings()["prompts"]["source"], **({"ingest": dg.MetadataValue.json(counts)} if counts else {})},
+            {**arena.provenance(), "source": settings.prompts.source, **({"ingest": dg.MetadataValue.json(counts)} if counts else {})},
         )
 
 
@@ -56,10 +50,10 @@ def raw_prompts(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResul
 def arena_testset(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
     from arena_dagster.judging.judges import make_judge
 
-    settings = arena.settings()
     frame, build = testset_with_stats(
-        settings,
-        judge_factory=lambda: make_judge(settings["judge"], cache_path=arena.cache_path, home=arena.root),
+        arena.typed_settings(),
+        # judging still reads its settings as a plain dict
+        judge_factory=lambda: make_judge(arena.typed_settings().judge, cache_path=arena.cache_path, home=arena.root),
         log=context.log.info,
     )
     with duckdb.get_connection() as conn:
@@ -116,7 +110,7 @@ def started_rounds(conn) -> pl.DataFrame | None:
     check_specs=table_check_specs("prompt_pool"),
 )
 def prompt_pool(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, compute: ArenaCompute):
-    settings = arena.settings()
+    settings = arena.typed_settings()
     with duckdb.get_connection() as conn:
         raw = read_table(conn, "raw_prompts")
         testset = read_table(conn, "arena_testset")
@@ -127,7 +121,7 @@ def prompt_pool(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
         write_table(conn, "prompt_quarantine", quarantine)
         per_round = pool.group_by("round").len().sort("round")
         recorded = {}
-        if settings["prompts"].get("source") in REAL_SOURCES:
+        if settings.prompts.source in REAL_SOURCES:
             # The recorded competitor answers by prompt id, from the pool's and the test set's rows.
             recorded = write_recorded_answers(pool, testset, arena.folder("recorded"))
         pool_result = table_result(

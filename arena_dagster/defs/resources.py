@@ -10,9 +10,12 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
-from arena_dagster.config import profile_hash, resolve_home
-from arena_dagster.home import WAREHOUSE, HomeLock, describe_holder, profile_settings, writer_lock
+from arena_dagster.config import profile_hash, resolve_home, settings_of
+from arena_dagster.home import profile_settings
+from arena_dagster.locks import HomeLock, describe_holder, writer_lock
+from arena_dagster.warehouse import WAREHOUSE
 from arena_dagster.paths import inside
+from arena_dagster.profile_schema import Profile
 
 # Training rounds 1, 2, ...: one key per slice of the prompt pool (added when the pool has the slice).
 round_partitions = dg.DynamicPartitionsDefinition(name="round")
@@ -82,7 +85,12 @@ class ArenaHome(dg.ConfigurableResource):
             self._lock = None
 
     def settings(self) -> dict[str, Any]:
+        """The profile in its plain form: what the home records and `profile_hash` hashes."""
         return _settings(self.profile, self.seed)
+
+    def typed_settings(self) -> Profile:
+        """The profile's typed settings, for every reader (a step not yet converted reads `settings()`)."""
+        return settings_of(self.settings())
 
     def profile_hash(self) -> str:
         return profile_hash(self.settings())
@@ -95,7 +103,7 @@ class ArenaHome(dg.ConfigurableResource):
         """Metadata every materialization carries: which profile (and seed) made it."""
         return {"arena/profile": self.profile, "arena/profile_hash": self.profile_hash(),
                 # Text, not a number: the Plots tab would draw a constant as a flat line on every asset.
-                "arena/seed": str(int(self.settings().get("seed", 0)))}
+                "arena/seed": str(self.typed_settings().seed)}
 
     @property
     def root(self) -> Path:

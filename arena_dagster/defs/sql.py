@@ -9,12 +9,14 @@ from dagster_duckdb import DuckDBResource
 
 from arena_dagster.defs.common import OWNERS, table_check_specs, table_result
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
+from arena_dagster.profile_schema.sections import SqlVars
 from arena_dagster.quality.suites import judge_health_suite
 from arena_dagster.sql_models import SqlModel, load_models, model_column_lineage, run_model
 
 
-def sql_variables(profile: dict[str, Any]) -> dict[str, Any]:
-    return dict(profile.get("sql_vars", {}))
+def sql_variables(settings: SqlVars) -> dict[str, Any]:
+    """The `{{ var(...) }}` values of the SQL models (every one is set: the schema requires them)."""
+    return settings.model_dump()
 
 
 def _lineage_metadata(conn, model: SqlModel, round_key: int, variables: dict[str, Any]) -> dict[str, Any]:
@@ -58,10 +60,10 @@ def _sql_asset(model: SqlModel) -> dg.AssetsDefinition:
     )
     def _build(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
         round_key = round_of(context)
-        profile = arena.settings()
-        variables = sql_variables(profile)
+        settings = arena.typed_settings()
+        variables = sql_variables(settings.sql_vars)
         # Judge-health limits are the profile's to move (a weak judge is expected to be noisy).
-        suite = judge_health_suite(model.name, profile.get("judge_health")) if model.path.stem == "judge_health" else None
+        suite = judge_health_suite(model.name, settings.judge_health) if model.path.stem == "judge_health" else None
         with duckdb.get_connection() as conn:
             run_model(conn, model, round_key=round_key, variables=variables)
             extra = {**arena.provenance(), "sql_file": f"dbt_like_sql/{model.path.name}", "refs": list(model.refs),

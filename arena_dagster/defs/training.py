@@ -11,9 +11,9 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from arena_dagster.backends.models import trained_models_settings
 from arena_dagster.defs.common import OWNERS
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
-from arena_dagster.models import trained_models_settings
 from arena_dagster.preferences.export import (
     export_dataset,
     preference_training_rows,
@@ -67,7 +67,7 @@ def _train(
     name = checkpoint_name(stage, round_key)
     export = export_dataset(rows, training_rows, arena.folder("datasets", f"round-{round_key}", stage))
     models_settings = trained_models_settings(profile)
-    locally_built = profile.get("models", {}).get("source") != "declared"
+    locally_built = arena.typed_settings().models.source != "declared"
     replay = None
     if locally_built:
         from arena_dagster.training.base_models import resolve_profile
@@ -128,7 +128,7 @@ def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg
                     parent: dict[str, Any]) -> dg.MaterializeResult:
     round_key = round_of(context)
     table, to_rows, schedule_stage = _STAGE_DATA[stage]
-    plan = stage_plan(arena.settings(), schedule_stage, round_key)
+    plan = stage_plan(arena.typed_settings().schedule, schedule_stage, round_key)
     rounds = ", ".join(str(r) for r in plan.data_rounds)
     with duckdb.get_connection() as conn:
         rows = read_table(conn, table, where=f"round IN ({rounds})")
@@ -177,7 +177,7 @@ def dpo_checkpoint(
 
 
 def _reward_accuracy_floor(arena: ArenaHome) -> float:
-    return float(arena.settings().get("reward_model", {}).get("min_eval_accuracy", 0.6))
+    return arena.typed_settings().reward_model.min_eval_accuracy
 
 
 @dg.asset(
@@ -239,7 +239,7 @@ def rl_checkpoint(
     context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient
 ) -> dg.MaterializeResult:
     round_key = round_of(context)
-    plan = stage_plan(arena.settings(), "rl", round_key)
+    plan = stage_plan(arena.typed_settings().schedule, "rl", round_key)
     floor = _reward_accuracy_floor(arena)
     with duckdb.get_connection() as conn:
         parent = resolve_skipped(conn, round_checkpoint(conn, "dpo", round_key))
@@ -252,7 +252,7 @@ def rl_checkpoint(
         if accuracy < floor:
             return _register_skipped(conn, stage="rl", round_key=round_key, parent=parent,
                                      reason=f"reward model held-out accuracy {accuracy:.3f} < floor {floor}", provenance=arena.provenance())
-    prompts = pl.concat([battle_prompts(pool, stage_plan(arena.settings(), "rl", r)) for r in plan.data_rounds])
+    prompts = pl.concat([battle_prompts(pool, stage_plan(arena.typed_settings().schedule, "rl", r)) for r in plan.data_rounds])
     return _train(context, arena, duckdb, pipes, stage="rl", parent=parent, rows=prompts, training_rows=prompt_training_rows(prompts),
                   reward_model=reward, extra={"reward_model": reward["model"], "reward_eval_accuracy": accuracy,
                                               "data_rounds": list(plan.data_rounds)})

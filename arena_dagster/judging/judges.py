@@ -1,6 +1,6 @@
 """Judges behind one interface: the verifier (embedded default) and LLM judges.
 
-`make_judge(config, cache_path=..., home=...)` builds the judge a profile's `judge:` section
+`make_judge(settings, cache_path=..., home=...)` builds the judge a profile's `judge:` section
 names: `kind: verifier` (the skills profile), `kind: llm`, any model of the backend
 registry scoring both answers with a template of `assets/judge_templates/`, or
 `kind: recorded`, verdicts replayed from arena-hard or MT-Bench judgment files (recorded.py).
@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 import polars as pl
 
 from arena_dagster.judging.battles import Judge, JudgeItem, JudgeResult, plan_round_robin
+from arena_dagster.profile_schema.judges import JudgeSettings
+from arena_dagster.profile_schema.judges import LLMJudge as LLMJudgeSettings
 
 
 class JudgeConfigError(ValueError):
@@ -59,11 +61,6 @@ class VerifierJudge:
 
 
 STRUCTURED_BACKENDS = ("transformers", "openai")
-_LLM_KEYS = {
-    "kind", "name", "model", "template", "structured", "integers", "explanation_tokens", "retries",
-    "retry_suffix", "max_chars", "batch_size", "difficulty_template", "field_order",
-}
-DEFAULT_RETRY_SUFFIX = "\n\n(Attempt {attempt}: your last reply could not be read. Reply with the JSON object only.)"
 
 
 def _clip(text: str, limit: int | None) -> str:
@@ -89,42 +86,36 @@ class LLMJudge:
                          score_a, score_b: reason first). A 135M judge copies score_a into an
                          adjacent score_b: measured on 24 ShareGPT games, [explanation, score_a,
                          score_b] gave 0 games with different scores, [score_a, explanation, score_b] 8
-      retries            extra attempts for outputs that do not parse (2); each adds
-                         `retry_suffix` to the user message and moves the sampling seed, so the
-                         cache key differs; still failing: recorded with its raw text, parse_ok False
+      retries            extra attempts for outputs that do not parse (2); attempt k adds
+                         `retry_suffix` to the user message and moves the sampling seed by k, so
+                         each attempt has its own cache key and a rerun replays the same attempts;
+                         still failing: recorded with its raw text, parse_ok False, and its battle
+                         is incomplete (left out of the outcomes, counted by judge health)
       max_chars          {instruction, history, answer}: longer texts are cut (and marked) in the
                          judge prompt, so one long answer cannot blow the context or the budget
       batch_size         games per cached generation call (each call is committed to the cache)
       difficulty_template  the template of `rate_difficulty` (difficulty_v1)
     """
 
-    def __init__(self, config: dict[str, Any], *, cache_path: Path | str, home: Path | str | None = None) -> None:
+    def __init__(self, settings: LLMJudgeSettings, *, cache_path: Path | str, home: Path | str | None = None) -> None:
         from arena_dagster.backends.registry import model_spec_from_config
         from arena_dagster.judging.llm_judge import judgment_json_schema, load_template
-        from arena_dagster.models import declared_revision, prepare_model_config
+        from arena_dagster.backends.models import declared_revision, prepare_model_config
 
-        unknown = sorted(set(config) - _LLM_KEYS)
-        if unknown:
-            raise JudgeConfigError(f"judge: unknown settings {unknown} (known: {sorted(_LLM_KEYS)})")
-        model = config.get("model")
-        if not isinstance(model, dict):
-            raise JudgeConfigError("judge.model: a model config (backend, path, sampling ...) is required for kind 'llm'")
-        self.name = str(config.get("name") or "llm-judge")
-        self.template = load_template(config.get("template", "pairwise_v1"))
+        # The model's config as the profile writes it (only the keys it sets): its revision hashes that form.
+        model = settings.model.model_dump(by_alias=True, exclude_unset=True)
+        self.name = settings.name
+        self.template = load_template(settings.template)
         self.cache_path = Path(cache_path)
-        self.retries = int(config.get("retries", 2))
-        if self.retries < 0:
-            raise JudgeConfigError(f"judge.retries must be >= 0, got {self.retries}")
-        self.retry_suffix = str(config.get("retry_suffix", DEFAULT_RETRY_SUFFIX))
-        limits = dict(config.get("max_chars") or {})
-        self.max_chars = {k: limits.get(k) for k in ("instruction", "history", "answer")}
-        self.batch_size = int(config.get("batch_size", 8))
-        self.difficulty_template_name = str(config.get("difficulty_template", "difficulty_v1"))
+        self.retries = settings.retries
+        self.retry_suffix = settings.retry_suffix
+        limits = settings.max_chars
+        self.max_chars = {k: getattr(limits, k) if limits is not None else None for k in ("instruction", "history", "answer")}
+        self.batch_size = settings.batch_size
+        self.difficulty_template_name = settings.difficulty_template
         prepared = prepare_model_config(model, Path(home)) if home is not None else dict(model)
         backend = prepared.get("backend")
-        structured = config.get("structured", "auto")
-        if structured not in ("auto", "on", "off", True, False):
-            raise JudgeConfigError(f"judge.structured must be auto, on or off, got {structured!r}")
+        structured = settings.structured
         if structured == "auto":
             structured = backend in STRUCTURED_BACKENDS and self.template.kind == "scores"
         structured = structured in ("on", True)
@@ -133,20 +124,16 @@ class LLMJudge:
         if structured and backend not in STRUCTURED_BACKENDS:
             raise JudgeConfigError(f"judge.structured: backend {backend!r} has no structured output here "
                                    f"(use {' or '.join(STRUCTURED_BACKENDS)}, e.g. vLLM behind its OpenAI server)")
-        self.integers = str(config.get("integers", "argmax"))
-        if self.integers not in ("argmax", "expected"):
-            raise JudgeConfigError(f"judge.integers must be argmax or expected, got {self.integers!r}")
+        self.integers = settings.integers
         if self.integers == "expected" and not (structured and backend == "transformers"):
             raise JudgeConfigError("judge.integers: expected needs structured output on the transformers backend")
-        explanation_tokens = int(config.get("explanation_tokens", 64))
+        explanation_tokens = settings.explanation_tokens
         self.structured = structured
         self._model_config = prepared
         self._structured_options: dict[str, Any] = {}
         mode = "free"
         base_schema = judgment_json_schema()
-        order = list(config.get("field_order") or base_schema["properties"])
-        if sorted(order) != sorted(base_schema["properties"]):
-            raise JudgeConfigError(f"judge.field_order must order {sorted(base_schema['properties'])}, got {order}")
+        order = list(settings.field_order or base_schema["properties"])
         base_schema = {**base_schema, "properties": {k: base_schema["properties"][k] for k in order}, "required": order}
         if structured:
             schema = {"type": "json_schema", "json_schema": {"name": "pairwise_judgment", "schema": base_schema}}
@@ -247,7 +234,7 @@ class LLMJudge:
         ids = [f"{item.prompt_id}#{n}" for n, item in enumerate(items)]
 
         def parse(index: int, text: str):
-            return parse_judgment(text, self.template, answers=shown[index])
+            return parse_judgment(text, self.template, answers=shown[index], structured=self.structured)
 
         results = []
         for parsed, raw, error, attempts in self._with_retries("pairwise", self._structured_options, ids, messages, parse,
@@ -310,14 +297,17 @@ def load_difficulty_template(name: str | Path) -> dict[str, str]:
     import yaml
 
     from arena_dagster.judging.llm_judge import TEMPLATE_DIR
+    from arena_dagster.record_files import read_text, text_problem
 
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = TEMPLATE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise JudgeConfigError(f"difficulty template {str(name)!r} not found at {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # the package's text rules: BOM and CRLF read as clean UTF-8, bad text is one line
     data = yaml.safe_load(text)
+    if text_problem(data):
+        raise JudgeConfigError(f"{path}: {text_problem(data)[1]}")
     if not isinstance(data, dict) or data.get("kind") != "difficulty" or not all(isinstance(data.get(k), str) for k in ("system", "user")):
         raise JudgeConfigError(f"{path}: a difficulty template needs kind: difficulty and string system/user")
     unknown = sorted(set(_PLACEHOLDER.findall(data["system"] + data["user"])) - {"history", "instruction", "nonce"})
@@ -328,7 +318,10 @@ def load_difficulty_template(name: str | Path) -> dict[str, str]:
 
 
 def parse_difficulty(text: str) -> float:
-    """The difficulty from `{"difficulty": 0-10}` (the last such object); ValueError when absent or out of range."""
+    """The difficulty from `{"difficulty": 0-10}` (the last such object; a number by the shared rule of
+    ratings/numbers.py); ValueError when absent or out of range."""
+    from arena_dagster.ratings.numbers import read_number
+
     found = None
     for match in re.finditer(r"\{[^{}]*\}", text or ""):
         try:
@@ -337,25 +330,27 @@ def parse_difficulty(text: str) -> float:
             continue
         if isinstance(obj, dict) and "difficulty" in obj:
             found = obj["difficulty"]
-    if isinstance(found, bool) or not isinstance(found, (int, float)) or not 0 <= found <= 10:
+    number = read_number(found)
+    if number is None or not 0 <= number <= 10:
         raise ValueError(f"no difficulty 0-10 in the judge output: {str(text)[:80]!r}")
-    return float(found)
+    return number
 
 
-def make_judge(config: dict[str, Any], *, cache_path: Path | str | None = None, home: Path | str | None = None) -> Judge:
+def make_judge(settings: JudgeSettings, *, cache_path: Path | str | None = None, home: Path | str | None = None) -> Judge:
     """The judge of a profile's `judge:` section; LLM judges need the completion cache's path."""
-    kind = config.get("kind", "verifier")
-    if kind == "verifier":
-        return VerifierJudge(name=config.get("name", "verifier"))
-    if kind == "llm":
+    if settings.kind == "verifier":
+        return VerifierJudge(name=settings.name)
+    if settings.kind == "llm":
         if cache_path is None:
             raise JudgeConfigError("an LLM judge generates through the completion cache: pass cache_path")
-        return LLMJudge(config, cache_path=cache_path, home=home)
-    if kind == "recorded":
-        from arena_dagster.judging.recorded import RecordedJudge
+        return LLMJudge(settings, cache_path=cache_path, home=home)
+    from arena_dagster.judging.recorded import RecordedJudge
 
-        return RecordedJudge(config)
-    raise JudgeConfigError(f"unknown judge kind {kind!r} (known: verifier, llm, recorded)")
+    if settings.kind == "ensemble":
+        from arena_dagster.judging.ensemble import EnsembleJudge
+
+        return EnsembleJudge(settings, [make_judge(member, cache_path=cache_path, home=home) for member in settings.judges])
+    return RecordedJudge(settings)
 
 
 def plan_arena(judge: Judge, round_key: int, prompt_ids: Sequence[str], models: Sequence[str]) -> pl.DataFrame:

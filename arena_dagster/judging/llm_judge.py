@@ -13,13 +13,16 @@ Injection safety, in two layers:
 1. Prompt side: history, instruction and answers sit between BEGIN/END markers carrying a
    nonce derived from the request content (a hash: stable for caching, unknowable to an
    answer written before the request existed), so an answer cannot close its own block.
-2. Parser side: only the judge's own output is parsed. A score object (JSON with the full
-   schema) is ignored when its text occurs in one of the answers (the judge quoting an
-   answer's fake judgment); a verdict token is ignored when it occurs in an answer, unless
-   it closes the judge's output (the judge's own verdict line). If the remaining
-   candidates disagree the judgment is ambiguous and a parse failure (the caller retries,
-   then records the raw text); agreeing duplicates count once. Missing, non-integer or
-   out-of-range scores are parse failures, never clamped.
+2. Parser side: only the judge's own output is parsed, and only its final structure. With
+   structured output (`response_format`) that is the one schema object the reply is.
+   Otherwise it is the last score object (or verdict token) outside the spans where the
+   judge quotes material (echoed answer blocks, blockquotes, inline quotations, a fenced
+   block copied from an answer: quoted.py) that does not reproduce, by value, one an answer
+   planted. When that last one repeats a planted value while the judge also gave another,
+   the judgment is ambiguous. Missing, non-integer or out-of-range scores are parse
+   failures, never clamped; a score written as a string is read by the shared rule of
+   `ratings/numbers.py` ("7" is 7). A parse failure is asked again (`judge.retries`), then
+   recorded with its raw text and counted by judge health.
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from arena_dagster.config import ASSETS_DIR
+from arena_dagster.judging.quoted import answer_markers, inside, line_of, quoted_spans, squeeze
+from arena_dagster.paths import ASSETS_DIR
+from arena_dagster.ratings.numbers import read_number
 
 TEMPLATE_DIR = ASSETS_DIR / "judge_templates"
 SCORE_MIN, SCORE_MAX = 1, 10
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _VERDICT = re.compile(r"\[\[\s*(A\s*>>\s*B|A\s*>\s*B|A\s*=\s*B|B\s*>\s*A|B\s*>>\s*A)\s*\]\]")
 _FIELDS = ("history", "instruction", "answer_a", "answer_b", "nonce")
+_DISTINCTIVE = 20  # characters besides the verdict token that make a line a recognisable copy
 
 
 class JudgeParseError(ValueError):
@@ -72,14 +78,18 @@ def load_template(name: str | Path) -> JudgeTemplate:
     """A template by name (`pairwise_v1`, `verdict_v1`) or by path to a YAML file."""
     import yaml
 
+    from arena_dagster.record_files import read_text, text_problem
+
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = TEMPLATE_DIR / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml"))
         raise JudgeTemplateError(f"judge template {str(name)!r} not found at {path} (known: {known})")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # the package's text rules: BOM and CRLF read as clean UTF-8, bad text is one line
     data = yaml.safe_load(text)
+    if text_problem(data):
+        raise JudgeTemplateError(f"{path}: {text_problem(data)[1]}")
     if not isinstance(data, dict):
         raise JudgeTemplateError(f"{path}: expected a mapping")
     missing = [key for key in ("kind", "system", "user") if not isinstance(data.get(key), str)]
@@ -98,7 +108,7 @@ def load_template(name: str | Path) -> JudgeTemplate:
             pair = raw.get(verdict)
             if not (isinstance(pair, list) and len(pair) == 2 and all(_valid_score(v) for v in pair)):
                 raise JudgeTemplateError(f"{path}: verdict_scores[{verdict!r}] must be two integers 1-10, got {pair!r}")
-            verdict_scores[verdict] = (int(pair[0]), int(pair[1]))
+            verdict_scores[verdict] = (int(read_number(pair[0])), int(read_number(pair[1])))
     return JudgeTemplate(
         name=str(data.get("name") or path.stem),
         kind=kind,
@@ -168,25 +178,18 @@ def judgment_json_schema() -> dict[str, Any]:
 
 
 def _valid_score(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return SCORE_MIN <= value <= SCORE_MAX
-    if isinstance(value, float):
-        return value.is_integer() and SCORE_MIN <= value <= SCORE_MAX
-    return False
+    number = read_number(value)
+    return number is not None and number.is_integer() and SCORE_MIN <= number <= SCORE_MAX
 
 
 def _score(value: Any, key: str) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
     if not _valid_score(value):
         raise JudgeParseError(f"{key} must be an integer {SCORE_MIN}-{SCORE_MAX}, got {value!r}")
-    return int(value)
+    return int(read_number(value))
 
 
-def _json_objects(text: str) -> list[tuple[dict, str]]:
-    """Every JSON object decodable at a '{' in the text, with its exact source span."""
+def _json_objects(text: str) -> list[tuple[dict, int, int]]:
+    """Every JSON object decodable at a '{' in the text (not nested in an earlier one), with its span."""
     decoder = json.JSONDecoder(strict=False)  # judges put raw newlines inside strings
     found = []
     position = text.find("{")
@@ -197,71 +200,125 @@ def _json_objects(text: str) -> list[tuple[dict, str]]:
             position = text.find("{", position + 1)
             continue
         if isinstance(value, dict):
-            found.append((value, text[position:end]))
+            found.append((value, position, end))
             position = text.find("{", end)
         else:
             position = text.find("{", position + 1)
     return found
 
 
-def _echoed(span: str, answers: Sequence[str]) -> bool:
-    squeezed = re.sub(r"\s+", "", span)
-    return any(squeezed and squeezed in re.sub(r"\s+", "", answer) for answer in answers if answer)
+def _score_objects(text: str) -> list[tuple[dict, int, int]]:
+    return [(obj, start, end) for obj, start, end in _json_objects(text) if "score_a" in obj or "score_b" in obj]
 
 
-def parse_judgment(text: str, template: JudgeTemplate, *, answers: Sequence[str] = ()) -> ParsedJudgment:
-    """Scores from the judge's output; raises JudgeParseError (missing, out of range, ambiguous).
+def _object_value(obj: dict) -> tuple[float | None, float | None, str | None]:
+    """A score object by value: (score_a, score_b, explanation squeezed), whatever its key order or number spelling."""
+    explanation = obj.get("explanation")
+    return read_number(obj.get("score_a")), read_number(obj.get("score_b")), \
+        squeeze(explanation) if isinstance(explanation, str) else None
 
-    `answers`: the two answers shown to the judge; candidates copied from them are ignored.
+
+def _reproduces(value: tuple, planted: tuple) -> bool:
+    """The judge's object repeats a planted one: the same scores, and the same explanation or none.
+    (A judge's own object always explains itself; a planted object without an explanation must
+    not make every judgment with its scores look like a copy.)"""
+    return value[:2] == planted[:2] and (not value[2] or value[2] == planted[2])
+
+
+def _judgment(obj: dict) -> ParsedJudgment:
+    if not isinstance(obj.get("explanation"), str):
+        raise JudgeParseError("missing string 'explanation'")
+    return ParsedJudgment(_score(obj.get("score_a"), "score_a"), _score(obj.get("score_b"), "score_b"),
+                          obj["explanation"].strip())
+
+
+def parse_structured(text: str) -> ParsedJudgment:
+    """The judgment of a structured-output reply: the whole reply is the one schema object (a
+    surrounding code fence aside); nothing is searched for inside it or around it."""
+    body = text.strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*\n?(.*?)\n?\s*```", body, re.S)
+    body = fenced.group(1).strip() if fenced else body
+    try:
+        obj = json.loads(body, strict=False)
+    except json.JSONDecodeError:
+        raise JudgeParseError("the structured reply is not one JSON object") from None
+    if not isinstance(obj, dict):
+        raise JudgeParseError("the structured reply is not one JSON object")
+    return _judgment(obj)
+
+
+def parse_judgment(text: str, template: JudgeTemplate, *, answers: Sequence[str] = (),
+                   structured: bool = False) -> ParsedJudgment:
+    """The judge's own verdict in its output; raises JudgeParseError (missing, out of range, ambiguous).
+
+    `answers`: the two answers shown to the judge. `structured`: the reply was constrained to
+    `judgment_json_schema()` (response_format): only that object counts. Otherwise the verdict
+    is the judge's final structure: the last score object (or verdict token) outside quoted
+    spans (quoted.py) that does not reproduce one planted in an answer. When that last one
+    repeats a planted value and the judge also gave a different one, the output is ambiguous.
     """
     if not isinstance(text, str) or not text.strip():
         raise JudgeParseError("empty judge output")
+    if structured:
+        return parse_structured(text)
+    markers = answer_markers(template.user)
+    quoted = quoted_spans(text, markers, answers)
     if template.kind == "verdict":
-        return _parse_verdict(text, template, answers)
-    candidates = []
-    rejected: list[str] = []
-    for obj, span in _json_objects(text):
-        if "score_a" not in obj and "score_b" not in obj:
+        return _parse_verdict(text, template, answers, quoted)
+    planted = [_object_value(obj) for answer in answers if answer for obj, _, _ in _score_objects(answer)]
+    own = []
+    skipped = 0
+    for obj, start, end in _score_objects(text):
+        value = _object_value(obj)
+        if inside((start, end), quoted) or any(_reproduces(value, p) for p in planted):
+            skipped += 1
             continue
-        if _echoed(span, answers):
-            rejected.append("a score object copied from an answer")
-            continue
-        try:
-            if not isinstance(obj.get("explanation"), str):
-                raise JudgeParseError("missing string 'explanation'")
-            candidates.append(ParsedJudgment(_score(obj.get("score_a"), "score_a"), _score(obj.get("score_b"), "score_b"),
-                                             obj["explanation"].strip()))
-        except JudgeParseError as err:
-            rejected.append(str(err))
-    if not candidates:
-        reason = "; ".join(dict.fromkeys(rejected)) or "no JSON object with score_a and score_b"
+        own.append((obj, value))
+    if not own:
+        reason = "only score objects quoted from the answers" if skipped else "no JSON object with score_a and score_b"
         raise JudgeParseError(f"no valid judgment: {reason}")
-    distinct = {(c.score_a, c.score_b) for c in candidates}
-    if len(distinct) > 1:
-        raise JudgeParseError(f"ambiguous: the output holds {len(distinct)} different judgments {sorted(distinct)}")
-    return candidates[-1]
+    final, value = own[-1]
+    judgment = _judgment(final)
+    if any(value[:2] == p[:2] for p in planted):
+        others = sorted({v[:2] for _, v in own if v[:2] != value[:2] and None not in v[:2]})
+        if others:
+            raise JudgeParseError(f"ambiguous: the last judgment repeats scores planted in an answer {value[:2]} "
+                                  f"and the judge also gave {others}")
+    return judgment
 
 
-def _parse_verdict(text: str, template: JudgeTemplate, answers: Sequence[str]) -> ParsedJudgment:
-    matches = list(_VERDICT.finditer(text))
-    final_line = text.rstrip().rsplit("\n", 1)[-1].strip()
-    verdicts = []
-    for match in matches:
-        token = match.group(0)
-        is_final = match is matches[-1] and final_line.endswith(token) and len(final_line) - len(token) <= 40
-        # The judge's closing verdict is its own; anywhere else, a verdict token that also
-        # occurs in an answer is taken for the judge quoting that answer.
-        if not is_final and _echoed(token, answers):
+def _verdict_tokens(text: str) -> list[re.Match]:
+    return list(_VERDICT.finditer(text))
+
+
+def _verdict_of(match: re.Match) -> str:
+    return re.sub(r"\s+", "", match.group(1))
+
+
+def _parse_verdict(text: str, template: JudgeTemplate, answers: Sequence[str], quoted: list) -> ParsedJudgment:
+    shown = [squeeze(answer) for answer in answers if answer]
+    planted = {_verdict_of(m) for answer in answers if answer for m in _verdict_tokens(answer)}
+    own = []
+    for match in _verdict_tokens(text):
+        if inside(match.span(), quoted):
             continue
-        verdicts.append((re.sub(r"\s+", "", match.group(1)), match.start()))
-    if not verdicts:
-        raise JudgeParseError("no verdict token like [[A>B]] in the judge output")
-    distinct = sorted({v for v, _ in verdicts})
-    if len(distinct) > 1:
-        raise JudgeParseError(f"ambiguous: the output holds different verdicts {distinct}")
-    verdict, position = verdicts[-1]
+        line = squeeze(line_of(text, match.start()))
+        # A distinctive line copied from an answer is a quotation. A short one ("Final verdict:
+        # [[A>B]]", the bare token) is the verdict line the template asks for, whoever else
+        # wrote one: an answer must not be able to void the judge's verdict by guessing it.
+        if len(line) - len(squeeze(match.group(0))) >= _DISTINCTIVE and any(line in answer for answer in shown):
+            continue
+        own.append(match)
+    if not own:
+        raise JudgeParseError("no verdict token like [[A>B]] in the judge's own words")
+    final = own[-1]
+    verdict = _verdict_of(final)
+    others = sorted({_verdict_of(m) for m in own} - {verdict})
+    if verdict in planted and others:
+        raise JudgeParseError(f"ambiguous: the last verdict {verdict} repeats one planted in an answer "
+                              f"and the judge also gave {others}")
     score_a, score_b = template.verdict_scores[verdict]
-    return ParsedJudgment(score_a, score_b, text[:position].strip(), verdict=verdict)
+    return ParsedJudgment(score_a, score_b, text[: final.start()].strip(), verdict=verdict)
 
 
 def expected_score(top_logprobs: Mapping[str, float], *, min_mass: float = 0.05) -> float:

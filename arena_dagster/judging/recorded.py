@@ -28,88 +28,73 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import polars as pl
 
 from arena_dagster.judging.battles import JudgeItem, JudgeResult, plan_round_robin, plan_target_battles
+from arena_dagster.names import NameBook
+from arena_dagster.profile_schema.constants import VERDICT_SCORES
+from arena_dagster.profile_schema.judges import RecordedJudge as RecordedJudgeSettings
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.judgments import JUDGMENT_SUFFIXES, RecordedGame, arena_hard_games, mt_bench_games
 from arena_dagster.ratings.records import as_paths
-
-VERDICT_SCORES = {"A>>B": (9, 3), "A>B": (7, 5), "A=B": (5, 5), "B>A": (5, 7), "B>>A": (3, 9)}
-FORMATS = ("arena-hard", "mt-bench-pair")
-_KEYS = {"kind", "name", "format", "paths", "baseline", "turn", "scores"}
 
 
 class RecordedJudgeError(RatingsError):
     """A recorded judge that cannot be built, or asked for a game its files do not hold."""
 
 
-def _scores(config: Any) -> dict[str, tuple[int, int]]:
-    if config is None:
+def _scores(given: dict[str, list[int]] | None) -> dict[str, tuple[int, int]]:
+    """judge.scores (the schema holds every verdict's pair to two scores in 1-10), else the default mapping."""
+    if given is None:
         return dict(VERDICT_SCORES)
-    if not isinstance(config, dict) or set(config) != set(VERDICT_SCORES):
-        raise RecordedJudgeError(f"judge.scores must map each of {sorted(VERDICT_SCORES)} to [score_a, score_b]")
-    out = {}
-    for verdict, pair in config.items():
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
-                and all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 10 for s in pair)):
-            raise RecordedJudgeError(f"judge.scores[{verdict!r}] must be two whole scores in 1-10, got {pair!r}")
-        out[verdict] = (pair[0], pair[1])
-    return out
+    return {verdict: (pair[0], pair[1]) for verdict, pair in given.items()}
 
 
 class RecordedJudge:
     """Replays recorded verdicts; `judge(items)` needs items that name their models
     (`model_a`, `model_b`: the models shown as A and B)."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        unknown = sorted(set(config) - _KEYS)
-        if unknown:
-            raise RecordedJudgeError(f"judge: unknown settings {unknown} (known: {sorted(_KEYS)})")
-        self.format = config.get("format")
-        if self.format not in FORMATS:
-            raise RecordedJudgeError(f"judge.format must be one of {list(FORMATS)}, got {self.format!r}")
-        paths = config.get("paths")
-        paths = [paths] if isinstance(paths, (str, Path)) else paths
-        if not paths:
-            raise RecordedJudgeError("judge.paths: the judgment files or folders to replay are required")
+    def __init__(self, settings: RecordedJudgeSettings) -> None:
+        self.format = settings.format
+        paths = [settings.paths] if isinstance(settings.paths, str) else settings.paths
         self.paths = as_paths(paths, suffixes=JUDGMENT_SUFFIXES)
-        self.turn = int(config.get("turn", 1))
-        self.scores = _scores(config.get("scores"))
+        self.turn = settings.turn
+        self.scores = _scores(settings.scores)
         self.rejected: Counter = Counter()
         self.games: dict[tuple[str, str, str], RecordedGame] = {}
-        for game in self._read(config.get("baseline")):
+        names = NameBook(fix="use one spelling in the judgment files, or rate them with `leaderboard --rename`")
+        for game in self._read(settings.baseline, names):
             key = (game.question_id, game.model_a, game.model_b)
             if key in self.games:
                 self.rejected["duplicate_game"] += 1
             else:
                 self.games[key] = game
+        names.check()  # names the files spell alike would be two arena models that print alike
         if not self.games:
             raise RecordedJudgeError(f"judge.paths: no recorded games in {[str(p) for p in self.paths]} "
                                      f"(rejected rows: {dict(self.rejected) or 'none'})")
         self.prompts = {key[0] for key in self.games}
         self.pairs = {key[1:] for key in self.games}
-        self.baseline = self._baseline(config.get("baseline"))
-        self.name = str(config.get("name") or f"recorded-{self.format}")
+        self.baseline = self._baseline(settings.baseline)
+        self.name = settings.name or f"recorded-{self.format}"
         digest = hashlib.sha256()
         for path in self.paths:
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
-        digest.update(repr((config.get("baseline"), self.turn, sorted(self.scores.items()))).encode())
+        digest.update(repr((settings.baseline, self.turn, sorted(self.scores.items()))).encode())
         # the judgment ids (and caches) change whenever the files or the score mapping do
         self.version = f"recorded-{self.format}-{digest.hexdigest()[:12]}"
 
-    def _read(self, baseline: str | None):
+    def _read(self, baseline: str | None, names: NameBook):
         if self.format == "arena-hard":
-            for games, problem, _ in arena_hard_games(self.paths, baseline=baseline, rejected=self.rejected):
+            for games, problem, _ in arena_hard_games(self.paths, baseline=baseline, rejected=self.rejected, names=names):
                 if problem == "baseline_vs_itself":
                     self.rejected[problem] += 1
                     continue
                 yield from games  # an absent or unreadable game replays as a parse failure
         else:
-            for row, games in mt_bench_games(self.paths, rejected=self.rejected):
+            for row, games in mt_bench_games(self.paths, rejected=self.rejected, names=names):
                 if row[1] == self.turn:
                     yield from games
 

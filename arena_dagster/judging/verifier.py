@@ -7,7 +7,7 @@ for both. Each answer is scored on its own, which makes the verdict position-ind
 
 from __future__ import annotations
 
-from arena_dagster.prompts.skills import check_answer
+from arena_dagster.prompts.skill_checks import check_answer
 
 
 def format_verdict(score_a: int, score_b: int, explanation: str) -> str:

@@ -2,7 +2,9 @@
 
 Every section is a `Section`: unknown keys are refused with the closest valid key, values are
 checked strictly (no `"3"` for 3, no `true` for 1; an int is accepted where a float is meant),
-and a name that becomes a file or folder is a plain name (`paths.check_name`).
+a name that becomes a file or folder is a plain name (`paths.check_name`), and every model name
+is normalized (`names.normalize_name`: surrounding whitespace stripped, invisible characters
+refused); `normalized_input` carries the normalized names back into the profile's plain dict.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from arena_dagster.names import fold, normalize_name, spelling
 from arena_dagster.paths import check_name
 
 
@@ -44,10 +47,12 @@ class Section(BaseModel):
 
 
 def _plain_name(value: str) -> str:
-    return check_name(value)  # UnsafePathError is a ValueError: pydantic reports it at the key's path
+    # ModelNameError and UnsafePathError are ValueErrors: pydantic reports them at the key's path
+    return check_name(normalize_name(value, "name"))
 
 
 Name = Annotated[str, AfterValidator(_plain_name)]
+ModelName = Annotated[str, AfterValidator(normalize_name)]  # a model name as files spell it (not a folder)
 Text = Annotated[str, Field(min_length=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]
@@ -57,6 +62,41 @@ OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def normalized_input(data: Any, validated: Any) -> Any:
+    """`data` (the plain dict a section was validated from) with each string a validator changed (a
+    name stripped of its surrounding whitespace) replaced by the validated one; `data` itself, the
+    same object, where nothing changed. Mappings are paired in order (validation keeps it; two keys
+    that normalize alike are refused before, see `check_distinct_keys`)."""
+    if isinstance(validated, str):
+        return validated if isinstance(data, str) and validated != data else data
+    if isinstance(validated, BaseModel) and isinstance(data, dict):
+        fields = {info.alias or name: name for name, info in type(validated).model_fields.items()}
+        out = {key: normalized_input(value, getattr(validated, fields[key])) if key in fields else value
+               for key, value in data.items()}
+    elif isinstance(validated, dict) and isinstance(data, dict) and len(validated) == len(data):
+        out = {normalized_input(key, new_key): normalized_input(value, new_value)
+               for (key, value), (new_key, new_value) in zip(data.items(), validated.items())}
+    elif isinstance(validated, (list, tuple)) and isinstance(data, list) and len(validated) == len(data):
+        out = [normalized_input(value, new) for value, new in zip(data, validated)]
+    else:
+        return data
+    return out if out != data or list(out) != list(data) else data
+
+
+def check_distinct_keys(data: Any, field: str, where: str) -> None:
+    """A rule error when two keys of `data[field]` (model names) are one name once normalized or case-folded."""
+    keys = data.get(field) if isinstance(data, dict) else None
+    if not isinstance(keys, dict):
+        return
+    seen: dict[str, str] = {}
+    for key in keys:
+        if isinstance(key, str):
+            other = seen.setdefault(fold(spelling(key)), key)
+            if other != key:
+                how = "are one name once stripped" if spelling(other) == spelling(key) else "differ only in case"
+                raise rule(where, f"model names {other!r} and {key!r} {how} (and name one folder)", "rename one of them")
 
 
 def existing_path(value: str, what: str) -> str:

@@ -39,10 +39,6 @@ class ComputeSettings(Section):
             raise ValueError(f"address must be null, 'auto', 'ray://host:10001' or 'host:port', got {value!r}")
         return value
 
-    @classmethod
-    def from_profile(cls, profile: dict[str, Any] | None) -> "ComputeSettings":
-        return cls.model_validate((profile or {}).get("compute") or {})
-
     def overridden(self, engine: str | None = None, workers: int | None = None,
                    address: str | None = None) -> "ComputeSettings":
         """These settings with the command line's `--engine/--workers/--ray-address` (None: keep)."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
-from arena_dagster.judging.recorded import FORMATS as RECORDED_FORMATS
-from arena_dagster.judging.recorded import VERDICT_SCORES
+from arena_dagster.paths import ASSETS_DIR
 from arena_dagster.profile_schema.base import Count, Name, PositiveInt, Section, Text, existing_path, rule
+from arena_dagster.profile_schema.constants import DEFAULT_RETRY_SUFFIX, RECORDED_FORMATS, VERDICT_SCORES
 from arena_dagster.profile_schema.models import ModelConfig, _union
 
 JUDGMENT_FIELDS = ("explanation", "score_a", "score_b")
@@ -27,8 +27,6 @@ class MaxChars(Section):
 
 
 def _template_exists(value: str, folder: str = "judge_templates") -> str:
-    from arena_dagster.config import ASSETS_DIR
-
     path = Path(value)
     if path.suffix in (".yaml", ".yml"):
         if not path.expanduser().is_file():
@@ -48,7 +46,7 @@ class LLMJudge(Section):
     integers: Literal["argmax", "expected"] = "argmax"
     explanation_tokens: PositiveInt = 64
     retries: Count = 2
-    retry_suffix: str = None
+    retry_suffix: str = DEFAULT_RETRY_SUFFIX
     max_chars: MaxChars = None
     batch_size: PositiveInt = 8
     difficulty_template: Text = "difficulty_v1"
@@ -79,7 +77,7 @@ class RecordedJudge(Section):
     name: Name = None
     format: Literal[RECORDED_FORMATS]
     paths: Text | Annotated[list[Text], Field(min_length=1)]
-    baseline: Text = None  # a model name as the judgment files spell it
+    baseline: Name = None  # a declared model, as the judgment files spell it
     turn: PositiveInt = 1
     scores: dict[Literal[tuple(VERDICT_SCORES)], VerdictScores] = None
 
@@ -99,6 +97,32 @@ class RecordedJudge(Section):
         return value
 
 
+MemberJudge = _union("kind", {"verifier": VerifierJudge, "llm": LLMJudge}, default="verifier")
+
+
+class EnsembleJudge(Section):
+    """Several judges on every game, their scores combined (judging/ensemble.py)."""
+
+    kind: Literal["ensemble"]
+    name: Name = "ensemble"
+    judges: Annotated[list[MemberJudge], Field(min_length=2)]
+    combine: Literal["mean", "majority"] = "mean"
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> "EnsembleJudge":
+        names = [member.name for member in self.judges]
+        if len(set(names)) != len(names):
+            raise rule("judge.judges", f"judge.judges: members need distinct names, got {names}",
+                       "give each member its own name")
+        return self
+
+
 # The judge kinds `judging.judges.make_judge` builds.
-JUDGE_KINDS: dict[str, type[Section]] = {"verifier": VerifierJudge, "llm": LLMJudge, "recorded": RecordedJudge}
+JUDGE_KINDS: dict[str, type[Section]] = {"verifier": VerifierJudge, "llm": LLMJudge, "recorded": RecordedJudge,
+                                         "ensemble": EnsembleJudge}
 JudgeSettings = _union("kind", JUDGE_KINDS, default="verifier")
+
+
+def judge_settings(data: dict) -> VerifierJudge | LLMJudge | RecordedJudge:
+    """A `judge:` section validated on its own (a tool or test that builds a judge without a profile)."""
+    return TypeAdapter(JudgeSettings).validate_python(data)

@@ -17,6 +17,7 @@ from pydantic import Discriminator, Field, Tag, ValidationInfo, create_model, fi
 
 from arena_dagster.profile_schema.base import (
     Count,
+    ModelName,
     Name,
     NonNegativeFloat,
     OpenFraction,
@@ -26,11 +27,13 @@ from arena_dagster.profile_schema.base import (
     Section,
     Seed,
     Text,
+    check_distinct_keys,
     rule,
 )
-from arena_dagster.prompts.skills import FAMILIES
+from arena_dagster.names import fold
 
-from arena_dagster.training import spec as _training_spec
+from arena_dagster.profile_schema import training as _training
+from arena_dagster.profile_schema.training import DEFAULT_SKILLS_MODELS, FAMILIES, stage_settings
 
 # A checkpoint's registry name; a base model with such a name would collide with a round's checkpoint.
 CHECKPOINT_NAME = re.compile(r"^(SFT|DPO|RM|RL)-I\d+$")
@@ -77,7 +80,7 @@ class OpenAIOptions(Section):
 
 class RecordedOptions(Section):
     answer_field: Text = None
-    model_id: Text = None
+    model_id: ModelName = None
 
 
 class _Served(Section):
@@ -165,7 +168,7 @@ DeclaredTarget = _union("backend", {
 
 def hyperparameter_keys(stage: str) -> set[str]:
     """The hyperparameters the training entry point accepts for `stage`."""
-    spec = _training_spec
+    spec = _training
     return spec.allowed_hyperparams(stage)
 
 
@@ -197,7 +200,7 @@ class _Hyperparams(Section):
 
     @classmethod
     def unknown_key_hint(cls, key: str) -> str:
-        owners = [stage for stage in _training_spec.STAGES if key in hyperparameter_keys(stage)]
+        owners = [stage for stage in _training.STAGES if key in hyperparameter_keys(stage)]
         return f"{key} is a hyperparameter of stage {' and '.join(owners)}, not {cls.stage}" if owners else ""
 
 
@@ -207,7 +210,7 @@ HYPERPARAMETERS = {
         # A key the entry point gains later is accepted with any value until it is typed here.
         **{key: (_HYPERPARAMETER_TYPES.get(key, Any), None) for key in sorted(hyperparameter_keys(stage))},
     )
-    for stage in _training_spec.STAGES
+    for stage in _training.STAGES
 }
 
 
@@ -231,12 +234,10 @@ class _FlywheelStage(Section):
     def _entry_point_accepts(self, info: ValidationInfo) -> "_FlywheelStage":
         # The stage's hyperparameters as the entry point will see them: its defaults, the
         # profile's base values (small-model ones for locally built models), then these.
-        from arena_dagster.training.stages import stage_settings
-
         context = info.context or {}
         own = self.model_dump(exclude_unset=True)
         merged = stage_settings({"flywheel": {self.stage: own}}, self.stage, locally_built=context.get("locally_built", True))
-        spec = _training_spec
+        spec = _training
         hyper = {**spec.COMMON_HYPERPARAMS, **spec.DEFAULT_HYPERPARAMS[self.stage], **merged["hyperparams"]}
         spec.check_hyperparams(self.stage, hyper, int(context.get("processes", 1)))  # a ValueError: reported at this stage
         return self
@@ -287,7 +288,7 @@ class TokenizerSettings(Section):
 # would be stored on the config and silently ignored).
 ArchitectureSettings = create_model(
     "ArchitectureSettings", __base__=Section,
-    **{key: (bool if isinstance(value, bool) else PositiveInt, None) for key, value in _training_spec.DEFAULT_MODEL_CONFIG.items()},
+    **{key: (bool if isinstance(value, bool) else PositiveInt, None) for key, value in _training.DEFAULT_MODEL_CONFIG.items()},
     head_dim=(PositiveInt, None), rope_theta=(PositiveFloat, None), rms_norm_eps=(PositiveFloat, None),
     hidden_act=(Literal["silu", "gelu", "relu", "gelu_new"], None), attention_dropout=(Probability, None),
     initializer_range=(PositiveFloat, None),
@@ -315,14 +316,23 @@ def check_model_names(names: list[str], where: str) -> None:
     for name in names:
         if CHECKPOINT_NAME.match(name):
             raise rule(where, f"model name {name!r} is the name of a round's checkpoint (SFT-I1, DPO-I2 ...)", "rename it")
-        if name.lower() in seen:
-            same = seen[name.lower()] == name
+        if fold(name) in seen:
+            same = seen[fold(name)] == name
             raise rule(where, f"model name {name!r} is given to two models" if same else
-                       f"model names {seen[name.lower()]!r} and {name!r} name one folder", "rename one of them")
-        seen[name.lower()] = name
+                       f"model names {seen[fold(name)]!r} and {name!r} differ only in case (and name one folder)",
+                       "rename one of them")
+        seen[fold(name)] = name
 
 
-class SkillsModels(Section):
+class _ModelsSection(Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _distinct_competitors(cls, data: Any) -> Any:  # before: a dict keeps one of two keys that normalize alike
+        check_distinct_keys(data, "competitors", "models.competitors")
+        return data
+
+
+class SkillsModels(_ModelsSection):
     source: Literal["skills"] = "skills"
     seed: Seed = 0
     tokenizer: TokenizerSettings = None
@@ -333,17 +343,15 @@ class SkillsModels(Section):
     competitors: Annotated[dict[Name, SkillsCompetitor], Field(min_length=1)] = None
     initial_target: SkillsTarget = None
     flywheel: FlywheelSettings = None
-    device: Literal[_training_spec.DEVICES] = "auto"
+    device: Literal[_training.DEVICES] = "auto"
     launch: LaunchSettings = None
 
     @model_validator(mode="after")
     def _names(self) -> "SkillsModels":
-        from arena_dagster.training.base_models import DEFAULT_SKILLS_MODELS
-
         competitors = list(self.competitors or DEFAULT_SKILLS_MODELS["competitors"])
         target = self.initial_target.name if self.initial_target else DEFAULT_SKILLS_MODELS["initial_target"]["name"]
         check_model_names([*competitors, target], "models")
-        config = {**_training_spec.DEFAULT_MODEL_CONFIG, **(self.model_config_.model_dump(exclude_none=True) if self.model_config_ else {})}
+        config = {**_training.DEFAULT_MODEL_CONFIG, **(self.model_config_.model_dump(exclude_none=True) if self.model_config_ else {})}
         if config["hidden_size"] % config["num_attention_heads"] or config["num_attention_heads"] % config["num_key_value_heads"]:
             raise rule("models.model_config", "hidden_size must be a multiple of num_attention_heads, and num_attention_heads "
                        f"of num_key_value_heads (got {config['hidden_size']}, {config['num_attention_heads']}, "
@@ -352,7 +360,7 @@ class SkillsModels(Section):
 
 
 
-class DeclaredModels(Section):
+class DeclaredModels(_ModelsSection):
     source: Literal["declared"]
     initial_target: DeclaredTarget
     competitors: Annotated[dict[Name, ModelConfig], Field(min_length=1)]
@@ -360,7 +368,7 @@ class DeclaredModels(Section):
     threads_per_process: PositiveInt = None
     round_threads: PositiveInt = None
     flywheel: FlywheelSettings = None
-    device: Literal[_training_spec.DEVICES] = "auto"
+    device: Literal[_training.DEVICES] = "auto"
     launch: LaunchSettings = None
 
     @model_validator(mode="after")
@@ -382,8 +390,6 @@ def unrecorded_models(models: Any) -> list[str]:
 
 def model_names(models: dict[str, Any] | None) -> set[str]:
     """Names of the base models a (valid) `models:` section registers: competitors and the initial target."""
-    from arena_dagster.training.base_models import DEFAULT_SKILLS_MODELS
-
     models = models or {}
     if models.get("source") == "declared":
         return {*models["competitors"], models["initial_target"]["name"]}

@@ -16,11 +16,9 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from arena_dagster.profile_schema.base import (
     Count,
-    Finite,
     Name,
     NonNegativeFloat,
     OpenFraction,
-    PositiveFloat,
     PositiveInt,
     Probability,
     Section,
@@ -41,14 +39,10 @@ from arena_dagster.profile_schema.models import (
     model_names,
     unrecorded_models,
 )
-from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError
-from arena_dagster.prompts.pools import REAL_SOURCES
-from arena_dagster.prompts.recorded import JUDGMENTS_SOURCE
-from arena_dagster.quality.suites import judge_health_limits
-from arena_dagster.training.schedule import DEFAULT_SCHEDULE
-
-SKILLS_SOURCE = "skills"
-MIN_BOOTSTRAP = 20  # the gate's paired interval needs at least this many replicates, and so does every leaderboard
+from arena_dagster.profile_schema.curation import PRESETS, CurationConfig, CurationError
+from arena_dagster.profile_schema.constants import JUDGE_HEALTH_LIMITS, JUDGMENTS_SOURCE, REAL_SOURCES, SKILLS_SOURCE
+from arena_dagster.profile_schema.evaluation import EvaluationSettings, PromotionSettings
+from arena_dagster.profile_schema.training import DEFAULT_SCHEDULE
 
 # Every sub-seed a profile may set; the ones it leaves out follow the top-level `seed` (config.with_seed).
 SEED_PATHS = ("prompts.seed", "prompts.curation.seed", "testset.seed", "models.seed", "evaluation.seed", "promotion.seed")
@@ -116,6 +110,10 @@ class PromptsSettings(Section):
     @classmethod
     def _questions_exist(cls, value: str) -> str:
         return existing_path(value, "question file")
+
+    def curation_config(self) -> CurationConfig:
+        """The curation steps' settings: the preset, then the keys the profile sets."""
+        return CurationConfig.from_dict(self.curation.model_dump(exclude_unset=True) if self.curation else None)
 
     @model_validator(mode="after")
     def _source_rules(self) -> "PromptsSettings":
@@ -243,6 +241,11 @@ class ScheduleSettings(Section):
     dpo: ScheduleStage = None
     rl: ScheduleStage = None
 
+    def of(self, stage: str) -> ScheduleStage:
+        """The stage's schedule: DEFAULT_SCHEDULE's, with what the profile sets over it."""
+        chosen = getattr(self, stage)
+        return ScheduleStage(**{**DEFAULT_SCHEDULE[stage], **(chosen.model_dump(exclude_none=True) if chosen else {})})
+
 
 class RewardModelSettings(Section):
     min_eval_accuracy: Probability = 0.6
@@ -252,7 +255,7 @@ Bounds = Annotated[list[Probability], Field(min_length=2, max_length=2)]
 
 
 def _limits_model(level: str) -> type[Section]:
-    fields = {column: (Bounds, None) for column in judge_health_limits()[level]}
+    fields = {column: (Bounds, None) for column in JUDGE_HEALTH_LIMITS[level]}
     model = create_model(f"JudgeHealth{level.capitalize()}", __base__=Section, **fields)
 
     def ordered(self):
@@ -272,28 +275,6 @@ class JudgeHealthSettings(Section):
     warn: JudgeHealthWarn = None
 
 
-class EvaluationSettings(Section):
-    bootstrap: Annotated[int, Field(ge=MIN_BOOTSTRAP)] = 200
-    bootstrap_unit: Literal["prompt", "battle"] = "prompt"
-    seed: Seed = None
-    anchor: Annotated[str, Field(pattern=r"^[^=]+=-?[0-9]+(\.[0-9]+)?$")] | None = None
-    style_control: bool = False
-    baseline: Name | None = None
-    # battles: the two-game battles (arena_battles.sql); games: every judged game a battle, a strong
-    # verdict weighing strong_weight (arena-hard's own scoring; needs a recorded judge's verdict labels)
-    rate: Literal["battles", "games"] = "battles"
-    strong_weight: PositiveFloat = 3.0
-
-
-class PromotionSettings(Section):
-    margin: Finite = 0.0
-    bootstrap: Annotated[int, Field(ge=MIN_BOOTSTRAP)] = None
-    seed: Seed = None
-    candidate: Literal["best", "last"] = "best"
-    selection_fraction: OpenFraction = 0.5
-    style_control: bool = False  # compare style-controlled ratings (length and markdown held equal)
-
-
 # ---------------------------------------------------------------- the whole profile
 
 
@@ -307,7 +288,7 @@ class Profile(Section):
     judge: JudgeSettings
     sql_vars: SqlVars
     schedule: ScheduleSettings = None
-    reward_model: RewardModelSettings = None
+    reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)
     judge_health: JudgeHealthSettings = None
     evaluation: EvaluationSettings = None
     promotion: PromotionSettings = None
@@ -330,6 +311,9 @@ class Profile(Section):
         if self.judge.kind == "verifier" and source != SKILLS_SOURCE:
             raise rule("judge.kind", f"the verifier judge checks skills answers against references; source {source} has none",
                        "use judge kind llm")
+        if self.judge.kind == "ensemble" and source != SKILLS_SOURCE and any(m.kind == "verifier" for m in self.judge.judges):
+            raise rule("judge.judges", f"the verifier judge checks skills answers against references; source {source} "
+                       "has none", "use llm judges as the ensemble's members")
         if source in REAL_SOURCES and self.testset.hard and self.testset.hard_by == "judge" and self.judge.kind != "llm":
             raise rule("testset.hard_by", "testset.hard_by: judge needs an llm judge to rate difficulty", "use hard_by: proxy")
         if self.prompts.stage_fractions is not None:

@@ -31,8 +31,11 @@ import numpy as np
 from arena_dagster.compute.cluster import actor_options, quiet_ray_data, ray_cluster
 from arena_dagster.compute.progress import Progress, progress_sink
 from arena_dagster.compute.settings import ComputeSettings
-from arena_dagster.prompts.curation import STEPS, CurationConfig, CurationError, CurationResult, curate, embed_texts, jaccard
-from arena_dagster.prompts.curation_rows import RowJudge, first_of_groups, greedy_keep, test_texts_of
+from arena_dagster.profile_schema.curation import CurationConfig, CurationError
+from arena_dagster.prompts.curation import STEPS, CurationResult, curate, embed_texts
+from arena_dagster.prompts.curation.decontamination import against_texts
+from arena_dagster.prompts.curation.similarity import jaccard
+from arena_dagster.prompts.curation_rows import RowJudge, first_of_groups, greedy_keep
 
 Sink = Callable[[str, int], Progress]  # progress.progress_sink: (label, total) -> a bar that logs
 
@@ -154,7 +157,7 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
     workers = compute.workers
     partitions = max(2 * workers, n // 20_000 + 1)
     blocks = max(2 * workers, min(n // 500 + 1, 4 * workers * 16))
-    test_texts = test_texts_of(against)
+    test_texts = against_texts(against)
     removal: dict[int, tuple[str, str, Any]] = {}  # id -> (step, reason, matched)
     threads = max(1, int(compute.cpus_per_worker))
 

@@ -15,20 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from arena_dagster.prompts.curation import (
-    LANGUAGE_TARGET_FLOOR,
-    CurationConfig,
-    CurationError,
-    _MinHasher,
-    _NearIndex,
-    _texts_of,
-    canonical,
-    conversation_of,
-    identify_language,
-    normalize,
-    shingles,
-    words,
-)
+from arena_dagster.profile_schema.curation import CurationConfig, CurationError
+from arena_dagster.prompts.curation.filters import LANGUAGE_TARGET_FLOOR
+from arena_dagster.prompts.curation.normalize import canonical, conversation_of, identify_language, normalize, texts_of, words
+from arena_dagster.prompts.curation.similarity import MinHasher, NearIndex, shingles
 
 SEPARATOR = "\n\u241e"
 
@@ -45,19 +35,12 @@ def band_params(config: CurationConfig) -> tuple[int, int]:
     return lsh.b, lsh.r
 
 
-def test_texts_of(against: Sequence[str | dict]) -> list[str]:
-    texts: list[str] = []
-    for position, item in enumerate(against):
-        texts.extend(t for t in _texts_of(item, f"against[{position}]") if normalize(t))
-    return list(dict.fromkeys(texts))
-
-
 class RowJudge:
     """Built once per worker (test-set and earlier-round indexes), then called on each row."""
 
     def __init__(self, config: CurationConfig, test_texts: Sequence[str] = (), previous: Sequence[str | dict] = ()) -> None:
         self.config = config
-        self.hasher = _MinHasher(config.num_perm, config.seed)
+        self.hasher = MinHasher(config.num_perm, config.seed)
         self.bands = band_params(config) if config.near_dedup else (0, 0)
         self.test_texts = list(test_texts)
         self._previous(previous if config.dedup_previous else ())
@@ -67,14 +50,14 @@ class RowJudge:
         config = self.config
         self.previous_keys: dict[str, str] = {}
         self.previous_texts: list[str] = []
-        self.index_prev = _NearIndex(config.near_dedup_threshold, self.hasher) if previous and config.near_dedup else None
+        self.index_prev = NearIndex(config.near_dedup_threshold, self.hasher) if previous and config.near_dedup else None
         for position, item in enumerate(previous):
             if isinstance(item, dict):
                 conv = conversation_of(item, position)
                 key = conv.history_key + SEPARATOR + normalize(conv.instruction)
                 text, single = conv.instruction, not conv.history
             else:
-                text, single = _texts_of(item, f"previous[{position}]")[0], True
+                text, single = texts_of(item, f"previous[{position}]")[0], True
                 key = SEPARATOR + normalize(text)
             self.previous_keys.setdefault(key, text)
             if self.index_prev is not None and single:
@@ -103,7 +86,7 @@ class RowJudge:
                     self.grams.setdefault(tokens, text)
                     self.gram_lengths.add(len(tokens))
         if config.decontam_minhash_threshold is not None:
-            self.index_test = _NearIndex(config.decontam_minhash_threshold, self.hasher)
+            self.index_test = NearIndex(config.decontam_minhash_threshold, self.hasher)
             for position, text in enumerate(self.test_texts):
                 self.index_test.add(position, shingles(text, config.shingle, config.shingle_size))
 

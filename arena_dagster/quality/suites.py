@@ -36,6 +36,7 @@ import yaml
 
 from arena_dagster.config import ASSETS_DIR, UniqueKeyLoader
 from arena_dagster.errors import ArenaError
+from arena_dagster.profile_schema.sections import JudgeHealthSettings
 
 EXPECTATIONS_DIR = ASSETS_DIR / "expectations"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -275,28 +276,23 @@ def judge_health_limits(suite: Suite | None = None) -> dict[str, dict[str, tuple
     return limits
 
 
-def judge_health_suite(table: str, overrides: Mapping[str, Any] | None) -> Suite:
+def judge_health_suite(table: str, overrides: JudgeHealthSettings | None) -> Suite:
     """The table's judge-health suite with a profile's `judge_health: {block: {...}, warn: {...}}` limits.
 
-    A profile moves the limits of existing checks; it cannot add or remove checks.
+    A profile moves the limits of existing checks; it cannot add or remove checks (the schema
+    names the levels and limits it may move, and orders each pair).
     """
     suite = table_suite(table)
-    if not overrides:
+    if overrides is None:
         return suite
     known = judge_health_limits(suite)
     replaced: dict[str, Check] = {}
-    for level, values in overrides.items():
-        if level not in known:
-            raise SuiteError(f"judge_health: unknown level {level!r}", "profile", "use block or warn")
-        for column, bounds in (values or {}).items():
+    for level, values in overrides.model_dump(exclude_none=True).items():
+        for column, (low, high) in values.items():
             if column not in known[level]:
                 raise SuiteError(
                     f"judge_health.{level}: no limit named {column!r}", "profile", f"known: {', '.join(sorted(known[level]))}"
                 )
-            try:
-                low, high = (float(b) for b in bounds)
-            except (TypeError, ValueError) as exc:
-                raise SuiteError(f"judge_health.{level}.{column}: {bounds!r} is not [low, high]", "profile", "give two numbers") from exc
             check = _limit_check(suite, level, column)
             expectation = dataclasses.replace(check.expectations[0], kwargs={**check.expectations[0].kwargs, "min_value": low, "max_value": high})
             replaced[check.name] = dataclasses.replace(check, expectations=(expectation,))

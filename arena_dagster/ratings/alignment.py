@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from itertools import combinations
 from typing import Any
 
@@ -35,6 +36,8 @@ def alignment(ours: pl.DataFrame, reference: pl.DataFrame) -> dict[str, Any]:
       has no intervals or separates no pair);
     - separability: share of model pairs whose intervals on our leaderboard do not overlap
       (None without our intervals);
+    - pairs_same_order: share of all model pairs the two leaderboards order the same way
+      (a pair equal on both counts as the same order);
     - n_common: the number of models compared.
     Raises RatingsError when fewer than two models are in common (a naming mismatch,
     usually: see `apply_rename`).
@@ -82,8 +85,14 @@ def alignment(ours: pl.DataFrame, reference: pl.DataFrame) -> dict[str, Any]:
         low, high = common["low"].to_list(), common["high"].to_list()
         separability = sum(_separated(low, high, i, j) for i, j in pairs) / len(pairs)
 
+    same_order = sum(
+        math.copysign(1, rating[i] - rating[j]) * (rating[i] != rating[j])
+        == math.copysign(1, reference_rating[i] - reference_rating[j]) * (reference_rating[i] != reference_rating[j])
+        for i, j in pairs
+    )
     return {
         "spearman": float(spearman),
+        "pairs_same_order": same_order / len(pairs),
         "kendall": float(kendall),
         "agreement_ci": agreement_ci,
         "separability": separability,

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
+from arena_dagster.ratings import sandwich
 from arena_dagster.ratings.bradley_terry import fit
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.style import fit_style, style_features_of
@@ -38,6 +39,9 @@ BASE = 10.0
 SCALE = 400.0
 INIT_RATING = 1000.0
 _CHUNK_VALUES = 1 << 23  # paired differences formed at once when ranking (64 MiB)
+# A difference must clear this (natural-log odds, 2e-4 Elo) to rank one model above another: models the
+# battles cannot tell apart (identical results) differ only by the solver's tolerance in each replicate.
+RANK_TOLERANCE = 1e-6
 
 
 def parse_anchor(anchor: tuple[str, float] | str | None) -> tuple[str, float] | None:
@@ -71,13 +75,13 @@ def paired_ranks(point: np.ndarray, replicates: np.ndarray) -> np.ndarray:
     """1 + the number of models whose paired bootstrap difference with this one lies above 0."""
     m = len(point)
     if len(replicates) == 0:
-        above = point[:, None] > point[None, :]
+        above = point[:, None] - point[None, :] > RANK_TOLERANCE
     else:
         above = np.zeros((m, m), dtype=bool)
         step = max(1, _CHUNK_VALUES // (len(replicates) * m))
         for first in range(0, m, step):
             diff = replicates[:, first : first + step, None] - replicates[:, None, :]
-            above[first : first + step] = np.percentile(diff, 2.5, axis=0) > 0
+            above[first : first + step] = np.percentile(diff, 2.5, axis=0) > RANK_TOLERANCE
     return 1 + above.sum(axis=0)
 
 
@@ -115,6 +119,16 @@ class _Scale:
 
     def win_rate(self, gap: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + self.base ** (-gap / self.scale))
+
+    def sandwich_columns(self, models: list[str], strength: np.ndarray, covariance: np.ndarray, suffix: str = "") -> dict:
+        """The same columns from the strengths' sandwich covariance (normal intervals, see sandwich.py)."""
+        per_unit = self.scale / math.log(self.base)
+        offset = self.init_rating
+        if self.anchor is not None:
+            offset = self.anchor[1] - strength[_model_index(models, self.anchor[0], "anchor")] * per_unit
+        baseline = None if self.baseline is None else _model_index(models, self.baseline, "baseline")
+        return sandwich.board_columns(models, strength, covariance, per_unit=per_unit, offset=offset,
+                                      baseline=baseline, win_rate=self.win_rate, suffix=suffix)
 
 
 @dataclass(frozen=True)
@@ -168,6 +182,7 @@ def rate(
     base: float = BASE,
     scale: float = SCALE,
     init_rating: float = INIT_RATING,
+    ci: str = "bootstrap",
 ) -> Ratings:
     """Bradley-Terry leaderboard of a battles table, with what belongs beside it.
 
@@ -183,29 +198,43 @@ def rate(
     `baseline`, win_rate, win_rate_low, win_rate_high; with style control, rating_sc,
     ci_low_sc, ci_high_sc, rank_sc (and win_rate_sc, win_rate_low_sc, win_rate_high_sc).
     See the module docstring for what each means. Sorted by rating, best first.
+    `ci="sandwich"`: the intervals, ranks and win-rate intervals come from the robust
+    covariance of the fit instead (`sandwich.py`; `bootstrap_unit` says which unit's scores
+    are independent, `bootstrap` and `seed` are not used).
 
     Raises DisconnectedComparisonsError (a ValueError) when some models were never
     compared with the rest, and BattlesInputError naming the row of any malformed battle.
     """
     scaling = _Scale(base, scale, init_rating, parse_anchor(anchor), baseline)
     features = style_features_of(style_control)  # a bad setting fails before the bootstrap is paid for
-    result = fit(battles, bootstrap=bootstrap, bootstrap_unit=bootstrap_unit, seed=seed)
+    sandwich.check_ci(ci)
+    robust = bootstrap_unit if ci == "sandwich" else None
+    if robust:
+        bootstrap = 0
+    result = fit(battles, bootstrap=bootstrap, bootstrap_unit=bootstrap_unit, seed=seed, sandwich=robust)
     columns: dict[str, Any] = {"model": result.models}
-    raw = scaling.columns(result.models, result.strength, result.bootstrap_strength)
+    if robust:
+        raw = scaling.sandwich_columns(result.models, result.strength, result.covariance)
+    else:
+        raw = scaling.columns(result.models, result.strength, result.bootstrap_strength)
     columns.update({k: raw.pop(k) for k in ("rating", "ci_low", "ci_high", "rank")})
     columns["battles"] = result.battles_per_model.astype(np.int64)
     columns["unbounded"] = [name in result.unbounded for name in result.models]
     columns.update(raw)
     coefficients = None
     if features:
-        styled = fit_style(battles, features, bootstrap=bootstrap, bootstrap_unit=bootstrap_unit, seed=seed)
-        columns.update(scaling.columns(styled.models, styled.strength, styled.bootstrap_strength, suffix="_sc"))
+        styled = fit_style(battles, features, bootstrap=bootstrap, bootstrap_unit=bootstrap_unit, seed=seed,
+                           sandwich=robust)
+        if robust:
+            columns.update(scaling.sandwich_columns(styled.models, styled.strength, styled.covariance, suffix="_sc"))
+        else:
+            columns.update(scaling.columns(styled.models, styled.strength, styled.bootstrap_strength, suffix="_sc"))
         coefficients = _coefficient_table(styled)
     schema = {name: _SCHEMA.get(name.removesuffix("_sc"), pl.Float64) for name in columns}
     board = pl.DataFrame(columns, schema=schema).sort(["rating", "model"], descending=[True, False])
     settings = {"anchor": anchor if anchor is None or isinstance(anchor, str) else f"{anchor[0]}={anchor[1]}",
                 "baseline": baseline, "bootstrap": bootstrap, "bootstrap_unit": bootstrap_unit, "seed": seed,
-                "style_control": list(features) or None}
+                "style_control": list(features) or None, "ci": ci}
     unbounded_reason = ""
     if result.unbounded:
         unbounded_reason = (f"the battles do not bound the ratings of {result.unbounded}: each never lost, or never "
@@ -216,7 +245,10 @@ def rate(
 def _coefficient_table(styled) -> pl.DataFrame:
     coefficient = [None if np.isnan(c) else float(c) for c in styled.coefficients]
     low = high = [None] * len(styled.features)
-    if len(styled.bootstrap_coefficients):
+    if styled.coefficient_sd is not None:
+        low, high = ([None if np.isnan(c) else float(c + sign * sandwich.Z_95 * sd)
+                      for c, sd in zip(styled.coefficients, styled.coefficient_sd)] for sign in (-1, 1))
+    elif len(styled.bootstrap_coefficients):
         with np.errstate(invalid="ignore"):
             bounds = np.percentile(styled.bootstrap_coefficients, [2.5, 97.5], axis=0)
         low, high = ([None if np.isnan(x) else float(x) for x in row] for row in bounds)
@@ -244,6 +276,7 @@ def rating_difference(
     style_control: bool | str | Sequence[str] = False,
     base: float = BASE,
     scale: float = SCALE,
+    ci: str = "bootstrap",
 ) -> dict[str, Any]:
     """rating(model_x) - rating(model_y) with a paired bootstrap 95% interval.
 
@@ -253,12 +286,20 @@ def rating_difference(
     style-controlled ratings. Returns {diff, ci_low, ci_high, n_bootstrap, unbounded,
     style_control}: the bounds are None when bootstrap=0; unbounded is True when the
     battles do not bound either rating (the difference then says nothing).
+    `ci="sandwich"`: the interval from the robust covariance of the fit (its standard error
+    in `sd`; n_bootstrap 0), with `bootstrap_unit` the independent unit.
     """
     features = style_features_of(style_control)
+    sandwich.check_ci(ci)
+    robust = bootstrap_unit if ci == "sandwich" else None
+    if robust:
+        bootstrap = 0
     if features:
-        result = fit_style(battles, features, bootstrap=bootstrap, bootstrap_unit=bootstrap_unit, seed=seed)
+        result = fit_style(battles, features, bootstrap=bootstrap, bootstrap_unit=bootstrap_unit, seed=seed,
+                           sandwich=robust)
     else:
-        result = fit(battles, bootstrap=bootstrap, bootstrap_unit=bootstrap_unit, seed=seed, warn=False)
+        result = fit(battles, bootstrap=bootstrap, bootstrap_unit=bootstrap_unit, seed=seed, warn=False,
+                     sandwich=robust)
     x, y = (_model_index(result.models, name, "compared") for name in (model_x, model_y))
     per_unit = scale / math.log(base)
     out = {
@@ -268,8 +309,12 @@ def rating_difference(
         "n_bootstrap": bootstrap,
         "unbounded": model_x in result.unbounded or model_y in result.unbounded,
         "style_control": list(features) or None,
+        "ci": ci,
     }
-    if bootstrap:
+    if robust:
+        _, low, high = sandwich.difference_interval(result.strength, result.covariance, x, y, per_unit)
+        out.update(ci_low=low, ci_high=high, sd=sandwich.difference_sd(result.covariance, x, y) * per_unit)
+    elif bootstrap:
         replicate = (result.bootstrap_strength[:, x] - result.bootstrap_strength[:, y]) * per_unit
         low, high = np.percentile(replicate, [2.5, 97.5])
         out.update(ci_low=float(low), ci_high=float(high))

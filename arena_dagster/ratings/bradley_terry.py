@@ -19,6 +19,7 @@ import polars as pl
 from arena_dagster.ratings.battles import BattleCells, encode_battles
 from arena_dagster.ratings.errors import DisconnectedComparisonsError, RatingsError, RatingsWarning
 from arena_dagster.ratings.resampling import BOOTSTRAP_UNITS, draw_counts
+from arena_dagster.ratings.sandwich import pair_observations, robust_covariance
 from arena_dagster.ratings.solver import RIDGE, Design, fit_point, fit_replicates, inverse_hessian
 
 # Working memory of a batch of replicates (their pair arrays; Newton's (models, models) matrices).
@@ -39,6 +40,7 @@ class BradleyTerryFit:
     n_battles: int
     total_weight: float
     unbounded: list[str]
+    covariance: np.ndarray | None = None  # with `sandwich`: the strengths' robust covariance (sandwich.py)
 
 
 class PairTotals:
@@ -138,6 +140,7 @@ def fit(
     bootstrap_unit: str = "battle",
     seed: int = 0,
     warn: bool = True,
+    sandwich: str | None = None,
 ) -> BradleyTerryFit:
     """Point estimate and `bootstrap` resampled estimates of every model's strength.
 
@@ -145,15 +148,21 @@ def fit(
     `"prompt"` resamples question_ids with replacement and keeps all battles of a prompt
     together (a cluster bootstrap). The same seed gives the same replicates. With
     `warn`, a RatingsWarning names the models whose rating the data do not bound.
+    `sandwich` ("battle" or "prompt", the unit whose scores are independent): also the
+    robust covariance of the strengths (`sandwich.robust_covariance`).
     """
     check_bootstrap(bootstrap, bootstrap_unit)
-    by_question = bool(bootstrap) and bootstrap_unit == "prompt"
+    if sandwich is not None:
+        check_bootstrap(0, sandwich)
+    by_question = (bool(bootstrap) and bootstrap_unit == "prompt") or sandwich == "prompt"
     if isinstance(battles, BattleCells):
         cells = battles
         if by_question and cells.question_cells is None:
             raise RatingsError("a prompt bootstrap needs cells encoded with by_question=True")
     else:
         cells = encode_battles(battles, by_question=by_question)
+    if sandwich == "prompt" and cells.question_cells is None:
+        raise RatingsError("a prompt sandwich needs cells encoded with by_question=True")
     if cells.n_models < 2:
         raise RatingsError(f"need battles between at least two models, got {cells.models}")
 
@@ -177,6 +186,11 @@ def fit(
             drawn = draw_counts(cells.count, cells.question_cells, size, bootstrap_unit, rng)
             played_b, score_b = pairs.totals(drawn)
             replicates[start : start + size] = fit_replicates(design, point, inverse, played_b, score_b, newton_batch)
+    covariance = None
+    if sandwich is not None:
+        observations = pair_observations(design, cells.pair_lo, cells.pair_hi, cells.outcome, cells.count,
+                                         cells.weight, cells.question_cells if sandwich == "prompt" else None)
+        covariance = robust_covariance(design, point, played[0], score[0], observations)[: cells.n_models, : cells.n_models]
     return BradleyTerryFit(
         models=cells.models,
         strength=point,
@@ -185,4 +199,5 @@ def fit(
         n_battles=cells.n_battles,
         total_weight=cells.total_weight,
         unbounded=unbounded,
+        covariance=covariance,
     )

@@ -2,8 +2,9 @@
 
 Every reader returns `(battles, rejected)`: a polars DataFrame ready for
 `leaderboard` (columns question_id, model_a, model_b, winner, ...) and a dict
-{reason: count} covering every input row that did not become part of a battle. Nothing
-is coerced: a score of "7" (a string) is rejected as `score_numeric_string`, not parsed.
+{reason: count} covering every input row that did not become part of a battle. A score is
+read by the one rule the judge parser uses too (ratings/numbers.py): a JSON number, or a
+string that is a plain decimal ("7" is 7); anything else is rejected, never guessed at.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Any
 
 import polars as pl
 
+from arena_dagster.names import NameBook, normalize_name, spelling
 from arena_dagster.ratings.battles import WINNERS
 from arena_dagster.ratings.errors import RatingsError
+from arena_dagster.ratings.numbers import read_number
 from arena_dagster.ratings.records import PathLike, as_paths, read_csv_rows, read_records
+from arena_dagster.record_files import Quarantined
 
 BATTLE_SCHEMA = {"question_id": pl.String, "model_a": pl.String, "model_b": pl.String, "winner": pl.String}
 MIN_SCORE, MAX_SCORE = 1.0, 10.0
@@ -31,8 +35,13 @@ _FASTCHAT_STYLE = {
 }
 
 
-def model_name(value: Any) -> str | None:
-    return value if isinstance(value, str) and value.strip() else None
+def model_name(value: Any, names: NameBook | None = None, where: str | None = None) -> str | None:
+    """The name a row's model field is rated as (see arena_dagster.names); None when absent, not
+    text or blank (the row is rejected as missing_model). ModelNameError for a name that holds an
+    invisible character."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return names.add(value, where) if names is not None else normalize_name(value, where=where)
 
 
 def question_id_of(value: Any) -> str | None:
@@ -60,7 +69,9 @@ def _style_counts(metadata: Any) -> dict[str, float] | None:
     return out
 
 
-def read_fastchat_battles(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dict[str, int]]:
+def read_fastchat_battles(
+    paths: PathLike | Iterable[PathLike], *, names: NameBook | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """FastChat battle records (a JSON array or JSON lines) -> (battles, rejected).
 
     Keeps model_a, model_b, winner and question_id (null when absent) in file order, and
@@ -68,14 +79,18 @@ def read_fastchat_battles(paths: PathLike | Iterable[PathLike]) -> tuple[pl.Data
     (length_a, length_b, header_count_a, ...: null for a record without it); other fields
     are ignored. Rejects, by reason: invalid_utf8, invalid_json, not_an_object,
     missing_model (absent, null, empty or not a string), invalid_winner (absent or not one
-    of "model_a", "model_b", "tie", "tie (bothbad)"), same_model (a model against itself).
+    of "model_a", "model_b", "tie", "tie (bothbad)"), same_model (a model against itself, also
+    after `names` renamed it). Model names go through `names` (a fresh NameBook by default):
+    normalized, renamed, and refused when two differ only in case.
     """
+    names = NameBook() if names is None else names
     rejected: Counter = Counter()
     rows: list[tuple[str | None, str, str, str]] = []
     styles: list[dict[str, float] | None] = []
     for path in as_paths(paths):
-        for _, record in read_records(path, rejected):
-            model_a, model_b = model_name(record.get("model_a")), model_name(record.get("model_b"))
+        for number, record in read_records(path, rejected):
+            where = f"{path}:{number}"
+            model_a, model_b = model_name(record.get("model_a"), names, where), model_name(record.get("model_b"), names, where)
             winner = record.get("winner")
             if model_a is None or model_b is None:
                 rejected["missing_model"] += 1
@@ -93,47 +108,47 @@ def read_fastchat_battles(paths: PathLike | Iterable[PathLike]) -> tuple[pl.Data
             pl.Series(name, [None if style is None else style[name] for style in styles], dtype=pl.Float64)
             for name in columns
         )
+    names.check()
     return battles, dict(sorted(rejected.items()))
 
 
 def _score_problem(score: Any) -> str | None:
-    """Why a grade's score is unusable, or None when it is a number in [1, 10]."""
+    """Why a grade's score is unusable, or None when it is a number (ratings/numbers.py) in [1, 10]."""
     if score is None:
         return "score_missing"
-    if isinstance(score, str):
-        try:
-            float(score)
-        except ValueError:
-            return "score_not_a_number"
-        return "score_numeric_string"
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+    number = read_number(score)
+    if number is None:
         return "score_not_a_number"
-    if not MIN_SCORE <= score <= MAX_SCORE:
+    if not MIN_SCORE <= number <= MAX_SCORE:
         return "score_out_of_range"
     return None
 
 
-def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dict[str, int]]:
+def read_grades(
+    paths: PathLike | Iterable[PathLike], *, names: NameBook | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """Single-answer grades (JSON lines of question_id, model, score 1-10) -> pairwise battles.
 
     Per question, every two models with a valid grade make one battle: the higher score
     wins, equal scores tie. model_a is the name that sorts first. Every valid score is
     kept as it is (9.5 included). Rejected, by reason: invalid_utf8, invalid_json, not_an_object,
     missing_question_id, missing_model, score_missing (null or absent),
-    score_numeric_string (a number written as a string, e.g. "7": never coerced),
-    score_not_a_number (other strings, booleans, lists, NaN), score_out_of_range (outside
+    score_not_a_number (not a number by ratings/numbers.py: "seven", "7/10", booleans,
+    lists, NaN; a plain decimal string such as "7" is the number 7), score_out_of_range (outside
     1-10, e.g. -1), duplicate_grade (a second grade of the same model on the same
     question; the first is kept), grade_without_opponent (a valid grade on a question no
-    other model has a valid grade for).
+    other model has a valid grade for). Model names go through `names` (see read_fastchat_battles).
 
     Returns columns question_id, model_a, model_b, winner, score_a, score_b.
     """
+    names = NameBook() if names is None else names
     rejected: Counter = Counter()
     seen: set[tuple[str, str]] = set()
     grades: list[tuple[str, str, float]] = []
     for path in as_paths(paths):
-        for _, record in read_records(path, rejected):
-            question_id, model = question_id_of(record.get("question_id")), model_name(record.get("model"))
+        for number, record in read_records(path, rejected):
+            question_id = question_id_of(record.get("question_id"))
+            model = model_name(record.get("model"), names, f"{path}:{number}")
             problem = (
                 "missing_question_id" if question_id is None
                 else "missing_model" if model is None
@@ -145,8 +160,9 @@ def read_grades(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dic
                 rejected[problem] += 1
                 continue
             seen.add((question_id, model))
-            grades.append((question_id, model, float(record["score"])))
+            grades.append((question_id, model, read_number(record["score"])))
 
+    names.check()
     schema = {"question_id": pl.String, "model": pl.String, "score": pl.Float64}
     table = pl.DataFrame(grades, schema=schema, orient="row")
     graded = table.group_by("question_id").agg(pl.len().alias("models"))
@@ -176,7 +192,9 @@ def read_rename(csv_path: PathLike) -> dict[str, str]:
     """A two-column CSV with a header row (from-name, to-name) -> {from: to}.
 
     A rename decides which battles merge, so a line it cannot read (not UTF-8, not two
-    cells, an empty name) is an error naming the line, never skipped.
+    cells, an empty name, a target name with an invisible character) is an error naming the
+    line, never skipped. A source name is kept as spelled (in NFC, stripped), so a name with an
+    invisible character can be mapped to a clean one.
     """
     path = Path(csv_path)
     header, rows = read_csv_rows(path)
@@ -186,13 +204,14 @@ def read_rename(csv_path: PathLike) -> dict[str, str]:
     mapping: dict[str, str] = {}
     repeated = set()
     for number, cells in rows:
-        if cells is None:
-            raise RatingsError(f"{path}:{number}: not UTF-8 text; save the file as UTF-8")
+        if isinstance(cells, Quarantined):
+            raise RatingsError(f"{path}:{number}: {cells.detail}; save the file as UTF-8 text")
         if len(cells) != 2:
             raise RatingsError(f"{path}:{number}: expected two cells (from, to), found {len(cells)}")
-        old, new = (cell.strip() for cell in cells)
+        old, new = (spelling(cell) for cell in cells)
         if not old or not new:
             raise RatingsError(f"{path}:{number}: empty model name in {source!r} or {target!r}")
+        new = normalize_name(new, f"{target} name", f"{path}:{number}")
         if old in mapping:
             repeated.add(old)
         mapping[old] = new
@@ -204,7 +223,7 @@ def read_rename(csv_path: PathLike) -> dict[str, str]:
 def read_reference(csv_path: PathLike) -> tuple[pl.DataFrame, dict[str, int]]:
     """A reference leaderboard CSV (model, rating[, rating_q025, rating_q975] and any other
     columns, e.g. LMSYS's published board) -> (model, rating, bounds) and rejected rows by
-    reason: invalid_utf8, missing_model, rating_not_a_number (a rating or bound that is not
+    reason: the reader's (invalid_utf8, nul_character, ...), missing_model, rating_not_a_number (a rating or bound that is not
     a finite number), duplicate_model (the first row is kept)."""
     path = Path(csv_path)
     header, rows = read_csv_rows(path)
@@ -215,11 +234,11 @@ def read_reference(csv_path: PathLike) -> tuple[pl.DataFrame, dict[str, int]]:
     rejected: Counter = Counter()
     kept: dict[str, list[float]] = {}
     for _, cells in rows:
-        if cells is None:
-            rejected["invalid_utf8"] += 1
+        if isinstance(cells, Quarantined):
+            rejected[cells.reason] += 1
             continue
         row = dict(zip(header, cells))
-        name = (row.get("model") or "").strip()
+        name = spelling(row.get("model") or "")
         try:
             values = [float(row.get(c, "")) for c in numeric]
         except ValueError:
@@ -244,7 +263,8 @@ def apply_rename(df: pl.DataFrame, csv_path: PathLike) -> pl.DataFrame:
     """Rename models in the model_a, model_b and model columns by a two-column CSV.
 
     Names not in the CSV stay as they are. Raises RatingsError when the renaming would
-    merge two models of the table into one name.
+    merge two models of the table into one name: to merge names on purpose, rename while
+    reading (`names=NameBook(read_rename(csv_path))`), as `leaderboard --rename` does.
     """
     mapping = read_rename(csv_path)
     columns = [c for c in ("model_a", "model_b", "model") if c in df.columns]

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
+from arena_dagster.names import NameBook
 from arena_dagster.ratings.errors import RatingsError
 from arena_dagster.ratings.importers import model_name, question_id_of
 from arena_dagster.ratings.records import PathLike, as_paths, read_records
@@ -77,16 +78,19 @@ def _explanation(game: Any) -> str:
 
 
 def arena_hard_games(
-    paths: PathLike | Iterable[PathLike], *, baseline: str | None, rejected: Counter
+    paths: PathLike | Iterable[PathLike], *, baseline: str | None, rejected: Counter, names: NameBook | None = None
 ) -> Iterator[tuple[list[RecordedGame], str, str | None]]:
     """Per judgment row: its two games (verdict None where absent or unreadable), "" or the
     reason to reject the row as a battle source, and its category (v2.0). Rows without a question id, model or baseline are counted in
-    `rejected` and skipped."""
+    `rejected` and skipped. Model names (`baseline` too) go through `names`; the caller checks it."""
+    names = NameBook() if names is None else names
+    baseline = None if baseline is None else names.add(baseline, "the baseline given", spelled=False)
     for path in as_paths(paths, suffixes=JUDGMENT_SUFFIXES):
         for number, record in read_records(path, rejected):
+            where = f"{path}:{number}"
             question_id = question_id_of(record.get("question_id", record.get("uid")))
-            model = model_name(record.get("model"))
-            row_baseline = model_name(record.get("baseline")) or baseline
+            model = model_name(record.get("model"), names, where)
+            row_baseline = model_name(record.get("baseline"), names, where) or baseline
             if question_id is None:
                 rejected["missing_question_id"] += 1
                 continue
@@ -114,7 +118,8 @@ def arena_hard_games(
 
 
 def read_arena_hard(
-    paths: PathLike | Iterable[PathLike], *, baseline: str | None = None, strong_weight: float = 3.0
+    paths: PathLike | Iterable[PathLike], *, baseline: str | None = None, strong_weight: float = 3.0,
+    names: NameBook | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """arena-hard-auto judgment files or folders of them (v0.1 or v2.0) -> (battles, rejected).
 
@@ -128,6 +133,7 @@ def read_arena_hard(
     a null verdict: never guessed), unknown_verdict (a label outside the ten above),
     too_many_games, baseline_vs_itself (counted, not fitted: it carries no information),
     duplicate_judgment (the same question, model, baseline and judge again; the first is kept).
+    Model names go through `names` (a fresh NameBook by default), checked at the end.
     """
     if isinstance(strong_weight, bool) or not isinstance(strong_weight, (int, float)) or not (
         math.isfinite(strong_weight) and strong_weight > 0
@@ -136,7 +142,8 @@ def read_arena_hard(
     rejected: Counter = Counter()
     seen: set[tuple[str, ...]] = set()
     rows = []
-    for games, problem, category in arena_hard_games(paths, baseline=baseline, rejected=rejected):
+    names = NameBook() if names is None else names
+    for games, problem, category in arena_hard_games(paths, baseline=baseline, rejected=rejected, names=names):
         key = (games[0].question_id, games[0].model_b, games[0].model_a, games[0].judge) if games else ()
         if not problem and key in seen:
             problem = "duplicate_judgment"
@@ -154,13 +161,14 @@ def read_arena_hard(
                 "weight": pl.Float64, "game": pl.Int64, "judge": pl.String, "category": pl.String},
         orient="row",
     )
+    names.check()
     return battles, dict(sorted(rejected.items()))
 
 
-def _mt_bench_row(record: dict[str, Any]) -> tuple[tuple | None, str]:
+def _mt_bench_row(record: dict[str, Any], names: NameBook, where: str) -> tuple[tuple | None, str]:
     """(question_id, turn, model_1, model_2, g1_winner, g2_winner, judge) or the reason to reject."""
     question_id = question_id_of(record.get("question_id"))
-    model_1, model_2 = model_name(record.get("model_1")), model_name(record.get("model_2"))
+    model_1, model_2 = model_name(record.get("model_1"), names, where), model_name(record.get("model_2"), names, where)
     g1, g2 = record.get("g1_winner"), record.get("g2_winner")
     turn = record.get("turn", 1)
     if question_id is None:
@@ -178,14 +186,18 @@ def _mt_bench_row(record: dict[str, Any]) -> tuple[tuple | None, str]:
     return (question_id, turn, model_1, model_2, g1, g2, _judge_name(record.get("judge"))), ""
 
 
-def mt_bench_games(paths: PathLike | Iterable[PathLike], *, rejected: Counter) -> Iterator[tuple[tuple, list[RecordedGame]]]:
+def mt_bench_games(
+    paths: PathLike | Iterable[PathLike], *, rejected: Counter, names: NameBook | None = None
+) -> Iterator[tuple[tuple, list[RecordedGame]]]:
     """Per readable MT-Bench pairwise row: (question_id, turn, model_1, model_2, g1, g2, judge)
-    and its two games seen from A's side (game 2 shows model_2 as A; "error" -> no verdict)."""
+    and its two games seen from A's side (game 2 shows model_2 as A; "error" -> no verdict).
+    Model names go through `names`; the caller checks it."""
+    names = NameBook() if names is None else names
     own = {"model_1": "A>B", "model_2": "B>A", "tie": "A=B", "error": None}
     swapped = {"model_1": "B>A", "model_2": "A>B", "tie": "A=B", "error": None}
     for path in as_paths(paths, suffixes=JUDGMENT_SUFFIXES):
-        for _, record in read_records(path, rejected):
-            row, problem = _mt_bench_row(record)
+        for number, record in read_records(path, rejected):
+            row, problem = _mt_bench_row(record, names, f"{path}:{number}")
             if problem:
                 rejected[problem] += 1
                 continue
@@ -196,7 +208,9 @@ def mt_bench_games(paths: PathLike | Iterable[PathLike], *, rejected: Counter) -
             ]
 
 
-def read_mt_bench_pairs(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dict[str, int]]:
+def read_mt_bench_pairs(
+    paths: PathLike | Iterable[PathLike], *, names: NameBook | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """FastChat MT-Bench pairwise judgment files (e.g. gpt-4_pair.jsonl) -> (battles, rejected).
 
     One battle per row, model_a = model_1: a tie when game 1 is a tie or the two games
@@ -206,11 +220,13 @@ def read_mt_bench_pairs(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFr
     missing_game (g1_winner or g2_winner absent), unknown_verdict (not model_1, model_2,
     tie or error), invalid_turn, judge_error (either game "error": FastChat drops it too),
     duplicate_judgment (the same question, turn, pair and judge again; the first is kept).
+    Model names go through `names` (a fresh NameBook by default), checked at the end.
     """
+    names = NameBook() if names is None else names
     rejected: Counter = Counter()
     seen: set[tuple] = set()
     rows = []
-    for (question_id, turn, model_1, model_2, g1, g2, judge), _ in mt_bench_games(paths, rejected=rejected):
+    for (question_id, turn, model_1, model_2, g1, g2, judge), _ in mt_bench_games(paths, rejected=rejected, names=names):
         key = (question_id, turn, min(model_1, model_2), max(model_1, model_2), judge)
         if "error" in (g1, g2):
             rejected["judge_error"] += 1
@@ -227,23 +243,28 @@ def read_mt_bench_pairs(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFr
                 "turn": pl.Int64, "judge": pl.String},
         orient="row",
     )
+    names.check()
     return battles, dict(sorted(rejected.items()))
 
 
-def read_answers(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, dict[str, int]]:
+def read_answers(
+    paths: PathLike | Iterable[PathLike], *, names: NameBook | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """arena-hard-auto model_answer files (or folders of them) -> (question_id, model, answer)
     for style control, and rejected rows by reason (invalid_utf8, invalid_json,
     not_an_object, missing_question_id, missing_model, missing_answer, duplicate_answer).
 
     v0.1 rows `{question_id, model_id, choices: [{turns: [{content}]}]}` (the turns are
     joined); v2.0 rows `{uid, model, messages: [..., {role: assistant, content: {answer}}]}`.
+    Model names go through `names` (the battles' NameBook, so both are renamed alike), checked at the end.
     """
+    names = NameBook() if names is None else names
     rejected: Counter = Counter()
     rows: dict[tuple[str, str], str] = {}
     for path in as_paths(paths, suffixes=JUDGMENT_SUFFIXES):
-        for _, record in read_records(path, rejected):
+        for number, record in read_records(path, rejected):
             question_id = question_id_of(record.get("question_id", record.get("uid")))
-            model = model_name(record.get("model_id", record.get("model")))
+            model = model_name(record.get("model_id", record.get("model")), names, f"{path}:{number}")
             answer = _answer_text(record)
             if question_id is None:
                 rejected["missing_question_id"] += 1
@@ -260,6 +281,7 @@ def read_answers(paths: PathLike | Iterable[PathLike]) -> tuple[pl.DataFrame, di
         schema={"question_id": pl.String, "model": pl.String, "answer": pl.String},
         orient="row",
     )
+    names.check()
     return answers, dict(sorted(rejected.items()))
 
 

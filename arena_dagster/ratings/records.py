@@ -1,26 +1,20 @@
 """Reading the rows of JSON, JSON-lines and CSV files written by other tools, never failing on
-one bad row.
-
-Real files carry a byte-order mark (Windows editors, PowerShell's `Out-File`), or a stray
-non-UTF-8 byte in one row (a truncated multi-byte character, a Latin-1 name). A UTF-8 or
-UTF-16 byte-order mark is skipped; a row whose bytes are not UTF-8 is rejected and counted
-as `invalid_utf8`, and the rest of the file is read.
+one bad row: the package's one reader (`arena_dagster/record_files.py`), with the rows it
+quarantined counted by reason (invalid_utf8, nul_character, lone_surrogate, invalid_json,
+not_an_object, invalid_csv) in the importers' `rejected` counts.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from arena_dagster.ratings.errors import InputFileError
+from arena_dagster.record_files import Quarantined, RecordFileError, csv_rows, iter_records
 
 PathLike = str | Path
-_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 def as_paths(paths: PathLike | Iterable[PathLike], *, suffixes: tuple[str, ...] = ()) -> list[Path]:
@@ -42,91 +36,25 @@ def as_paths(paths: PathLike | Iterable[PathLike], *, suffixes: tuple[str, ...] 
     return found
 
 
-def _file_bytes(path: Path) -> bytes:
-    """The file's bytes as UTF-8, without a byte-order mark (UTF-16 files are converted)."""
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file")
-    raw = path.read_bytes()
-    if raw.startswith(codecs.BOM_UTF8):
-        return raw[len(codecs.BOM_UTF8):]
-    if raw.startswith(_UTF16_BOMS):
-        try:
-            return raw.decode("utf-16").encode("utf-8", "surrogateescape")
-        except UnicodeDecodeError as error:
-            raise InputFileError(f"{path}: starts with a UTF-16 byte-order mark but is not UTF-16 ({error})") from None
-    return raw
-
-
-def _has_undecodable(value: Any) -> bool:
-    """Whether a parsed JSON value holds a byte that was not UTF-8 (kept as a lone surrogate)."""
-    if isinstance(value, str):
-        return any("\udc80" <= ch <= "\udcff" for ch in value)
-    if isinstance(value, dict):
-        return any(_has_undecodable(k) or _has_undecodable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_undecodable(v) for v in value)
-    return False
-
-
 def read_records(path: Path, rejected: Counter) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row number from 1, object) of a JSON array file or a JSON-lines file.
-
-    Bad rows are counted in `rejected`, never raised: invalid_utf8, invalid_json (a line
-    that does not parse), not_an_object. A JSON array that does not parse as a whole is an
-    InputFileError.
-    """
-    raw = _file_bytes(path)
-    if raw.lstrip()[:1] == b"[":
-        try:
-            text, undecodable = raw.decode("utf-8"), False
-        except UnicodeDecodeError:
-            text, undecodable = raw.decode("utf-8", "surrogateescape"), True
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise InputFileError(f"{path}: not valid JSON ({error})") from None
-        for number, row in enumerate(rows, start=1):
-            if undecodable and _has_undecodable(row):
-                rejected["invalid_utf8"] += 1
-            elif isinstance(row, dict):
-                yield number, row
-            else:
-                rejected["not_an_object"] += 1
-        return
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        line = line.removeprefix(codecs.BOM_UTF8).strip()  # a BOM also starts each file of a concatenation
-        if not line:
-            continue
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            rejected["invalid_utf8"] += 1
-            continue
-        except json.JSONDecodeError:
-            rejected["invalid_json"] += 1
-            continue
-        if isinstance(row, dict):
-            yield number, row
-        else:
-            rejected["not_an_object"] += 1
+    """(row number from 1, object) of a JSON array, JSON object or JSON-lines file; bad rows are
+    counted in `rejected` by reason, never raised. A file that cannot be read is an InputFileError."""
+    quarantine: list[Quarantined] = []
+    try:
+        yield from iter_records(path, quarantine)
+    except RecordFileError as error:
+        raise InputFileError(error.what, error.input, error.fix) from None
+    finally:
+        rejected.update(q.reason for q in quarantine)
 
 
-def read_csv_rows(path: PathLike) -> tuple[list[str], list[tuple[int, list[str] | None]]]:
-    """The header and the (line number, cells) of every other non-blank line of a CSV file;
-    cells is None for a line that is not UTF-8 (the caller rejects or refuses it)."""
-    path = Path(path)
-    lines = _file_bytes(path).split(b"\n")
-    decoded: list[tuple[int, str | None]] = []
-    for number, line in enumerate(lines, start=1):
-        line = line.rstrip(b"\r")
-        if not line.strip():
-            continue
-        try:
-            decoded.append((number, line.decode("utf-8")))
-        except UnicodeDecodeError:
-            decoded.append((number, None))
-    if not decoded or decoded[0][1] is None:
-        raise InputFileError(f"{path}: no readable header line (an empty file, or not UTF-8)")
-    header = next(csv.reader([decoded[0][1]]))
-    rows = [(number, None if text is None else next(csv.reader([text]))) for number, text in decoded[1:]]
-    return [name.strip() for name in header], rows
+def read_csv_rows(path: PathLike) -> tuple[list[str], list[tuple[int, list[str] | Quarantined]]]:
+    """The header and the (line number, cells) of every other non-blank record of a CSV file;
+    a record with bad text comes as its Quarantined entry instead (the caller rejects or refuses it)."""
+    quarantine: list[Quarantined] = []
+    try:
+        header, rows = csv_rows(path, quarantine)
+        read = list(rows)
+    except RecordFileError as error:
+        raise InputFileError(error.what, error.input, error.fix) from None
+    return header, sorted([*read, *((q.number, q) for q in quarantine)], key=lambda item: item[0])

@@ -40,6 +40,7 @@ from arena_dagster.ratings.battles import (
 from arena_dagster.ratings.bradley_terry import BATCH_BYTES, check_bootstrap, check_connected, unbounded_models
 from arena_dagster.ratings.errors import BattlesInputError, RatingsError
 from arena_dagster.ratings.resampling import draw_counts
+from arena_dagster.ratings.sandwich import Observations, robust_covariance
 from arena_dagster.ratings.solver import Design, fit_point, fit_replicates, inverse_hessian
 
 STYLE_FEATURES = ("length", "header_count", "list_count", "bold_count")
@@ -158,6 +159,8 @@ class StyleFit:
     bootstrap_coefficients: np.ndarray
     feature_rms: np.ndarray
     unbounded: list[str]
+    covariance: np.ndarray | None = None  # with `sandwich`: the strengths' robust covariance
+    coefficient_sd: np.ndarray | None = None  # with `sandwich`: the coefficients' standard errors (NaN: never varies)
 
 
 def fit_style(
@@ -167,14 +170,18 @@ def fit_style(
     bootstrap: int = 0,
     bootstrap_unit: str = "battle",
     seed: int = 0,
+    sandwich: str | None = None,
 ) -> StyleFit:
     """Style-controlled Bradley-Terry fit of a battles table with style columns (weights
-    and both bootstrap units as in `bradley_terry.fit`)."""
+    and both bootstrap units as in `bradley_terry.fit`); `sandwich` ("battle" or "prompt"):
+    also the robust covariance, as `bradley_terry.fit`."""
     features = style_features_of(style_control)
     if not features:
         raise RatingsError("fit_style needs at least one style feature")
     check_bootstrap(bootstrap, bootstrap_unit)
-    by_question = bool(bootstrap) and bootstrap_unit == "prompt"
+    if sandwich is not None:
+        check_bootstrap(0, sandwich)
+    by_question = (bool(bootstrap) and bootstrap_unit == "prompt") or sandwich == "prompt"
     check_columns(battles, BATTLE_COLUMNS + (("question_id",) if by_question else ()))
     weight = battle_weights(battles)
     weight = np.ones(battles.height) if weight is None else weight
@@ -216,6 +223,20 @@ def fit_style(
             played = draw_counts(ones, question_cells, size, bootstrap_unit, rng) * weight
             replicates[start : start + size] = fit_replicates(design, point, inverse, played, played * lo_score,
                                                               newton_batch)
+    covariance = coefficient_sd = None
+    if sandwich is not None:
+        clusters = None
+        if sandwich == "prompt":
+            from scipy import sparse
+
+            q, n_questions = question_index(battles.get_column("question_id"))
+            clusters = sparse.csr_matrix((np.ones(len(q)), (q, np.arange(len(q)))), shape=(n_questions, len(q)))
+        rows = np.arange(len(design))
+        robust = robust_covariance(design, point, weight, weight * lo_score,
+                                   Observations(rows, weight, lo_score, np.ones(len(rows)), clusters))
+        covariance = robust[:m, :m]
+        coefficient_sd = np.full(len(features), np.nan)
+        coefficient_sd[varied] = np.sqrt(np.clip(np.diag(robust)[m:], 0.0, None))
     coefficients = np.full(len(features), np.nan)
     coefficients[varied] = point[m:]
     boot_coefficients = np.full((bootstrap, len(features)), np.nan)
@@ -229,5 +250,7 @@ def fit_style(
         bootstrap_coefficients=boot_coefficients,
         feature_rms=rms,
         unbounded=unbounded,
+        covariance=covariance,
+        coefficient_sd=coefficient_sd,
     )
 

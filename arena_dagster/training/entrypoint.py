@@ -20,7 +20,8 @@ The model and tokenizer are written to `output_dir + ".tmp"` and renamed to `out
 when complete, with `manifest.json` (dataset hash, base model, hyperparameters, metrics and
 per-step curves, see training/metrics.py): a killed run leaves no half-written checkpoint
 behind, and the next run removes what it left. The spec and its identity are in
-training/spec.py, the data readers in training/data.py. Started by a Dagster Pipes launcher,
+training/spec.py, the data readers in training/data.py, each stage's TRL trainer in
+training/trainers.py. Started by a Dagster Pipes launcher,
 the process also reports through Pipes (training/pipes.py).
 """
 
@@ -30,10 +31,11 @@ import json
 import os
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
+from arena_dagster.errors import describe_os_error, os_error_in
 from arena_dagster.paths import remove_tree, replace_dir
 from arena_dagster.training.data import load_rows, split_preference_pairs
 from arena_dagster.training.guard import follow_launcher
@@ -49,66 +51,11 @@ from arena_dagster.training.spec import (
     spec_hash,
     validate_spec,
 )
+from arena_dagster.training.trainers import build_trainer, runtime_of
 
 
-def _training_kwargs(spec: dict, rows: int, output_dir: Path, runtime: dict) -> dict:
-    """TrainingArguments shared by every stage; `rows` counts the samples one epoch sees."""
-    hyper = spec["hyperparams"]
-    accumulation = int(hyper.get("gradient_accumulation_steps") or 1)
-    kwargs: dict[str, Any] = {
-        "output_dir": str(output_dir),
-        "per_device_train_batch_size": int(hyper["batch_size"]),
-        "gradient_accumulation_steps": accumulation,
-        "learning_rate": float(hyper["learning_rate"]),
-        "lr_scheduler_type": hyper["lr_scheduler_type"],
-        "warmup_steps": max(0, round(float(hyper.get("warmup_ratio", 0.0)) * _total_steps(hyper, rows, runtime["processes"]))),
-        "weight_decay": float(hyper["weight_decay"]),
-        "seed": int(hyper["seed"]),
-        "data_seed": int(hyper["seed"]),
-        # Every step: the manifest's figures and curves must not depend on logging_steps, which
-        # only sets how often a progress line is printed (training/metrics.py).
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "use_cpu": runtime["device"] == "cpu",
-        "bf16": runtime["bf16"],
-        "fp16": False,
-        "gradient_checkpointing": bool(hyper.get("gradient_checkpointing", False)),
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
-    }
-    if spec["stage"] != "rl":  # RLOOConfig has neither: it tokenizes prompts as they come.
-        kwargs["max_length"] = int(hyper["max_length"])
-        kwargs["dataset_num_proc"] = None
-    if hyper.get("max_steps"):
-        kwargs["max_steps"] = int(hyper["max_steps"])
-    else:
-        kwargs["num_train_epochs"] = float(hyper.get("epochs") or 1.0)
-    return kwargs
-
-
-def _total_steps(hyper: dict, rows: int, processes: int = 1) -> int:
-    if hyper.get("max_steps"):
-        return int(hyper["max_steps"])
-    global_batch = int(hyper["batch_size"]) * processes * int(hyper.get("gradient_accumulation_steps") or 1)
-    per_epoch = max(1, -(-rows // global_batch))
-    return max(1, round(per_epoch * float(hyper.get("epochs") or 1.0)))
-
-
-def _runtime(resolved: dict) -> dict:
-    """Where this process trains: device, bf16 and the number of processes (after `accelerate launch`)."""
-    import torch
-
-    requested = resolved.get("device", "auto")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise TrainingSpecError("spec.device is 'cuda' but torch sees no CUDA device")
-    device = "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
-    bf16_supported = device == "cuda" and torch.cuda.is_bf16_supported()
-    bf16 = resolved["hyperparams"].get("bf16", "auto")
-    if bf16 is True and not bf16_supported:
-        raise TrainingSpecError(f"hyperparams.bf16 is true but the {device} device here has no bf16 support")
-    processes = int(os.environ.get("WORLD_SIZE") or 1)
-    return {"device": device, "bf16": bf16_supported if bf16 == "auto" else bool(bf16), "processes": processes}
+# The exit status of a training stopped by an OS error (its `error: ENOSPC: ...` line says which).
+OS_ERROR_EXIT = 4
 
 
 def _is_main_process() -> bool:
@@ -129,98 +76,6 @@ def _rows_dropped_by_trl(stage: str, rows: list[dict], trainer, dataset_path: Pa
             "(prompts.max_conversation_chars)"
         )
     return dropped
-
-
-def _fresh_model(spec: dict, tokenizer):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        **spec["model_config"],
-    )
-    return AutoModelForCausalLM.from_config(config)
-
-
-def _build_trainer(resolved: dict, rows: list[dict], eval_rows: list[dict], tmp_dir: Path, runtime: dict):
-    """(trainer, tokenizer) of the spec's stage, its model loaded or created."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    stage, hyper = resolved["stage"], resolved["hyperparams"]
-    # Frozen models (DPO reference, RL reward model) can live in bf16 when training is bf16.
-    frozen_kwargs: dict[str, Any] = {"dtype": torch.bfloat16} if runtime["bf16"] else {}
-    if stage == "base":
-        tokenizer = AutoTokenizer.from_pretrained(resolved["tokenizer"])
-        model = _fresh_model(resolved, tokenizer)
-    elif stage == "reward":
-        tokenizer = AutoTokenizer.from_pretrained(resolved["base_model"])
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        # The score head is new (random): seeded before, so the same spec starts from the same head.
-        model = AutoModelForSequenceClassification.from_pretrained(resolved["base_model"], num_labels=1)
-        model.config.pad_token_id = tokenizer.pad_token_id
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(resolved["base_model"])
-        model = AutoModelForCausalLM.from_pretrained(resolved["base_model"])
-
-    train_rows = len(rows) * (int(hyper["num_generations"]) if stage == "rl" else 1)
-    training_kwargs = _training_kwargs(resolved, train_rows, tmp_dir, runtime)
-    if stage in ("base", "sft"):
-        from trl import SFTConfig, SFTTrainer
-
-        args = SFTConfig(**training_kwargs, completion_only_loss=bool(hyper["completion_only_loss"]))
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-    elif stage == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        ref_model = AutoModelForCausalLM.from_pretrained(resolved["base_model"], **frozen_kwargs)
-        # RPO: DPO's loss plus rpo_alpha x the NLL of the chosen answers (TRL 1.16 has no rpo_alpha field).
-        rpo = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, float(hyper["rpo_alpha"])]} if hyper.get("rpo_alpha") else {}
-        args = DPOConfig(**training_kwargs, beta=float(hyper.get("beta", 0.1)), **rpo)
-        trainer = DPOTrainer(
-            model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
-        )
-    elif stage == "reward":
-        from trl import RewardConfig, RewardTrainer
-
-        args = RewardConfig(**training_kwargs, eval_strategy="no")
-        # The held-out pairs go through the trainer only to be tokenized exactly like the training pairs.
-        trainer = RewardTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(rows),
-            eval_dataset=Dataset.from_list(eval_rows),
-            processing_class=tokenizer,
-        )
-    else:
-        from trl import RLOOConfig, RLOOTrainer
-
-        reward_tokenizer = AutoTokenizer.from_pretrained(resolved["reward_model"])
-        reward_model = AutoModelForSequenceClassification.from_pretrained(
-            resolved["reward_model"], num_labels=1, **frozen_kwargs
-        )
-        reward_model.eval()
-        args = RLOOConfig(
-            **training_kwargs,
-            beta=float(hyper["beta"]),
-            num_generations=int(hyper["num_generations"]),
-            max_completion_length=int(hyper["max_completion_length"]),
-            temperature=float(hyper["temperature"]),
-        )
-        # RLOOTrainer rebuilds the frozen KL reference from `model.config._name_or_path`, i.e. base_model.
-        trainer = RLOOTrainer(
-            model=model,
-            reward_funcs=reward_model,
-            args=args,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tokenizer,
-            reward_processing_classes=reward_tokenizer,
-        )
-    return trainer, tokenizer
 
 
 def _attach_step_metrics(trainer, tokenizer, resolved: dict, reporter: Reporter) -> StepSeries:
@@ -275,7 +130,7 @@ def train(spec: dict, reporter: Reporter | None = None) -> dict | None:
     threads = int(spec.get("threads") or os.environ.get("ARENA_TORCH_THREADS") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
-    runtime = _runtime(resolved)
+    runtime = runtime_of(resolved)
     output_dir = Path(resolved["output_dir"])
     # Only the folders beside output_dir are ever removed or replaced, never anything above it.
     root = output_dir.parent
@@ -283,7 +138,7 @@ def train(spec: dict, reporter: Reporter | None = None) -> dict | None:
     if _is_main_process() and tmp_dir.exists():
         remove_tree(root, tmp_dir)
     set_seed(int(hyper["seed"]))
-    trainer, tokenizer = _build_trainer(resolved, rows, eval_rows, tmp_dir, runtime)
+    trainer, tokenizer = build_trainer(resolved, rows, eval_rows, tmp_dir, runtime)
     over_max_length = _rows_dropped_by_trl(stage, rows, trainer, dataset_path, int(hyper.get("max_length") or 0))
     series = _attach_step_metrics(trainer, tokenizer, resolved, reporter)
     is_main = trainer.accelerator.is_main_process
@@ -400,6 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         reporter.error(f"error: {exc}")
         reporter.close()
         return 3
+    except Exception as exc:
+        # A full disk, a read-only or missing folder: the launcher's failure names the OS error and its path.
+        error = os_error_in(exc)
+        if error is None:
+            reporter.close(exc)
+            raise
+        traceback.print_exc()
+        reporter.error(f"error: {describe_os_error(error, writing=str(spec.get('output_dir', '')) + '.tmp')}")
+        reporter.close()
+        return OS_ERROR_EXIT
     except BaseException as exc:
         reporter.close(exc)
         raise

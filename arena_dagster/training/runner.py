@@ -180,6 +180,10 @@ def _launch(
     return manifest
 
 
+# Trainings this process runs through SubprocessLaunch: run_trainings stops them when it is interrupted.
+_RUNNING: set[subprocess.Popen] = set()
+
+
 class SubprocessLaunch:
     """The default launch: the command as a child process, its output streamed line by line to `log`."""
 
@@ -201,6 +205,7 @@ class SubprocessLaunch:
         ]
         for reader in readers:
             reader.start()
+        _RUNNING.add(process)
         try:
             returncode = process.wait(timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
@@ -209,6 +214,8 @@ class SubprocessLaunch:
         except BaseException:
             self._kill(process)
             raise
+        finally:
+            _RUNNING.discard(process)
         for reader in readers:
             reader.join(timeout=10)
         return returncode
@@ -268,8 +275,16 @@ def run_trainings(
         with lock:
             log(line)
 
-    with ThreadPoolExecutor(max_workers=max_parallel) as pool:
+    pool = ThreadPoolExecutor(max_workers=max_parallel)
+    try:
         futures = [pool.submit(run, spec, log=safe_log, timeout_s=timeout_s, launch=launch) for spec in prepared]
+        pool.shutdown(wait=True)
+    except BaseException:
+        # Interrupted (a canceled run): the pool's threads wait on their trainings, so end those, not wait for them.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list(_RUNNING):
+            SubprocessLaunch._kill(process)
+        raise
     failures, manifests = [], []
     for spec, future in zip(prepared, futures):
         error = future.exception()

@@ -15,24 +15,18 @@ every stage battle the whole round slice.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any
 
 import polars as pl
 
 from arena_dagster.errors import ArenaError
+from arena_dagster.profile_schema.sections import ScheduleSettings
 
 STAGES = ("sft", "dpo", "rl")
 
 # The stage whose checkpoint is a stage's battle target (None: the round's target).
 PREVIOUS_STAGE = {"sft": None, "dpo": "sft", "rl": "dpo"}
 
-DEFAULT_SCHEDULE: dict[str, dict[str, Any]] = {
-    "sft": {"slice": "sft", "accumulate_rounds": True},
-    "dpo": {"slice": "dpo", "accumulate_rounds": False},
-    "rl": {"slice": "rl", "accumulate_rounds": False},
-}
 
 
 class ScheduleError(ArenaError, ValueError):
@@ -60,31 +54,18 @@ def checkpoint_name(stage: str, round_key: int) -> str:
     return f"{label}-I{round_key}"
 
 
-def schedule_settings(profile: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    settings = copy.deepcopy(DEFAULT_SCHEDULE)
-    override = profile.get("schedule") or {}
-    unknown = set(override) - set(STAGES)
-    if unknown:
-        raise ScheduleError(f"schedule: unknown stages {sorted(unknown)} (stages are {STAGES})")
-    for stage, values in override.items():
-        extra = set(values or {}) - {"slice", "accumulate_rounds"}
-        if extra:
-            raise ScheduleError(f"schedule.{stage}: unknown keys {sorted(extra)}")
-        settings[stage].update(values or {})
-    return settings
-
-
-def stage_plan(profile: dict[str, Any], stage: str, round_key: int) -> StagePlan:
+def stage_plan(schedule: ScheduleSettings | None, stage: str, round_key: int) -> StagePlan:
+    """`schedule`: the profile's `schedule:` section (None: the paper's, DEFAULT_SCHEDULE)."""
     if stage not in STAGES:
         raise ScheduleError(f"unknown stage {stage!r} (stages are {STAGES})")
     if round_key < 1:
         raise ScheduleError(f"stages run in rounds >= 1 (round 0 is the baseline evaluation), got {round_key}")
-    settings = schedule_settings(profile)[stage]
-    rounds = tuple(range(1, round_key + 1)) if settings["accumulate_rounds"] else (round_key,)
+    settings = (schedule or ScheduleSettings()).of(stage)
+    rounds = tuple(range(1, round_key + 1)) if settings.accumulate_rounds else (round_key,)
     return StagePlan(
         stage=stage,
         round=round_key,
-        slice=str(settings["slice"]),
+        slice=settings.slice,
         battle_target_stage=PREVIOUS_STAGE[stage],
         data_rounds=rounds,
     )

@@ -1,6 +1,9 @@
 {#- The paper's two-game setup: each battle is judged once in each order (game 1 shows
     model_x as A, game 2 shows model_y as A). A battle counts only when both games parsed;
-    per-model scores are averaged over the games, and averages closer than tie_margin tie. -#}
+    per-model scores are averaged over the games, and averages closer than tie_margin tie.
+    A battle with a game that still did not parse after the judge's retries is incomplete: it
+    is left out here, so it is never a win, loss or tie for either side (nor training data),
+    and judge health counts it (incomplete_battles). -#}
 {% macro two_game(judgments, tie_margin) -%}
 WITH games AS (
     SELECT

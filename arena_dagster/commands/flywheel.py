@@ -9,6 +9,7 @@ warehouse and the checkpoints, in seconds. Runs go through the home's run queue 
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -16,22 +17,31 @@ from typing import Any, Callable
 
 import dagster as dg
 
-from arena_dagster.config import profile_hash
+from arena_dagster.config import profile_hash, settings_of
 from arena_dagster.defs.automation import ROUND_JOB, SETUP_ASSETS, SETUP_JOB, missing_round_partitions
 from arena_dagster.defs.resources import round_partitions
 from arena_dagster.errors import ArenaError
 from arena_dagster.home import (
-    HomeError,
-    describe_holder,
-    flywheel_lock,
     home_profile,
     logs_dir,
+    prepare_environment,
     prepare_instance,
     profile_settings,
     reap_stale_files,
     record_profile,
 )
-from arena_dagster.operate import RunFailed, Submitter, follow, open_instance, reap_dead_runs, running_daemon, terminate
+from arena_dagster.locks import HomeError, describe_holder, flywheel_lock
+from arena_dagster.operate import (
+    Interrupted,
+    RunCanceled,
+    RunFailed,
+    Submitter,
+    cancel_run,
+    follow,
+    open_instance,
+    reap_dead_runs,
+    running_daemon,
+)
 from arena_dagster.progress import RunPrinter
 
 
@@ -113,7 +123,7 @@ class Flywheel:
         return setup, needed
 
     def run(self, rounds: int, on_round: Callable[[int], None] | None = None) -> None:
-        slices = int(self.settings["prompts"]["rounds"])
+        slices = settings_of(self.settings).prompts.rounds
         if rounds > slices:
             raise ArenaError(f"profile {self.profile!r} slices its prompt pool into {slices} rounds", f"--rounds {rounds}",
                              f"ask for at most {slices}, or raise prompts.rounds in the profile" if slices else
@@ -159,9 +169,11 @@ class Flywheel:
         started = time.monotonic()
         try:
             run = follow(self.instance, run_id, printer)
-        except KeyboardInterrupt:
-            terminate(self.instance, run_id)
-            raise
+        except KeyboardInterrupt as exc:
+            interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+            printer.close()
+            ended = cancel_run(self.instance, run_id, f"the arena-dagster command got {interrupted.name}")
+            raise RunCanceled(title, interrupted, ended, run_id) from None
         finally:
             printer.close()
         if run.status != dg.DagsterRunStatus.SUCCESS:
@@ -194,8 +206,6 @@ class Flywheel:
 def prepare_ui(home: Path, profile: str | None, host: str, port: int) -> list[str]:
     """The `dagster dev` command line for a home's UI (its profile resolved, dead runs marked failed)."""
     import sys
-
-    from arena_dagster.cli import prepare_environment
 
     prepare_environment(home)
     name, seed, settings = home_profile(home, profile)

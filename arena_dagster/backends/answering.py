@@ -6,11 +6,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import polars as pl
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec, user_messages
+from arena_dagster.compute.settings import ComputeSettings
 
 RESPONSE_SCHEMA = {
     "round": pl.Int64,
@@ -22,8 +23,9 @@ RESPONSE_SCHEMA = {
     "tokens_in": pl.Int64,
     "tokens_out": pl.Int64,
     "finish_reason": pl.Utf8,
-    "cached": pl.Boolean,
 }
+# Whether an answer came from the completion cache is not table content: a resumed run finds in
+# the cache what an uninterrupted one generated. It is run metadata (cache_hits, cache_misses).
 
 
 @dataclass
@@ -63,7 +65,7 @@ def unrecorded_answers(spec: ModelSpec, prompts: pl.DataFrame, *, round_key: int
             {
                 "round": round_key, "prompt_id": pid, "model": spec.name, "role": role,
                 "response_id": "unrecorded-" + hashlib.sha256(f"{spec.name}|{pid}".encode()).hexdigest()[:24],
-                "response": None, "tokens_in": None, "tokens_out": None, "finish_reason": None, "cached": False,
+                "response": None, "tokens_in": None, "tokens_out": None, "finish_reason": None,
             }
             for pid in prompts["prompt_id"].to_list()
         ],
@@ -80,18 +82,18 @@ def answer_prompts(
     round_key: int,
     role: str,
     log: Callable[[str], None] | None = None,
-    compute: Any = None,
+    compute: ComputeSettings | None = None,
 ) -> tuple[pl.DataFrame, AnswerStats]:
     """One response row per prompt; answers already in the cache are never generated again.
 
-    `compute`: the engine's settings (`ComputeSettings`); on Ray a local model answers through replicas.
+    `compute`: the engine's settings; on Ray a local model answers through replicas.
 
     A model whose answers were not recorded answers nothing: `unrecorded_answers`."""
     if not answers_recorded(spec):
         return unrecorded_answers(spec, prompts, round_key=round_key, role=role)
     from arena_dagster.backends.cache import CompletionCache
     from arena_dagster.backends.generation import generate_cached
-    from arena_dagster.compute.replicas import backend_for
+    from arena_dagster.backends.replicas import backend_for
 
     rows = list(prompts.iter_rows(named=True))
     requests = [
@@ -117,7 +119,6 @@ def answer_prompts(
                 "tokens_in": comp.tokens_in,
                 "tokens_out": comp.tokens_out,
                 "finish_reason": comp.finish_reason,
-                "cached": comp.cached,
             }
             for req, comp in zip(requests, result.completions)
         ],

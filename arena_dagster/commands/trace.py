@@ -42,10 +42,11 @@ def run(args: argparse.Namespace) -> int:
                          "`arena-dagster trace --column sft_examples.winner_model`")
     with open_readonly(home) as conn:
         if args.column is not None:
+            from arena_dagster.config import settings_of
             from arena_dagster.home import home_profile
             from arena_dagster.sql_models import trace_column
 
-            variables = home_profile(home)[2].get("sql_vars", {})
+            variables = settings_of(home_profile(home)[2]).sql_vars.model_dump()
             doc = trace_column(conn, args.column, variables)
         else:
             doc = trace(conn, home, args.id)

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +27,7 @@ from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams
 from arena_dagster.backends.redact import redact
 from arena_dagster.backends.registry import BACKENDS, ModelConfigError, model_spec_from_config
 from arena_dagster.errors import ArenaError
+from arena_dagster.record_files import RecordFileError, read_text, strict_records, text_problem, write_jsonl_atomic
 
 EXIT_USER_ERROR = 2
 EXIT_BUDGET = 3
@@ -86,18 +84,21 @@ def read_models_file(path: Path) -> dict[str, Any]:
     import yaml
 
     fix = "give a YAML file with a `models:` mapping of name -> model config to --config"
+    if not path.exists():
+        raise ModelConfigError("model config file not found", str(path), fix)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelConfigError("model config file not found", str(path), fix) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelConfigError(f"cannot read the model config file: {exc}", str(path), fix) from None
+        data = yaml.safe_load(read_text(path))
+    except RecordFileError as exc:
+        raise ModelConfigError(f"model config file: {exc.what}", exc.input, fix) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise ModelConfigError(f"not valid YAML ({getattr(exc, 'problem', None) or exc})", where, fix) from None
     if not isinstance(data, dict):
         raise ModelConfigError("a model config file must be a YAML mapping", str(path), fix)
+    problem = text_problem(data)
+    if problem:
+        raise ModelConfigError(f"{problem[0].replace('_', ' ')} in a value: {problem[1]}", str(path), fix)
     return data
 
 
@@ -136,29 +137,15 @@ def _spec_from_args(args: argparse.Namespace) -> ModelSpec:
 
 
 def read_prompts(path: Path, sampling: SamplingParams, template_version: str = "") -> list[ChatRequest]:
-    """Chat requests from a prompt JSONL; a bad row is an error naming its line (a UTF-8 BOM is skipped)."""
+    """Chat requests from a prompt file (JSONL, JSON, CSV or Parquet; the package's reader: a BOM or CRLF
+    reads as clean UTF-8); a bad row (bad text, malformed, incomplete) is an error naming its line."""
     if not path.is_file():
         raise PromptFileError(f"prompt file {path} does not exist", fix="give an existing JSONL file to --prompts")
     requests: list[ChatRequest] = []
     seen: dict[str, int] = {}
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+    try:
+        for number, row in strict_records(path):
             where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise PromptFileError(
-                    f"{where}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})",
-                    fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptFileError(f"{where}: not JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise PromptFileError(f"{where}: a row must be a JSON object")
             row_id = row.get("id")
             if row_id is None or str(row_id) == "":
                 raise PromptFileError(f"{where}: missing `id`")
@@ -179,25 +166,10 @@ def read_prompts(path: Path, sampling: SamplingParams, template_version: str = "
             else:
                 raise PromptFileError(f"{where}: row {row_id!r} needs a non-empty `prompt` string or `messages`")
             requests.append(ChatRequest(row_id, chat, sampling=sampling, template_version=template_version))
+    except RecordFileError as exc:
+        fix = "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)" if "UTF-8" in exc.what else None
+        raise PromptFileError(f"{exc.input}: {exc.what}", fix=fix) from None
     return requests
-
-
-def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write all rows or nothing: a temp file in the same folder, fsynced, then renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:

