@@ -40,9 +40,9 @@ def pytest_unconfigure(config) -> None:
         shutil.rmtree(_session_cache, ignore_errors=True)
 
 
-def flywheel_command(home: Path, *args: str) -> list[str]:
+def flywheel_command(home: Path, *args: str, rounds: int = SMOKE_ROUNDS) -> list[str]:
     return [sys.executable, "-m", "arena_dagster.cli", "flywheel", "--profile", "skills_smoke",
-            "--rounds", str(SMOKE_ROUNDS), "--home", str(home), *args]
+            "--rounds", str(rounds), "--home", str(home), *args]
 
 
 def flywheel_env() -> dict[str, str]:

@@ -189,23 +189,48 @@ def test_prompt_pool_on_ray_through_dagster_equals_the_local_build(ray_local_clu
             assert on_ray.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall() == expected, table
 
 
+def test_fingerprints_through_a_round_leave_out_later_rounds_only():
+    """`table_fingerprints(through_round=1)`: a home of rounds 0-1 equals the first rounds of a longer one, and
+    any difference in those rounds or in an unpartitioned table still shows."""
+    import duckdb
+    import polars as pl
+
+    from arena_dagster.warehouse import table_fingerprints, write_table
+
+    def home(rounds: int, first_score: float = 1.0, pool: tuple[str, ...] = ("a", "b")) -> duckdb.DuckDBPyConnection:
+        conn = duckdb.connect(":memory:")
+        write_table(conn, "raw_prompts", pl.DataFrame({"prompt": list(pool)}))
+        for r in range(rounds + 1):
+            write_table(conn, "leaderboard", pl.DataFrame({"model": ["m"], "score": [first_score + r]}), round_key=r)
+        return conn
+
+    longer = table_fingerprints(home(2), through_round=1)
+    assert table_fingerprints(home(1), through_round=1) == longer
+    assert table_fingerprints(home(1)) != table_fingerprints(home(2))
+    assert table_fingerprints(home(1, first_score=2.0), through_round=1)["leaderboard"] != longer["leaderboard"]
+    assert table_fingerprints(home(1, pool=("a",)), through_round=1)["raw_prompts"] != longer["raw_prompts"]
+
+
 @pytest.mark.slow
 def test_skills_smoke_on_ray_ends_with_the_local_tables(smoke_home, tmp_path):
-    """`flywheel --engine ray --workers 2` (curation and the battles' generation on a local Ray cluster of 2 CPUs,
-    training local) ends with the tables of the local `smoke_home`, built from the same profile and seed."""
+    """`flywheel --engine ray --workers 2 --rounds 1` (curation and the battles' generation on a local Ray cluster
+    of 2 CPUs, from an empty completion cache; training local) ends with the setup tables and the round-0 and
+    round-1 rows of the local `smoke_home` (built from the same profile and seed for 2 rounds), table by table.
+    One round keeps it cheap: round 2 runs the same steps again."""
     from arena_dagster.operate import open_instance
     from arena_dagster.warehouse import open_readonly, table_fingerprints
     from conftest import flywheel_command, flywheel_env
 
     home = tmp_path / "on-ray"
-    proc = subprocess.run(flywheel_command(home, "--engine", "ray", "--workers", "2"), cwd=REPO,
+    proc = subprocess.run(flywheel_command(home, "--engine", "ray", "--workers", "2", rounds=1), cwd=REPO,
                           env={**flywheel_env(), "ARENA_CACHE": str(tmp_path / "cache")},
                           capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = open_instance(home).get_runs()
     assert runs and all(run.tags.get("arena/engine") == "ray" and run.tags.get("arena/workers") == "2" for run in runs)
     with open_readonly(home) as conn:
-        on_ray = table_fingerprints(conn)
+        on_ray = table_fingerprints(conn, through_round=1)
+        assert conn.execute("SELECT max(round) FROM sft_responses").fetchone() == (1,)
     with open_readonly(smoke_home) as conn:
-        local = table_fingerprints(conn)
+        local = table_fingerprints(conn, through_round=1)
     assert on_ray == local, {t: (on_ray.get(t), local.get(t)) for t in set(on_ray) | set(local) if on_ray.get(t) != local.get(t)}
