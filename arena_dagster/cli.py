@@ -70,6 +70,7 @@ def run_flywheel(
     wait: bool = True,
     verbose: bool = False,
     echo: Callable[[str], None] = print,
+    engine_tags: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run setup and rounds 1..`rounds` on `home` through the home's Dagster instance; returns every leaderboard row."""
     from arena_dagster.commands.flywheel import Flywheel
@@ -80,7 +81,7 @@ def run_flywheel(
     with signals_interrupt():
         try:
             with Flywheel(home, profile, seed=seed, switch_profile=switch_profile, wait=wait, verbose=verbose,
-                          echo=echo) as flywheel:
+                          echo=echo, engine_tags=engine_tags) as flywheel:
                 flywheel.run(rounds, on_round=lambda r: echo(format_leaderboard(read_leaderboards(home), r)))
         except (KeyboardInterrupt, RunCanceled):
             end_processes(process_tree(os.getpid())[1:])
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     from arena_dagster.commands import generate as generate_cli
     from arena_dagster.commands import leaderboard as ratings_cli
     from arena_dagster.commands import trace as trace_cli
+    from arena_dagster.compute.cli import add_engine_arguments
 
     parser = argparse.ArgumentParser(prog="arena-dagster", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     flywheel.add_argument("--no-wait", action="store_true", help="refuse instead of waiting when another flywheel works on the home")
     flywheel.add_argument("--verbose", action="store_true", help="print every Dagster event (they always go to <home>/logs/)")
     _add_home(flywheel)
+    add_engine_arguments(flywheel)
 
     board = sub.add_parser(
         "leaderboard",
@@ -139,10 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "flywheel":
+        from arena_dagster.compute.cli import engine_tags
+
         if args.rounds < 0:
             raise ArenaError("--rounds must be 0 or more", str(args.rounds))
         rows = run_flywheel(args.rounds, resolve_home(args.home), args.profile, seed=args.seed,
-                            switch_profile=args.switch_profile, wait=not args.no_wait, verbose=args.verbose)
+                            switch_profile=args.switch_profile, wait=not args.no_wait, verbose=args.verbose,
+                            engine_tags=engine_tags(args))
         print("final leaderboards:")
         print(format_leaderboard(rows))
         print(RANK_LEGEND)

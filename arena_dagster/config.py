@@ -298,6 +298,8 @@ def input_digest(profile: dict[str, Any]) -> str | None:
 
 
 def profile_hash(profile: dict[str, Any]) -> str:
+    # Where the heavy steps run changes no table: the `compute` section is not part of the identity.
+    profile = {key: value for key, value in profile.items() if key != "compute"}
     inputs = input_digest(profile)
     content = profile if inputs is None else {"profile": profile, "input_files": inputs}
     blob = json.dumps(content, sort_keys=True, default=str).encode()

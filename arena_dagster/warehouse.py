@@ -154,8 +154,14 @@ VOLATILE_COLUMNS = {
 }
 
 
-def table_fingerprints(conn: duckdb.DuckDBPyConnection, *, exclude: set[str] = VOLATILE_COLUMNS) -> dict[str, str]:
-    """An order-independent hash of every table's rows (volatile columns left out): equal homes, equal hashes."""
+def table_fingerprints(
+    conn: duckdb.DuckDBPyConnection, *, exclude: set[str] = VOLATILE_COLUMNS, through_round: int | None = None
+) -> dict[str, str]:
+    """An order-independent hash of every table's rows (volatile columns left out): equal homes, equal hashes.
+
+    `through_round`: only the rows of rounds up to it in the tables a round partitions (a `round` column),
+    so a home built for fewer rounds compares with the first rounds of a longer one.
+    """
     import hashlib
 
     tables = [r[0] for r in conn.execute(
@@ -163,12 +169,15 @@ def table_fingerprints(conn: duckdb.DuckDBPyConnection, *, exclude: set[str] = V
     ).fetchall()]
     out = {}
     for table in tables:
-        columns = [c for c in column_schema(conn, table) if c not in exclude]
+        schema = column_schema(conn, table)
+        columns = [c for c in schema if c not in exclude]
         if not columns:
             continue
         listed = ", ".join(quote_ident(c) for c in columns)
+        where = " WHERE round <= ?" if through_round is not None and "round" in schema else ""
         # Hash each row, then combine the sorted row hashes: independent of row order, sensitive to duplicates.
-        rows = conn.execute(f"SELECT md5(CAST(ROW({listed}) AS VARCHAR)) AS h FROM {quote_ident(table)} ORDER BY h").fetchall()
+        rows = conn.execute(f"SELECT md5(CAST(ROW({listed}) AS VARCHAR)) AS h FROM {quote_ident(table)}{where} ORDER BY h",
+                            [through_round] if where else []).fetchall()
         digest = hashlib.sha256()
         for (row_hash,) in rows:
             digest.update(row_hash.encode())

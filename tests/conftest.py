@@ -40,9 +40,9 @@ def pytest_unconfigure(config) -> None:
         shutil.rmtree(_session_cache, ignore_errors=True)
 
 
-def flywheel_command(home: Path, *args: str) -> list[str]:
+def flywheel_command(home: Path, *args: str, rounds: int = SMOKE_ROUNDS) -> list[str]:
     return [sys.executable, "-m", "arena_dagster.cli", "flywheel", "--profile", "skills_smoke",
-            "--rounds", str(SMOKE_ROUNDS), "--home", str(home), *args]
+            "--rounds", str(rounds), "--home", str(home), *args]
 
 
 def flywheel_env() -> dict[str, str]:
@@ -79,3 +79,14 @@ def smoke_home(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (home / "flywheel-output.txt").write_text(proc.stdout)
     return home
+
+
+@pytest.fixture(scope="session")
+def ray_local_cluster():
+    """A local Ray cluster of 2 CPUs for the session (dagster-ray's tests do the same); the code under test joins it."""
+    ray = pytest.importorskip("ray")
+    from arena_dagster.compute.settings import WORKER_ENV
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": dict(WORKER_ENV)})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -11,6 +11,7 @@ from typing import Callable
 import polars as pl
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec, user_messages
+from arena_dagster.compute.settings import ComputeSettings
 
 RESPONSE_SCHEMA = {
     "round": pl.Int64,
@@ -81,15 +82,18 @@ def answer_prompts(
     round_key: int,
     role: str,
     log: Callable[[str], None] | None = None,
+    compute: ComputeSettings | None = None,
 ) -> tuple[pl.DataFrame, AnswerStats]:
     """One response row per prompt; answers already in the cache are never generated again.
+
+    `compute`: the engine's settings; on Ray a local model answers through replicas.
 
     A model whose answers were not recorded answers nothing: `unrecorded_answers`."""
     if not answers_recorded(spec):
         return unrecorded_answers(spec, prompts, round_key=round_key, role=role)
     from arena_dagster.backends.cache import CompletionCache
     from arena_dagster.backends.generation import generate_cached
-    from arena_dagster.backends.registry import make_backend
+    from arena_dagster.backends.replicas import backend_for
 
     rows = list(prompts.iter_rows(named=True))
     requests = [
@@ -97,7 +101,7 @@ def answer_prompts(
         for row in rows
     ]
     cache = CompletionCache(cache_path)
-    result = generate_cached(make_backend(spec), requests, cache, log=log)
+    result = generate_cached(backend_for(spec, compute), requests, cache, log=log)
     if result.stopped_by_budget or len(result.completions) != len(requests):
         raise RuntimeError(
             f"{spec.name}: {len(requests) - len(result.completions)} of {len(requests)} prompts unanswered "

@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from arena_dagster.compute.cli import add_engine_arguments, engine_settings
+from arena_dagster.compute.cluster import ClusterError
 from arena_dagster.profile_schema.curation import PRESETS, CurationConfig, CurationError
-from arena_dagster.prompts.curation import curate
+from arena_dagster.prompts.curation_ray import curate_with
 from arena_dagster.prompts.ingest import IngestError, against_texts, ingest
 from arena_dagster.record_files import write_jsonl_atomic
 
@@ -39,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a CurationConfig field; repeatable")
     parser.add_argument("--removed", type=Path, help="also write the removed rows (with step and reason) here")
     parser.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    add_engine_arguments(parser)
 
 
 def _config(preset: str, overrides: Iterable[str]) -> CurationConfig:
@@ -61,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         tests, test_ingest = against_texts(args.against) if args.against else ([], None)
         previous_ingest = ingest(args.previous) if args.previous else None
         previous = previous_ingest.rows if previous_ingest is not None else []
-        result = curate(pool.rows, config=config, against=tests, previous=previous)
-    except (IngestError, CurationError, FileNotFoundError) as err:
+        result = curate_with(engine_settings(args), pool.rows, config=config, against=tests, previous=previous)
+    except (IngestError, CurationError, FileNotFoundError, ClusterError) as err:
         print(f"arena-dagster curate: {err}", file=sys.stderr)
         return 2
     write_jsonl_atomic(args.out, result.kept)

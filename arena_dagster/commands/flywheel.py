@@ -60,8 +60,10 @@ class Flywheel:
     """One `flywheel` command on one home: its lock, its profile, the runs it submits and follows."""
 
     def __init__(self, home: Path, profile: str | None, *, seed: int | None = None, switch_profile: bool = False,
-                 wait: bool = True, verbose: bool = False, echo: Callable[[str], None] = print) -> None:
+                 wait: bool = True, verbose: bool = False, echo: Callable[[str], None] = print,
+                 engine_tags: dict[str, str] | None = None) -> None:
         self.home = Path(home)
+        self.engine_tags = dict(engine_tags or {})  # --engine/--workers/--ray-address, read by the compute resource
         self.requested = profile
         self.seed = seed
         self.switch_profile = switch_profile
@@ -158,7 +160,7 @@ class Flywheel:
 
     def _execute(self, job: str, round_key: int | None, title: str) -> None:
         assert self._submitter is not None
-        tags = {"arena/started_by": "cli", "arena/cli_pid": str(__import__("os").getpid())}
+        tags = {"arena/started_by": "cli", "arena/cli_pid": str(__import__("os").getpid()), **self.engine_tags}
         if round_key is not None:
             tags.update({"dagster/partition": str(round_key), "arena/round": str(round_key)})
         run_id = self._submitter.submit(job, tags)

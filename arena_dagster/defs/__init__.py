@@ -66,6 +66,7 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
         round_partitions_sensor,
     )
     from arena_dagster.defs.checks import checkpoint_asset_checks
+    from arena_dagster.defs.compute import ArenaCompute
     from arena_dagster.defs.reference import reference_checks
     from arena_dagster.defs.resources import ArenaHome, warehouse_resource
     from arena_dagster.home import home_profile
@@ -73,15 +74,18 @@ def build_definitions(home: str | Path | None = None, profile: str | None = None
     root = resolve_home(home)
     name, seed, settings = home_profile(root, profile, seed)
     arena = ArenaHome(home=str(root), profile=name, seed=seed)
+    typed = settings_of(settings)
     return dg.Definitions(
         assets=_versioned(_assets(), settings),
-        asset_checks=[*checkpoint_asset_checks(), *reference_checks(settings_of(settings).evaluation)],
+        asset_checks=[*checkpoint_asset_checks(), *reference_checks(typed.evaluation)],
         jobs=flywheel_jobs(arena.run_tags()),
         schedules=[nightly_flywheel],
         sensors=[round_partitions_sensor, next_round_sensor, failed_round_sensor_for(root)],
         resources={
             "arena": arena,
             "duckdb": warehouse_resource(root),
+            # Where heavy steps run (the profile's `compute` section; `flywheel --engine` overrides it per run).
+            "compute": ArenaCompute.from_profile(typed),
             # Training steps run as Pipes subprocesses; a cluster swaps in another Pipes client (README).
             "pipes": dg.PipesSubprocessClient(),
         },

@@ -9,6 +9,7 @@ from dagster_duckdb import DuckDBResource
 from arena_dagster.backends.answering import RESPONSE_SCHEMA, answer_prompts
 from arena_dagster.backends.models import generation_spec
 from arena_dagster.defs.common import OWNERS, table_check_specs, table_result
+from arena_dagster.defs.compute import ArenaCompute
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import judge_battles, plan_target_battles
 from arena_dagster.judging.judges import make_judge
@@ -41,7 +42,8 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
             "r's prompt slice; cached by content hash, so reruns never generate twice."
         ),
     )
-    def stage_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    def stage_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource,
+                        compute: ArenaCompute) -> dg.MaterializeResult:
         round_key = round_of(context)
         settings = arena.settings()
         plan = stage_plan(settings.schedule, stage, round_key)
@@ -52,12 +54,14 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
         if prompts.is_empty():
             raise dg.Failure(f"round {round_key} has no prompts for stage {stage} in prompt_pool (profile prompts.rounds)")
         frames, stats = [], []
-        for row, role in [(target, "target")] + [(c, "competitor") for c in competitors]:
-            frame, stat = answer_prompts(
-                generation_spec(row, settings.generation), prompts, arena.cache_path, round_key=round_key, role=role, log=context.log.info
-            )
-            frames.append(frame)
-            stats.append(stat.as_dict())
+        with compute.session(context):
+            for row, role in [(target, "target")] + [(c, "competitor") for c in competitors]:
+                frame, stat = answer_prompts(
+                    generation_spec(row, settings.generation), prompts, arena.cache_path, round_key=round_key, role=role,
+                    log=context.log.info, compute=compute.settings(),
+                )
+                frames.append(frame)
+                stats.append(stat.as_dict())
         with duckdb.get_connection() as conn:
             write_table(conn, responses_table, pl.concat(frames) if frames else pl.DataFrame(schema=RESPONSE_SCHEMA), round_key=round_key)
             return table_result(

@@ -10,6 +10,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from arena_dagster.defs.common import OWNERS, table_check_specs, table_metadata, table_result
+from arena_dagster.defs.compute import ArenaCompute
 from arena_dagster.defs.resources import ArenaHome
 from arena_dagster.profile_schema.constants import REAL_SOURCES
 from arena_dagster.prompts.pools import curated_pool, frozen_rounds, raw_prompt_frame, slice_sizes, testset_with_stats
@@ -108,13 +109,14 @@ def started_rounds(conn) -> pl.DataFrame | None:
     ],
     check_specs=table_check_specs("prompt_pool"),
 )
-def prompt_pool(arena: ArenaHome, duckdb: DuckDBResource):
+def prompt_pool(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, compute: ArenaCompute):
     settings = arena.settings()
     with duckdb.get_connection() as conn:
         raw = read_table(conn, "raw_prompts")
         testset = read_table(conn, "arena_testset")
         frozen = started_rounds(conn)
-        pool, removed, quarantine = curated_pool(raw, testset, settings, frozen=frozen)
+        pool, removed, quarantine = curated_pool(raw, testset, settings, frozen=frozen,
+                                                   curate_rows=compute.curation(context))
         write_table(conn, "prompt_pool", pool)
         write_table(conn, "prompt_quarantine", quarantine)
         per_round = pool.group_by("round").len().sort("round")

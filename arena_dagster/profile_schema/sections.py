@@ -27,6 +27,7 @@ from arena_dagster.profile_schema.base import (
     existing_path,
     rule,
 )
+from arena_dagster.profile_schema.compute import ComputeSettings
 from arena_dagster.profile_schema.judges import JudgeSettings
 from arena_dagster.profile_schema.models import (
     CHECKPOINT_NAME,
@@ -292,6 +293,7 @@ class Profile(Section):
     evaluation: EvaluationSettings = None
     promotion: PromotionSettings = None
     models: ModelsSettings = None
+    compute: ComputeSettings = None
 
     @model_validator(mode="before")
     @classmethod

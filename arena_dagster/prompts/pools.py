@@ -74,7 +74,8 @@ def testset_frame(profile: Profile, **kwargs: Any) -> pl.DataFrame:
 
 
 def curated_pool(
-    raw: pl.DataFrame, testset: pl.DataFrame, profile: Profile, frozen: pl.DataFrame | None = None
+    raw: pl.DataFrame, testset: pl.DataFrame, profile: Profile, frozen: pl.DataFrame | None = None,
+    curate_rows: Any = None,
 ) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
     """Clean, deduplicate, decontaminate against the test set, and slice into rounds (and stages).
 
@@ -90,6 +91,8 @@ def curated_pool(
     For real sources the quarantine also holds the files' records that never became raw prompts
     (step `ingest`: unreadable text, malformed JSON, no prompt field) and the `prompts.against`
     records that could not be read (step `ingest_against`), each with the reader's reason.
+    `curate_rows`: `curate` or a function like it that runs elsewhere (`curation_ray.curate_with` on the
+    profile's compute engine); every engine keeps the same rows.
     Returns the pool (ordered by round, prompt_id), the count removed by each step, and the removed rows.
     """
     from arena_dagster.prompts.curation import curate, repeats_of_previous
@@ -117,7 +120,7 @@ def curated_pool(
     else:
         rows = raw.to_dicts()
         against = testset["prompt"].to_list()
-    result = curate(rows, config=config, against=against)
+    result = (curate_rows or curate)(rows, config=config, against=against)
     removed = {**result.removed, "rounds_closed": 0}
     removed_rows = list(result.removed_rows)
     if real:  # the source's records that never became raw prompts: in the same quarantine, step `ingest`

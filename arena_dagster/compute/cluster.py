@@ -1,0 +1,67 @@
+"""The seam between a heavy step and Ray: one context manager that makes a cluster reachable.
+
+A step asks `ray_cluster(settings)`; inside, `ray` is initialized: an already connected driver
+(a test's session cluster, a Dagster resource that connected) is used as it is, otherwise the
+cluster at `settings.address` is joined, or, with no address, a local cluster of
+`workers x cpus_per_worker` CPUs is started and shut down when the step ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from typing import Callable, Iterator
+
+from arena_dagster.compute.settings import ComputeSettings
+
+Connect = Callable[[], None]
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster could not be reached or started; the message names the address."""
+
+
+@contextlib.contextmanager
+def ray_cluster(settings: ComputeSettings, connect: Connect | None = None) -> Iterator[None]:
+    """Ray initialized for the block. `connect`: how to connect instead of `ray.init` (dagster-ray's resource)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        if connect is not None:
+            connect()
+        else:
+            ray.init(address=settings.address, logging_level=logging.WARNING, log_to_driver=False,
+                     **settings.ray_init_options())
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = settings.address or "a new local cluster"
+        raise ClusterError(f"no Ray cluster ({where}: {err}): start one (`ray start --head`), or leave out "
+                           "--ray-address / compute.address to start a local cluster for the run") from err
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's own progress bars off: our steps print one progress line of their own (progress.py)."""
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="Use 'expr' instead of 'fn'")
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def actor_options(settings: ComputeSettings) -> dict:
+    """`map_batches` options of an actor pool: one replica per worker, its share of CPUs and GPUs."""
+    options = {"concurrency": settings.workers, "num_cpus": settings.cpus_per_worker}
+    if settings.gpus_per_worker:
+        options["num_gpus"] = settings.gpus_per_worker
+    return options

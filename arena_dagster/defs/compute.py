@@ -1,0 +1,103 @@
+"""The compute engine as a resource: the profile's `compute` section, the run's overrides, the Ray cluster.
+
+The cluster itself is a dagster-ray resource: `LocalRay` starts a local cluster of `workers` CPUs
+(address null), `JoinedRay` joins one that runs already (`auto`, `ray://host:10001`); on
+Kubernetes a KubeRay resource of dagster-ray takes its place (README). The cluster is reached
+only when a heavy step asks for it (`ArenaCompute.connector`), so a run whose steps are all
+light never starts one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from typing import Any, Callable
+
+import dagster as dg
+from dagster_ray import LocalRay, Lifecycle, RayResource
+from pydantic import PrivateAttr
+
+from arena_dagster.compute.settings import ComputeSettings
+from arena_dagster.profile_schema import Profile
+
+
+class JoinedRay(RayResource):
+    """A Ray cluster that runs already: `auto` (this machine's) or `ray://head:10001` (Ray Client)."""
+
+    address: str
+
+    @property
+    def host(self) -> str:
+        return self.address.removeprefix("ray://").rsplit(":", 1)[0]
+
+    @property
+    def ray_address(self) -> str:  # type: ignore[override]
+        return self.address
+
+    @property
+    def name(self) -> str:
+        return f"Ray cluster at {self.address}"
+
+    @property
+    def created(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+
+def ray_resource_for(settings: ComputeSettings) -> RayResource:
+    """dagster-ray's resource for the settings' cluster; it connects when a heavy step asks, not at run start."""
+    lifecycle = Lifecycle(connect=False, cleanup="never")
+    options = settings.ray_init_options()
+    if settings.address is None:
+        return LocalRay(lifecycle=lifecycle, ray_init_options=options)
+    return JoinedRay(address=settings.address, lifecycle=lifecycle, ray_init_options=options)
+
+
+class ArenaCompute(dg.ConfigurableResource):
+    """Where heavy steps run. `settings_json`: the profile's compute section; a run's `arena/engine`,
+    `arena/workers` and `arena/ray_address` tags (set by `flywheel --engine ...`) override it."""
+
+    settings_json: str = "{}"
+
+    _settings: ComputeSettings | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> "ArenaCompute":
+        """The typed profile's `compute` section (the local engine where it has none)."""
+        return cls(settings_json=(profile.compute or ComputeSettings()).model_dump_json())
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        base = ComputeSettings.model_validate(json.loads(self.settings_json))
+        run = context.dagster_run
+        self._settings = ComputeSettings.from_run_tags(base, dict(run.tags)) if run is not None else base
+        if run is not None and context.instance is not None:
+            missing = {key: value for key, value in self._settings.run_tags().items() if key not in run.tags}
+            if missing:
+                context.instance.add_run_tags(run.run_id, missing)
+
+    def settings(self) -> ComputeSettings:
+        return self._settings or ComputeSettings.model_validate(json.loads(self.settings_json))
+
+    def curation(self, context: Any) -> Callable[..., Any]:
+        """`curate` on this run's engine (`prompts.curation_ray.curate_with`), for `pools.curated_pool`."""
+        from arena_dagster.compute.progress import progress_sink
+        from arena_dagster.prompts.curation_ray import curate_with
+
+        settings = self.settings()
+        context.log.info(f"curation on engine {settings.engine}" + (f" ({settings.workers} workers)" if settings.engine == "ray" else ""))
+        return functools.partial(curate_with, settings, connect=self.connector(context), progress=progress_sink(context.log.info))
+
+    def session(self, context: Any) -> contextlib.AbstractContextManager:
+        """The cluster for a block of heavy work (nothing on the local engine), through the one seam."""
+        from arena_dagster.compute.cluster import ray_cluster
+
+        settings = self.settings()
+        return ray_cluster(settings, self.connector(context)) if settings.engine == "ray" else contextlib.nullcontext()
+
+    def connector(self, context: Any) -> Callable[[], None]:
+        """How the seam (`compute.cluster.ray_cluster`) connects: through dagster-ray's resource, with the step's log."""
+        return functools.partial(ray_resource_for(self.settings()).connect, context)

@@ -1,0 +1,118 @@
+"""Curation throughput: the local engine against Ray with 1, 2, ... workers, on the packaged ShareGPT pool.
+
+    python benchmarks/bench_curation_scale.py --prompts 2000 --workers 1 2
+
+Each configuration runs in its own process (so its peak RSS is the driver's alone), on the same
+first N ShareGPT prompts, decontaminated against MT-Bench with the paper's settings. Ray runs start
+a local cluster of `workers` CPUs (1 CPU and 1 torch thread a worker); the cluster's start is
+printed apart from the curation time. Prints prompts/s, the speed-up over 1 worker, the driver's
+peak RSS, whether the kept ids equal the local engine's, and the embedding cost per prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pool(n: int) -> tuple[list[dict], list[str]]:
+    from arena_dagster.prompts.ingest import against_texts
+    from arena_dagster.prompts.real_sources import mtbench_questions_path
+    from arena_dagster.prompts.sharegpt import load_sharegpt
+
+    rows, _ = load_sharegpt(max_conversations=max(50, n))
+    if len(rows) < n:
+        raise SystemExit(f"bench_curation_scale: the packaged ShareGPT file has {len(rows)} prompts, fewer than --prompts {n}")
+    return rows[:n], against_texts([str(mtbench_questions_path())])[0]
+
+
+def _one(engine: str, workers: int, n: int) -> dict:
+    """One configuration in this process; returns its measurements."""
+    import torch
+
+    from arena_dagster.compute.cluster import ray_cluster
+    from arena_dagster.compute.settings import ComputeSettings
+    from arena_dagster.profile_schema.curation import CurationConfig
+    from arena_dagster.prompts.curation_ray import curate_with
+
+    rows, against = _pool(n)
+    settings = ComputeSettings(engine=engine, workers=workers)
+    if engine == "ray":
+        torch.set_num_threads(1)
+    started = time.perf_counter()
+    with ray_cluster(settings) if engine == "ray" else _nothing():
+        cluster_s = time.perf_counter() - started
+        started = time.perf_counter()
+        result = curate_with(settings, rows, config=CurationConfig(), against=against)
+        seconds = time.perf_counter() - started
+    kept = [r["source_id"] for r in result.kept]
+    return {"engine": engine, "workers": workers, "seconds": seconds, "cluster_s": cluster_s,
+            "kept": len(kept), "kept_hash": hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "steps": result.seconds}
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _embedding_cost(n: int) -> float:
+    """Seconds per prompt of the MiniLM embedding alone, one process, on the pool's first turns."""
+    from arena_dagster.prompts.curation.similarity import embed_texts, load_embedder
+
+    rows, _ = _pool(n)
+    load_embedder()
+    texts = [r["prompt"] for r in rows]
+    started = time.perf_counter()
+    embed_texts(texts)
+    return (time.perf_counter() - started) / len(texts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=2000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        engine, workers = args.one.split(":")
+        print(json.dumps(_one(engine, int(workers), args.prompts)))
+        return 0
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    results = []
+    for engine, workers in [("local", 1), *(("ray", w) for w in args.workers)]:
+        proc = subprocess.run([sys.executable, __file__, "--prompts", str(args.prompts), "--one", f"{engine}:{workers}"],
+                              env=env, capture_output=True, text=True)
+        if proc.returncode:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return proc.returncode
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    local = results[0]
+    one = next((r for r in results if r["engine"] == "ray" and r["workers"] == 1), None)
+    print(f"curation of {args.prompts} ShareGPT prompts (paper preset, against MT-Bench), {os.cpu_count()} CPUs")
+    print(f"{'engine':<8}{'workers':>8}{'seconds':>9}{'prompts/s':>11}{'vs 1 worker':>12}{'vs local':>9}"
+          f"{'peak RSS MB':>12}{'cluster s':>10}  kept ids")
+    for r in results:
+        rate = args.prompts / r["seconds"]
+        speedup = f"{one['seconds'] / r['seconds']:.2f}x" if one and r["engine"] == "ray" else "-"
+        agree = "same" if r["kept_hash"] == local["kept_hash"] else "DIFFERENT"
+        print(f"{r['engine']:<8}{r['workers']:>8}{r['seconds']:>9.1f}{rate:>11.1f}{speedup:>12}"
+              f"{local['seconds'] / r['seconds']:>8.2f}x{r['peak_rss_mb']:>12.0f}{r['cluster_s']:>10.1f}  {r['kept']} {agree}")
+    print(f"embedding alone: {1000 * _embedding_cost(min(args.prompts, 500)):.1f} ms a prompt (one process)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The compute engine: the `compute` section, the flags, the seam, and curation on a local Ray cluster (2 CPUs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from arena_dagster.compute.settings import ComputeSettings
+from arena_dagster.config import profile_hash
+from arena_dagster.profile_schema.curation import PRESETS, CurationConfig
+from arena_dagster.prompts.curation import curate
+from arena_dagster.prompts.curation_ray import curate_with
+from arena_dagster.prompts.curation_rows import first_of_groups, greedy_keep
+from arena_dagster.prompts.sharegpt import load_sharegpt
+
+REPO = Path(__file__).resolve().parents[1]
+RAY2 = ComputeSettings(engine="ray", workers=2)
+
+
+# ---------------------------------------------------------------- settings and flags (no cluster)
+
+
+def test_compute_section_defaults_overrides_and_errors():
+    settings = ComputeSettings.model_validate({"engine": "ray", "workers": 4, "address": "ray://head:10001"})
+    assert settings.overridden(workers=2).workers == 2 and settings.overridden().address == "ray://head:10001"
+    assert settings.ray_init_options()["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert "num_cpus" not in settings.ray_init_options()  # joining a cluster: its size is the cluster's
+    assert ComputeSettings(workers=3, cpus_per_worker=2).ray_init_options()["num_cpus"] == 6
+    for bad in ({"engine": "spark"}, {"workers": 0}, {"address": "nowhere"}, {"worker": 2}, {"gpus_per_worker": -1}):
+        with pytest.raises(ValueError):
+            ComputeSettings.model_validate(bad)
+    tagged = ComputeSettings.from_run_tags(settings, {"arena/engine": "local", "arena/ray_address": "local"})
+    assert tagged.engine == "local" and tagged.address is None and tagged.workers == 4
+
+
+def test_engine_is_not_part_of_the_profile_identity():
+    from arena_dagster.config import load_profile
+
+    profile = load_profile("skills_smoke")
+    assert profile_hash(profile) == profile_hash({**profile, "compute": {"engine": "ray", "workers": 8}})
+
+
+def test_profile_with_a_wrong_compute_key_fails_at_load(tmp_path):
+    from arena_dagster.config import load_profile
+
+    path = tmp_path / "p.yaml"
+    path.write_text("extends: skills_smoke\ncompute: {engine: ray, wrokers: 2}\n")
+    with pytest.raises(Exception, match="compute.wrokers"):
+        load_profile(str(path))
+    path.write_text("extends: skills_smoke\ncompute: {engine: ray, workers: 2}\n")
+    assert load_profile(str(path))["compute"]["workers"] == 2
+
+
+@pytest.mark.parametrize("flags", [["--workers", "0"], ["--engine", "spark"]])
+def test_bad_engine_flags_are_one_line_and_exit_2(tmp_path, flags):
+    proc = subprocess.run([sys.executable, "-m", "arena_dagster.cli", "curate", "sharegpt", "--out", str(tmp_path / "o.jsonl"),
+                           *flags], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert ("--workers" in proc.stderr) or ("--engine" in proc.stderr)
+
+
+def test_flywheel_engine_flags_become_run_tags():
+    from arena_dagster.cli import build_parser
+    from arena_dagster.compute.cli import engine_tags
+
+    args = build_parser().parse_args(["flywheel", "--rounds", "1", "--engine", "ray", "--workers", "3",
+                                      "--ray-address", "auto"])
+    assert engine_tags(args) == {"arena/engine": "ray", "arena/workers": "3", "arena/ray_address": "auto"}
+    assert engine_tags(build_parser().parse_args(["flywheel"])) == {}  # the profile's compute section decides
+
+
+def test_progress_logs_every_few_percent_with_a_rate():
+    from arena_dagster.compute.progress import Progress
+
+    lines: list[str] = []
+    bar = Progress("embedding", 200, log=lines.append, every=0.25)
+    for _ in range(20):
+        bar.update(10)
+    bar.close()
+    assert len(lines) == 4 and lines[-1].startswith("embedding: 200/200 rows (100%), ")
+    assert lines[0].startswith("embedding: 50/200 rows (25%)") and lines[0].endswith(" rows/s")
+
+
+def test_first_of_groups_keeps_the_smallest_id_whatever_the_order():
+    config = CurationConfig(prefix_dedup_chars=3)
+    ids, exact, prefix = [7, 2, 5, 9], ["a", "a", "b", "c"], ["p", "p", "p", "q"]
+    removed = {r[0]: (r[1], r[3]) for r in first_of_groups(ids, exact, prefix, config)}
+    assert removed == {7: ("exact_dup", 2), 5: ("prefix_dup", 2)}
+    shuffled = {r[0]: (r[1], r[3]) for r in first_of_groups(ids[::-1], exact[::-1], prefix[::-1], config)}
+    assert shuffled == removed
+
+
+def test_greedy_keep_is_curates_pass_in_id_order():
+    # 1~2, 2~3, 1 !~ 3: 2 goes (matches 1); 3 stays because its only match (2) was removed.
+    assert greedy_keep({(1, 2): 0.9, (2, 3): 0.95}) == {2: (1, 0.9)}
+    # The most similar kept row is the one named; a tie goes to the smaller id.
+    assert greedy_keep({(1, 4): 0.85, (2, 4): 0.9, (3, 4): 0.9}) == {4: (2, 0.9)}
+
+
+# ---------------------------------------------------------------- on the local cluster
+
+
+def _removed(result) -> set[tuple]:
+    return {(r["input_index"], r["step"], json.dumps(r["matched"], default=str)) for r in result.removed_rows}
+
+
+def _pool() -> list[dict]:
+    rows, _ = load_sharegpt(max_conversations=30)
+    first = rows[0]["prompt"]
+    # An exact copy (later in the pool), a near duplicate (a word changed), a copy of a test item.
+    rows.append(dict(rows[4]))
+    long_first_turn = next(r for r in rows if r["turn"] == 1 and len(r["prompt"].split()) >= 30)
+    words = long_first_turn["prompt"].split()
+    rows.append({"prompt": " ".join(words[:-1] + ["please"]), "source_id": "near"})
+    rows.insert(0, {"prompt": "I just got back from Hawaii. Can you write a fun blog post about the trip that highlights "
+                              "the culture and the must-see sights?", "source_id": "paraphrase-of-a-test-item"})
+    rows.append({"prompt": first, "source_id": "late-copy-of-first"})
+    return rows
+
+
+def test_ray_curation_keeps_the_local_rows_and_reasons(ray_local_cluster):
+    rows = _pool()
+    against = ["Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural "
+               "experiences and must-see attractions.", rows[10]["prompt"]]
+    config = CurationConfig(prefix_dedup_chars=None)  # the paper's steps, near duplicates by MinHash
+    local = curate(rows, config=config, against=against)
+    on_ray = curate_with(RAY2, rows, config=config, against=against)
+    assert [r["source_id"] for r in on_ray.kept] == [r["source_id"] for r in local.kept]
+    assert on_ray.removed == local.removed and _removed(on_ray) == _removed(local)
+    assert local.removed["exact_dup"] and local.removed["near_dup"] and local.removed["decontam_exact"]
+    assert local.removed["decontam_embedding"]  # the paraphrase of the test item
+
+
+def test_ray_semantic_dedup_and_templated_preset_match_local(ray_local_cluster):
+    rows, _ = load_sharegpt(max_conversations=8)
+    config = CurationConfig(semantic_dedup_threshold=0.9, decontam_embedding_threshold=None)
+    local, on_ray = curate(rows, config=config), curate_with(ComputeSettings(engine="ray", workers=1), rows, config=config)
+    assert local.removed["semantic_dup"] and _removed(on_ray) == _removed(local)
+    templated = [{"prompt": p} for p in ("Add 12 and 35.", "add 12 and 35", "Add 12 and 36.", "Add 12 and 35!",
+                                         "Sort 5, 3, 9 in ascending order.", "sort 5, 3, 9 in ascending order")]
+    local, on_ray = curate(templated, config=PRESETS["templated"]), curate_with(RAY2, templated, config=PRESETS["templated"])
+    assert _removed(on_ray) == _removed(local) and len(local.kept) == 3
+
+
+def test_curate_cli_on_ray_writes_the_local_rows(ray_local_cluster, tmp_path, capsys):
+    from arena_dagster.commands.curate import main
+
+    data = REPO / "tests" / "data"
+    args = [str(data / "prompts_mixed.jsonl"), str(data / "sharegpt_truncated.json"), "--json"]
+    assert main([*args, "--out", str(tmp_path / "local.jsonl")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray.jsonl"), "--engine", "ray", "--workers", "2"]) == 0
+    local, on_ray = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-2:])
+    assert local == on_ray
+    assert (tmp_path / "local.jsonl").read_text() == (tmp_path / "ray.jsonl").read_text()
+
+
+def test_prompt_pool_on_ray_through_dagster_equals_the_local_build(ray_local_cluster, smoke_home, tmp_path):
+    """The curated pool and its quarantine, rebuilt on Ray by the real asset, equal the local build's tables; tagged."""
+    import shutil
+
+    import dagster as dg
+    import duckdb
+
+    from arena_dagster.defs import build_definitions
+    from arena_dagster.defs.prompts import prompt_pool
+
+    home = tmp_path / "copy"
+    home.mkdir()
+    for name in ("warehouse.duckdb", "arena.json"):
+        shutil.copy2(smoke_home / name, home / name)
+    defs = build_definitions(home)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([prompt_pool], instance=instance, resources=defs.resources,
+                            tags={"arena/engine": "ray", "arena/workers": "2"})
+    assert result.success
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert tags["arena/engine"] == "ray" and tags["arena/ray_address"] == "local"
+    logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+    assert any("curation on engine ray (2 workers)" in m for m in logs)
+    order = {"prompt_pool": "prompt_id", "prompt_quarantine": "source_id, step, reason, prompt"}
+    for table, key in order.items():
+        with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as local, \
+                duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as on_ray:
+            expected = local.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
+            assert on_ray.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall() == expected, table
+
+
+def test_fingerprints_through_a_round_leave_out_later_rounds_only():
+    """`table_fingerprints(through_round=1)`: a home of rounds 0-1 equals the first rounds of a longer one, and
+    any difference in those rounds or in an unpartitioned table still shows."""
+    import duckdb
+    import polars as pl
+
+    from arena_dagster.warehouse import table_fingerprints, write_table
+
+    def home(rounds: int, first_score: float = 1.0, pool: tuple[str, ...] = ("a", "b")) -> duckdb.DuckDBPyConnection:
+        conn = duckdb.connect(":memory:")
+        write_table(conn, "raw_prompts", pl.DataFrame({"prompt": list(pool)}))
+        for r in range(rounds + 1):
+            write_table(conn, "leaderboard", pl.DataFrame({"model": ["m"], "score": [first_score + r]}), round_key=r)
+        return conn
+
+    longer = table_fingerprints(home(2), through_round=1)
+    assert table_fingerprints(home(1), through_round=1) == longer
+    assert table_fingerprints(home(1)) != table_fingerprints(home(2))
+    assert table_fingerprints(home(1, first_score=2.0), through_round=1)["leaderboard"] != longer["leaderboard"]
+    assert table_fingerprints(home(1, pool=("a",)), through_round=1)["raw_prompts"] != longer["raw_prompts"]
+
+
+@pytest.mark.slow
+def test_skills_smoke_on_ray_ends_with_the_local_tables(smoke_home, tmp_path):
+    """`flywheel --engine ray --workers 2 --rounds 1` (curation and the battles' generation on a local Ray cluster
+    of 2 CPUs, from an empty completion cache; training local) ends with the setup tables and the round-0 and
+    round-1 rows of the local `smoke_home` (built from the same profile and seed for 2 rounds), table by table.
+    One round keeps it cheap: round 2 runs the same steps again."""
+    from arena_dagster.operate import open_instance
+    from arena_dagster.warehouse import open_readonly, table_fingerprints
+    from conftest import flywheel_command, flywheel_env
+
+    home = tmp_path / "on-ray"
+    proc = subprocess.run(flywheel_command(home, "--engine", "ray", "--workers", "2", rounds=1), cwd=REPO,
+                          env={**flywheel_env(), "ARENA_CACHE": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=2400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = open_instance(home).get_runs()
+    assert runs and all(run.tags.get("arena/engine") == "ray" and run.tags.get("arena/workers") == "2" for run in runs)
+    with open_readonly(home) as conn:
+        on_ray = table_fingerprints(conn, through_round=1)
+        assert conn.execute("SELECT max(round) FROM sft_responses").fetchone() == (1,)
+    with open_readonly(smoke_home) as conn:
+        local = table_fingerprints(conn, through_round=1)
+    assert on_ray == local, {t: (on_ray.get(t), local.get(t)) for t in set(on_ray) | set(local) if on_ray.get(t) != local.get(t)}
