@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 
 from arena_dagster.errors import ArenaError
+from arena_dagster.profile_schema.evaluation import EvaluationSettings
 from arena_dagster.warehouse import read_frame, table_exists
 
 # One colour per leaderboard `kind` (colour-blind safe Okabe-Ito hues); any other kind is grey.
@@ -331,16 +332,14 @@ def write_plots(pictures: dict[str, bytes], out: Path) -> list[Path]:
     return written
 
 
-def write_home_plots(home: Path, out: Path, round_key: int | None = None) -> list[Path]:
-    """`arena-dagster leaderboard --plot OUT.png`: the home's plots (see plot_paths), read read-only; the
-    intervals named as the home's profile makes them."""
-    from arena_dagster.config import settings_of
-    from arena_dagster.home import home_profile
+def write_home_plots(home: Path, out: Path, round_key: int | None = None,
+                     evaluation: EvaluationSettings | None = None) -> list[Path]:
+    """`arena-dagster leaderboard --plot OUT.png`: the home's plots (see plot_paths), read read-only;
+    `evaluation`, the home's profile's section, names how the intervals were made."""
     from arena_dagster.ratings.sandwich import interval_description
     from arena_dagster.warehouse import open_readonly
 
     with open_readonly(home) as conn:
         tables = read_plot_tables(conn, round_key)
-    evaluation = settings_of(home_profile(home)[2]).evaluation
     interval = interval_description(evaluation.ci, evaluation.bootstrap_unit) if evaluation is not None else "95% interval"
     return write_plots(render_plots(tables, interval), out)

@@ -1,8 +1,8 @@
 """Every section of a profile and the rules between sections; `Profile` is the whole file
-(the `judge:` section is in judges.py, `models:` in models.py).
+(the `judge:` section is in judges.py, `models:` in models.py and flywheel.py).
 
-The code reads profiles as plain dicts; these models say what each key may hold, so a wrong
-key, type or range fails at load with its key path instead of minutes into a run.
+The code reads the validated sections' attributes; these models say what each key may hold, so a
+wrong key, type or range fails at load with its key path instead of minutes into a run.
 """
 
 from __future__ import annotations
