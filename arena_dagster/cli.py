@@ -168,9 +168,13 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, default=str) if args.json else
               "\n".join([format_leaderboard(rows), RANK_LEGEND, GATE_LEGEND]))
         if args.plot:
+            from arena_dagster.config import settings_of
+            from arena_dagster.home import home_profile
             from arena_dagster.plots import write_home_plots
 
-            print("\n".join(f"wrote {path}" for path in write_home_plots(resolve_home(args.home), Path(args.plot))), file=sys.stderr)
+            home = resolve_home(args.home)
+            written = write_home_plots(home, Path(args.plot), evaluation=settings_of(home_profile(home)[2]).evaluation)
+            print("\n".join(f"wrote {path}" for path in written), file=sys.stderr)
         return 0
     if args.command == "trace":
         from arena_dagster.commands import trace as trace_cli

@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 
 from arena_dagster.errors import ArenaError
+from arena_dagster.profile_schema.evaluation import EvaluationSettings
 from arena_dagster.warehouse import read_frame, table_exists
 
 # One colour per leaderboard `kind` (colour-blind safe Okabe-Ito hues); any other kind is grey.
@@ -54,10 +55,12 @@ def _frame(rows: pl.DataFrame | list[dict[str, Any]]) -> pl.DataFrame:
     return rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows)
 
 
-def leaderboard_png(board: pl.DataFrame | list[dict[str, Any]], *, title: str | None = None) -> bytes:
+def leaderboard_png(board: pl.DataFrame | list[dict[str, Any]], *, title: str | None = None,
+                    interval: str = "95% interval") -> bytes:
     """One round's leaderboard: each model's rating with its 95% interval, best on top, coloured by kind.
 
-    `board`: rows with model, rating, ci_low, ci_high and optionally kind, rank, battles.
+    `board`: rows with model, rating, ci_low, ci_high and optionally kind, rank, battles; `interval`:
+    how the intervals were made (ratings.sandwich.interval_description), the x axis says it.
     """
     board = _frame(board)
     if board.is_empty():
@@ -85,7 +88,7 @@ def leaderboard_png(board: pl.DataFrame | list[dict[str, Any]], *, title: str | 
     highs = [r["ci_high"] if r.get("ci_high") is not None else r["rating"] for r in rows]
     span = max(max(highs) - min(lows), 1.0)
     ax.set_xlim(min(lows) - 0.05 * span, max(highs) + 0.28 * span)  # room for the interval labels
-    ax.set_xlabel("Bradley-Terry rating (Elo scale), 95% bootstrap interval")
+    ax.set_xlabel(f"Bradley-Terry rating (Elo scale), {interval}")
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     kinds = [k for k in KIND_COLORS if k in set(board["kind"].to_list())]
@@ -300,12 +303,12 @@ def plot_paths(out: Path) -> dict[str, Path]:
     }
 
 
-def render_plots(tables: dict[str, Any]) -> dict[str, bytes]:
+def render_plots(tables: dict[str, Any], interval: str = "95% interval") -> dict[str, bytes]:
     """The three PNGs of `read_plot_tables`'s frames (no win-rate map when the round has no battles)."""
     round_key = tables["round"]
     board = tables["board"]
     pictures = {
-        "leaderboard": leaderboard_png(board, title=f"Leaderboard, round {round_key}"),
+        "leaderboard": leaderboard_png(board, title=f"Leaderboard, round {round_key}", interval=interval),
         "history": history_png(tables["history"], tables["promotions"]),
     }
     if not tables["battles"].is_empty():
@@ -329,10 +332,14 @@ def write_plots(pictures: dict[str, bytes], out: Path) -> list[Path]:
     return written
 
 
-def write_home_plots(home: Path, out: Path, round_key: int | None = None) -> list[Path]:
-    """`arena-dagster leaderboard --plot OUT.png`: the home's plots (see plot_paths), read read-only."""
+def write_home_plots(home: Path, out: Path, round_key: int | None = None,
+                     evaluation: EvaluationSettings | None = None) -> list[Path]:
+    """`arena-dagster leaderboard --plot OUT.png`: the home's plots (see plot_paths), read read-only;
+    `evaluation`, the home's profile's section, names how the intervals were made."""
+    from arena_dagster.ratings.sandwich import interval_description
     from arena_dagster.warehouse import open_readonly
 
     with open_readonly(home) as conn:
         tables = read_plot_tables(conn, round_key)
-    return write_plots(render_plots(tables), out)
+    interval = interval_description(evaluation.ci, evaluation.bootstrap_unit) if evaluation is not None else "95% interval"
+    return write_plots(render_plots(tables, interval), out)

@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from arena_dagster.backends.models import trained_models_settings
-from arena_dagster.config import load_profile
-from arena_dagster.training.base_models import build_base_models, resolve_profile
+from arena_dagster.config import load_settings
+from arena_dagster.profile_schema.models import SkillsModels
+from arena_dagster.training.base_models import build_base_models
 
 
-def _timed(home: Path, models: dict, cache: Path | None) -> tuple[float, dict]:
+def _timed(home: Path, models: SkillsModels, cache: Path | None) -> tuple[float, dict]:
     if cache is None:
         os.environ["ARENA_CACHE"] = "off"
     else:
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    models = resolve_profile(trained_models_settings(load_profile(args.profile)))
+    models = load_settings(args.profile).models
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-cache-"))
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from arena_dagster.profile_schema.models import DeclaredModels
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
 from arena_dagster.training.runner import run_training
@@ -62,6 +63,8 @@ def main() -> None:
     }
     settings = {"flywheel": {stage: {"hyperparams": HYPER[stage]} for stage in ("sft", "dpo", "reward", "rl")},
                 "device": args.device}
+    declared = {"source": "declared", "initial_target": {"name": "base", "backend": "transformers", "path": str(root / "base")},
+                "competitors": {"competitor": {"backend": "transformers", "path": str(root / "base")}}}  # unused: a declared section needs one
     results = []
 
     def run(spec: dict) -> dict:
@@ -78,7 +81,7 @@ def main() -> None:
     base = {"stage": "base", "round": 0, "name": "base", "output_dir": str(root / "base"), "dataset_path": str(data["base"]),
             "tokenizer": str(tokenizer_dir), "model_config": MODEL, "hyperparams": HYPER["base"], "device": args.device}
     run(base)
-    common = {"models_settings": settings, "locally_built": False, "round_key": 1}
+    common = {"models": DeclaredModels.model_validate({**declared, **settings}, context={"locally_built": False}), "locally_built": False, "round_key": 1}
     sft = stage_training_spec("sft", base_model=base["output_dir"], dataset=data["sft"], output_dir=root / "SFT-I1", **common)
     run(sft)
     dpo = stage_training_spec("dpo", base_model=sft["output_dir"], dataset=data["dpo"], output_dir=root / "DPO-I1", **common)
@@ -90,7 +93,8 @@ def main() -> None:
     run(rl)
     if args.processes > 1:
         launched = stage_training_spec("sft", base_model=base["output_dir"], dataset=data["sft"], output_dir=root / "SFT-I1-ddp",
-                                       **{**common, "models_settings": {**settings, "launch": {"num_processes": args.processes}}})
+                                       **{**common, "models": DeclaredModels.model_validate(
+                                           {**declared, **settings, "launch": {"num_processes": args.processes}}, context={"locally_built": False})})
         run(launched)
     print(json.dumps(results, indent=1))
 

@@ -90,3 +90,37 @@ def ray_local_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": dict(WORKER_ENV)})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def save_tiny_llama(folder: Path, texts: list[str], max_positions: int = 128) -> str:
+    """A 1-layer Llama with random (seeded) weights and a character tokenizer of `texts`, saved as an HF folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from arena_dagster.training.tokenizer import build_tokenizer, save_tokenizer
+
+    tokenizer = build_tokenizer(texts)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """`save_tiny_llama`, for a test module that needs a tiny model of its own text."""
+    return save_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny untrained Llama with the skills tokenizer (the transformers backend's and Ray replicas' tests)."""
+    from arena_dagster.prompts.skills import make_items
+
+    items = make_items(200, seed=0)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_model"), [i.prompt for i in items] + [i.reference for i in items])

@@ -10,14 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from arena_dagster.paths import UnsafePathError
-from arena_dagster.training.base_models import build_base_models, resolve_profile
+from arena_dagster.profile_schema.models import SkillsModels
+from arena_dagster.training.base_models import build_base_models
 from arena_dagster.training.model_cache import CacheEntry, cache_root
 from arena_dagster.training.spec import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_PROFILE = {
+TINY_MODELS = {
     "seed": 3,
     "tokenizer": {"kind": "char", "corpus_items": 200},
     "model_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2},
@@ -26,6 +28,7 @@ TINY_PROFILE = {
     "competitors": {"letters": {"families": ["uppercase"], "items": 40, "hyperparams": {"max_steps": 3, "batch_size": 8}}},
     "initial_target": {"name": "target_r0", "families": ["add"], "items": 40, "hyperparams": {"max_steps": 2, "batch_size": 8}},
 }
+TINY_PROFILE = SkillsModels.model_validate(TINY_MODELS)
 
 
 def _paths(built: dict) -> list[str]:
@@ -68,11 +71,12 @@ def test_two_processes_filling_the_same_entry_train_once(tmp_path):
     cache = tmp_path / "cache"
     code = (
         "import json, sys; from arena_dagster.training.base_models import build_base_models; "
-        "build_base_models(sys.argv[1], json.loads(sys.argv[2]), log=lambda line: print(line, flush=True))"
+        "from arena_dagster.profile_schema.models import SkillsModels; "
+        "build_base_models(sys.argv[1], SkillsModels.model_validate(json.loads(sys.argv[2])), log=lambda line: print(line, flush=True))"
     )
     env = {**os.environ, "ARENA_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     processes = [
-        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / home / "models"), json.dumps(TINY_PROFILE)],
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / home / "models"), json.dumps(TINY_MODELS)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for home in ("home-a", "home-b")
     ]
@@ -99,10 +103,10 @@ def test_cache_location_and_names(tmp_path, monkeypatch):
     assert cache_root() == (Path.home() / ".cache" / "arena-dagster").resolve()
     # Names from the profile are names, never paths; cache keys likewise.
     for name in ("../../evil", "/home/me/precious"):
-        with pytest.raises(UnsafePathError):
-            resolve_profile({"competitors": {name: {"families": ["add"]}}})
-        with pytest.raises(UnsafePathError):
-            resolve_profile({"initial_target": {"name": name}})
+        with pytest.raises(ValidationError, match="not a plain name"):
+            SkillsModels.model_validate({"competitors": {name: {"families": ["add"]}}})
+        with pytest.raises(ValidationError, match="not a plain name"):
+            SkillsModels.model_validate({"initial_target": {"name": name}})
         with pytest.raises(UnsafePathError):
             CacheEntry(tmp_path, "models", name)
 

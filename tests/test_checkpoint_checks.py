@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from arena_dagster.profile_schema.models import SkillsModels
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.quality.checkpoints import check_checkpoint, checkpoint_checks, learned, manifest_complete
 from arena_dagster.registry import register_model
@@ -37,11 +38,12 @@ def trained(tmp_path_factory) -> dict:
         "model_config": TINY_MODEL, "hyperparams": {"max_steps": 4, "batch_size": 8, "logging_steps": 2}, "threads": 1,
     }
     run_training(base_spec, log=lambda _: None, timeout_s=180)
-    settings = {"flywheel": {"sft": {"hyperparams": {"max_steps": 4, "batch_size": 8, "logging_steps": 1}},
-                             "reward": {"hyperparams": {"max_steps": 3, "batch_size": 4, "logging_steps": 1}}}}
+    settings = SkillsModels.model_validate({"flywheel": {
+        "sft": {"hyperparams": {"max_steps": 4, "batch_size": 8, "logging_steps": 1}},
+        "reward": {"hyperparams": {"max_steps": 3, "batch_size": 4, "logging_steps": 1}}}})
     specs = {
         stage: stage_training_spec(stage, round_key=1, base_model=base_spec["output_dir"], dataset=data,
-                                   output_dir=home / name, models_settings=settings, locally_built=True)
+                                   output_dir=home / name, models=settings, locally_built=True)
         for stage, data, name in (("sft", sft_data, "SFT-I1"), ("reward", pairs, "RM-I1"))
     }
     manifests = {}

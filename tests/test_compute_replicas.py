@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, StreamingBackend, user_messages
 from arena_dagster.backends.cache import CompletionCache
 from arena_dagster.backends.generation import generate_cached
 from arena_dagster.backends.replicas import RayReplicas, backend_for
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.prompts.skills import make_items
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from arena_dagster.training.tokenizer import build_tokenizer, save_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_model")
-    items = make_items(200, seed=0)
-    tokenizer = build_tokenizer([i.prompt for i in items] + [i.reference for i in items])
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    save_tokenizer(tokenizer, folder)
-    return str(folder)
 
 
 def test_backend_for_replicates_local_models_only():
@@ -42,10 +19,10 @@ def test_backend_for_replicates_local_models_only():
     assert not isinstance(backend_for(ModelSpec(name="m", backend="transformers", path="x"), ComputeSettings()), RayReplicas)
 
 
-def test_ray_replicas_answer_as_the_local_backend_and_commit_once(ray_local_cluster, model_dir, tmp_path):
+def test_ray_replicas_answer_as_the_local_backend_and_commit_once(ray_local_cluster, tiny_model_dir, tmp_path):
     from arena_dagster.backends.registry import make_backend
 
-    spec = ModelSpec(name="tiny", backend="transformers", path=model_dir, options={"batch_size": 4, "threads": 1})
+    spec = ModelSpec(name="tiny", backend="transformers", path=tiny_model_dir, options={"batch_size": 4, "threads": 1})
     requests = [ChatRequest(request_id=f"r{k}", messages=user_messages(i.prompt), sampling=SamplingParams(max_tokens=8))
                 for k, i in enumerate(make_items(18, seed=5))]
     local = make_backend(spec).generate(requests)

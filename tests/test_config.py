@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arena_dagster.backends.models import trained_models_settings
 from arena_dagster.config import ConfigError, load_profile, settings_of, with_seed
 from arena_dagster.profile_schema import SEED_PATHS
+from arena_dagster.profile_schema.models import resolved_skills
 from arena_dagster.prompts import pools
-from arena_dagster.training.base_models import resolve_profile
 from arena_dagster.training.stages import stage_training_spec
 
 
@@ -87,7 +86,7 @@ def test_every_random_choice_follows_the_seed(tmp_path: Path):
     pool_again, _, _ = pools.curated_pool(raw, testset, settings_of({**base, "prompts": seeded["prompts"]}))
     assert pool.sort("prompt_id")["round"].to_list() != pool_again.sort("prompt_id")["round"].to_list()
     # ... the base models (their seed) and every stage's training seed.
-    assert resolve_profile(trained_models_settings(settings_of(seeded).models))["seed"] == seeded["models"]["seed"] != 0
+    assert resolved_skills(settings_of(seeded).models).seed == seeded["models"]["seed"] != 0
     specs = [stage_training_spec("dpo", round_key=2, base_model=tmp_path, dataset=tmp_path / "d.jsonl", output_dir=tmp_path / "o",
-                                 models_settings=trained_models_settings(settings_of(p).models), locally_built=True) for p in (base, seeded)]
+                                 models=settings_of(p).models, locally_built=True) for p in (base, seeded)]
     assert specs[0]["hyperparams"]["seed"] == 2 and specs[1]["hyperparams"]["seed"] == seeded["models"]["seed"] + 2

@@ -173,3 +173,23 @@ def test_models_with_identical_results_share_a_rank(ci):
     frame = pl.DataFrame(rows, schema=["model_a", "model_b", "winner", "question_id"], orient="row")
     board = rate(frame, bootstrap=50, bootstrap_unit="prompt", ci=ci).board
     assert dict(zip(board["model"], board["rank"])) == {"a": 1, "b": 2, "c": 2, "d": 2}
+
+
+@pytest.mark.parametrize("ci, words", [("bootstrap", "95% bootstrap interval over test prompts"),
+                                       ("sandwich", "95% sandwich (robust covariance) interval, test prompts")])
+def test_the_ui_and_the_plot_name_the_interval_method(ci, words, monkeypatch):
+    from arena_dagster import plots
+    from arena_dagster.defs.leaderboards import leaderboard_table, rate_categories
+    from arena_dagster.ratings.sandwich import interval_description
+
+    frame = random_battles(seed=4)
+    board = rate(frame, ci=ci, bootstrap=20, anchor="m0=1000").board
+    interval = interval_description(ci, "prompt")
+    column = {c.name: c.description for c in leaderboard_table(board, interval).schema.columns}["ci_95"]
+    assert column == words + ("" if ci == "bootstrap" else " as the independent units")
+    testset = pl.DataFrame({"prompt_id": [str(q) for q in range(60)], "family": ["a", "b"] * 30})
+    by_category = rate_categories(frame, testset, {"ci": ci, "bootstrap_unit": "prompt", "bootstrap": 20, "anchor": "m0=1000"})
+    columns = by_category["metadata"]["leaderboard_by_category"].schema.columns
+    assert {c.name: c.description for c in columns}["ci_95"] == column
+    monkeypatch.setattr(plots, "_png", lambda fig: fig.axes[0].get_xlabel().encode())  # the figure's axis, not its pixels
+    assert plots.leaderboard_png(board, interval=interval).decode() == f"Bradley-Terry rating (Elo scale), {column}"

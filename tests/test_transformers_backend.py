@@ -7,35 +7,14 @@ from arena_dagster.backends.transformers_backend import BackendConfigError, Tran
 from arena_dagster.prompts.skills import make_items
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from arena_dagster.training.tokenizer import build_tokenizer, save_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_model")
-    items = make_items(200, seed=0)
-    tokenizer = build_tokenizer([i.prompt for i in items] + [i.reference for i in items])
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    save_tokenizer(tokenizer, folder)
-    return str(folder)
-
-
 def _requests(n: int, sampling: SamplingParams = SamplingParams(max_tokens=8)) -> list[ChatRequest]:
     return [ChatRequest(request_id=f"r{k}", messages=user_messages(i.prompt), sampling=sampling) for k, i in enumerate(make_items(n, seed=5))]
 
 
-def test_chat_template_renders_and_generation_prompt_ends_with_assistant_tag(model_dir):
+def test_chat_template_renders_and_generation_prompt_ends_with_assistant_tag(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Add 1 and 2."}], add_generation_prompt=True, tokenize=False)
     assert text == "<|user|>Add 1 and 2.<|assistant|>"
     full = tokenizer.apply_chat_template(
@@ -46,8 +25,8 @@ def test_chat_template_renders_and_generation_prompt_ends_with_assistant_tag(mod
     assert tokenizer.pad_token == "<|pad|>" and tokenizer.eos_token == "<|end|>"
 
 
-def test_batched_generation_keeps_order_and_matches_single_requests(model_dir):
-    backend = TransformersBackend(ModelSpec(name="tiny", backend="transformers", path=model_dir, options={"batch_size": 7, "threads": 1}))
+def test_batched_generation_keeps_order_and_matches_single_requests(tiny_model_dir):
+    backend = TransformersBackend(ModelSpec(name="tiny", backend="transformers", path=tiny_model_dir, options={"batch_size": 7, "threads": 1}))
     requests = _requests(20)
     completions = backend.generate(requests)
     assert [c.request_id for c in completions] == [r.request_id for r in requests]
@@ -62,8 +41,8 @@ def test_batched_generation_keeps_order_and_matches_single_requests(model_dir):
             assert completion.tokens_out == 8
 
 
-def test_sampling_is_seeded_and_empty_input(model_dir):
-    backend = TransformersBackend(ModelSpec(name="tiny", backend="transformers", path=model_dir, options={"threads": 1}))
+def test_sampling_is_seeded_and_empty_input(tiny_model_dir):
+    backend = TransformersBackend(ModelSpec(name="tiny", backend="transformers", path=tiny_model_dir, options={"threads": 1}))
     sampled = _requests(6, SamplingParams(max_tokens=8, temperature=1.0, seed=3))
     assert [c.text for c in backend.generate(sampled)] == [c.text for c in backend.generate(sampled)]
     assert backend.generate([]) == []

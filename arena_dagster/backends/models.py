@@ -17,7 +17,7 @@ from arena_dagster.backends.base import ModelSpec, SamplingParams
 from arena_dagster.paths import remove_tree, replace_dir
 
 if TYPE_CHECKING:
-    from arena_dagster.profile_schema.models import DeclaredModels, ModelsSettings
+    from arena_dagster.profile_schema.models import DeclaredModels
     from arena_dagster.profile_schema.sections import GenerationSettings
 
 
@@ -77,19 +77,6 @@ def generation_spec(row: dict[str, Any], generation: GenerationSettings | None) 
         sampling=SamplingParams(**(sampling.model_dump(exclude_unset=True) if sampling is not None else {})),
         options=options.model_dump(exclude_unset=True) if options is not None else {},
     )
-
-
-def trained_models_settings(models: ModelsSettings | None) -> dict[str, Any]:
-    """The `models:` section as the local trainer reads it: the keys the profile sets (the training
-    specs, and so the checkpoints' identities, hash that form), less `source`, this module's key.
-
-    Declared models are not built by the trainer: only the per-round training settings
-    (`flywheel`, `seed`, `threads_per_process`, ...) are passed on.
-    """
-    if models is None:
-        return {}
-    dropped = ("source", "competitors", "initial_target") if models.source == "declared" else ("source",)
-    return {k: v for k, v in models.model_dump(by_alias=True, exclude_unset=True).items() if k not in dropped}
 
 
 def prepare_model_config(config: dict[str, Any], home: Path) -> dict[str, Any]:

@@ -119,6 +119,7 @@ def arena_battles_for_rating(conn, round_key: int, settings: EvaluationSettings)
 def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The round's Bradley-Terry leaderboard; writes round `round_key` of `leaderboard`."""
     from arena_dagster.ratings import rate
+    from arena_dagster.ratings.sandwich import interval_description
 
     settings = arena.settings().evaluation
     style_control = settings.style_control
@@ -161,7 +162,8 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
         "unbounded_models": ", ".join(result.unbounded) or "none",
         "ci_method": settings.ci,
         **by_category["metadata"],
-        **leaderboard_metadata(board, battles, round_key, arena.folder("plots")),
+        **leaderboard_metadata(board, battles, round_key, arena.folder("plots"),
+                               interval_description(settings.ci, settings.bootstrap_unit)),
     }
     if result.style_coefficients is not None:
         extra["style_coefficients"] = dg.MetadataValue.table(

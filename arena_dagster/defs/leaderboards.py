@@ -6,15 +6,17 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-LEADERBOARD_COLUMNS = [
-    dg.TableColumn("rank", "int", description="1 + the number of models rated above this one with 95% confidence"),
-    dg.TableColumn("model", "string", description="`*`: the battles do not bound this rating (it never lost or never won)"),
-    dg.TableColumn("kind", "string", description="candidate (a stage checkpoint of the round), incumbent (the round's "
-                   "target), initial (the initial target), competitor"),
-    dg.TableColumn("rating", "float", description="Bradley-Terry rating (Elo scale), anchored on a fixed competitor"),
-    dg.TableColumn("ci_95", "string", description="95% bootstrap interval over test prompts"),
-    dg.TableColumn("battles", "int"),
-]
+def leaderboard_columns(interval: str) -> list[dg.TableColumn]:
+    """The board's UI columns; `interval` says how its intervals were made (ratings.sandwich.interval_description)."""
+    return [
+        dg.TableColumn("rank", "int", description="1 + the number of models rated above this one with 95% confidence"),
+        dg.TableColumn("model", "string", description="`*`: the battles do not bound this rating (it never lost or never won)"),
+        dg.TableColumn("kind", "string", description="candidate (a stage checkpoint of the round), incumbent (the round's "
+                       "target), initial (the initial target), competitor"),
+        dg.TableColumn("rating", "float", description="Bradley-Terry rating (Elo scale), anchored on a fixed competitor"),
+        dg.TableColumn("ci_95", "string", description=interval),
+        dg.TableColumn("battles", "int"),
+    ]
 
 
 OPTIONAL_COLUMNS = {
@@ -31,7 +33,7 @@ def _interval(value: float | None, low: float | None, high: float | None, digits
     return text if low is None else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def leaderboard_table(board: pl.DataFrame) -> dg.TableMetadataValue:
+def leaderboard_table(board: pl.DataFrame, interval: str) -> dg.TableMetadataValue:
     """The board as the UI's table; a model whose rating the battles do not bound is marked with `*`."""
     optional = [c for c in OPTIONAL_COLUMNS if c in board.columns]
     rows = []
@@ -47,7 +49,7 @@ def leaderboard_table(board: pl.DataFrame) -> dg.TableMetadataValue:
         if "rating_sc" in optional:
             record["rating_sc"] = _interval(r.get("rating_sc"), r.get("ci_low_sc"), r.get("ci_high_sc"), 1)
         rows.append(dg.TableRecord(record))
-    columns = [*LEADERBOARD_COLUMNS, *(OPTIONAL_COLUMNS[c] for c in optional)]
+    columns = [*leaderboard_columns(interval), *(OPTIONAL_COLUMNS[c] for c in optional)]
     return dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=columns))
 
 
@@ -91,18 +93,20 @@ def save_png(png: bytes, path: Path) -> Path:
     return path
 
 
-def leaderboard_metadata(board: pl.DataFrame, battles: pl.DataFrame, round_key: int, plots: Path) -> dict[str, Any]:
-    """The table, the ratings picture, the who-beats-whom map (also as PNG files in `plots`), and per-model figures."""
+def leaderboard_metadata(board: pl.DataFrame, battles: pl.DataFrame, round_key: int, plots: Path,
+                         interval: str) -> dict[str, Any]:
+    """The table, the ratings picture, the who-beats-whom map (also as PNG files in `plots`), and per-model figures;
+    `interval` says how the board's intervals were made."""
     from arena_dagster.plots import leaderboard_png, win_rate_png
 
     title = "Baseline (round 0)" if round_key == 0 else f"Round {round_key}"
-    ratings = leaderboard_png(board, title=f"{title}: ratings with 95% intervals")
+    ratings = leaderboard_png(board, title=f"{title}: ratings with 95% intervals", interval=interval)
     order = board.sort("rating", descending=True)["model"].to_list()
     wins = win_rate_png(battles.select("model_a", "model_b", "winner"), order=order, title=f"{title}: who beats whom")
     ratings_file = save_png(ratings, plots / f"round-{round_key}-leaderboard.png")
     save_png(wins, plots / f"round-{round_key}-winrate.png")
     return {
-        "leaderboard": leaderboard_table(board),
+        "leaderboard": leaderboard_table(board, interval),
         "ratings_plot": image(ratings, f"{title} leaderboard"),
         "who_beats_whom": image(wins, f"{title} win rates"),
         "plot_file": dg.MetadataValue.path(str(ratings_file)),
@@ -115,6 +119,7 @@ def rate_categories(battles: pl.DataFrame, testset: pl.DataFrame, rate_options: 
     column for the warehouse's leaderboard_by_category, and `metadata`, the same as a UI table (and the categories
     that get no board, with the reason)."""
     from arena_dagster.ratings.categories import categories_of_testset, category_boards, category_table, with_categories
+    from arena_dagster.ratings.sandwich import interval_description
 
     tagged, uncategorized = with_categories(battles, categories_of_testset(testset))
     boards, skipped = category_boards(tagged, rate_options)
@@ -130,7 +135,8 @@ def rate_categories(battles: pl.DataFrame, testset: pl.DataFrame, rate_options: 
     if rows:
         metadata["leaderboard_by_category"] = dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=[
             dg.TableColumn("category", "string", description="the test prompts' family (or cluster)"),
-            *(c for c in LEADERBOARD_COLUMNS if c.name != "kind")]))
+            *(c for c in leaderboard_columns(interval_description(rate_options["ci"], rate_options["bootstrap_unit"]))
+              if c.name != "kind")]))
     if skipped:
         metadata["categories_without_board"] = dg.MetadataValue.json(skipped)
     if uncategorized and boards:

@@ -4,9 +4,10 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.backends.models import declared_models, declared_revision, prepare_model_config, trained_models_settings
+from arena_dagster.backends.models import declared_models, declared_revision, prepare_model_config
 from arena_dagster.defs.common import OWNERS
 from arena_dagster.defs.resources import ArenaHome
+from arena_dagster.profile_schema.models import resolved_skills
 from arena_dagster.registry import register_model
 from arena_dagster.warehouse import read_table
 
@@ -40,14 +41,13 @@ def base_models(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
     if declared:
         yield from _register_declared_models(arena, duckdb)
         return
-    from arena_dagster.training.base_models import build_base_models, resolve_profile
+    from arena_dagster.training.base_models import build_base_models
 
-    models = resolve_profile(trained_models_settings(arena.settings().models))
     with duckdb.get_connection() as conn:
         excluded = read_table(conn, "arena_testset")["prompt"].to_list()
-    built = build_base_models(arena.folder("models"), models, exclude_prompts=excluded, log=context.log.info)
+    built = build_base_models(arena.folder("models"), arena.settings().models, exclude_prompts=excluded, log=context.log.info)
     manifests = built["manifests"]
-    target_name = models["initial_target"]["name"]
+    target_name = resolved_skills(arena.settings().models).initial_target.name
     with duckdb.get_connection() as conn:
         for name, path in [*built["competitors"].items(), (target_name, built["initial_target"])]:
             manifest = manifests[name]

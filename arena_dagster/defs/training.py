@@ -11,7 +11,6 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.backends.models import trained_models_settings
 from arena_dagster.defs.common import OWNERS
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.preferences.export import (
@@ -20,6 +19,7 @@ from arena_dagster.preferences.export import (
     prompt_training_rows,
     sft_training_rows,
 )
+from arena_dagster.profile_schema.models import resolved_skills
 from arena_dagster.registry import current_target, get_model, register_model, resolve_skipped, round_checkpoint
 from arena_dagster.training.schedule import battle_prompts, checkpoint_name, stage_plan
 from arena_dagster.training.stages import stage_training_spec
@@ -66,13 +66,10 @@ def _train(
     models = arena.settings().models
     name = checkpoint_name(stage, round_key)
     export = export_dataset(rows, training_rows, arena.folder("datasets", f"round-{round_key}", stage))
-    models_settings = trained_models_settings(models)
     locally_built = models.source != "declared"
     replay = None
     if locally_built:
-        from arena_dagster.training.base_models import resolve_profile
-
-        initial = resolve_profile(models_settings)["initial_target"]["name"]
+        initial = resolved_skills(models).initial_target.name
         replay_path = arena.root / "models" / "data" / f"{initial}.jsonl"
         replay = replay_path if replay_path.is_file() else None
     output_dir = str(arena.folder("checkpoints") / name)
@@ -82,7 +79,7 @@ def _train(
         base_model=parent["path"],
         dataset=export["train_path"],
         output_dir=output_dir,
-        models_settings=models_settings,
+        models=models,
         locally_built=locally_built,
         replay_dataset=replay,
         reward_model=reward_model["path"] if reward_model else None,

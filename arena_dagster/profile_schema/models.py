@@ -2,25 +2,23 @@
 
 A declared model is a model config of `arena_dagster.backends.registry` (one class per backend,
 each with that backend's options), so a typo in an option or a missing `base_url` fails at load.
-Training hyperparameters are checked per stage against the key sets of the training entry
-point (a key another stage uses, `beta` in an SFT stage, would be silently ignored there), and
-the stage settings as merged with their defaults go through the entry point's own value rules.
+A locally built section leaves out what it keeps of the embedded default's models
+(SKILLS_DEFAULTS; `resolved_skills` merges the two). Training settings (hyperparameters, launch,
+flywheel) are in flywheel.py.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, create_model, field_validator, model_validator
 
 from arena_dagster.profile_schema.base import (
     Count,
     ModelName,
     Name,
     NonNegativeFloat,
-    OpenFraction,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -33,7 +31,14 @@ from arena_dagster.profile_schema.base import (
 from arena_dagster.names import fold
 
 from arena_dagster.profile_schema import training as _training
-from arena_dagster.profile_schema.training import DEFAULT_SKILLS_MODELS, FAMILIES, stage_settings
+from arena_dagster.profile_schema.flywheel import (  # noqa: F401 (the hyperparameter models are read from here too)
+    HYPERPARAMETERS,
+    BaseHyperparams,
+    FlywheelSettings,
+    LaunchSettings,
+    hyperparameter_keys,
+)
+from arena_dagster.profile_schema.training import FAMILIES
 
 # A checkpoint's registry name; a base model with such a name would collide with a round's checkpoint.
 CHECKPOINT_NAME = re.compile(r"^(SFT|DPO|RM|RL)-I\d+$")
@@ -163,118 +168,6 @@ DeclaredTarget = _union("backend", {
 })
 
 
-# ---------------------------------------------------------------- training hyperparameters
-
-
-def hyperparameter_keys(stage: str) -> set[str]:
-    """The hyperparameters the training entry point accepts for `stage`."""
-    spec = _training
-    return spec.allowed_hyperparams(stage)
-
-
-_HYPERPARAMETER_TYPES: dict[str, Any] = {
-    "seed": Seed,
-    "learning_rate": PositiveFloat,
-    "max_steps": PositiveInt | None,
-    "epochs": PositiveFloat | None,
-    "batch_size": PositiveInt,
-    "warmup_ratio": Probability,
-    "weight_decay": NonNegativeFloat,
-    "lr_scheduler_type": Text,
-    "max_length": PositiveInt,
-    "logging_steps": PositiveInt,
-    "completion_only_loss": bool,
-    "beta": NonNegativeFloat,
-    "eval_fraction": OpenFraction,
-    "num_generations": Annotated[int, Field(ge=2)],
-    "max_completion_length": PositiveInt,
-    "temperature": PositiveFloat,
-    "gradient_accumulation_steps": PositiveInt,
-    "gradient_checkpointing": bool,
-    "bf16": Literal["auto"] | bool,
-}
-
-
-class _Hyperparams(Section):
-    stage: ClassVar[str] = ""
-
-    @classmethod
-    def unknown_key_hint(cls, key: str) -> str:
-        owners = [stage for stage in _training.STAGES if key in hyperparameter_keys(stage)]
-        return f"{key} is a hyperparameter of stage {' and '.join(owners)}, not {cls.stage}" if owners else ""
-
-
-HYPERPARAMETERS = {
-    stage: create_model(
-        f"{stage.capitalize()}Hyperparams", __base__=type(f"_{stage.capitalize()}Stage", (_Hyperparams,), {"stage": stage}),
-        # A key the entry point gains later is accepted with any value until it is typed here.
-        **{key: (_HYPERPARAMETER_TYPES.get(key, Any), None) for key in sorted(hyperparameter_keys(stage))},
-    )
-    for stage in _training.STAGES
-}
-
-
-class LaunchSettings(Section):
-    num_processes: PositiveInt = None
-    config_file: Text = None
-    mixed_precision: Literal["no", "fp16", "bf16"] = None
-
-    @field_validator("config_file")
-    @classmethod
-    def _exists(cls, value: str) -> str:
-        if not Path(value).expanduser().is_file():
-            raise ValueError(f"accelerate config file {value} does not exist")
-        return value
-
-
-class _FlywheelStage(Section):
-    stage: ClassVar[str]
-
-    @model_validator(mode="after")
-    def _entry_point_accepts(self, info: ValidationInfo) -> "_FlywheelStage":
-        # The stage's hyperparameters as the entry point will see them: its defaults, the
-        # profile's base values (small-model ones for locally built models), then these.
-        context = info.context or {}
-        own = self.model_dump(exclude_unset=True)
-        merged = stage_settings({"flywheel": {self.stage: own}}, self.stage, locally_built=context.get("locally_built", True))
-        spec = _training
-        hyper = {**spec.COMMON_HYPERPARAMS, **spec.DEFAULT_HYPERPARAMS[self.stage], **merged["hyperparams"]}
-        spec.check_hyperparams(self.stage, hyper, int(context.get("processes", 1)))  # a ValueError: reported at this stage
-        return self
-
-
-SftHyperparams, DpoHyperparams = HYPERPARAMETERS["sft"], HYPERPARAMETERS["dpo"]
-RewardHyperparams, RlHyperparams, BaseHyperparams = HYPERPARAMETERS["reward"], HYPERPARAMETERS["rl"], HYPERPARAMETERS["base"]
-
-
-class FlywheelSft(_FlywheelStage):
-    stage: ClassVar[str] = "sft"
-    hyperparams: SftHyperparams = None
-    replay_rows: Count = 0  # rows of the initial target's training data mixed into every SFT round
-
-
-class FlywheelDpo(_FlywheelStage):
-    stage: ClassVar[str] = "dpo"
-    hyperparams: DpoHyperparams = None
-
-
-class FlywheelReward(_FlywheelStage):
-    stage: ClassVar[str] = "reward"
-    hyperparams: RewardHyperparams = None
-
-
-class FlywheelRl(_FlywheelStage):
-    stage: ClassVar[str] = "rl"
-    hyperparams: RlHyperparams = None
-
-
-class FlywheelSettings(Section):
-    sft: FlywheelSft = None
-    dpo: FlywheelDpo = None
-    reward: FlywheelReward = None
-    rl: FlywheelRl = None
-
-
 # ---------------------------------------------------------------- locally built models (skills)
 
 
@@ -337,19 +230,20 @@ class SkillsModels(_ModelsSection):
     seed: Seed = 0
     tokenizer: TokenizerSettings = None
     model_config_: ArchitectureSettings = Field(None, alias="model_config")
-    max_parallel: PositiveInt = 2
-    threads_per_process: PositiveInt = 1
+    # Unset: SKILLS_DEFAULTS' value (resolved_skills). An unset threads_per_process is not a round's thread count.
+    max_parallel: PositiveInt = None
+    threads_per_process: PositiveInt = None
     round_threads: PositiveInt = None
     competitors: Annotated[dict[Name, SkillsCompetitor], Field(min_length=1)] = None
     initial_target: SkillsTarget = None
     flywheel: FlywheelSettings = None
-    device: Literal[_training.DEVICES] = "auto"
+    device: Literal[_training.DEVICES] = None  # unset: the entry point's "auto"
     launch: LaunchSettings = None
 
     @model_validator(mode="after")
     def _names(self) -> "SkillsModels":
-        competitors = list(self.competitors or DEFAULT_SKILLS_MODELS["competitors"])
-        target = self.initial_target.name if self.initial_target else DEFAULT_SKILLS_MODELS["initial_target"]["name"]
+        competitors = list(self.competitors or SKILLS_DEFAULTS.competitors)
+        target = self.initial_target.name if self.initial_target else SKILLS_DEFAULTS.initial_target.name
         check_model_names([*competitors, target], "models")
         config = {**_training.DEFAULT_MODEL_CONFIG, **(self.model_config_.model_dump(exclude_none=True) if self.model_config_ else {})}
         if config["hidden_size"] % config["num_attention_heads"] or config["num_attention_heads"] % config["num_key_value_heads"]:
@@ -368,7 +262,7 @@ class DeclaredModels(_ModelsSection):
     threads_per_process: PositiveInt = None
     round_threads: PositiveInt = None
     flywheel: FlywheelSettings = None
-    device: Literal[_training.DEVICES] = "auto"
+    device: Literal[_training.DEVICES] = None  # unset: the entry point's "auto"
     launch: LaunchSettings = None
 
     @model_validator(mode="after")
@@ -388,11 +282,77 @@ def unrecorded_models(models: Any) -> list[str]:
     return sorted(name for name, config in entries if not getattr(config, "answers_recorded", True))
 
 
-def model_names(models: dict[str, Any] | None) -> set[str]:
+def model_names(models: SkillsModels | DeclaredModels | None) -> set[str]:
     """Names of the base models a (valid) `models:` section registers: competitors and the initial target."""
-    models = models or {}
-    if models.get("source") == "declared":
-        return {*models["competitors"], models["initial_target"]["name"]}
-    competitors = models.get("competitors") or DEFAULT_SKILLS_MODELS["competitors"]
-    target = (models.get("initial_target") or {}).get("name") or DEFAULT_SKILLS_MODELS["initial_target"]["name"]
-    return {*competitors, target}
+    if not isinstance(models, DeclaredModels):
+        models = resolved_skills(models)
+    return {*models.competitors, models.initial_target.name}
+
+
+# The embedded default's models (assets/profiles/skills.yaml). Every value is set explicitly: the
+# parts of a resolved section the training specs hold are its `model_dump(exclude_unset=True)`,
+# these values and the profile's, which is what the checkpoints' identities always hashed.
+SKILLS_DEFAULTS = SkillsModels.model_validate({
+    "seed": 0,
+    # "char": one token per character (letter tasks need it); "bpe": byte-level BPE, digits split.
+    "tokenizer": {"kind": "char", "corpus_items": 3000},
+    "model_config": dict(_training.DEFAULT_MODEL_CONFIG),
+    "max_parallel": 2,  # base-model training processes at once
+    "threads_per_process": 1,
+    # A round trains one stage at a time, so each gets two threads (30% faster than one on two
+    # cores); a fixed count, not torch's default of every core, so a seed gives the same weights
+    # on any machine with two cores or more.
+    "round_threads": 2,
+    # Steps per model are what a 2-core machine affords (~6 steps/s per process at batch 32).
+    # Letter-copying families (reverse, uppercase, acronym) learn slowly at this size; the
+    # digit families and the position/counting ones (last letter, word length) learn fast.
+    "competitors": {
+        "letters": {
+            "families": ["reverse_word", "uppercase", "last_letter"],
+            "items": 5000,
+            "hyperparams": {"max_steps": 650, "batch_size": 32, "learning_rate": 3e-3},
+        },
+        "counting": {
+            "families": ["word_length", "count_letter", "acronym"],
+            "items": 5000,
+            "hyperparams": {"max_steps": 550, "batch_size": 32, "learning_rate": 3e-3},
+        },
+        "numbers": {
+            "families": ["max_number", "min_number", "add", "sort_numbers"],
+            "items": 5000,
+            "hyperparams": {"max_steps": 500, "batch_size": 32, "learning_rate": 3e-3},
+        },
+    },
+    # Every family, few steps: weak everywhere but not hopeless, so it wins some battles.
+    "initial_target": {
+        "name": "target_r0",
+        "families": list(FAMILIES),
+        "items": 5000,
+        "hyperparams": {"max_steps": 200, "batch_size": 32, "learning_rate": 3e-3},
+    },
+})
+# What a competitor a profile names leaves out (a competitor map given in full replaces the default one).
+COMPETITOR_DEFAULTS: dict[str, Any] = {"items": 5000, "hyperparams": {"max_steps": 550, "batch_size": 32, "learning_rate": 3e-3}}
+
+
+def resolved_skills(models: SkillsModels | None) -> SkillsModels:
+    """A locally built `models:` section merged key by key over SKILLS_DEFAULTS (each competitor a
+    profile names over COMPETITOR_DEFAULTS). Its `flywheel` stays the profile's: `stage_settings`
+    lays it over the small-model stage values."""
+
+    def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in override.items():
+            if key == "competitors":
+                out[key] = {name: merge(COMPETITOR_DEFAULTS, spec) for name, spec in value.items()}
+            elif isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = value
+        return out
+
+    own = models.model_dump(by_alias=True, exclude_unset=True) if models is not None else {}
+    launch = models.launch if models is not None else None
+    processes = launch.num_processes if launch is not None and launch.num_processes else 1
+    return SkillsModels.model_validate(merge(SKILLS_DEFAULTS.model_dump(by_alias=True, exclude_unset=True), own),
+                                       context={"locally_built": True, "processes": processes})

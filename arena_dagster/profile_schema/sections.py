@@ -1,8 +1,8 @@
 """Every section of a profile and the rules between sections; `Profile` is the whole file
-(the `judge:` section is in judges.py, `models:` in models.py).
+(the `judge:` section is in judges.py, `models:` in models.py and flywheel.py).
 
-The code reads profiles as plain dicts; these models say what each key may hold, so a wrong
-key, type or range fails at load with its key path instead of minutes into a run.
+The code reads the validated sections' attributes; these models say what each key may hold, so a
+wrong key, type or range fails at load with its key path instead of minutes into a run.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ class Profile(Section):
                 if label not in labels:
                     raise rule(f"schedule.{stage}.slice", f"stage {stage} battles slice {label!r}, which "
                                f"prompts.stage_fractions does not cut (it cuts {', '.join(sorted(labels))})")
-        known = model_names(self.models.model_dump(by_alias=True, exclude_unset=True) if self.models else None)
+        known = model_names(self.models)
         evaluation = self.evaluation
         if evaluation is not None:
             named = [("evaluation.baseline", evaluation.baseline)]
@@ -359,8 +359,7 @@ class Profile(Section):
         if evaluation.style_control and unrecorded:
             raise rule("evaluation.style_control", f"style control measures answers; model {unrecorded[0]!r} has none",
                        "give the models' answer files as `path`, or turn style_control off")
-        if recorded and self.judge.baseline is not None and self.judge.baseline not in model_names(
-                self.models.model_dump(by_alias=True, exclude_unset=True) if self.models else None):
+        if recorded and self.judge.baseline is not None and self.judge.baseline not in model_names(self.models):
             raise rule("judge.baseline", f"judge.baseline {self.judge.baseline!r} is not a declared model",
                        "declare it (every recorded arena-hard game is against it)")
 

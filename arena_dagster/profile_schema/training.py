@@ -1,13 +1,14 @@
 """The training settings: stages, the entry point's default hyperparameters and their checks,
-the embedded default's small models, and the paper's stage schedule.
+the skill families, and the paper's stage schedule.
 
 Plain values: the schema types `models:` and `schedule:` from them, and the training
-package (training/spec.py, base_models.py, stages.py, schedule.py) reads them from here.
+package (training/spec.py, base_models.py, stages.py, schedule.py) reads them from here. The
+embedded default's small models are typed values of the schema (models.SKILLS_DEFAULTS,
+flywheel.SKILLS_FLYWHEEL).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from arena_dagster.errors import ArenaError
@@ -117,93 +118,6 @@ FAMILIES: tuple[str, ...] = (
     "min_number",
     "word_length",
 )  # the skill families of the embedded default's prompts (prompts/skills.py generates them)
-
-DEFAULT_SKILLS_MODELS: dict = {
-    "seed": 0,
-    # "char": one token per character (letter tasks need it); "bpe": byte-level BPE, digits split.
-    "tokenizer": {"kind": "char", "corpus_items": 3000},
-    "model_config": dict(DEFAULT_MODEL_CONFIG),
-    "max_parallel": 2,  # base-model training processes at once
-    "threads_per_process": 1,
-    # A round trains one stage at a time, so each gets two threads (30% faster than one on two
-    # cores); a fixed count, not torch's default of every core, so a seed gives the same weights
-    # on any machine with two cores or more.
-    "round_threads": 2,
-    # Steps per model are what a 2-core machine affords (~6 steps/s per process at batch 32).
-    # Letter-copying families (reverse, uppercase, acronym) learn slowly at this size; the
-    # digit families and the position/counting ones (last letter, word length) learn fast.
-    "competitors": {
-        "letters": {
-            "families": ["reverse_word", "uppercase", "last_letter"],
-            "items": 5000,
-            "hyperparams": {"max_steps": 650, "batch_size": 32, "learning_rate": 3e-3},
-        },
-        "counting": {
-            "families": ["word_length", "count_letter", "acronym"],
-            "items": 5000,
-            "hyperparams": {"max_steps": 550, "batch_size": 32, "learning_rate": 3e-3},
-        },
-        "numbers": {
-            "families": ["max_number", "min_number", "add", "sort_numbers"],
-            "items": 5000,
-            "hyperparams": {"max_steps": 500, "batch_size": 32, "learning_rate": 3e-3},
-        },
-    },
-    # Every family, few steps: weak everywhere but not hopeless, so it wins some battles.
-    "initial_target": {
-        "name": "target_r0",
-        "families": list(FAMILIES),
-        "items": 5000,
-        "hyperparams": {"max_steps": 200, "batch_size": 32, "learning_rate": 3e-3},
-    },
-    # Per-round training of the flywheel (training.stages.stage_training_spec): a fixed number of
-    # steps, so a round costs the same whatever the number of harvested rows. These small-model
-    # values replace the paper's (the entry point's defaults, meant for real models); the
-    # measurements behind them are in benchmarks/README.md (bench_flywheel_lift.py).
-    "flywheel": {
-        # The lift comes from here: ~600 harvested rows a round (accumulated over rounds) and
-        # enough steps to learn them; replayed rows of the initial target's data keep what it knew.
-        "sft": {
-            "hyperparams": {"max_steps": 240, "batch_size": 32, "learning_rate": 2e-3},
-            "replay_rows": 800,  # rows of the initial target's training data mixed into every SFT round
-        },
-        # Gentle on purpose: plain DPO on a tiny model pushes its own answers down without raising
-        # the chosen ones and reshuffles half its greedy answers (+-20 Elo of noise a round, -45 at
-        # lr 1e-3); the NLL term on the chosen answers (rpo_alpha) and a low rate keep it from
-        # undoing SFT.
-        "dpo": {
-            "hyperparams": {
-                "max_steps": 30, "batch_size": 16, "learning_rate": 3e-5, "beta": 0.1, "rpo_alpha": 1.0, "logging_steps": 10,
-            },
-        },
-        "reward": {
-            "hyperparams": {"max_steps": 60, "batch_size": 16, "learning_rate": 1e-3, "eval_fraction": 0.2, "logging_steps": 10},
-        },
-        # Gentle too: the reward model agrees with the verifier on ~75% of held-out pairs, and a
-        # policy pushed harder (lr 1e-3) raises its reward while losing ~90 Elo.
-        "rl": {
-            "hyperparams": {
-                "max_steps": 8, "batch_size": 16, "learning_rate": 1e-5, "beta": 0.1,
-                "num_generations": 4, "max_completion_length": 24, "temperature": 1.0, "logging_steps": 2,
-            },
-        },
-    },
-}
-
-
-def stage_settings(models_settings: dict[str, Any], stage: str, *, locally_built: bool) -> dict[str, Any]:
-    """`models.flywheel.<stage>` of the profile.
-
-    The embedded default's models are tiny, so their stage settings start from the small-model
-    values in DEFAULT_SKILLS_MODELS; declared (real) models start from the entry point's
-    defaults, which are the paper's hyperparameters.
-    """
-    base = copy.deepcopy(DEFAULT_SKILLS_MODELS["flywheel"].get(stage, {})) if locally_built else {}
-    override = (models_settings.get("flywheel") or {}).get(stage) or {}
-    merged = {**base, **{k: v for k, v in override.items() if k != "hyperparams"}}
-    merged["hyperparams"] = {**base.get("hyperparams", {}), **override.get("hyperparams", {})}
-    return merged
-
 
 DEFAULT_SCHEDULE: dict[str, dict[str, Any]] = {
     "sft": {"slice": "sft", "accumulate_rounds": True},

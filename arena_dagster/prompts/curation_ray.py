@@ -273,8 +273,23 @@ def _embedding_pool(compute: ComputeSettings) -> dict[str, Any]:
     return pool
 
 
-def _semantic(rows, config: CurationConfig, compute: ComputeSettings, threads: int, removal: dict) -> None:
+def _similar_pairs(pairs, blocks: list, threshold: float):
+    # One batch of block pairs (i <= j): every pair of rows across the two blocks at or over the threshold.
     import pandas as pd
+    import ray
+
+    found = []
+    for i, j in zip(pairs["i"], pairs["j"]):
+        left, right = ray.get(blocks[i]), ray.get(blocks[j])
+        sims = left["vector"] @ right["vector"].T
+        for a, b in zip(*np.nonzero(sims >= threshold)):
+            low, high = int(left["id"][a]), int(right["id"][b])
+            if low < high or (i != j and low > high):
+                found.append((min(low, high), max(low, high), float(sims[a, b])))
+    return pd.DataFrame(found, columns=["low", "high", "score"])
+
+
+def _semantic(rows, config: CurationConfig, compute: ComputeSettings, threads: int, removal: dict) -> None:
     import ray
 
     threshold = config.semantic_dedup_threshold
@@ -282,23 +297,12 @@ def _semantic(rows, config: CurationConfig, compute: ComputeSettings, threads: i
         _SemanticVectors, fn_constructor_kwargs={"threads": threads, "batch_size": config.embed_batch_size},
         batch_format="numpy", batch_size=256, **_embedding_pool(compute)).materialize()
     blocks = vectors.to_numpy_refs()
-
-    def similar(pairs):
-        found = []
-        for i, j in zip(pairs["i"], pairs["j"]):
-            left, right = ray.get(blocks[i]), ray.get(blocks[j])
-            sims = left["vector"] @ right["vector"].T
-            for a, b in zip(*np.nonzero(sims >= threshold)):
-                low, high = int(left["id"][a]), int(right["id"][b])
-                if low < high or (i != j and low > high):
-                    found.append((min(low, high), max(low, high), float(sims[a, b])))
-        return pd.DataFrame(found, columns=["low", "high", "score"])
-
     # Block pairs (i <= j) as a dataset: Ray Data schedules them beside the pools it still holds.
     grid = ray.data.from_items([{"i": i, "j": j} for i in range(len(blocks)) for j in range(i, len(blocks))])
     edges = {(int(e["low"]), int(e["high"])): float(e["score"])
-             for e in grid.map_batches(similar, batch_format="pandas", batch_size=1).iter_rows()}
-    del vectors, blocks
+             for e in grid.map_batches(_similar_pairs, fn_kwargs={"blocks": blocks, "threshold": threshold},
+                                       batch_format="pandas", batch_size=1).iter_rows()}
+    del vectors, blocks, grid  # the vectors leave the object store before the greedy pass
     for index, (other, score) in greedy_keep(edges).items():
         removal[index] = ("semantic_dup", f"cosine {score:.3f} >= {threshold}", other)
 

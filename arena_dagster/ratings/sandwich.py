@@ -35,6 +35,14 @@ RANK_TOLERANCE = 1e-6
 Z_95 = 1.959963984540054
 
 
+def interval_description(ci: str, unit: str) -> str:
+    """How a board's 95% intervals were made, in words: the UI's interval column and the plot's axis say it."""
+    units = {"prompt": "test prompts", "battle": "battles"}.get(unit, unit)
+    if ci == "sandwich":
+        return f"95% sandwich (robust covariance) interval, {units} as the independent units"
+    return f"95% bootstrap interval over {units}"
+
+
 def check_ci(ci: str) -> None:
     if ci not in CI_METHODS:
         raise RatingsError(f"ci must be one of {CI_METHODS}, got {ci!r}")

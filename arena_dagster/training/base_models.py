@@ -7,13 +7,12 @@ same profile reuses every folder whose manifest matches, and a home with the sam
 copies the tokenizer and the models from the shared cache (training/model_cache.py) instead
 of training them again.
 
-`DEFAULT_SKILLS_MODELS` (in the schema, profile_schema/training.py) documents the profile shape (the `models:` key of
-assets/profiles/skills.yaml); `resolve_profile` merges a partial profile into it.
+The settings are the profile's `models:` section merged over the embedded default's models
+(profile_schema.models: SKILLS_DEFAULTS, resolved_skills).
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -21,48 +20,11 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from arena_dagster.paths import check_name, remove_tree, replace_dir
-from arena_dagster.profile_schema.training import DEFAULT_SKILLS_MODELS, FAMILIES
+from arena_dagster.paths import remove_tree, replace_dir
+from arena_dagster.profile_schema.models import SkillsCompetitor, SkillsModels, SkillsTarget, resolved_skills
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.model_cache import base_models_cache, cache_root, cached_folder, cached_training
 
-
-
-class ProfileError(ValueError):
-    pass
-
-
-def resolve_profile(profile: dict | None) -> dict:
-    """Deep-merge `profile` over the defaults; a competitor map given in full replaces the default one."""
-
-    def merge(base: dict, override: dict, where: str) -> dict:
-        out = copy.deepcopy(base)
-        for key, value in override.items():
-            if key == "competitors":
-                out[key] = {name: merge(_COMPETITOR_DEFAULTS, spec or {}, f"{where}competitors.{name}.") for name, spec in value.items()}
-            elif isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merge(out[key], value, f"{where}{key}.")
-            else:
-                out[key] = copy.deepcopy(value)
-        return out
-
-    resolved = merge(DEFAULT_SKILLS_MODELS, profile or {}, "")
-    if not resolved["competitors"]:
-        raise ProfileError("models.competitors: at least one competitor is needed")
-    # Model names become folder and file names (models/<name>, data/<name>.jsonl).
-    for name in resolved["competitors"]:
-        check_name(name, "models.competitors name")
-    check_name(resolved["initial_target"].get("name"), "models.initial_target.name")
-    for name, spec in [*resolved["competitors"].items(), ("initial_target", resolved["initial_target"])]:
-        unknown = [f for f in spec.get("families", []) if f not in FAMILIES]
-        if unknown or not spec.get("families"):
-            raise ProfileError(f"models {name}: families {spec.get('families')} must be a non-empty subset of {FAMILIES}")
-        if int(spec.get("items", 0)) < 1:
-            raise ProfileError(f"models {name}: items must be >= 1")
-    return resolved
-
-
-_COMPETITOR_DEFAULTS = {"families": [], "items": 5000, "hyperparams": {"max_steps": 550, "batch_size": 32, "learning_rate": 3e-3}}
 
 
 def chat_row(prompt: str, answer: str, **lineage) -> dict:
@@ -83,30 +45,33 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
     return path
 
 
-def _model_items(name: str, spec: dict, seed: int, excluded: set[str]):
+def _model_items(name: str, spec: SkillsCompetitor | SkillsTarget, seed: int, excluded: set[str]):
     # A name-derived seed: each model sees its own sample of the families it learns.
     model_seed = int(hashlib.sha256(f"{seed}-{name}".encode()).hexdigest()[:8], 16)
-    items = make_items(int(spec["items"]) + len(excluded), seed=model_seed, families=spec["families"])
-    return [item for item in items if item.prompt not in excluded][: int(spec["items"])]
+    items = make_items(spec.items + len(excluded), seed=model_seed, families=list(spec.families))
+    return [item for item in items if item.prompt not in excluded][: spec.items]
 
 
 def build_tokenizer_folder(
-    home: Path, profile: dict, *, cache: Path | None = None, log: Callable[[str], None] = print
+    home: Path, models: SkillsModels, *, cache: Path | None = None, log: Callable[[str], None] = print
 ) -> Path:
-    """Train (or reuse, or copy from the cache) the shared tokenizer on suite text covering every family and template."""
+    """Train (or reuse, or copy from the cache) the shared tokenizer on suite text covering every family and template.
+
+    `models`: a resolved section (resolved_skills)."""
     from arena_dagster.training.tokenizer import build_tokenizer, save_tokenizer
 
-    settings = profile["tokenizer"]
-    items = make_items(int(settings["corpus_items"]), seed=int(profile["seed"]) + 7919)
+    settings = models.tokenizer
+    items = make_items(settings.corpus_items, seed=models.seed + 7919)
     texts = [i.prompt for i in items] + [i.reference for i in items]
-    fingerprint = hashlib.sha256(json.dumps([settings, texts], sort_keys=True).encode()).hexdigest()
+    identity = settings.model_dump(exclude_unset=True)  # the keys set (defaults' and profile's): what it always hashed
+    fingerprint = hashlib.sha256(json.dumps([identity, texts], sort_keys=True).encode()).hexdigest()
     folder = Path(home) / "tokenizer"
     stamp = folder / "tokenizer_fingerprint.txt"
     if stamp.is_file() and stamp.read_text() == fingerprint:
         return folder
 
     def build() -> None:
-        tokenizer = build_tokenizer(texts, kind=settings["kind"], vocab_size=int(settings.get("vocab_size", 512)))
+        tokenizer = build_tokenizer(texts, kind=settings.kind, vocab_size=settings.vocab_size)
         tmp = folder.with_name(folder.name + ".tmp")
         if tmp.exists():
             remove_tree(home, tmp)
@@ -119,15 +84,14 @@ def build_tokenizer_folder(
     return folder
 
 
-def base_training_specs(home: Path, profile: dict, tokenizer: Path, *, exclude_prompts: Iterable[str] = ()) -> dict[str, dict]:
-    """One `base` stage spec per competitor and the initial target, datasets written under home/data."""
+def base_training_specs(home: Path, models: SkillsModels, tokenizer: Path, *, exclude_prompts: Iterable[str] = ()) -> dict[str, dict]:
+    """One `base` stage spec per competitor and the initial target (of a resolved section), datasets written under home/data."""
     home = Path(home)
     excluded = set(exclude_prompts)
-    seed = int(profile["seed"])
-    members = {**{name: spec for name, spec in profile["competitors"].items()}, profile["initial_target"]["name"]: profile["initial_target"]}
+    seed = models.seed
+    members = {**models.competitors, models.initial_target.name: models.initial_target}
     specs = {}
     for name, spec in members.items():
-        check_name(name, "model name")
         items = _model_items(name, spec, seed, excluded)
         dataset = write_jsonl(home / "data" / f"{name}.jsonl", (chat_row(i.prompt, i.reference, family=i.family) for i in items))
         specs[name] = {
@@ -137,16 +101,17 @@ def base_training_specs(home: Path, profile: dict, tokenizer: Path, *, exclude_p
             "output_dir": str(home / "models" / name),
             "dataset_path": str(dataset),
             "tokenizer": str(tokenizer),
-            "model_config": profile["model_config"],
-            "hyperparams": {"seed": seed, **spec["hyperparams"]},
-            "threads": int(profile["threads_per_process"]),
+            # The keys set (defaults' and profile's): what the specs, and so the checkpoints' identities, always held.
+            "model_config": models.model_config_.model_dump(exclude_unset=True),
+            "hyperparams": {"seed": seed, **spec.hyperparams.model_dump(exclude_unset=True)},
+            "threads": models.threads_per_process,
         }
     return specs
 
 
 def build_base_models(
     home: Path,
-    profile: dict | None = None,
+    models: SkillsModels | None = None,
     *,
     exclude_prompts: Iterable[str] = (),
     log: Callable[[str], None] = print,
@@ -155,7 +120,7 @@ def build_base_models(
 ) -> dict:
     """Train (or reuse, or copy from the shared cache) the tokenizer, the competitors and the initial target under `home`.
 
-    `profile` is the `models:` section of the profile (merged over DEFAULT_SKILLS_MODELS).
+    `models` is the `models:` section of the profile (merged here over SKILLS_DEFAULTS).
     `exclude_prompts`: prompts (e.g. the arena test set) that no base model may train on.
     `cache_dir`: the shared cache's root (default: model_cache.cache_root(), from ARENA_CACHE).
     Returns {"tokenizer": path, "competitors": {name: path}, "initial_target": path,
@@ -163,7 +128,7 @@ def build_base_models(
     """
     from arena_dagster.training.runner import run_trainings
 
-    resolved = resolve_profile(profile)
+    resolved = resolved_skills(models)
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     try:
@@ -173,13 +138,13 @@ def build_base_models(
         cache = None
     tokenizer = build_tokenizer_folder(home, resolved, cache=cache, log=log)
     specs = base_training_specs(home, resolved, tokenizer, exclude_prompts=exclude_prompts)
-    target_name = resolved["initial_target"]["name"]
+    target_name = resolved.initial_target.name
     # Longest runs first, so the pool does not end on one long run while a core idles.
     order = sorted(specs, key=lambda n: -int(specs[n]["hyperparams"].get("max_steps") or 0))
     manifests = run_trainings(
         [specs[n] for n in order],
-        max_parallel=int(resolved["max_parallel"]),
-        threads_per_process=int(resolved["threads_per_process"]),
+        max_parallel=resolved.max_parallel,
+        threads_per_process=resolved.threads_per_process,
         log=log,
         timeout_s=timeout_s,
         run=functools.partial(cached_training, cache=cache, root=home),
@@ -187,7 +152,7 @@ def build_base_models(
     by_name = dict(zip(order, manifests))
     return {
         "tokenizer": str(tokenizer),
-        "competitors": {name: specs[name]["output_dir"] for name in resolved["competitors"]},
+        "competitors": {name: specs[name]["output_dir"] for name in resolved.competitors},
         "initial_target": specs[target_name]["output_dir"],
         "manifests": {name: by_name[name] for name in specs},
         "datasets": {name: specs[name]["dataset_path"] for name in specs},

@@ -7,11 +7,11 @@ is the registry's (registry.stage_battle_target). Training specs are built here 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
-from arena_dagster.profile_schema.training import DEFAULT_SKILLS_MODELS, stage_settings
+from arena_dagster.profile_schema.flywheel import stage_settings
+from arena_dagster.profile_schema.models import SKILLS_DEFAULTS, DeclaredModels, SkillsModels
 from arena_dagster.training.schedule import checkpoint_name
 
 TRAINING_STAGES = ("sft", "dpo", "reward", "rl")
@@ -24,7 +24,7 @@ def stage_training_spec(
     base_model: str | Path,
     dataset: str | Path,
     output_dir: str | Path,
-    models_settings: dict[str, Any],
+    models: SkillsModels | DeclaredModels | None,
     locally_built: bool,
     replay_dataset: str | Path | None = None,
     reward_model: str | Path | None = None,
@@ -32,8 +32,9 @@ def stage_training_spec(
     """The training spec of one stage of one round (see training.entrypoint for the keys)."""
     if stage not in TRAINING_STAGES:
         raise ValueError(f"unknown training stage {stage!r} (stages are {TRAINING_STAGES})")
-    settings = stage_settings(models_settings, stage, locally_built=locally_built)
-    seed = int(models_settings.get("seed", 0)) + round_key
+    models = models if models is not None else SkillsModels()
+    settings = stage_settings(models.flywheel, stage, locally_built=locally_built)
+    seed = models.seed + round_key
     spec: dict[str, Any] = {
         "stage": stage,
         "round": round_key,
@@ -41,17 +42,20 @@ def stage_training_spec(
         "output_dir": str(output_dir),
         "base_model": str(base_model),
         "dataset_path": str(dataset),
-        "hyperparams": {"seed": seed, **settings["hyperparams"]},
+        "hyperparams": {"seed": seed, **settings.hyperparams},
     }
-    threads = models_settings.get("round_threads") or models_settings.get("threads_per_process")
+    # Only what the profile sets goes into the spec (its hash is the checkpoint's identity).
+    threads = models.round_threads or models.threads_per_process
     if locally_built and not threads:
-        threads = DEFAULT_SKILLS_MODELS["round_threads"]
+        threads = SKILLS_DEFAULTS.round_threads
     if threads:
-        spec["threads"] = int(threads)
-    for key in ("device", "launch"):
-        if models_settings.get(key):
-            spec[key] = copy.deepcopy(models_settings[key])
-    replay_rows = int(settings.get("replay_rows", 0) or 0)
+        spec["threads"] = threads
+    if models.device:
+        spec["device"] = models.device
+    launch = models.launch.model_dump(exclude_unset=True) if models.launch is not None else {}
+    if launch:
+        spec["launch"] = launch
+    replay_rows = settings.replay_rows
     if stage == "sft" and replay_dataset and replay_rows:
         spec["replay"] = {"dataset_path": str(replay_dataset), "rows": replay_rows, "seed": seed}
     if stage == "rl":
