@@ -68,16 +68,20 @@ class _nothing:
         return False
 
 
-def _embedding_cost(n: int) -> float:
-    """Seconds per prompt of the MiniLM embedding alone, one process, on the pool's first turns."""
+def _embedding_cost(n: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per prompt of the MiniLM embedding alone, one process and one torch thread, on the
+    pool's first turns. CPU time is the figure to compare when other processes load the machine."""
+    import torch
+
     from arena_dagster.prompts.curation.similarity import embed_texts, load_embedder
 
+    torch.set_num_threads(1)
     rows, _ = _pool(n)
     load_embedder()
     texts = [r["prompt"] for r in rows]
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     embed_texts(texts)
-    return (time.perf_counter() - started) / len(texts)
+    return (time.perf_counter() - wall) / len(texts), (time.process_time() - cpu) / len(texts)
 
 
 def main() -> int:
@@ -92,6 +96,7 @@ def main() -> int:
         return 0
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = []
+    loads = os.getloadavg()
     for engine, workers in [("local", 1), *(("ray", w) for w in args.workers)]:
         proc = subprocess.run([sys.executable, __file__, "--prompts", str(args.prompts), "--one", f"{engine}:{workers}"],
                               env=env, capture_output=True, text=True)
@@ -101,7 +106,8 @@ def main() -> int:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     local = results[0]
     one = next((r for r in results if r["engine"] == "ray" and r["workers"] == 1), None)
-    print(f"curation of {args.prompts} ShareGPT prompts (paper preset, against MT-Bench), {os.cpu_count()} CPUs")
+    print(f"curation of {args.prompts} ShareGPT prompts (paper preset, against MT-Bench), {os.cpu_count()} CPUs, "
+          f"load average {loads[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"{'engine':<8}{'workers':>8}{'seconds':>9}{'prompts/s':>11}{'vs 1 worker':>12}{'vs local':>9}"
           f"{'peak RSS MB':>12}{'cluster s':>10}  kept ids")
     for r in results:
@@ -110,7 +116,10 @@ def main() -> int:
         agree = "same" if r["kept_hash"] == local["kept_hash"] else "DIFFERENT"
         print(f"{r['engine']:<8}{r['workers']:>8}{r['seconds']:>9.1f}{rate:>11.1f}{speedup:>12}"
               f"{local['seconds'] / r['seconds']:>8.2f}x{r['peak_rss_mb']:>12.0f}{r['cluster_s']:>10.1f}  {r['kept']} {agree}")
-    print(f"embedding alone: {1000 * _embedding_cost(min(args.prompts, 500)):.1f} ms a prompt (one process)")
+    for r in results:
+        print(f"  {r['engine']} {r['workers']}: seconds by step {r['steps']}")
+    wall, cpu = _embedding_cost(min(args.prompts, 500))
+    print(f"embedding alone: {1000 * wall:.1f} ms a prompt wall, {1000 * cpu:.1f} ms CPU (one process, one thread)")
     return 0
 
 

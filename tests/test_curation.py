@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from arena_dagster.prompts.curation import (
@@ -14,6 +15,7 @@ from arena_dagster.prompts.curation import (
     CurationError,
     canonical,
     curate,
+    embed_texts,
     normalize,
 )
 
@@ -263,6 +265,20 @@ def test_semantic_dedup_with_minilm():
     result = curate(rows, config=config)
     assert kept_prompts(result) == [rows[0]["prompt"], rows[2]["prompt"]]
     assert result.removed_rows[0]["step"] == "semantic_dup"
+
+
+def test_embeddings_batched_by_token_count_are_one_text_at_a_time_in_input_order():
+    """Batches of similar lengths (less padding) change neither the vectors nor their order."""
+    from arena_dagster.prompts.curation.similarity import load_embedder
+
+    texts = ["Hi there, how are you?", "Explain recursion " * 90, "Sort 5, 3, 9", "Write a haiku about rain and tea.",
+             "Summarize this: " + "the quick brown fox jumps over the lazy dog " * 30, "Why is the sky blue?"]
+    batched = embed_texts(texts, batch_size=2)
+    model = load_embedder()
+    one_by_one = [model.encode([text], normalize_embeddings=True, convert_to_numpy=True)[0] for text in texts]
+    assert batched.shape == (len(texts), 384) and batched.dtype == np.float32
+    assert np.abs(batched - np.stack(one_by_one)).max() < 1e-5
+    assert embed_texts([]).shape == (0, 384)
 
 
 def test_embedding_decontamination_catches_paraphrase_and_keeps_a_clean_prompt_in_a_tiny_pool():

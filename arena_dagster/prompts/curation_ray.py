@@ -127,6 +127,15 @@ class _TurnScorer(_Embedder):
                 "turn": np.asarray(out["turn"], dtype=object)}
 
 
+def _without(table, *, gone):
+    """The batch's rows whose id is not in `gone` (an object ref: one fetch a batch, not one a row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray
+
+    return table.filter(pc.invert(pc.is_in(table["id"], value_set=pa.array(ray.get(gone), type=pa.int64()))))
+
+
 def _partition(key: str, partitions: int) -> int:
     return int(key[:8], 16) % partitions if key else 0
 
@@ -194,8 +203,8 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
         timed("exact_prefix_dup")
 
     def survivors():
-        gone = ray.put(set(removal))
-        return alive.filter(lambda r, gone=gone: int(r["id"]) not in ray.get(gone))
+        gone = ray.put(np.fromiter(removal, dtype=np.int64, count=len(removal)))
+        return alive.map_batches(_without, fn_kwargs={"gone": gone}, batch_format="pyarrow")
 
     if config.near_dedup:
         threshold = config.near_dedup_threshold
@@ -266,8 +275,10 @@ def _embedding_pool(compute: ComputeSettings) -> dict[str, Any]:
     import ray.data
 
     options = actor_options(compute)
-    # From one replica up: a pool never waits for CPUs that another step's replicas are still giving back.
-    pool = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=compute.workers), "num_cpus": options["num_cpus"]}
+    # Every replica asked for at once (an autoscaled second replica came too late to take a share),
+    # yet it may start from one: a pool never waits for CPUs that another step's replicas are still giving back.
+    pool = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=compute.workers, initial_size=compute.workers),
+            "num_cpus": options["num_cpus"]}
     if "num_gpus" in options:
         pool["num_gpus"] = options["num_gpus"]
     return pool
@@ -314,8 +325,11 @@ def _decontaminate_embeddings(rows, test_texts: list[str], config: CurationConfi
     threshold = config.decontam_embedding_threshold
     row_turns = rows.select_columns(["id", "turns"]).flat_map(
         lambda r: [{"turn": turn, "part": zlib.crc32(turn.encode()) % partitions} for turn in r["turns"]])
+    # Each partition's distinct turns longest first, so that a batch holds turns of similar lengths
+    # (little padding) while batches stay small enough to share out evenly among the replicas.
     distinct = row_turns.groupby("part", num_partitions=partitions).map_groups(
-        lambda frame: pd.DataFrame({"turn": list(dict.fromkeys(frame["turn"].tolist()))}), batch_format="pandas").materialize()
+        lambda frame: pd.DataFrame({"turn": sorted(dict.fromkeys(frame["turn"].tolist()), key=lambda t: (-len(t), t))}),
+        batch_format="pandas").materialize()
     count = distinct.count()
     if not count:
         return
@@ -323,7 +337,7 @@ def _decontaminate_embeddings(rows, test_texts: list[str], config: CurationConfi
     scored = distinct.map_batches(
         _TurnScorer, fn_constructor_kwargs={"threads": threads, "batch_size": config.embed_batch_size, "test_texts": test_texts,
                                             "k": k, "threshold": threshold},
-        batch_format="numpy", batch_size=256, **_embedding_pool(compute))
+        batch_format="numpy", batch_size=config.embed_batch_size, **_embedding_pool(compute))
     per_test: dict[int, list[tuple[float, str]]] = {}
     bar = progress("embedding decontamination", count)
     for hit in scored.iter_rows():

@@ -88,10 +88,20 @@ def load_embedder(device: str = "cpu"):
 
 
 def embed_texts(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-    """L2-normalized float32 embeddings, one row per text."""
+    """L2-normalized float32 embeddings, one row per text.
+
+    Batches hold texts of similar token counts: sentence-transformers orders by characters, so
+    a batch of short prompts was padded to a long one's length (a third more tokens on ShareGPT).
+    """
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
     model = load_embedder()
-    vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                           show_progress_bar=False)
-    return np.asarray(vectors, dtype=np.float32)
+    texts = list(texts)
+    tokens = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    order = np.argsort([-len(ids) for ids in tokens], kind="stable")
+    vectors = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        batch = order[start : start + batch_size]
+        vectors[batch] = model.encode([texts[i] for i in batch], batch_size=len(batch), normalize_embeddings=True,
+                                      convert_to_numpy=True, show_progress_bar=False)
+    return vectors
