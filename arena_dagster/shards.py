@@ -204,7 +204,8 @@ def check_table(home: str | os.PathLike[str], table: str) -> None:
     root = table_root(home, table)
     for link in sorted(root.glob("round=*")):
         round_text = link.name.partition("=")[2]
-        fix = f"rerun round {round_text} of {table} (it rewrites the round's shards)"
+        fix = (f"materialize {table} for round {round_text} again (the asset's partition {round_text} in the UI): "
+               "it rewrites the round's shards from the completion cache")
         manifest = link / MANIFEST
         if not manifest.is_file():
             raise ShardError(f"{table} round {round_text} has no shard manifest", str(manifest), fix)

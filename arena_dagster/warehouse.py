@@ -18,7 +18,7 @@ import polars as pl
 
 from arena_dagster.errors import ArenaError
 from arena_dagster.locks import describe_holder, writer_lock
-from arena_dagster.shards import check_view, connection_config, shard_views
+from arena_dagster.shards import check_table, check_view, connection_config, shard_views
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -55,6 +55,8 @@ def open_readonly(home: Path, *, timeout_s: float = 15.0) -> Iterator[duckdb.Duc
                 ) from None
             time.sleep(0.5)
     try:
+        for table in shard_views(conn):  # a damaged home says so here, not with fewer rows
+            check_table(home, table)
         yield conn
     finally:
         conn.close()

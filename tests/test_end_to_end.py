@@ -35,8 +35,10 @@ def test_rounds_produce_data_checkpoints_and_leaderboards(smoke_home):
 def test_lineage_from_checkpoint_to_judgments(smoke_home):
     import duckdb
 
+    from arena_dagster.shards import connection_config
+
     home = smoke_home
-    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True, config=connection_config(home))
     parents = dict(conn.execute("SELECT model, parent FROM model_registry WHERE round = 1").fetchall())
     assert parents == {"SFT-I1": "target-I0", "DPO-I1": "SFT-I1", "RM-I1": "DPO-I1", "RL-I1": "DPO-I1"}
     manifests = dict(conn.execute("SELECT model, manifest FROM model_registry WHERE model LIKE 'RM-%'").fetchall())

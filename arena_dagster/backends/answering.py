@@ -40,6 +40,10 @@ class AnswerStats:
     tokens_out: int
     wall_s: float
 
+    @classmethod
+    def none(cls, model: str) -> AnswerStats:
+        return cls(model=model, requests=0, cache_hits=0, cache_misses=0, tokens_in=0, tokens_out=0, wall_s=0.0)
+
     def as_dict(self) -> dict:
         return self.__dict__.copy()
 
@@ -73,30 +77,20 @@ def unrecorded_answers(spec: ModelSpec, prompts: pl.DataFrame, *, round_key: int
         ],
         schema=RESPONSE_SCHEMA,
     )
-    return frame, AnswerStats(model=spec.name, requests=0, cache_hits=0, cache_misses=0, tokens_in=0, tokens_out=0, wall_s=0.0)
+    return frame, AnswerStats.none(spec.name)
 
 
-def answer_prompts(
-    spec: ModelSpec,
-    prompts: pl.DataFrame,
-    cache_path: Path,
-    *,
-    round_key: int,
-    role: str,
-    log: Callable[[str], None] | None = None,
-    compute: ComputeSettings | None = None,
-) -> tuple[pl.DataFrame, AnswerStats]:
-    """One response row per prompt, in one frame (`answer_into` with the chunks kept)."""
+def answer_prompts(spec: ModelSpec, prompts: pl.DataFrame, cache_path: Path, **options) -> tuple[pl.DataFrame, AnswerStats]:
+    """One response row per prompt, in one frame (`answer_chunks`'s options; one chunk)."""
     frames: list[pl.DataFrame] = []
-    stats = answer_into(frames.append, spec, prompts, cache_path, round_key=round_key, role=role, log=log,
-                        compute=compute, chunk_rows=max(prompts.height, 1))
+    stats = answer_into(frames.append, spec, prompts, cache_path, chunk_rows=max(prompts.height, 1), **options)
     return (pl.concat(frames) if frames else pl.DataFrame(schema=RESPONSE_SCHEMA)), stats
 
 
 def answer_into(write: Callable[[pl.DataFrame], None], spec: ModelSpec, prompts: pl.DataFrame, cache_path: Path,
                 **options) -> AnswerStats:
     """`answer_chunks`, each chunk handed to `write` (a shard of the round) as it is made; returns the summed stats."""
-    total = AnswerStats(model=spec.name, requests=0, cache_hits=0, cache_misses=0, tokens_in=0, tokens_out=0, wall_s=0.0)
+    total = AnswerStats.none(spec.name)
     for frame, stats in answer_chunks(spec, prompts, cache_path, **options):
         write(frame)
         for name in ("requests", "cache_hits", "cache_misses", "tokens_in", "tokens_out", "wall_s"):
