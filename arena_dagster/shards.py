@@ -29,8 +29,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Self
 
 import duckdb
 import polars as pl
@@ -106,7 +107,7 @@ class RoundWriter:
     def rows(self) -> int:
         return sum(int(s["rows"]) for s in self.shards)
 
-    def __enter__(self) -> RoundWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

@@ -16,7 +16,13 @@ import pytest
 
 from arena_dagster import shards
 from arena_dagster.paths import UnsafePathError
-from arena_dagster.warehouse import WAREHOUSE, open_readonly, read_table, table_fingerprints, write_table
+from arena_dagster.warehouse import (
+    WAREHOUSE,
+    open_readonly,
+    read_table,
+    table_fingerprints,
+    write_table,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = {"round": pl.Int64, "id": pl.Utf8, "v": pl.Int64}
@@ -201,7 +207,7 @@ _CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("step,nth,holds", _KILLS)
 def test_a_writer_killed_while_replacing_a_round_leaves_the_old_or_the_new_round_whole(tmp_path, step, nth, holds):
     write_round(tmp_path, "t", 1, OLD)
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), step, str(nth)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), step, str(nth)], cwd=REPO, check=False,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert proc.returncode == 9, proc.stderr[-2000:]
     assert rows(tmp_path) == sorted((OLD if holds == "old" else NEW).rows())
