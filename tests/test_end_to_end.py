@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-
 from arena_dagster import cli
 from arena_dagster.shards import connection_config
 
