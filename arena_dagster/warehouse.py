@@ -18,6 +18,7 @@ import polars as pl
 
 from arena_dagster.errors import ArenaError
 from arena_dagster.locks import describe_holder, writer_lock
+from arena_dagster.shards import check_table, check_view, connection_config, shard_views
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -33,6 +34,7 @@ def open_readonly(home: Path, *, timeout_s: float = 15.0) -> Iterator[duckdb.Duc
     """A read-only connection to a home's warehouse; while a run writes it, retry, then say who holds it.
 
     DuckDB lets one process write a file and no other process open it meanwhile, not even to read.
+    Its shard views read this home's Parquet files (shards.connection_config), wherever the home was copied.
     """
     path = Path(home) / WAREHOUSE
     if not path.exists():
@@ -40,7 +42,7 @@ def open_readonly(home: Path, *, timeout_s: float = 15.0) -> Iterator[duckdb.Duc
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            conn = duckdb.connect(str(path), read_only=True)
+            conn = duckdb.connect(str(path), read_only=True, config=connection_config(home))
             break
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
@@ -53,6 +55,8 @@ def open_readonly(home: Path, *, timeout_s: float = 15.0) -> Iterator[duckdb.Duc
                 ) from None
             time.sleep(0.5)
     try:
+        for table in shard_views(conn):  # a damaged home says so here, not with fewer rows
+            check_table(home, table)
         yield conn
     finally:
         conn.close()
@@ -122,10 +126,12 @@ def read_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: Iterable[Any] 
 
 
 def read_table(
-    conn: duckdb.DuckDBPyConnection, table: str, *, round_key: int | None = None, where: str = ""
+    conn: duckdb.DuckDBPyConnection, table: str, *, round_key: int | None = None, where: str = "",
+    where_params: Iterable[Any] = (), columns: str = "*",
 ) -> pl.DataFrame:
     if not table_exists(conn, table):
         raise WarehouseError(f"table {table!r} does not exist yet: materialize it first")
+    check_view(conn, table)
     clauses = []
     params: list[Any] = []
     if round_key is not None:
@@ -133,7 +139,8 @@ def read_table(
         params.append(round_key)
     if where:
         clauses.append(where)
-    sql = f"SELECT * FROM {quote_ident(table)}"
+        params.extend(where_params)
+    sql = f"SELECT {columns} FROM {quote_ident(table)}"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
     return read_frame(conn, sql, params)
@@ -159,14 +166,16 @@ def table_fingerprints(
 ) -> dict[str, str]:
     """An order-independent hash of every table's rows (volatile columns left out): equal homes, equal hashes.
 
+    Tables are the file's tables and the views over Parquet shards (shards.py), not the SQL views.
+
     `through_round`: only the rows of rounds up to it in the tables a round partitions (a `round` column),
     so a home built for fewer rounds compares with the first rounds of a longer one.
     """
     import hashlib
 
-    tables = [r[0] for r in conn.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY table_name"
-    ).fetchall()]
+    tables = sorted([r[0] for r in conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+    ).fetchall()] + shard_views(conn))
     out = {}
     for table in tables:
         schema = column_schema(conn, table)

@@ -26,7 +26,9 @@ imported = time.perf_counter() - started
 import duckdb
 from arena_dagster.quality.suites import load_suites
 from arena_dagster.quality.validation import validate_suite
-conn = duckdb.connect(sys.argv[1], read_only=True)
+from pathlib import Path
+from arena_dagster.shards import connection_config
+conn = duckdb.connect(sys.argv[1], read_only=True, config=connection_config(Path(sys.argv[1]).parent))
 round_key = int(sys.argv[2])
 timings = {}
 failed = []

@@ -172,6 +172,8 @@ def test_prompt_pool_on_ray_through_dagster_equals_the_local_build(ray_local_clu
     home.mkdir()
     for name in ("warehouse.duckdb", "arena.json"):
         shutil.copy2(smoke_home / name, home / name)
+    if (smoke_home / "tables").is_dir():  # the big tables' Parquet shards
+        shutil.copytree(smoke_home / "tables", home / "tables", symlinks=True)
     defs = build_definitions(home)
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([prompt_pool], instance=instance, resources=defs.resources,

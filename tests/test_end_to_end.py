@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from arena_dagster import cli
+from arena_dagster.shards import connection_config
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def test_lineage_from_checkpoint_to_judgments(smoke_home):
     import duckdb
 
     home = smoke_home
-    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True, config=connection_config(home))
     parents = dict(conn.execute("SELECT model, parent FROM model_registry WHERE round = 1").fetchall())
     assert parents == {"SFT-I1": "target-I0", "DPO-I1": "SFT-I1", "RM-I1": "DPO-I1", "RL-I1": "DPO-I1"}
     manifests = dict(conn.execute("SELECT model, manifest FROM model_registry WHERE model LIKE 'RM-%'").fetchall())
@@ -98,7 +99,7 @@ def test_trace_training_rows_back_to_prompt_battle_and_forward_to_the_gate(smoke
     import duckdb
 
     home = smoke_home
-    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True, config=connection_config(home))
     expected = {
         "sft_example": conn.execute("SELECT example_id, battle_id, prompt_id FROM sft_examples LIMIT 1").fetchone(),
         "dpo_pair": conn.execute("SELECT pair_id, battle_id, prompt_id FROM dpo_pairs LIMIT 1").fetchone(),
@@ -134,7 +135,7 @@ def test_trace_battles_and_checkpoints(smoke_home, capsys):
     import duckdb
 
     home = smoke_home
-    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True, config=connection_config(home))
     battle_id, pair_id = conn.execute("SELECT battle_id, pair_id FROM dpo_pairs LIMIT 1").fetchone()
     arena_battle = conn.execute("SELECT battle_id, model_a, model_b FROM arena_battles WHERE round = 1 LIMIT 1").fetchone()
     decision = conn.execute("SELECT candidate, promoted, diff FROM promotions WHERE round = 1").fetchone()

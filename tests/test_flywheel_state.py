@@ -11,6 +11,7 @@ from arena_dagster.judging.battles import (
     JudgeResult,
     MissingResponseError,
     judge_battles,
+    judge_in_chunks,
     plan_round_robin,
     plan_target_battles,
 )
@@ -143,6 +144,23 @@ def test_judge_battles_plays_both_orders():
     assert out["judgment_id"].n_unique() == 2
     with pytest.raises(MissingResponseError, match="no response of model 'C'"):
         judge_battles(battles, responses.filter(pl.col("model") == "T"), prompts, judge)
+
+
+def test_judging_in_chunks_judges_what_one_piece_does_reading_only_each_chunks_prompts():
+    battles = plan_target_battles(1, ["p1", "p2", "p3"], "T", ["C", "D"])
+    responses = pl.DataFrame({"prompt_id": [p for p in ("p1", "p2", "p3") for _ in "TCD"], "model": list("TCD") * 3,
+                              "response_id": [f"r{i}" for i in range(9)], "response": ["a" * (i + 1) for i in range(9)]})
+    prompts = pl.DataFrame({"prompt_id": ["p1", "p2", "p3"], "prompt": ["q"] * 3, "family": ["f"] * 3, "reference": ["r"] * 3})
+    whole = judge_battles(battles, responses, prompts, ScriptedJudge())
+    written, asked = [], []
+
+    def inputs(prompt_ids):
+        asked.append(prompt_ids)
+        return (responses.filter(pl.col("prompt_id").is_in(prompt_ids)), prompts.filter(pl.col("prompt_id").is_in(prompt_ids)))
+
+    counts = judge_in_chunks(battles, inputs, ScriptedJudge(), written.append, chunk_battles=4)
+    assert [frame.height for frame in written] == [8, 4] and asked == [["p1", "p2"], ["p3"]]
+    assert pl.concat(written).equals(whole) and counts == {"games": 12, "parse_failures": 0}
 
 
 def test_a_home_made_by_older_code_gains_the_new_columns():

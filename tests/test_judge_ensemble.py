@@ -14,6 +14,7 @@ from arena_dagster.judging.battles import JudgeItem
 from arena_dagster.judging.ensemble import EnsembleJudge, combine_scores
 from arena_dagster.judging.judges import make_judge
 from arena_dagster.profile_schema.judges import judge_settings
+from arena_dagster.shards import connection_config
 
 
 def test_mean_and_majority_combine_the_members_scores():
@@ -117,7 +118,7 @@ def test_an_ensemble_judges_a_skills_round_and_judge_health_reports_its_members(
         assert result.success and server.calls
     finally:
         server.close()
-    with duckdb.connect(str(home / "warehouse.duckdb")) as conn:
+    with duckdb.connect(str(home / "warehouse.duckdb"), config=connection_config(home)) as conn:
         [health] = conn.execute("SELECT * FROM arena_judge_health WHERE round = 1").pl().to_dicts()
         games = conn.execute("SELECT raw FROM arena_judgments WHERE round = 1").fetchall()
         outcomes = {o.name: o for o in validate_suite(conn, table_suite("arena_judge_health"), 1)}

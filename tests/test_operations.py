@@ -107,6 +107,8 @@ def _copy_home(home: Path, to: Path) -> Path:
     to.mkdir(parents=True)
     for name in ("warehouse.duckdb", "arena.json"):
         shutil.copy2(home / name, to / name)
+    if (home / "tables").is_dir():  # the big tables' Parquet shards
+        shutil.copytree(home / "tables", to / "tables", symlinks=True)
     return to
 
 

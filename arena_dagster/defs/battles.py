@@ -6,16 +6,17 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.backends.answering import RESPONSE_SCHEMA, answer_prompts
+from arena_dagster.backends.answering import RESPONSE_SCHEMA, answer_into
 from arena_dagster.backends.models import generation_spec
-from arena_dagster.defs.common import OWNERS, table_check_specs, table_result
+from arena_dagster.defs.common import OWNERS, round_answers, round_inputs, table_check_specs, table_result
 from arena_dagster.defs.compute import ArenaCompute
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
-from arena_dagster.judging.battles import judge_battles, plan_target_battles
+from arena_dagster.judging.battles import JUDGMENT_SCHEMA, judge_in_chunks, plan_target_battles
 from arena_dagster.judging.judges import make_judge
 from arena_dagster.registry import models_of_kind, stage_battle_target
 from arena_dagster.training.schedule import PREVIOUS_STAGE, STAGES, battle_prompts, stage_plan
-from arena_dagster.warehouse import read_table, write_table
+from arena_dagster.shards import RoundWriter
+from arena_dagster.warehouse import read_table
 
 # The asset that trains a stage's battle target (the round's target comes from the previous round).
 # An asset names its nearest upstream step; what that step depends on (the competitors, the
@@ -53,17 +54,18 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
             competitors = models_of_kind(conn, "competitor").to_dicts()
         if prompts.is_empty():
             raise dg.Failure(f"round {round_key} has no prompts for stage {stage} in prompt_pool (profile prompts.rounds)")
-        frames, stats = [], []
-        with compute.session(context):
-            for row, role in [(target, "target")] + [(c, "competitor") for c in competitors]:
-                frame, stat = answer_prompts(
-                    generation_spec(row, settings.generation), prompts, arena.cache_path, round_key=round_key, role=role,
-                    log=context.log.info, compute=compute.settings(),
-                )
-                frames.append(frame)
-                stats.append(stat.as_dict())
+        stats = []
+        with RoundWriter(arena.root, responses_table, round_key, RESPONSE_SCHEMA) as shards:
+            with compute.session(context):
+                for row, role in [(target, "target")] + [(c, "competitor") for c in competitors]:
+                    stat = answer_into(
+                        shards.write, generation_spec(row, settings.generation), prompts, arena.cache_path,
+                        round_key=round_key, role=role, log=context.log.info, compute=compute.settings(),
+                    )
+                    stats.append(stat.as_dict())
+            with duckdb.get_connection() as conn:
+                shards.commit(conn)
         with duckdb.get_connection() as conn:
-            write_table(conn, responses_table, pl.concat(frames) if frames else pl.DataFrame(schema=RESPONSE_SCHEMA), round_key=round_key)
             return table_result(
                 conn,
                 responses_table,
@@ -98,17 +100,20 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
         round_key = round_of(context)
         judge = make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root)
         with duckdb.get_connection() as conn:
-            answers = read_table(conn, responses_table, round_key=round_key)
-            prompts = read_table(conn, "prompt_pool")
-        prompts = prompts.filter(pl.col("prompt_id").is_in(answers["prompt_id"].unique().implode()))
-        target = answers.filter(pl.col("role") == "target")["model"].unique().to_list()
-        competitors = answers.filter(pl.col("role") == "competitor")["model"].unique().sort().to_list()
+            answered = round_answers(conn, responses_table, round_key)
+            prompt_ids = read_table(conn, "prompt_pool", columns="prompt_id", where_params=[round_key],
+                                    where=f"prompt_id IN (SELECT prompt_id FROM {responses_table} WHERE round = ?)")
+        target = answered.filter(pl.col("role") == "target")["model"].unique().to_list()
+        competitors = answered.filter(pl.col("role") == "competitor")["model"].unique().sort().to_list()
         if len(target) != 1:
             raise dg.Failure(f"round {round_key} stage {stage}: expected one target in {responses_table}, found {target}")
-        battles = plan_target_battles(round_key, prompts["prompt_id"].sort().to_list(), target[0], competitors)
-        frame = judge_battles(battles, answers, prompts, judge, log=context.log.debug)
+        battles = plan_target_battles(round_key, prompt_ids["prompt_id"].sort().to_list(), target[0], competitors)
+        with RoundWriter(arena.root, judgments_table, round_key, JUDGMENT_SCHEMA) as shards:
+            counts = judge_in_chunks(battles, round_inputs(duckdb, responses_table, "prompt_pool", round_key), judge,
+                                     shards.write, log=context.log.debug)
+            with duckdb.get_connection() as conn:
+                shards.commit(conn)
         with duckdb.get_connection() as conn:
-            write_table(conn, judgments_table, frame, round_key=round_key)
             return table_result(
                 conn,
                 judgments_table,
@@ -119,7 +124,7 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
                     "judge": judge.name,
                     "judge_version": judge.version,
                     "battles": battles.height,
-                    "parse_failures": int((~frame["parse_ok"]).sum()),
+                    "parse_failures": counts["parse_failures"],
                 },
             )
 

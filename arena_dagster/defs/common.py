@@ -10,7 +10,7 @@ import duckdb
 from arena_dagster.defs.resources import round_partitions
 from arena_dagster.quality.suites import Suite, table_suite
 from arena_dagster.quality.validation import validate_suite
-from arena_dagster.warehouse import column_schema, quote_ident, table_exists
+from arena_dagster.warehouse import column_schema, quote_ident, read_table, table_exists
 
 OWNERS = ["team:post-training"]
 
@@ -94,3 +94,18 @@ def table_result(
     metadata = table_metadata(conn, table, round_key)
     metadata.update(extra or {})
     return dg.MaterializeResult(metadata=metadata, check_results=table_check_results(conn, table, round_key, suite))
+
+
+def round_answers(conn: duckdb.DuckDBPyConnection, responses_table: str, round_key: int):
+    """The (model, role) pairs that answered round `round_key` of a responses table."""
+    return read_table(conn, responses_table, round_key=round_key, columns="DISTINCT model, role")
+
+
+def round_inputs(warehouse, responses_table: str, prompts_table: str, round_key: int):
+    """`judge_in_chunks`'s inputs: the round's answers to some prompts, and those prompts, read when a chunk needs them."""
+    def inputs(prompt_ids: list[str]):
+        with warehouse.get_connection() as conn:
+            where = "prompt_id IN (SELECT unnest(?))"
+            return (read_table(conn, responses_table, round_key=round_key, where=where, where_params=[prompt_ids]),
+                    read_table(conn, prompts_table, where=where, where_params=[prompt_ids]))
+    return inputs

@@ -15,15 +15,16 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from arena_dagster.backends.answering import answer_prompts
+from arena_dagster.backends.answering import RESPONSE_SCHEMA, answer_into, answers_recorded
 from arena_dagster.backends.models import generation_spec
-from arena_dagster.defs.common import OWNERS, table_check_results, table_check_specs, table_result
+from arena_dagster.defs.common import OWNERS, round_answers, round_inputs, table_check_results, table_check_specs, table_result
 from arena_dagster.defs.leaderboards import leaderboard_metadata, rate_categories
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
-from arena_dagster.judging.battles import judge_battles
+from arena_dagster.judging.battles import JUDGMENT_SCHEMA, judge_in_chunks
 from arena_dagster.judging.judges import make_judge, plan_arena
 from arena_dagster.profile_schema.sections import EvaluationSettings
 from arena_dagster.registry import current_target, models_of_kind, record_promotion, round_checkpoints
+from arena_dagster.shards import RoundWriter
 from arena_dagster.sql_models import load_models, run_model
 from arena_dagster.warehouse import read_table, write_table
 
@@ -57,17 +58,16 @@ def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: i
     with duckdb.get_connection() as conn:
         testset = read_table(conn, "arena_testset")
         models = arena_models(conn, round_key)
-    frames, stats = [], []
-    for row, role, _kind in models:
-        frame, stat = answer_prompts(
-            generation_spec(row, generation), testset, arena.cache_path, round_key=round_key, role=role, log=context.log.info
-        )
-        frames.append(frame)
-        stats.append(stat.as_dict())
-    with duckdb.get_connection() as conn:
-        write_table(conn, "arena_responses", pl.concat(frames), round_key=round_key)
+    stats, specs = [], [generation_spec(row, generation) for row, _, _ in models]
+    with RoundWriter(arena.root, "arena_responses", round_key, RESPONSE_SCHEMA) as shards:
+        for spec, (_row, role, _kind) in zip(specs, models):
+            stat = answer_into(shards.write, spec, testset, arena.cache_path, round_key=round_key, role=role,
+                               log=context.log.info)
+            stats.append(stat.as_dict())
+        with duckdb.get_connection() as conn:
+            shards.commit(conn)
     # Models known only through a recorded judge's verdicts answer nothing (NULL answers).
-    unrecorded = [frame["model"][0] for frame in frames if frame.height and frame["response"].null_count() == frame.height]
+    unrecorded = [spec.name for spec in specs if not answers_recorded(spec) and testset.height]
     return {
         "models": [row["model"] for row, _, _ in models],
         **({"models_without_answers": ", ".join(unrecorded)} if unrecorded else {}),
@@ -83,14 +83,16 @@ def judge_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: in
     hold); writes round `round_key` of arena_judgments."""
     judge = make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root)
     with duckdb.get_connection() as conn:
-        answers = read_table(conn, "arena_responses", round_key=round_key)
-        testset = read_table(conn, "arena_testset")
-    battles = plan_arena(judge, round_key, testset["prompt_id"].to_list(), answers["model"].unique().to_list())
-    frame = judge_battles(battles, answers, testset, judge, log=context.log.debug)
-    with duckdb.get_connection() as conn:
-        write_table(conn, "arena_judgments", frame, round_key=round_key)
+        answered = round_answers(conn, "arena_responses", round_key)
+        testset = read_table(conn, "arena_testset", columns="prompt_id")
+    battles = plan_arena(judge, round_key, testset["prompt_id"].to_list(), answered["model"].unique().to_list())
+    with RoundWriter(arena.root, "arena_judgments", round_key, JUDGMENT_SCHEMA) as shards:
+        counts = judge_in_chunks(battles, round_inputs(duckdb, "arena_responses", "arena_testset", round_key), judge,
+                                 shards.write, log=context.log.debug)
+        with duckdb.get_connection() as conn:
+            shards.commit(conn)
     rejected = dict(getattr(judge, "rejected", None) or {})  # a recorded judge's unusable file rows
-    return {"judge": judge.name, "battles": battles.height, "parse_failures": int((~frame["parse_ok"]).sum()),
+    return {"judge": judge.name, "battles": battles.height, "parse_failures": counts["parse_failures"],
             **({"recorded_rows_rejected": dg.MetadataValue.json(rejected)} if rejected else {})}
 
 

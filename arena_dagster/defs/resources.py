@@ -15,6 +15,7 @@ from arena_dagster.home import profile_settings
 from arena_dagster.locks import HomeLock, describe_holder, writer_lock
 from arena_dagster.warehouse import WAREHOUSE
 from arena_dagster.paths import inside
+from arena_dagster.shards import connection_config
 from arena_dagster.profile_schema import Profile
 
 # Training rounds 1, 2, ...: one key per slice of the prompt pool (added when the pool has the slice).
@@ -127,7 +128,8 @@ class ArenaHome(dg.ConfigurableResource):
 
 def warehouse_resource(home: Path) -> DuckDBResource:
     # No folder is created here: loading the definitions has no side effects; the first run creates the home.
-    return DuckDBResource(database=str(Path(home) / WAREHOUSE))
+    # Its shard views read this home's Parquet files (shards.py), wherever the home was copied.
+    return DuckDBResource(database=str(Path(home) / WAREHOUSE), connection_config=connection_config(home))
 
 
 def round_of(context: dg.AssetExecutionContext) -> int:

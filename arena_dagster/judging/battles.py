@@ -201,3 +201,31 @@ def judge_battles(
             }
         )
     return pl.DataFrame(rows, schema=JUDGMENT_SCHEMA)
+
+
+# Battles judged per chunk (one Parquet shard of the round each). A multiple of half `judge_battles`'s
+# batch size: the judge sees the same batches of games as it would judging the round in one piece.
+CHUNK_BATTLES = 8192
+
+
+def judge_in_chunks(
+    battles: pl.DataFrame,
+    inputs: Callable[[list[str]], tuple[pl.DataFrame, pl.DataFrame]],
+    judge: Judge,
+    write: Callable[[pl.DataFrame], None],
+    *,
+    chunk_battles: int = CHUNK_BATTLES,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, int]:
+    """`judge_battles` over `chunk_battles` battles at a time, each chunk's judgments handed to `write`,
+    so a round's answers and judgments never sit in memory whole.
+
+    `inputs(prompt_ids)`: the (responses, prompts) of those prompts. Returns the games and parse failures."""
+    counts = {"games": 0, "parse_failures": 0}
+    for chunk in battles.iter_slices(chunk_battles):
+        responses, prompts = inputs(chunk["prompt_id"].unique().sort().to_list())
+        frame = judge_battles(chunk, responses, prompts, judge, log=log)
+        write(frame)
+        counts["games"] += frame.height
+        counts["parse_failures"] += int((~frame["parse_ok"]).sum())
+    return counts
