@@ -56,3 +56,31 @@ def test_ray_replicas_answer_as_the_local_backend_and_commit_once(ray_local_clus
     assert first.generated == len({r.cache_key(spec) for r in requests})
     again = generate_cached(RayReplicas(spec, ComputeSettings(engine="ray", workers=2)), requests, cache, batch_size=4)
     assert again.generated == 0 and [c.text for c in again.completions] == [c.text for c in local]
+
+
+def _tiny_judge(model_dir, cache, compute=None):
+    from arena_dagster.judging.judges import make_judge
+    from arena_dagster.profile_schema.judges import judge_settings
+
+    model = {"backend": "transformers", "path": model_dir, "batch_size": 4, "threads": 1, "sampling": {"max_tokens": 32}}
+    settings = judge_settings({"kind": "llm", "name": "tiny-judge", "model": model, "structured": "on",
+                               "integers": "expected", "explanation_tokens": 6, "retries": 0})
+    return make_judge(settings, cache_path=cache, compute=compute)
+
+
+def test_a_transformers_judge_on_ray_gives_the_local_verdicts_each_committed_once(ray_local_cluster, model_dir, tmp_path):
+    from arena_dagster.judging.battles import JudgeItem
+
+    items = [JudgeItem(prompt_id=f"p{k}", prompt=i.prompt, family="", reference="", answer_a=i.reference,
+                       answer_b=i.reference[::-1]) for k, i in enumerate(make_items(6, seed=3))]
+    local = _tiny_judge(model_dir, tmp_path / "local.sqlite").judge(items)
+    ray2 = ComputeSettings(engine="ray", workers=2)
+    judge = _tiny_judge(model_dir, tmp_path / "ray.sqlite", ray2)
+    assert isinstance(judge._backend("pairwise", judge._structured_options), RayReplicas)
+    on_ray = judge.judge(items)
+    # The grammar (a logits processor) and G-Eval integers ran on the replicas: every verdict parses, as locally.
+    assert all(r.parse_ok for r in local) and [r.raw for r in on_ray] == [r.raw for r in local]
+    assert [(r.score_a, r.score_b) for r in on_ray] == [(r.score_a, r.score_b) for r in local]
+    assert len(CompletionCache(tmp_path / "ray.sqlite")) == len(items)
+    assert _tiny_judge(model_dir, tmp_path / "ray.sqlite", ray2).judge(items) == on_ray
+    assert len(CompletionCache(tmp_path / "ray.sqlite")) == len(items)

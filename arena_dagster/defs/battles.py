@@ -94,9 +94,10 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
             "battle of the stage's prompts, in both orders (the two-game setup against position bias)."
         ),
     )
-    def stage_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    def stage_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource,
+                        compute: ArenaCompute) -> dg.MaterializeResult:
         round_key = round_of(context)
-        judge = make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root)
+        judge = make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root, compute=compute.settings())
         with duckdb.get_connection() as conn:
             answers = read_table(conn, responses_table, round_key=round_key)
             prompts = read_table(conn, "prompt_pool")
@@ -106,7 +107,8 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
         if len(target) != 1:
             raise dg.Failure(f"round {round_key} stage {stage}: expected one target in {responses_table}, found {target}")
         battles = plan_target_battles(round_key, prompts["prompt_id"].sort().to_list(), target[0], competitors)
-        frame = judge_battles(battles, answers, prompts, judge, log=context.log.debug)
+        with compute.session(context):
+            frame = judge_battles(battles, answers, prompts, judge, log=context.log.info)
         with duckdb.get_connection() as conn:
             write_table(conn, judgments_table, frame, round_key=round_key)
             return table_result(
