@@ -245,26 +245,24 @@ def generate_cached(
         tally = _Tally(backend, store, budget, answers, say, progress)
         stopped = False
         position = 0
-        try:
-            while position < len(todo):
-                size = batch_size
-                if streaming and (budget is None or budget.max_tokens is None):
-                    size = len(todo) - position
-                if budget is not None:
-                    if budget.exhausted:
-                        stopped = True
-                        break
-                    left = budget.requests_left()
-                    if left is not None:
-                        size = min(size, left)
-                chunk = todo[position : position + size]
-                if streaming:
-                    _answer_streaming(backend, chunk, tally)  # type: ignore[arg-type]
-                else:
-                    _answer_batch(backend, chunk, tally)
-                position += len(chunk)
-        finally:
-            progress.close()
+        while position < len(todo):
+            size = batch_size
+            if streaming and (budget is None or budget.max_tokens is None):
+                size = len(todo) - position
+            if budget is not None:
+                if budget.exhausted:
+                    stopped = True
+                    break
+                left = budget.requests_left()
+                if left is not None:
+                    size = min(size, left)
+            chunk = todo[position : position + size]
+            if streaming:
+                _answer_streaming(backend, chunk, tally)  # type: ignore[arg-type]
+            else:
+                _answer_batch(backend, chunk, tally)
+            position += len(chunk)
+        progress.close()  # the bar only: on an error it is left as it stood
 
     completions: list[Completion] = []
     missing: list[str] = []
