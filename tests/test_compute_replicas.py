@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, StreamingBackend, user_messages
 from arena_dagster.backends.cache import CompletionCache
 from arena_dagster.backends.generation import generate_cached
@@ -27,9 +30,71 @@ def test_ray_replicas_answer_as_the_local_backend_and_commit_once(ray_local_clus
                 for k, i in enumerate(make_items(18, seed=5))]
     local = make_backend(spec).generate(requests)
     cache = CompletionCache(tmp_path / "cache.sqlite")
-    first = generate_cached(RayReplicas(spec, ComputeSettings(engine="ray", workers=2)), requests, cache, batch_size=4)
+    lines: list[str] = []
+    first = generate_cached(RayReplicas(spec, ComputeSettings(engine="ray", workers=2)), requests, cache, batch_size=4,
+                            log=lines.append)
+    assert re.fullmatch(r"tiny generation: 18/18 requests \(100%\), [0-9.]+ requests/s", lines[-1])  # progress on Ray
     assert [c.text for c in first.completions] == [c.text for c in local]
     assert [c.request_id for c in first.completions] == [r.request_id for r in requests]
     assert first.generated == len({r.cache_key(spec) for r in requests})
     again = generate_cached(RayReplicas(spec, ComputeSettings(engine="ray", workers=2)), requests, cache, batch_size=4)
     assert again.generated == 0 and [c.text for c in again.completions] == [c.text for c in local]
+
+
+def _tiny_judge(tiny_model_dir, cache, compute=None):
+    from arena_dagster.judging.judges import make_judge
+    from arena_dagster.profile_schema.judges import judge_settings
+
+    model = {"backend": "transformers", "path": tiny_model_dir, "batch_size": 4, "threads": 1, "sampling": {"max_tokens": 32}}
+    settings = judge_settings({"kind": "llm", "name": "tiny-judge", "model": model, "structured": "on",
+                               "integers": "expected", "explanation_tokens": 6, "retries": 0})
+    return make_judge(settings, cache_path=cache, compute=compute)
+
+
+def test_a_transformers_judge_on_ray_gives_the_local_verdicts_each_committed_once(ray_local_cluster, tiny_model_dir, tmp_path):
+    from arena_dagster.judging.battles import JudgeItem
+
+    items = [JudgeItem(prompt_id=f"p{k}", prompt=i.prompt, family="", reference="", answer_a=i.reference,
+                       answer_b=i.reference[::-1]) for k, i in enumerate(make_items(6, seed=3))]
+    local = _tiny_judge(tiny_model_dir, tmp_path / "local.sqlite").judge(items)
+    ray2 = ComputeSettings(engine="ray", workers=2)
+    judge = _tiny_judge(tiny_model_dir, tmp_path / "ray.sqlite", ray2)
+    assert isinstance(judge._backend("pairwise", judge._structured_options), RayReplicas)
+    on_ray = judge.judge(items)
+    # The grammar (a logits processor) and G-Eval integers ran on the replicas: every verdict parses, as locally.
+    assert all(r.parse_ok for r in local) and [r.raw for r in on_ray] == [r.raw for r in local]
+    assert [(r.score_a, r.score_b) for r in on_ray] == [(r.score_a, r.score_b) for r in local]
+    assert len(CompletionCache(tmp_path / "ray.sqlite")) == len(items)
+    assert _tiny_judge(tiny_model_dir, tmp_path / "ray.sqlite", ray2).judge(items) == on_ray
+    assert len(CompletionCache(tmp_path / "ray.sqlite")) == len(items)
+
+
+def test_a_real_generation_and_judging_log_their_progress_with_rates(tiny_model_dir, tmp_path):
+    import polars as pl
+
+    from arena_dagster.backends.registry import make_backend
+    from arena_dagster.judging.battles import judge_battles, plan_target_battles
+    from arena_dagster.judging.judges import VerifierJudge
+
+    spec = ModelSpec(name="tiny", backend="transformers", path=tiny_model_dir, options={"batch_size": 4, "threads": 1})
+    items = make_items(20, seed=7)
+    requests = [ChatRequest(request_id=f"r{k}", messages=user_messages(f"{i.prompt} ({k})"),
+                            sampling=SamplingParams(max_tokens=4)) for k, i in enumerate(items)]
+    lines: list[str] = []
+    result = generate_cached(make_backend(spec), requests, CompletionCache(tmp_path / "c.sqlite"), batch_size=4,
+                             log=lines.append)
+    shown = [line for line in lines if " requests (" in line]
+    # One line per 20% here (a batch is 4 of 20 requests; a line at least every 5%), each with its rate.
+    assert [re.match(r"tiny generation: (\d+)/20 requests \((\d+)%\), [0-9.]+ requests/s$", line).groups()
+            for line in shown] == [(str(n), str(5 * n)) for n in (4, 8, 12, 16, 20)]
+
+    prompts = pl.DataFrame([{"prompt_id": f"p{k}", "prompt": i.prompt, "family": i.family, "reference": i.reference}
+                            for k, i in enumerate(items)])
+    answers = pl.DataFrame([{"prompt_id": f"p{k}", "model": model, "response_id": f"{model}{k}", "response": text}
+                            for k, (i, c) in enumerate(zip(items, result.completions))
+                            for model, text in (("T", c.text), ("C", i.reference))])
+    judged: list[str] = []
+    judge_battles(plan_target_battles(1, prompts["prompt_id"].to_list(), "T", ["C"]), answers, prompts, VerifierJudge(),
+                  batch_size=10, log=judged.append)
+    assert [re.match(r"verifier judging: (\d+)/40 games \((\d+)%\), [0-9.]+ games/s$", line).groups()
+            for line in judged] == [("10", "25"), ("20", "50"), ("30", "75"), ("40", "100")]

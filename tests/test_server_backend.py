@@ -242,6 +242,24 @@ def test_dead_server_error_is_clear_and_keeps_finished_rows(server: LocalServer,
     assert rows_in(tmp_path / "c.sqlite") == 6
 
 
+def test_http_fanned_out_from_ray_workers_reaches_the_real_server(server: LocalServer, ray_local_cluster,
+                                                                   tmp_path: Path) -> None:
+    from arena_dagster.backends.replicas import RayHTTPFanout, backend_for
+    from arena_dagster.compute.settings import ComputeSettings
+
+    spec = spec_for(server.base_url, server.model)
+    requests = requests_for("ray", 8)
+    before = server.requests_served()
+    fanout = backend_for(spec, ComputeSettings(engine="ray", workers=2))
+    assert isinstance(fanout, RayHTTPFanout)
+    on_ray = generate_cached(fanout, requests, CompletionCache(tmp_path / "c.sqlite"))
+    assert server.requests_served() - before == 8 and rows_in(tmp_path / "c.sqlite") == 8
+    assert [c.request_id for c in on_ray.completions] == [r.request_id for r in requests]
+    assert all(c.text.strip() and 0 < c.tokens_out <= 16 for c in on_ray.completions)
+    again = generate_cached(fanout, requests, CompletionCache(tmp_path / "c.sqlite"))
+    assert again.generated == 0 and server.requests_served() - before == 8
+
+
 def _generate_cli(url: str, model: str, prompts: Path, out: Path, home: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "arena_dagster.commands.generate", "--backend", "openai", "--base-url", url,

@@ -8,6 +8,8 @@ to the backend. What comes back is committed at once:
 - a batch backend (transformers, vllm, recorded) answers a batch together, and the batch is
   committed in one transaction, so a kill loses at most the batch being generated.
 The next call resumes from what was committed: nothing answered is generated again.
+Progress (`compute.progress.Progress`): a tqdm bar on a terminal and, through `log`, a line every
+5% of the requests to generate, with requests/s; local and on Ray alike (the driver commits).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Callable, Sequence
 
 from arena_dagster.backends.base import Backend, BackendError, ChatRequest, Completion, StreamingBackend
 from arena_dagster.backends.cache import CacheSession, CompletionCache
+from arena_dagster.compute.progress import Progress
 
 
 class BackendContractError(BackendError):
@@ -135,14 +138,13 @@ def _check_batch(batch: Sequence[ChatRequest], answers: Sequence[Completion | No
 
 
 class _Tally:
-    """What one `generate_cached` call has committed and spent so far, with progress lines."""
+    """What one `generate_cached` call has committed and spent so far, with its progress."""
 
     def __init__(self, backend: Backend, store: CacheSession, budget: GenerationBudget | None,
-                 answers: dict[str, Completion], say: Callable[[str], None], total: int, every: int) -> None:
+                 answers: dict[str, Completion], say: Callable[[str], None], progress: Progress) -> None:
         self.backend, self.store, self.budget, self.answers, self.say = backend, store, budget, answers, say
-        self.total, self.every = total, every
+        self.progress = progress
         self.generated = self.tokens_in = self.tokens_out = 0
-        self.started = time.perf_counter()
 
     def record(self, key: str, completion: Completion) -> None:
         """Account for a completion already committed to the cache."""
@@ -152,9 +154,6 @@ class _Tally:
         self.tokens_out += completion.tokens_out
         if self.budget is not None:
             self.budget.charge([completion])
-        if self.generated % self.every == 0 or self.generated == self.total:
-            rate = self.generated / max(time.perf_counter() - self.started, 1e-9)
-            self.say(f"{self.backend.spec.name}: {self.generated}/{self.total} generated and cached ({rate:.1f} req/s)")
 
 
 def _answer_batch(backend: Backend, chunk: list[tuple[str, ChatRequest]], tally: _Tally) -> None:
@@ -170,6 +169,7 @@ def _answer_batch(backend: Backend, chunk: list[tuple[str, ChatRequest]], tally:
     tally.store.put_many([(key, backend.spec, request, answer) for key, request, answer in done])
     for key, _request, answer in done:
         tally.record(key, answer)
+    tally.progress.update(len(done))
     if failure is not None:
         tally.say(f"{backend.spec.name}: batch failed with {len(done)} of {len(batch)} answered and cached")
         raise failure
@@ -191,6 +191,7 @@ def _answer_streaming(backend: StreamingBackend, chunk: list[tuple[str, ChatRequ
         tally.store.put(key, backend.spec, request, completion)
         delivered.add(index)
         tally.record(key, completion)
+        tally.progress.update(1)
 
     try:
         backend.generate_streaming(batch, on_completion)
@@ -240,7 +241,8 @@ def generate_cached(
             + (f" ({spec.concurrency} in flight)" if streaming else f" in batches of {batch_size}")
         )
 
-        tally = _Tally(backend, store, budget, answers, say, total=len(todo), every=batch_size)
+        progress = Progress(f"{spec.name} generation", len(todo), log=say, unit="requests")
+        tally = _Tally(backend, store, budget, answers, say, progress)
         stopped = False
         position = 0
         while position < len(todo):
@@ -260,6 +262,7 @@ def generate_cached(
             else:
                 _answer_batch(backend, chunk, tally)
             position += len(chunk)
+        progress.close()  # the bar only: on an error it is left as it stood
 
     completions: list[Completion] = []
     missing: list[str] = []

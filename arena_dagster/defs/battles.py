@@ -96,9 +96,10 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
             "battle of the stage's prompts, in both orders (the two-game setup against position bias)."
         ),
     )
-    def stage_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    def stage_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource,
+                        compute: ArenaCompute) -> dg.MaterializeResult:
         round_key = round_of(context)
-        judge = make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root)
+        judge = make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root, compute=compute.settings())
         with duckdb.get_connection() as conn:
             answered = round_answers(conn, responses_table, round_key)
             prompt_ids = read_table(conn, "prompt_pool", columns="prompt_id", where_params=[round_key],
@@ -108,9 +109,9 @@ def stage_battle_assets(stage: str) -> list[dg.AssetsDefinition]:
         if len(target) != 1:
             raise dg.Failure(f"round {round_key} stage {stage}: expected one target in {responses_table}, found {target}")
         battles = plan_target_battles(round_key, prompt_ids["prompt_id"].sort().to_list(), target[0], competitors)
-        with RoundWriter(arena.root, judgments_table, round_key, JUDGMENT_SCHEMA) as shards:
+        with compute.session(context), RoundWriter(arena.root, judgments_table, round_key, JUDGMENT_SCHEMA) as shards:
             counts = judge_in_chunks(battles, round_inputs(duckdb, responses_table, "prompt_pool", round_key), judge,
-                                     shards.write, log=context.log.debug)
+                                     shards.write, log=context.log.info)
             with duckdb.get_connection() as conn:
                 shards.commit(conn)
         with duckdb.get_connection() as conn:

@@ -2,7 +2,8 @@
 
 The cluster itself is a dagster-ray resource: `LocalRay` starts a local cluster of `workers` CPUs
 (address null), `JoinedRay` joins one that runs already (`auto`, `ray://host:10001`); on
-Kubernetes a KubeRay resource of dagster-ray takes its place (README). The cluster is reached
+Kubernetes `cluster=kuberay_cluster(...)` (defs/kuberay.py: dagster-ray's `KubeRayCluster`) takes
+their place (README, "Scale-out on Ray"). The cluster is reached
 only when a heavy step asks for it (`ArenaCompute.connector`), so a run whose steps are all
 light never starts one.
 """
@@ -62,6 +63,8 @@ class ArenaCompute(dg.ConfigurableResource):
     `arena/workers` and `arena/ray_address` tags (set by `flywheel --engine ...`) override it."""
 
     settings_json: str = "{}"
+    # A dagster-ray cluster resource that replaces the one `settings` names (KubeRay: defs/kuberay.py).
+    cluster: RayResource | None = None
 
     _settings: ComputeSettings | None = PrivateAttr(default=None)
 
@@ -100,4 +103,4 @@ class ArenaCompute(dg.ConfigurableResource):
 
     def connector(self, context: Any) -> Callable[[], None]:
         """How the seam (`compute.cluster.ray_cluster`) connects: through dagster-ray's resource, with the step's log."""
-        return functools.partial(ray_resource_for(self.settings()).connect, context)
+        return functools.partial((self.cluster or ray_resource_for(self.settings())).connect, context)

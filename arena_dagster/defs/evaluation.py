@@ -18,6 +18,7 @@ from dagster_duckdb import DuckDBResource
 from arena_dagster.backends.answering import RESPONSE_SCHEMA, answer_into, answers_recorded
 from arena_dagster.backends.models import generation_spec
 from arena_dagster.defs.common import OWNERS, round_answers, round_inputs, table_check_results, table_check_specs, table_result
+from arena_dagster.defs.compute import ArenaCompute
 from arena_dagster.defs.leaderboards import leaderboard_metadata, rate_categories
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.judging.battles import JUDGMENT_SCHEMA, judge_in_chunks
@@ -52,17 +53,17 @@ def arena_models(conn, round_key: int) -> list[tuple[dict[str, Any], str, str]]:
     return chosen
 
 
-def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
-    """Every arena model answers the test set (cached); writes round `round_key` of arena_responses."""
+def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, compute: ArenaCompute, round_key: int) -> dict[str, Any]:
+    """Every arena model answers the test set (cached; on the run's engine); writes round `round_key` of arena_responses."""
     generation = arena.settings().generation
     with duckdb.get_connection() as conn:
         testset = read_table(conn, "arena_testset")
         models = arena_models(conn, round_key)
     stats, specs = [], [generation_spec(row, generation) for row, _, _ in models]
-    with RoundWriter(arena.root, "arena_responses", round_key, RESPONSE_SCHEMA) as shards:
+    with compute.session(context), RoundWriter(arena.root, "arena_responses", round_key, RESPONSE_SCHEMA) as shards:
         for spec, (_row, role, _kind) in zip(specs, models):
             stat = answer_into(shards.write, spec, testset, arena.cache_path, round_key=round_key, role=role,
-                               log=context.log.info)
+                               log=context.log.info, compute=compute.settings())
             stats.append(stat.as_dict())
         with duckdb.get_connection() as conn:
             shards.commit(conn)
@@ -78,17 +79,17 @@ def answer_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: i
     }
 
 
-def judge_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int) -> dict[str, Any]:
+def judge_arena(context, arena: ArenaHome, duckdb: DuckDBResource, compute: ArenaCompute, round_key: int) -> dict[str, Any]:
     """Two games for every pair of arena models on every test prompt (a recorded judge: the pairs its files
     hold); writes round `round_key` of arena_judgments."""
-    judge = make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root)
+    judge = make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root, compute=compute.settings())
     with duckdb.get_connection() as conn:
         answered = round_answers(conn, "arena_responses", round_key)
         testset = read_table(conn, "arena_testset", columns="prompt_id")
     battles = plan_arena(judge, round_key, testset["prompt_id"].to_list(), answered["model"].unique().to_list())
-    with RoundWriter(arena.root, "arena_judgments", round_key, JUDGMENT_SCHEMA) as shards:
+    with compute.session(context), RoundWriter(arena.root, "arena_judgments", round_key, JUDGMENT_SCHEMA) as shards:
         counts = judge_in_chunks(battles, round_inputs(duckdb, "arena_responses", "arena_testset", round_key), judge,
-                                 shards.write, log=context.log.debug)
+                                 shards.write, log=context.log.info)
         with duckdb.get_connection() as conn:
             shards.commit(conn)
     rejected = dict(getattr(judge, "rejected", None) or {})  # a recorded judge's unusable file rows
@@ -188,9 +189,10 @@ def fit_arena(context, arena: ArenaHome, duckdb: DuckDBResource, round_key: int)
         "target and every competitor to the arena test set (cached by content hash)."
     ),
 )
-def arena_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def arena_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource,
+                    compute: ArenaCompute) -> dg.MaterializeResult:
     round_key = round_of(context)
-    extra = answer_arena(context, arena, duckdb, round_key)
+    extra = answer_arena(context, arena, duckdb, compute, round_key)
     with duckdb.get_connection() as conn:
         return table_result(conn, "arena_responses", round_key, {**arena.provenance(), **extra})
 
@@ -204,9 +206,10 @@ def arena_responses(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb:
     check_specs=table_check_specs("arena_judgments"),
     description="Round r: the judge's two games (both orders) for every pair of round r's arena models on every test prompt.",
 )
-def arena_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def arena_judgments(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource,
+                    compute: ArenaCompute) -> dg.MaterializeResult:
     round_key = round_of(context)
-    extra = judge_arena(context, arena, duckdb, round_key)
+    extra = judge_arena(context, arena, duckdb, compute, round_key)
     with duckdb.get_connection() as conn:
         return table_result(conn, "arena_judgments", round_key, {**arena.provenance(), **extra})
 
@@ -248,14 +251,15 @@ def leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Duc
         "makes the initial target round 1's target."
     ),
 )
-def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def baseline_leaderboard(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource,
+                         compute: ArenaCompute) -> dg.MaterializeResult:
     from arena_dagster.defs.sql import sql_variables
     from arena_dagster.quality.suites import table_suite
     from arena_dagster.quality.validation import validate_suite
     from arena_dagster.sql_models import create_views
 
-    answered = answer_arena(context, arena, duckdb, 0)
-    judged = judge_arena(context, arena, duckdb, 0)
+    answered = answer_arena(context, arena, duckdb, compute, 0)
+    judged = judge_arena(context, arena, duckdb, compute, 0)
     sql = load_models()
     with duckdb.get_connection() as conn:
         for name in ("arena_battles", "arena_judge_health"):

@@ -147,6 +147,7 @@ def judge_battles(
 
     `responses` has prompt_id, model, response_id, response; `prompts` has prompt_id,
     prompt, family, reference. A battle whose answer is missing is an error, not a skip.
+    Progress: games judged, a line every 5% with games/s to `log` (`compute.progress.Progress`).
     """
     answer = {(r["prompt_id"], r["model"]): (r["response_id"], r["response"]) for r in responses.iter_rows(named=True)}
     prompt_rows = {r["prompt_id"]: r for r in prompts.iter_rows(named=True)}
@@ -176,11 +177,17 @@ def judge_battles(
                     model_b=b,
                 )
             )
+    from arena_dagster.compute.progress import Progress
+
     results: list[JudgeResult] = []
-    for start in range(0, len(items), batch_size):
-        results.extend(judge.judge(items[start : start + batch_size]))
-        if log:
-            log(f"judged {min(start + batch_size, len(items))}/{len(items)} games")
+    progress = Progress(f"{judge.name} judging", len(items), log=log, unit="games")
+    try:
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            results.extend(judge.judge(batch))
+            progress.update(len(batch))
+    finally:
+        progress.close()
     if len(results) != len(items):
         raise RuntimeError(f"judge {judge.name} returned {len(results)} results for {len(items)} games")
     rows = []

@@ -1,9 +1,12 @@
 """Judges behind one interface: the verifier (embedded default) and LLM judges.
 
-`make_judge(settings, cache_path=..., home=...)` builds the judge a profile's `judge:` section
-names: `kind: verifier` (the skills profile), `kind: llm`, any model of the backend
+`make_judge(settings, cache_path=..., home=..., compute=...)` builds the judge a profile's `judge:`
+section names: `kind: verifier` (the skills profile), `kind: llm`, any model of the backend
 registry scoring both answers with a template of `assets/judge_templates/`, or
 `kind: recorded`, verdicts replayed from arena-hard or MT-Bench judgment files (recorded.py).
+With `compute.engine: ray` an LLM judge answers through `backends.replicas.backend_for`: a
+`transformers`/`vllm` judge as replicas on the cluster (its structured-output options travel in
+the spec to every replica), an OpenAI-compatible one fanned out from the workers.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import polars as pl
 
+from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.judging.battles import Judge, JudgeItem, JudgeResult, plan_round_robin
 from arena_dagster.profile_schema.judges import JudgeSettings
 from arena_dagster.profile_schema.judges import LLMJudge as LLMJudgeSettings
@@ -97,7 +101,8 @@ class LLMJudge:
       difficulty_template  the template of `rate_difficulty` (difficulty_v1)
     """
 
-    def __init__(self, settings: LLMJudgeSettings, *, cache_path: Path | str, home: Path | str | None = None) -> None:
+    def __init__(self, settings: LLMJudgeSettings, *, cache_path: Path | str, home: Path | str | None = None,
+                 compute: ComputeSettings | None = None) -> None:
         from arena_dagster.backends.registry import model_spec_from_config
         from arena_dagster.judging.llm_judge import judgment_json_schema, load_template
         from arena_dagster.backends.models import declared_revision, prepare_model_config
@@ -107,6 +112,7 @@ class LLMJudge:
         self.name = settings.name
         self.template = load_template(settings.template)
         self.cache_path = Path(cache_path)
+        self.compute = compute
         self.retries = settings.retries
         self.retry_suffix = settings.retry_suffix
         limits = settings.max_chars
@@ -154,11 +160,11 @@ class LLMJudge:
 
     def _backend(self, kind: str, options: dict[str, Any]):
         from arena_dagster.backends.base import ModelSpec
-        from arena_dagster.backends.registry import make_backend
+        from arena_dagster.backends.replicas import backend_for
 
         if kind not in self._backends:
             spec = ModelSpec(**{**self.spec.__dict__, "options": {**self.spec.options, **options}})
-            self._backends[kind] = make_backend(spec)
+            self._backends[kind] = backend_for(spec, self.compute)
         return self._backends[kind]
 
     def _generate(self, kind: str, options: dict[str, Any], requests: list, log: Callable[[str], None] | None = None):
@@ -336,20 +342,23 @@ def parse_difficulty(text: str) -> float:
     return number
 
 
-def make_judge(settings: JudgeSettings, *, cache_path: Path | str | None = None, home: Path | str | None = None) -> Judge:
-    """The judge of a profile's `judge:` section; LLM judges need the completion cache's path."""
+def make_judge(settings: JudgeSettings, *, cache_path: Path | str | None = None, home: Path | str | None = None,
+               compute: ComputeSettings | None = None) -> Judge:
+    """The judge of a profile's `judge:` section; LLM judges need the completion cache's path.
+    `compute`: the engine the LLM judges (an ensemble's members too) generate on."""
     if settings.kind == "verifier":
         return VerifierJudge(name=settings.name)
     if settings.kind == "llm":
         if cache_path is None:
             raise JudgeConfigError("an LLM judge generates through the completion cache: pass cache_path")
-        return LLMJudge(settings, cache_path=cache_path, home=home)
+        return LLMJudge(settings, cache_path=cache_path, home=home, compute=compute)
     from arena_dagster.judging.recorded import RecordedJudge
 
     if settings.kind == "ensemble":
         from arena_dagster.judging.ensemble import EnsembleJudge
 
-        return EnsembleJudge(settings, [make_judge(member, cache_path=cache_path, home=home) for member in settings.judges])
+        return EnsembleJudge(settings, [make_judge(member, cache_path=cache_path, home=home, compute=compute)
+                                        for member in settings.judges])
     return RecordedJudge(settings)
 
 
