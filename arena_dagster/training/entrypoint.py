@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             # This process is then the driver: the stage trains on the cluster's Ray Train workers.
             from arena_dagster.training.ray_train import train_on_ray
 
-            train_on_ray(spec, reporter)
+            train_on_ray(spec, reporter, train)
         else:
             train(spec, reporter)
     except (TrainingSpecError, TrainingDataError) as exc:

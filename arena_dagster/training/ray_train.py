@@ -25,6 +25,7 @@ import contextlib
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from arena_dagster.compute.cluster import ray_cluster
@@ -137,8 +138,7 @@ def _checkpoint_callback(rank: int):
 def _worker_loop(config: dict) -> None:
     import ray.train
 
-    from arena_dagster.training.entrypoint import train
-
+    train = config["train"]
     context = ray.train.get_context()
     rank = context.get_world_rank()
     reporter = QueueReporter(config["queue"]) if rank == 0 else Reporter()
@@ -149,8 +149,11 @@ def _worker_loop(config: dict) -> None:
         train(config["spec"], reporter, RayWorker(context.get_world_size(), rank, resume_from))
 
 
-def train_on_ray(spec: dict, reporter: Reporter) -> dict:
-    """Train `spec` on Ray Train (the driver's side); returns the manifest rank 0 wrote."""
+def train_on_ray(spec: dict, reporter: Reporter, train: Callable[..., dict | None]) -> dict:
+    """Train `spec` on Ray Train (the driver's side); returns the manifest rank 0 wrote.
+
+    `train(spec, reporter, worker)`: what each worker runs (`entrypoint.train`, handed in: it calls this).
+    """
     resolved = validate_spec(spec)
     load_rows(resolved)  # bad data fails here, before a cluster is joined
     settings = ComputeSettings.model_validate(spec["compute"])
@@ -182,7 +185,7 @@ def train_on_ray(spec: dict, reporter: Reporter) -> dict:
         relaying.start()
         trainer = TorchTrainer(
             _worker_loop,
-            train_loop_config={"spec": spec, "queue": queue},
+            train_loop_config={"spec": spec, "queue": queue, "train": train},
             scaling_config=scaling_config(settings),
             torch_config=TorchConfig(backend="nccl" if settings.gpus_per_worker else "gloo"),
             run_config=RunConfig(name=output_dir.name, storage_path=str(storage),
