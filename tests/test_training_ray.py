@@ -14,7 +14,12 @@ from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
 from arena_dagster.training.ray_train import per_worker_hyperparams
 from arena_dagster.training.runner import ENTRYPOINT_MODULE, leftovers, run_training
-from arena_dagster.training.spec import TrainingSpecError, read_manifest, spec_hash, validate_spec
+from arena_dagster.training.spec import (
+    TrainingSpecError,
+    read_manifest,
+    spec_hash,
+    validate_spec,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2}
@@ -97,16 +102,21 @@ def test_sft_on_one_ray_worker_equals_the_local_run_and_two_workers_keep_the_bat
     assert json.loads((home / "ray2" / "config.json").read_text())["hidden_size"] == 32
 
 
+def _start_driver(spec: dict, tmp_path: Path) -> subprocess.Popen:
+    """The training process a Pipes client starts (here without Pipes: its lines on stdout)."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    return subprocess.Popen([sys.executable, "-m", ENTRYPOINT_MODULE, str(spec_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
 def test_a_killed_driver_stops_its_ray_train_workers(workspace, ray_local_cluster, tmp_path):
     """A canceled run kills the training process (Pipes' client, the guard): the workers it started on the cluster end too."""
     import ray
 
     output_dir = tmp_path / "killed"
     spec = _on_ray(workspace["spec"], ray_local_cluster, 2, output_dir, max_steps=100000)
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    driver = subprocess.Popen([sys.executable, "-m", ENTRYPOINT_MODULE, str(spec_path)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    driver = _start_driver(spec, tmp_path)
     try:
         for line in driver.stdout:
             if "[sft] step" in line:
@@ -120,3 +130,4 @@ def test_a_killed_driver_stops_its_ray_train_workers(workspace, ray_local_cluste
         time.sleep(1)
     assert ray.available_resources().get("CPU", 0) == 2
     assert read_manifest(output_dir) is None
+
