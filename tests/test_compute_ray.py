@@ -213,8 +213,8 @@ def test_fingerprints_through_a_round_leave_out_later_rounds_only():
 
 @pytest.mark.slow
 def test_skills_smoke_on_ray_ends_with_the_local_tables(smoke_home, tmp_path):
-    """`flywheel --engine ray --workers 2 --rounds 1` (curation and the battles' generation on a local Ray cluster
-    of 2 CPUs, from an empty completion cache; training local) ends with the setup tables and the round-0 and
+    """`flywheel --engine ray --workers 2 --rounds 1` (curation, the battles' generation and the training stages on
+    Ray Train, on a local Ray cluster of 2 CPUs, from an empty completion cache) ends with the setup tables and the round-0 and
     round-1 rows of the local `smoke_home` (built from the same profile and seed for 2 rounds), table by table.
     One round keeps it cheap: round 2 runs the same steps again."""
     from arena_dagster.operate import open_instance
@@ -226,8 +226,13 @@ def test_skills_smoke_on_ray_ends_with_the_local_tables(smoke_home, tmp_path):
                           env={**flywheel_env(), "ARENA_CACHE": str(tmp_path / "cache")},
                           capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = open_instance(home).get_runs()
+    instance = open_instance(home)
+    runs = instance.get_runs()
     assert runs and all(run.tags.get("arena/engine") == "ray" and run.tags.get("arena/workers") == "2" for run in runs)
+    # Training ran on Ray Train (2 workers) through Pipes: rank 0's step lines are in the run's log.
+    logs = [event.message for run in runs for event in instance.all_logs(run.run_id) if event.message]
+    assert any("on Ray Train: 2 worker(s)" in line for line in logs)
+    assert any(line.startswith("[sft] step ") and " loss " in line for line in logs)
     with open_readonly(home) as conn:
         on_ray = table_fingerprints(conn, through_round=1)
         assert conn.execute("SELECT max(round) FROM sft_responses").fetchone() == (1,)
