@@ -130,4 +130,3 @@ def test_a_killed_driver_stops_its_ray_train_workers(workspace, ray_local_cluste
         time.sleep(1)
     assert ray.available_resources().get("CPU", 0) == 2
     assert read_manifest(output_dir) is None
-
