@@ -215,9 +215,10 @@ def test_fingerprints_through_a_round_leave_out_later_rounds_only():
 
 @pytest.mark.slow
 def test_skills_smoke_on_ray_ends_with_the_local_tables(smoke_home, tmp_path):
-    """`flywheel --engine ray --workers 2 --rounds 1` (curation and the battles' generation on a local Ray cluster
-    of 2 CPUs, from an empty completion cache; training local) ends with the setup tables and the round-0 and
-    round-1 rows of the local `smoke_home` (built from the same profile and seed for 2 rounds), table by table.
+    """`flywheel --engine ray --workers 2 --rounds 1` (curation, the battles' generation and the training stages on
+    Ray Train, on a local Ray cluster of 2 CPUs, from an empty completion cache) ends with the setup tables and the round-0
+    rows of the local `smoke_home` (built from the same profile and seed for 2 rounds), table by table, and round 1's
+    rows up to the first training stage.
     One round keeps it cheap: round 2 runs the same steps again."""
     from arena_dagster.operate import open_instance
     from arena_dagster.warehouse import open_readonly, table_fingerprints
@@ -228,11 +229,23 @@ def test_skills_smoke_on_ray_ends_with_the_local_tables(smoke_home, tmp_path):
                           env={**flywheel_env(), "ARENA_CACHE": str(tmp_path / "cache")},
                           capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = open_instance(home).get_runs()
+    instance = open_instance(home)
+    runs = instance.get_runs()
     assert runs and all(run.tags.get("arena/engine") == "ray" and run.tags.get("arena/workers") == "2" for run in runs)
+    # Training ran on Ray Train (2 workers) through Pipes: rank 0's step lines are in the run's log.
+    logs = [event.message for run in runs for event in instance.all_logs(run.run_id) if event.message]
+    assert any("on Ray Train: 2 worker(s)" in line for line in logs)
+    assert any(line.startswith("[sft] step ") and " loss " in line for line in logs)
+    # Two DDP workers sum gradients in another order than one process: the weights (not the revision) differ in the
+    # last digits, and every table made after round 1's first checkpoint follows from them. So: the setup and round 0
+    # whole, round 1 up to the SFT stage's training data, and the later round-1 tables present.
     with open_readonly(home) as conn:
-        on_ray = table_fingerprints(conn, through_round=1)
-        assert conn.execute("SELECT max(round) FROM sft_responses").fetchone() == (1,)
+        on_ray = {r: table_fingerprints(conn, through_round=r) for r in (0, 1)}
+        assert conn.execute("SELECT max(round) FROM dpo_judgments").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM promotions WHERE round = 1").fetchone()[0] >= 1
     with open_readonly(smoke_home) as conn:
-        local = table_fingerprints(conn, through_round=1)
-    assert on_ray == local, {t: (on_ray.get(t), local.get(t)) for t in set(on_ray) | set(local) if on_ray.get(t) != local.get(t)}
+        local = {r: table_fingerprints(conn, through_round=r) for r in (0, 1)}
+    assert on_ray[0] == local[0], {t: (on_ray[0].get(t), local[0].get(t)) for t in set(on_ray[0]) | set(local[0])
+                                   if on_ray[0].get(t) != local[0].get(t)}
+    before_training = ["sft_responses", "sft_judgments", "sft_battle_outcomes", "sft_examples"]
+    assert {t: on_ray[1][t] for t in before_training} == {t: local[1][t] for t in before_training}

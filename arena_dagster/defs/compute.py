@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import dagster as dg
 from dagster_ray import LocalRay, Lifecycle, RayResource
@@ -100,6 +100,20 @@ class ArenaCompute(dg.ConfigurableResource):
 
         settings = self.settings()
         return ray_cluster(settings, self.connector(context)) if settings.engine == "ray" else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def training(self, context: Any) -> Iterator[dict[str, Any] | None]:
+        """The `compute` a training spec carries (None on the local engine): these settings, with the address of the
+        cluster this step reaches, which the training's driver process joins (training/ray_train.py)."""
+        settings = self.settings()
+        if settings.engine != "ray":
+            yield None
+            return
+        with self.session(context):
+            import ray
+
+            # A cluster started for the run has no address of its own in the settings: its GCS address is it.
+            yield {**settings.model_dump(), "address": settings.address or ray.get_runtime_context().gcs_address}
 
     def connector(self, context: Any) -> Callable[[], None]:
         """How the seam (`compute.cluster.ray_cluster`) connects: through dagster-ray's resource, with the step's log."""

@@ -1,7 +1,8 @@
 """The round's training steps: SFT-Ir (group sft), DPO-Ir (group dpo), the reward model RM-Ir and RL-Ir (group rl).
 
 Each trains in a subprocess from the previous stage's checkpoint on its stage's preference data of round r
-(or of rounds 1..r where the schedule accumulates); a stage with no data is recorded as its parent."""
+(or of rounds 1..r where the schedule accumulates); a stage with no data is recorded as its parent. With
+`compute.engine: ray` that subprocess is the driver of a Ray Train run on the run's cluster (training/ray_train.py)."""
 
 
 import json
@@ -12,6 +13,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from arena_dagster.defs.common import OWNERS
+from arena_dagster.defs.compute import ArenaCompute
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
 from arena_dagster.preferences.export import (
     export_dataset,
@@ -52,6 +54,7 @@ def _train(
     arena: ArenaHome,
     duckdb: DuckDBResource,
     pipes: dg.PipesSubprocessClient,
+    compute: ArenaCompute,
     *,
     stage: str,
     parent: dict[str, Any],
@@ -93,7 +96,11 @@ def _train(
                                      extras={"asset_key": context.asset_key.to_user_string()}))
         return 0
 
-    manifest = run_training(spec, log=context.log.info, launch=launch)
+    with compute.training(context) as engine:
+        if engine:
+            # The spec's `compute` (not part of its identity): the entry point drives Ray Train on this run's cluster.
+            spec["compute"] = engine
+        manifest = run_training(spec, log=context.log.info, launch=launch)
     # A finished run with the same spec hash is reused without a process: its figures come from the manifest.
     reported = (dict(invocations[0].get_materialize_result().metadata) if invocations else
                 {key: value for key, value in manifest.get("metrics", {}).items()
@@ -121,8 +128,8 @@ def _train(
     )
 
 
-def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient, *, stage: str,
-                    parent: dict[str, Any]) -> dg.MaterializeResult:
+def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient,
+                    compute: ArenaCompute, *, stage: str, parent: dict[str, Any]) -> dg.MaterializeResult:
     round_key = round_of(context)
     table, to_rows, schedule_stage = _STAGE_DATA[stage]
     plan = stage_plan(arena.settings().schedule, schedule_stage, round_key)
@@ -137,7 +144,7 @@ def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg
             return _register_skipped(conn, stage=stage, round_key=round_key, parent=parent,
                                      reason=f"{table} has pairs of {rows['prompt_id'].n_unique()} prompt(s) for rounds {rounds}; "
                                             "a reward model needs at least 2 (one held out)", provenance=arena.provenance())
-    return _train(context, arena, duckdb, pipes, stage=stage, parent=parent, rows=rows, training_rows=to_rows(rows),
+    return _train(context, arena, duckdb, pipes, compute, stage=stage, parent=parent, rows=rows, training_rows=to_rows(rows),
                   extra={"data_rounds": list(plan.data_rounds), "table": table})
 
 
@@ -150,11 +157,12 @@ def _train_on_table(context, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg
     description="Round r: SFT-I{r}, TRL SFTTrainer on the sft slice's winning answers, from the round's target (in a subprocess).",
 )
 def sft_checkpoint(
-    context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient
+    context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient,
+    compute: ArenaCompute,
 ) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
         parent = current_target(conn, round_of(context))
-    return _train_on_table(context, arena, duckdb, pipes, stage="sft", parent=parent)
+    return _train_on_table(context, arena, duckdb, pipes, compute, stage="sft", parent=parent)
 
 
 @dg.asset(
@@ -166,11 +174,12 @@ def sft_checkpoint(
     description="Round r: DPO-I{r}, TRL DPOTrainer on the dpo slice's (winner, loser) pairs, from SFT-I{r} (its frozen copy is the reference).",
 )
 def dpo_checkpoint(
-    context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient
+    context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient,
+    compute: ArenaCompute,
 ) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
         parent = resolve_skipped(conn, round_checkpoint(conn, "sft", round_of(context)))
-    return _train_on_table(context, arena, duckdb, pipes, stage="dpo", parent=parent)
+    return _train_on_table(context, arena, duckdb, pipes, compute, stage="dpo", parent=parent)
 
 
 def _reward_accuracy_floor(arena: ArenaHome) -> float:
@@ -196,11 +205,11 @@ def _reward_accuracy_floor(arena: ArenaHome) -> float:
     ),
 )
 def reward_model(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource,
-                 pipes: dg.PipesSubprocessClient):
+                 pipes: dg.PipesSubprocessClient, compute: ArenaCompute):
     round_key = round_of(context)
     with duckdb.get_connection() as conn:
         parent = resolve_skipped(conn, round_checkpoint(conn, "dpo", round_key))
-    result = _train_on_table(context, arena, duckdb, pipes, stage="reward", parent=parent)
+    result = _train_on_table(context, arena, duckdb, pipes, compute, stage="reward", parent=parent)
     floor = _reward_accuracy_floor(arena)
     with duckdb.get_connection() as conn:
         row = get_model(conn, checkpoint_name("reward", round_key))
@@ -233,7 +242,8 @@ def reward_model(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: Du
     ),
 )
 def rl_checkpoint(
-    context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient
+    context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource, pipes: dg.PipesSubprocessClient,
+    compute: ArenaCompute,
 ) -> dg.MaterializeResult:
     round_key = round_of(context)
     plan = stage_plan(arena.settings().schedule, "rl", round_key)
@@ -250,6 +260,6 @@ def rl_checkpoint(
             return _register_skipped(conn, stage="rl", round_key=round_key, parent=parent,
                                      reason=f"reward model held-out accuracy {accuracy:.3f} < floor {floor}", provenance=arena.provenance())
     prompts = pl.concat([battle_prompts(pool, stage_plan(arena.settings().schedule, "rl", r)) for r in plan.data_rounds])
-    return _train(context, arena, duckdb, pipes, stage="rl", parent=parent, rows=prompts, training_rows=prompt_training_rows(prompts),
+    return _train(context, arena, duckdb, pipes, compute, stage="rl", parent=parent, rows=prompts, training_rows=prompt_training_rows(prompts),
                   reward_model=reward, extra={"reward_model": reward["model"], "reward_eval_accuracy": accuracy,
                                               "data_rounds": list(plan.data_rounds)})

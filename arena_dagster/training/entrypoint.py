@@ -34,6 +34,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from arena_dagster.errors import describe_os_error, os_error_in
 from arena_dagster.paths import remove_tree, replace_dir
@@ -104,11 +105,13 @@ def _attach_step_metrics(trainer, tokenizer, resolved: dict, reporter: Reporter)
     return series
 
 
-def train(spec: dict, reporter: Reporter | None = None) -> dict | None:
+def train(spec: dict, reporter: Reporter | None = None, worker: Any = None) -> dict | None:
     """Run one training stage as described by `spec`; returns the manifest written next to the model.
 
     Under `accelerate launch` every process trains; only the main one writes and renames the
-    folder, and every process returns the manifest once it is in place.
+    folder, and every process returns the manifest once it is in place. `worker`: a Ray Train
+    worker's share of the run (training/ray_train.py `RayWorker`: its per-worker hyperparameters,
+    checkpoint callbacks and the checkpoint it resumes from); None in a local process.
     """
     reporter = reporter or Reporter()
     started = time.time()
@@ -138,7 +141,11 @@ def train(spec: dict, reporter: Reporter | None = None) -> dict | None:
     if _is_main_process() and tmp_dir.exists():
         remove_tree(root, tmp_dir)
     set_seed(int(hyper["seed"]))
-    trainer, tokenizer = build_trainer(resolved, rows, eval_rows, tmp_dir, runtime)
+    # A Ray worker trains its share of the global batch; the manifest keeps the stage's hyperparameters.
+    trained = worker.trainer_spec(resolved) if worker else resolved
+    trainer, tokenizer = build_trainer(trained, rows, eval_rows, tmp_dir, runtime)
+    for callback in worker.callbacks() if worker else ():
+        trainer.add_callback(callback)
     over_max_length = _rows_dropped_by_trl(stage, rows, trainer, dataset_path, int(hyper.get("max_length") or 0))
     series = _attach_step_metrics(trainer, tokenizer, resolved, reporter)
     is_main = trainer.accelerator.is_main_process
@@ -149,7 +156,7 @@ def train(spec: dict, reporter: Reporter | None = None) -> dict | None:
             f"{runtime['device']} x {runtime['processes']} process(es), bf16={runtime['bf16']}"
         )
     train_started = time.time()
-    train_output = trainer.train()
+    train_output = trainer.train(resume_from_checkpoint=worker.resume_from if worker else None)
     figures, curves = series.summary()
     metrics = {
         "train_loss": float(train_output.training_loss),
@@ -208,6 +215,8 @@ def train(spec: dict, reporter: Reporter | None = None) -> dict | None:
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "hyperparams": hyper,
         "runtime": runtime,
+        "engine": worker.engine if worker else "local",
+        "world_size": runtime["processes"],
         "metrics": metrics,
         "curves": curves,
         "spec_hash": identity,
@@ -250,7 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     reporter = open_reporter()
     try:
-        train(spec, reporter)
+        if (spec.get("compute") or {}).get("engine") == "ray":
+            # This process is then the driver: the stage trains on the cluster's Ray Train workers.
+            from arena_dagster.training.ray_train import train_on_ray
+
+            train_on_ray(spec, reporter, train)
+        else:
+            train(spec, reporter)
     except (TrainingSpecError, TrainingDataError) as exc:
         reporter.error(f"error: {exc}")
         reporter.close()

@@ -107,9 +107,11 @@ def spec_file(output_dir: Path) -> Path:
 
 
 def leftovers(output_dir: Path) -> list[Path]:
-    """What a killed run of `output_dir` can leave beside it: the half-written folder, the swapped-out one, its spec."""
+    """What a killed run of `output_dir` can leave beside it: the half-written folder, the swapped-out one, its spec,
+    Ray Train's checkpoints."""
     output_dir = Path(output_dir)
-    found = [p for p in (Path(str(output_dir) + ".tmp"), Path(str(output_dir) + ".old"), spec_file(output_dir)) if p.exists()]
+    beside = (".tmp", ".old", ".ray")
+    found = [p for p in (*(Path(str(output_dir) + suffix) for suffix in beside), spec_file(output_dir)) if p.exists()]
     # Spec files of earlier versions: tempfile names `<name>.<8 random characters>.json`.
     legacy = re.compile(re.escape(output_dir.name) + r"\.[a-z0-9_]{8}\.json")
     if output_dir.parent.is_dir():

@@ -33,8 +33,9 @@ from arena_dagster.profile_schema.training import (
 MANIFEST = "manifest.json"
 LAUNCH_KEYS = ("num_processes", "config_file", "mixed_precision")
 
-# Keys that change how fast a run goes, or what it prints, not what it produces.
-_NON_IDENTITY_KEYS = ("threads", "name")
+# Keys that change how fast a run goes, or what it prints, not what it produces. `compute` (the
+# engine: local, or Ray Train with `workers` workers sharing the same global batch) is where it runs.
+_NON_IDENTITY_KEYS = ("threads", "name", "compute")
 _NON_IDENTITY_HYPERPARAMS = ("logging_steps",)
 # Where the inputs and the output lie: the identity holds what they contain instead (see spec_hash).
 _PATH_KEYS = ("output_dir", "dataset_path", "base_model", "tokenizer", "reward_model")
@@ -108,6 +109,7 @@ def validate_spec(spec: dict) -> dict:
     if device != "auto":
         resolved["device"] = device
     launch = _check_launch(spec.get("launch"))
+    _check_compute(spec.get("compute"), launch)
     resolved.pop("launch", None)
     # `launch` is identity: more processes means a larger effective batch, so a different model.
     if launch:
@@ -127,6 +129,23 @@ def _check_reward_model(path: Any) -> None:
         raise TrainingSpecError(
             f"spec.reward_model {path} is a {manifest.get('stage')!r} checkpoint, not a reward model (stage reward)"
         )
+
+
+def _check_compute(compute: Any, launch: dict | None) -> None:
+    """`compute`: the profile's compute section (training/ray_train.py reads it); Ray Train starts the processes."""
+    if compute is None:
+        return
+    from pydantic import ValidationError
+
+    from arena_dagster.profile_schema.compute import ComputeSettings
+
+    try:
+        settings = ComputeSettings.model_validate(compute)
+    except ValidationError as err:
+        raise TrainingSpecError(f"spec.compute: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
+    if settings.engine == "ray" and launch:
+        raise TrainingSpecError("spec.launch (accelerate launch) and compute.engine ray both start the training processes: "
+                                "leave launch out and set compute.workers")
 
 
 def _launch_processes(launch: Any) -> int:
