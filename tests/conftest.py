@@ -82,6 +82,14 @@ def smoke_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def interrupted_home(tmp_path_factory):
+    """One home interrupted at every kind of step by kill -9, SIGTERM and SIGINT, then finished (tests/interruptions.py)."""
+    from interruptions import interrupted_home as build
+
+    return build(tmp_path_factory.mktemp("interrupted"))
+
+
+@pytest.fixture(scope="session")
 def ray_local_cluster():
     """A local Ray cluster of 2 CPUs for the session (dagster-ray's tests do the same); the code under test joins it."""
     ray = pytest.importorskip("ray")
@@ -90,11 +98,3 @@ def ray_local_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": dict(WORKER_ENV)})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def interrupted_home(tmp_path_factory):
-    """One home interrupted at every kind of step by kill -9, SIGTERM and SIGINT, then finished (tests/interruptions.py)."""
-    from interruptions import interrupted_home as build
-
-    return build(tmp_path_factory.mktemp("interrupted"))
