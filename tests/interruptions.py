@@ -80,9 +80,14 @@ def kill_tree(pid: int) -> int:
     return len(processes)
 
 
-def step_started(instance: dg.DagsterInstance, step: str, partition: str | None) -> bool:
+def step_started(instance: dg.DagsterInstance, step: str, partition: str | None, cli_pid: int) -> bool:
+    """Whether a run that the command `cli_pid` submitted runs `step` of `partition`.
+
+    Only its own runs count: a run killed at the same step by the previous kill still reads
+    STARTED until this command marks it failed.
+    """
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-        if (run.tags.get("dagster/partition") or None) != partition:
+        if (run.tags.get("dagster/partition") or None) != partition or run.tags.get("arena/cli_pid") != str(cli_pid):
             continue
         records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_START).records
         if any(r.event_log_entry.step_key == step for r in records):
@@ -119,7 +124,7 @@ def _interrupt(home: Path, cache: Path, each: Interruption, timeout_s: float = 1
                                             f"(round {each.partition}) ran:\n{out.read_text()[-3000:]}{err.read_text()[-3000:]}")
             if instance is None and (home / "logs" / "daemon.log").is_file():  # the command made the instance
                 instance = open_instance(home)
-            if instance is not None and step_started(instance, each.step, each.partition):
+            if instance is not None and step_started(instance, each.step, each.partition, process.pid):
                 break
             time.sleep(0.3)
         else:
