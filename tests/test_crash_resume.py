@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 KILL_POINTS = [(what, step, partition) for how, what, step, partition in INTERRUPTIONS if how == signal.SIGKILL]
 
 
-@pytest.mark.timeout(3600)
+@pytest.mark.timeout(5400)  # the interrupted_home fixture runs in the first of its two tests
 def test_kill_at_every_kind_of_step_then_resume_gives_the_uninterrupted_tables(smoke_home, interrupted_home):
     kills = interrupted_home.by(signal.SIGKILL)
     assert [(each.what, each.step, each.partition) for each in kills] == KILL_POINTS

@@ -33,7 +33,7 @@ def _assert_canceled(each: Interruption, round_key: str) -> None:
     assert not each.survivors, each.survivors
 
 
-@pytest.mark.timeout(3600)
+@pytest.mark.timeout(5400)  # the interrupted_home fixture runs in the first of its two tests
 def test_sigterm_and_sigint_cancel_the_run_stop_its_processes_and_the_rerun_resumes(smoke_home, interrupted_home):
     # While round 1 trains its reward model through Pipes: the trainer must go with the run.
     (sigterm,) = interrupted_home.by(signal.SIGTERM)
