@@ -82,6 +82,14 @@ def smoke_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def interrupted_home(tmp_path_factory):
+    """One home interrupted at every kind of step by kill -9, SIGTERM and SIGINT, then finished (tests/interruptions.py)."""
+    from interruptions import interrupted_home as build
+
+    return build(tmp_path_factory.mktemp("interrupted"))
+
+
+@pytest.fixture(scope="session")
 def ray_local_cluster():
     """A local Ray cluster of 2 CPUs for the session (dagster-ray's tests do the same); the code under test joins it."""
     ray = pytest.importorskip("ray")
