@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import re
 
-
 from arena_dagster.backends.base import ChatRequest, ModelSpec, SamplingParams, StreamingBackend, user_messages
 from arena_dagster.backends.cache import CompletionCache
 from arena_dagster.backends.generation import generate_cached
-from arena_dagster.backends.replicas import RayReplicas, backend_for
+from arena_dagster.backends.replicas import RayHTTPFanout, RayReplicas, backend_for
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.prompts.skills import make_items
 
 
-def test_backend_for_replicates_local_models_only():
+def test_backend_for_replicates_local_models_and_fans_out_http_ones():
     ray2 = ComputeSettings(engine="ray", workers=2)
     assert isinstance(backend_for(ModelSpec(name="m", backend="transformers", path="x"), ray2), RayReplicas)
     assert isinstance(RayReplicas(ModelSpec(name="m", backend="transformers", path="x"), ray2), StreamingBackend)
     served = ModelSpec(name="s", backend="openai", path="m", base_url="http://127.0.0.1:1/v1")
-    assert not isinstance(backend_for(served, ray2), RayReplicas)  # HTTP calls stay HTTP calls
+    fanned = backend_for(served, ray2)  # HTTP calls stay HTTP calls, sent from the workers
+    assert isinstance(fanned, RayHTTPFanout) and fanned.spec == served
     assert not isinstance(backend_for(ModelSpec(name="m", backend="transformers", path="x"), ComputeSettings()), RayReplicas)
 
 
