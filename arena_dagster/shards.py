@@ -111,8 +111,12 @@ class RoundWriter:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if not self.committed and self.version.exists():
-            remove_tree(self.home, self.version)
+        if self.committed or not self.version.exists():
+            return
+        link = self.root / f"round={self.round_key}"
+        if link.is_symlink() and os.readlink(link) == self.version.name:
+            return  # interrupted after the swap, before the flag: this version is the round now
+        remove_tree(self.home, self.version)
 
     def write(self, frame: pl.DataFrame) -> None:
         """One shard of the round: `.part-<n>.parquet.tmp` written and synced, then renamed."""
@@ -191,7 +195,8 @@ def _migrate_table(conn: duckdb.DuckDBPyConnection, home: Path, table: str, sche
         return
     rounds = [r[0] for r in conn.execute(f'SELECT DISTINCT round FROM "{table}" ORDER BY round').fetchall()]
     for round_key in rounds:
-        if round_key == skip_round:
+        # A round already linked holds what a later write (or an interrupted migration) put there: never overwrite it.
+        if round_key == skip_round or (table_root(home, table) / f"round={round_key}").is_symlink():
             continue
         with RoundWriter(home, table, round_key, schema) as writer:
             batches = conn.execute(f'SELECT * FROM "{table}" WHERE round = ?', [round_key]).fetch_record_batch()

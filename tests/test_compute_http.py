@@ -76,3 +76,12 @@ def test_a_batch_delivered_twice_is_committed_once_and_a_worker_error_raised_aft
         with pytest.raises(OpenAIBackendError, match="1 of 2 requests failed"):
             deliver(batch, delivered, lambda index, completion: seen.append((index, completion.text)))
     assert seen == [(0, "a")]
+
+
+def test_the_workers_share_the_models_request_rate():
+    """`requests_per_minute` is the server's quota: `workers` clients each send their share of it."""
+    spec = ModelSpec(name="served", backend="openai", path="m", base_url="http://127.0.0.1:1/v1",
+                     options={"requests_per_minute": 120})
+    fanout = backend_for(spec, ComputeSettings(engine="ray", workers=4))
+    assert isinstance(fanout, RayHTTPFanout) and fanout.backend.requests_per_minute == 30
+    assert OpenAIBackend(spec).requests_per_minute == 120

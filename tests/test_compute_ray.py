@@ -16,6 +16,7 @@ from arena_dagster.prompts.curation import curate
 from arena_dagster.prompts.curation_ray import curate_with
 from arena_dagster.prompts.curation_rows import first_of_groups, greedy_keep
 from arena_dagster.prompts.sharegpt import load_sharegpt
+from arena_dagster.shards import connection_config
 
 REPO = Path(__file__).resolve().parents[1]
 RAY2 = ComputeSettings(engine="ray", workers=2)
@@ -185,8 +186,8 @@ def test_prompt_pool_on_ray_through_dagster_equals_the_local_build(ray_local_clu
     assert any("curation on engine ray (2 workers)" in m for m in logs)
     order = {"prompt_pool": "prompt_id", "prompt_quarantine": "source_id, step, reason, prompt"}
     for table, key in order.items():
-        with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as local, \
-                duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as on_ray:
+        with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True, config=connection_config(smoke_home)) as local, \
+                duckdb.connect(str(home / "warehouse.duckdb"), read_only=True, config=connection_config(home)) as on_ray:
             expected = local.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
             assert on_ray.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall() == expected, table
 

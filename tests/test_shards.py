@@ -213,3 +213,47 @@ def test_a_writer_killed_while_replacing_a_round_leaves_the_old_or_the_new_round
     assert rows(tmp_path) == sorted((OLD if holds == "old" else NEW).rows())
     write_round(tmp_path, "t", 1, NEW)  # the rerun of the round
     assert rows(tmp_path) == sorted(NEW.rows()) and hidden_leftovers(tmp_path) == []
+
+
+def test_an_interrupt_right_after_the_swap_keeps_the_new_round(tmp_path, monkeypatch):
+    """A cancel (Dagster raises it inside the step) that lands between the link's rename and the writer's own
+    bookkeeping: the link already names the new version, so leaving the block must not delete it."""
+    write_round(tmp_path, "t", 1, OLD)
+    real_replace = os.replace
+
+    def replace_then_interrupt(source, target):
+        real_replace(source, target)
+        if Path(target).name == "round=1":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards.os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_round(tmp_path, "t", 1, NEW)
+    monkeypatch.setattr(shards.os, "replace", real_replace)
+    assert rows(tmp_path) == sorted(NEW.rows())
+    write_round(tmp_path, "t", 1, NEW)  # the next write clears what the interrupted one left
+    assert rows(tmp_path) == sorted(NEW.rows()) and hidden_leftovers(tmp_path) == []
+
+
+def test_a_round_written_while_a_migration_was_interrupted_keeps_its_new_rows(tmp_path, monkeypatch):
+    """Killed after the new round is linked but before the old table is dropped: the next write migrates the
+    table's other rounds, never the stale copy of the round already linked."""
+    def round_of(key: int, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(pl.lit(key, dtype=pl.Int64).alias("round"))
+
+    with duckdb.connect(str(tmp_path / WAREHOUSE)) as conn:
+        write_table(conn, "t", OLD, round_key=1)
+        write_table(conn, "t", round_of(2, OLD), round_key=2)
+
+    def interrupted(conn, table):
+        raise KeyboardInterrupt
+
+    real_publish = shards.publish_view
+    monkeypatch.setattr(shards, "publish_view", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_round(tmp_path, "t", 2, round_of(2, NEW))
+    monkeypatch.setattr(shards, "publish_view", real_publish)
+    write_round(tmp_path, "t", 3, round_of(3, OLD))
+    with open_readonly(tmp_path) as conn:
+        assert read_table(conn, "t", round_key=2)["id"].sort().to_list() == ["x", "y", "z"]
+        assert sorted(read_table(conn, "t", round_key=1).rows()) == sorted(OLD.rows())

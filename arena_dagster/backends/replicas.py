@@ -142,6 +142,10 @@ class RayHTTPFanout(RayReplicas):
     def __init__(self, backend: Backend, settings: ComputeSettings, *, batch_size: int | None = None) -> None:
         spec = backend.spec
         super().__init__(spec, settings, batch_size=batch_size or int(spec.options.get("batch_size", 4 * spec.concurrency)))
+        # The server's quota is the model's, not each client's: `workers` clients share `requests_per_minute`.
+        rpm = getattr(backend, "requests_per_minute", None)
+        if rpm:
+            backend.requests_per_minute = rpm / max(1, settings.workers)
         self.backend = backend
 
     def _actors(self) -> tuple[Callable[..., Any], dict, dict]:

@@ -112,8 +112,10 @@ class ArenaCompute(dg.ConfigurableResource):
         with self.session(context):
             import ray
 
-            # A cluster started for the run has no address of its own in the settings: its GCS address is it.
-            yield {**settings.model_dump(), "address": settings.address or ray.get_runtime_context().gcs_address}
+            # A cluster started for the run has no address of its own in the settings: its GCS address is it. A cluster
+            # resource (KubeRay) knows the address a process outside the cluster reaches; `auto` would only find a local one.
+            address = (self.cluster.ray_address if self.cluster is not None else None) or settings.address
+            yield {**settings.model_dump(), "address": address or ray.get_runtime_context().gcs_address}
 
     def connector(self, context: Any) -> Callable[[], None]:
         """How the seam (`compute.cluster.ray_cluster`) connects: through dagster-ray's resource, with the step's log."""

@@ -34,7 +34,8 @@ MANIFEST = "manifest.json"
 LAUNCH_KEYS = ("num_processes", "config_file", "mixed_precision")
 
 # Keys that change how fast a run goes, or what it prints, not what it produces. `compute` (the
-# engine: local, or Ray Train with `workers` workers sharing the same global batch) is where it runs.
+# engine: local, or Ray Train with `workers` workers sharing the same global batch) is where it runs;
+# only its number of workers above one enters the identity (spec_hash).
 _NON_IDENTITY_KEYS = ("threads", "name", "compute")
 _NON_IDENTITY_HYPERPARAMS = ("logging_steps",)
 # Where the inputs and the output lie: the identity holds what they contain instead (see spec_hash).
@@ -201,6 +202,12 @@ def spec_hash(spec: dict) -> str:
         identity["launch"] = {k: v for k, v in launch.items() if k != "config_file"}
         if launch.get("config_file"):
             identity["launch_config_sha256"] = file_sha256(Path(launch["config_file"]))
+    compute = resolved.get("compute") or {}
+    if compute.get("engine") == "ray" and int(compute.get("workers", 1)) > 1:
+        # N DDP workers sum the gradients in another order than one process: other weights in the last digits,
+        # so another revision (the completion cache must not serve their answers for the local run's). One
+        # worker trains the local weights bit for bit and keeps the local revision.
+        identity["world_size"] = int(compute["workers"])
     blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 
