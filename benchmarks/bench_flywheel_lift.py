@@ -247,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep_homes:
                 shutil.rmtree(warm_home)
         results.append(result)
+        if args.json:  # after every seed: a run cut short still leaves the seeds that finished
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
         if not args.keep_homes:
             shutil.rmtree(home)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     all_above = print_report(results)
     if not args.workdir and not args.keep_homes:
         shutil.rmtree(workdir)
