@@ -98,3 +98,59 @@ def test_a_real_generation_and_judging_log_their_progress_with_rates(tiny_model_
                   batch_size=10, log=judged.append)
     assert [re.match(r"verifier judging: (\d+)/40 games \((\d+)%\), [0-9.]+ games/s$", line).groups()
             for line in judged] == [("10", "25"), ("20", "50"), ("30", "75"), ("40", "100")]
+
+
+def _cpus_free(ray, expected: float, wait_s: float = 30.0) -> float:
+    """The cluster's free CPUs once they reach `expected` (a killed actor's CPUs come back within moments), or after `wait_s`."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while (free := ray.available_resources().get("CPU", 0.0)) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return free
+
+
+def test_a_judge_loads_its_model_once_per_step_not_once_per_batch(ray_local_cluster, tiny_model_dir, tmp_path):
+    """A step's `ray_cluster` block keeps one pool of the judge's replicas for all its batches of games."""
+    from arena_dagster.compute.cluster import ray_cluster
+    from arena_dagster.compute.pools import actors_started
+    from arena_dagster.judging.battles import JudgeItem
+
+    items = [JudgeItem(prompt_id=f"p{k}", prompt=i.prompt, family="", reference="", answer_a=i.reference,
+                       answer_b=i.reference[::-1]) for k, i in enumerate(make_items(6, seed=4))]
+    batches = [items[:2], items[2:4], items[4:]]
+    ray2 = ComputeSettings(engine="ray", workers=2)
+    local = _tiny_judge(tiny_model_dir, tmp_path / "local.sqlite").judge(items)
+    before = actors_started["tiny-judge"]
+    per_call = _tiny_judge(tiny_model_dir, tmp_path / "calls.sqlite", ray2)
+    outside = [result for batch in batches for result in per_call.judge(batch)]
+    assert actors_started["tiny-judge"] - before == 2 * len(batches)  # no block: each call is its own
+    before = actors_started["tiny-judge"]
+    with ray_cluster(ray2):
+        judge = _tiny_judge(tiny_model_dir, tmp_path / "step.sqlite", ray2)
+        in_step = [result for batch in batches for result in judge.judge(batch)]
+    assert actors_started["tiny-judge"] - before == 2  # one replica per worker, loaded once for the step
+    assert [r.raw for r in in_step] == [r.raw for r in outside] == [r.raw for r in local]
+    assert len(CompletionCache(tmp_path / "step.sqlite")) == len(items)
+
+
+def test_a_steps_pool_is_released_when_the_step_ends_or_fails(ray_local_cluster, tiny_model_dir):
+    import pytest
+    import ray
+
+    from arena_dagster.compute.cluster import ray_cluster
+
+    spec = ModelSpec(name="tiny", backend="transformers", path=tiny_model_dir, options={"batch_size": 2, "threads": 1})
+    requests = [ChatRequest(request_id=f"r{k}", messages=user_messages(i.prompt), sampling=SamplingParams(max_tokens=4))
+                for k, i in enumerate(make_items(4, seed=6))]
+    ray2 = ComputeSettings(engine="ray", workers=2)
+    assert _cpus_free(ray, 2.0) == 2.0
+    with ray_cluster(ray2):
+        RayReplicas(spec, ray2).generate(requests)
+        assert _cpus_free(ray, 0.0, wait_s=0) == 0.0  # alive between calls: both replicas hold their CPU
+        RayReplicas(spec, ray2).generate(requests)
+    assert _cpus_free(ray, 2.0) == 2.0  # the step ended: its actors are killed, their CPUs back
+    with pytest.raises(RuntimeError, match="the step failed"), ray_cluster(ray2):
+        RayReplicas(spec, ray2).generate(requests)
+        raise RuntimeError("the step failed")
+    assert _cpus_free(ray, 2.0) == 2.0
