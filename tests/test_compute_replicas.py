@@ -154,3 +154,24 @@ def test_a_steps_pool_is_released_when_the_step_ends_or_fails(ray_local_cluster,
         RayReplicas(spec, ray2).generate(requests)
         raise RuntimeError("the step failed")
     assert _cpus_free(ray, 2.0) == 2.0
+
+
+def test_pools_that_fit_side_by_side_stay_and_one_that_does_not_releases_the_others(ray_local_cluster, tiny_model_dir):
+    """An ensemble's judges take turns batch by batch: on room for both (2 CPUs, 1 worker each) each loads once."""
+    from arena_dagster.compute.cluster import ray_cluster
+    from arena_dagster.compute.pools import actors_started
+
+    requests = [ChatRequest(request_id=f"r{k}", messages=user_messages(i.prompt), sampling=SamplingParams(max_tokens=4))
+                for k, i in enumerate(make_items(2, seed=8))]
+
+    def spec(name: str) -> ModelSpec:
+        return ModelSpec(name=name, backend="transformers", path=tiny_model_dir, options={"batch_size": 2, "threads": 1})
+
+    for workers, loads in ((1, 1), (2, 2 * 2)):
+        settings = ComputeSettings(engine="ray", workers=workers)
+        before = {name: actors_started[name] for name in ("tiny-a", "tiny-b")}
+        with ray_cluster(settings):
+            for name in ("tiny-a", "tiny-b", "tiny-a", "tiny-b"):
+                RayReplicas(spec(name), settings).generate(requests)
+        # 1 worker each: both pools fit, one load each; 2 workers each: a pool fills the cluster, each turn reloads.
+        assert {name: actors_started[name] - before[name] for name in before} == {"tiny-a": loads, "tiny-b": loads}

@@ -116,6 +116,11 @@ class RayReplicas:
     def _pool_key(self) -> tuple:
         return type(self).__name__, pickle.dumps(self.spec), self.settings.model_dump_json()
 
+    def _demand(self) -> dict[str, float]:
+        _, _, resources = self._actors()
+        return {"CPU": resources["num_cpus"] * self.settings.workers,
+                "GPU": resources.get("num_gpus", 0) * self.settings.workers}
+
     def _start_pool(self) -> ReplicaPool:
         actor, arguments, resources = self._actors()
         return ReplicaPool(self.spec.name, actor, arguments, resources, self.settings.workers)
@@ -137,7 +142,7 @@ class RayReplicas:
         batches = [list(range(start, min(start + size, len(requests)))) for start in range(0, len(requests), size)]
         key = self._pool_key()
         with ray_cluster(self.settings):
-            pool = block_pool(key, self._start_pool)
+            pool = block_pool(key, self._start_pool, self._demand())
             delivered: set[int] = set()
             try:
                 for answered in pool.map_unordered(

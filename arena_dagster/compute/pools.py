@@ -4,9 +4,10 @@ A model's replicas load the model when they start, which costs more than answeri
 a tiny model. A step answers in many calls (a 4096-prompt chunk of answers, a judge's batch of
 256 games), so `ray_cluster` (cluster.py) keeps the pools a block starts, one per key (a model
 and its options), and releases them when the block ends, normally or not: their actors are
-killed and their CPUs and GPUs go back to the cluster. A cluster is sized for one model's pool
-(`workers x cpus_per_worker`), and a step answers its models one after the other, so starting a
-pool releases the block's others first. Outside a block each call is a block of its own.
+killed and their CPUs and GPUs go back to the cluster. A local cluster is sized for one model's
+pool (`workers x cpus_per_worker`), and a step answers its models one after the other, so a pool
+that does not fit next to the block's others releases them first (on a larger cluster an
+ensemble's judges keep a pool each). Outside a block each call is a block of its own.
 
 `ActorPool` is Ray's own (`ray.util.ActorPool`): one batch in flight per actor, the others
 waiting in the driver, so a killed run re-pays at most `workers` batches.
@@ -72,15 +73,25 @@ def release(pools: dict[Hashable, ReplicaPool]) -> None:
         pools.popitem()[1].close()
 
 
-def block_pool(key: Hashable, start: Callable[[], ReplicaPool]) -> ReplicaPool:
-    """The block's pool for `key`, started on first use (the block's other pools released first)."""
+def block_pool(key: Hashable, start: Callable[[], ReplicaPool], demand: dict[str, float]) -> ReplicaPool:
+    """The block's pool for `key`, started on first use. `demand`: the resources it holds ({"CPU": 2.0, ...});
+    where the cluster has not that much free, the block's other pools are released first."""
     pools = _block_pools.get()
     if pools is None:
         raise RuntimeError("block_pool outside a ray_cluster block")
     if key not in pools:
-        release(pools)
+        if pools and not fits(demand):
+            release(pools)
         pools[key] = start()
     return pools[key]
+
+
+def fits(demand: dict[str, float]) -> bool:
+    """Whether the cluster has `demand` free now (an ensemble's judges keep a pool each where they fit)."""
+    import ray
+
+    free = ray.available_resources()
+    return all(free.get(name, 0.0) >= amount for name, amount in demand.items() if amount)
 
 
 def drop_pool(key: Hashable) -> None:
