@@ -13,6 +13,7 @@ with `arena-dagster leaderboard --home H --json`, and prints:
   bound above the initial target's upper bound).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_flywheel_lift.py --seeds 3
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_flywheel_lift.py --seeds 3 --engine ray --workers 2
 
 Homes go under --workdir (a fresh temporary folder by default) and are removed at the end
 unless --keep-homes. ARENA_CACHE is left as it is: with a warm base-model cache a seed whose
@@ -25,8 +26,8 @@ import argparse
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -79,9 +80,16 @@ class PeakMemory:
         return self.peak_bytes
 
 
+def engine_flags(engine: str, workers: int | None) -> list[str]:
+    """The flywheel's compute flags; none for the local engine unless asked, so the profile's own section holds."""
+    flags = ["--engine", engine] if engine else []
+    return flags + (["--workers", str(workers)] if workers else [])
+
+
 def run_seed(command: list[str], *, seed: int, rounds: int, profile: str, home: Path, log_path: Path,
-             timeout_s: float | None, cache: Path | None) -> dict[str, Any]:
-    args = [*command, "flywheel", "--rounds", str(rounds), "--home", str(home), "--seed", str(seed), "--profile", profile]
+             timeout_s: float | None, cache: Path | None, compute: list[str]) -> dict[str, Any]:
+    args = [*command, "flywheel", "--rounds", str(rounds), "--home", str(home), "--seed", str(seed), "--profile", profile,
+            *compute]
     env = {**os.environ, **OFFLINE_ENV, **({"ARENA_CACHE": str(cache)} if cache else {})}
     started = time.monotonic()
     with open(log_path, "w") as log:
@@ -147,7 +155,7 @@ def print_report(results: list[dict[str, Any]]) -> bool:
             if stage:
                 cells.setdefault((row["round"], stage), []).append(row)
     promoted_by_cell = {}
-    for seed, path in paths.items():
+    for path in paths.values():
         for decision in path["decisions"]:
             if decision["promoted"]:
                 stage = decision["candidate"].split("-")[0]
@@ -208,12 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cli", default="", help="the CLI command (default: this interpreter's arena_dagster.cli)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per seed before the run is killed")
     parser.add_argument("--json", default="", help="also write every seed's figures and leaderboards to this file")
+    parser.add_argument("--engine", choices=["local", "ray"], default="",
+                        help="the flywheel's --engine (default: the profile's compute section)")
+    parser.add_argument("--workers", type=int, default=None, help="the flywheel's --workers (Ray workers)")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seed_list.split(",") if s.strip()] or list(range(args.seeds))
     command = cli_command(args.cli)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-lift-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"profile {args.profile}, {args.rounds} rounds, seeds {seeds}; homes and logs in {workdir}", flush=True)
+    compute = engine_flags(args.engine, args.workers)
+    print(f"profile {args.profile}, {args.rounds} rounds, seeds {seeds}, {' '.join(compute) or 'profile compute'}; "
+          f"homes and logs in {workdir}", flush=True)
     results = []
     for seed in seeds:
         home = workdir / f"home-seed{seed}"
@@ -222,22 +235,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {seed}: running ...", flush=True)
         result = run_seed(command, seed=seed, rounds=args.rounds, profile=args.profile, home=home,
                           log_path=workdir / f"seed{seed}.log", timeout_s=args.timeout,
-                          cache=workdir / f"cache-seed{seed}" if args.cold_cache else None)
+                          cache=workdir / f"cache-seed{seed}" if args.cold_cache else None, compute=compute)
         print(f"seed {seed}: {result['wall_s']:.0f} s, peak {result['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
         if args.cold_cache:
             warm_home = workdir / f"home-seed{seed}-warm"
             warm = run_seed(command, seed=seed, rounds=args.rounds, profile=args.profile, home=warm_home,
                             log_path=workdir / f"seed{seed}-warm.log", timeout_s=args.timeout,
-                            cache=workdir / f"cache-seed{seed}")
+                            cache=workdir / f"cache-seed{seed}", compute=compute)
             result["warm_wall_s"] = warm["wall_s"]
             print(f"seed {seed}: warm start {warm['wall_s']:.0f} s", flush=True)
             if not args.keep_homes:
                 shutil.rmtree(warm_home)
         results.append(result)
+        if args.json:  # after every seed: a run cut short still leaves the seeds that finished
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
         if not args.keep_homes:
             shutil.rmtree(home)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     all_above = print_report(results)
     if not args.workdir and not args.keep_homes:
         shutil.rmtree(workdir)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pickle
 from collections import Counter
 
-import numpy as np
 import pytest
 from scripted_server import ok, serve  # noqa: F401 - `serve` is a fixture
 
@@ -17,7 +16,7 @@ from arena_dagster.backends.base import ChatRequest, Completion, ModelSpec, Samp
 from arena_dagster.backends.cache import CompletionCache
 from arena_dagster.backends.generation import generate_cached
 from arena_dagster.backends.openai_backend import OpenAIBackend, OpenAIBackendError
-from arena_dagster.backends.replicas import RayHTTPFanout, backend_for, deliver
+from arena_dagster.backends.replicas import Answered, RayHTTPFanout, backend_for, deliver
 from arena_dagster.compute.settings import ComputeSettings
 
 RAY2 = ComputeSettings(engine="ray", workers=2)
@@ -69,12 +68,13 @@ def test_a_dead_server_on_a_worker_is_the_local_error(ray_local_cluster, tmp_pat
 def test_a_batch_delivered_twice_is_committed_once_and_a_worker_error_raised_after_its_answers():
     answer = Completion(request_id="q0", text="a")
     failure = OpenAIBackendError("1 of 2 requests failed", fix="check the server")
-    batch = {"index": np.asarray([0, 1]), "completion": np.asarray([pickle.dumps(answer), pickle.dumps(None)], dtype=object),
-             "failure": np.asarray([pickle.dumps(failure)] * 2, dtype=object)}
+    # What a worker returns travels pickled (Ray's serialization): the error with its fix, as raised locally.
+    batch = pickle.loads(pickle.dumps(Answered([0, 1], [answer, None], failure)))
     seen, delivered = [], set()
     for _ in range(2):
-        with pytest.raises(OpenAIBackendError, match="1 of 2 requests failed"):
+        with pytest.raises(OpenAIBackendError, match="1 of 2 requests failed") as caught:
             deliver(batch, delivered, lambda index, completion: seen.append((index, completion.text)))
+        assert caught.value.fix == "check the server"
     assert seen == [(0, "a")]
 
 

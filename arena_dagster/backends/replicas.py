@@ -1,11 +1,13 @@
-"""Generation on Ray: requests flow through Ray Data into an actor pool, answers come back to the driver.
+"""Generation on Ray: requests go in batches to an actor pool of model replicas, answers come back to the driver.
 
 `RayReplicas` is a `StreamingBackend`: `generate_cached` hands it the cache misses and commits
 each completion as its batch comes back, in the driver, whichever worker made it. So exactly
 once holds as on one process (the cache is the only writer's, and an index delivered twice is
-delivered once), and a killed run re-pays at most the batches in flight. Each replica is the
-model's own batch backend (`make_backend`: transformers on CPU threads, vLLM on the GPU
-`gpus_per_worker` gives it), loaded once per actor; a greedy answer does not depend on which
+delivered once), and a killed run re-pays at most the batches in flight (one per worker). Each
+replica is the model's own batch backend (`make_backend`: transformers on CPU threads, vLLM on
+the GPU `gpus_per_worker` gives it), loaded once per actor, and the pool lives for the step's
+`ray_cluster` block (compute/pools.py): a step's chunks of answers and a judge's batches of
+games reuse it, and it is released when the step ends. A greedy answer does not depend on which
 batch a request lands in (`test_transformers_backend`), so the answers are the local engine's.
 
 OpenAI-compatible models stay HTTP calls, fanned out from the workers (`RayHTTPFanout`): each
@@ -18,11 +20,13 @@ the answers, then raises the error itself, so a dead server reads as it does loc
 from __future__ import annotations
 
 import pickle
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 from arena_dagster.backends.base import Backend, BackendError, ChatRequest, Completion, ModelSpec, OnCompletion
 from arena_dagster.backends.generation import PartialBatchError
-from arena_dagster.compute.cluster import quiet_ray_data, ray_cluster
+from arena_dagster.compute.cluster import ray_cluster
+from arena_dagster.compute.pools import ReplicaPool, block_pool, drop_pool
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.errors import ArenaError
 
@@ -38,38 +42,38 @@ def _portable(exc: ArenaError) -> ArenaError:
     return plain(exc.what, exc.input, exc.fix)
 
 
-def answer_batch(backend: Backend, batch: dict) -> dict:
-    """A worker's answers to one Ray Data batch of pickled requests, and the error that stopped it, if any."""
-    import numpy as np
+@dataclass
+class Answered:
+    """A worker's answers to one batch: `completions[i]` answers request `indices[i]` (None: not answered),
+    and the error that stopped the batch, if any."""
 
-    requests = [pickle.loads(blob) for blob in batch["request"]]
+    indices: list[int]
+    completions: list[Completion | None]
     failure: ArenaError | None = None
+
+
+def answer_batch(backend: Backend, indices: list[int], requests: list[ChatRequest]) -> Answered:
+    """A worker's answers to one batch of requests, and the error that stopped it, if any."""
     try:
-        completions: list[Completion | None] = list(backend.generate(requests))
+        return Answered(indices, list(backend.generate(requests)))
     except PartialBatchError as exc:
-        completions, failure = list(exc.completed), _portable(exc)
+        return Answered(indices, list(exc.completed), _portable(exc))
     except ArenaError as exc:
-        completions, failure = [None] * len(requests), exc
-    blob = pickle.dumps(failure) if failure is not None else b""
-    return {"index": np.asarray(batch["index"]),
-            "completion": np.asarray([pickle.dumps(c) for c in completions], dtype=object),
-            "failure": np.asarray([blob] * len(requests), dtype=object)}
+        return Answered(indices, [None] * len(requests), exc)
 
 
-def deliver(batch: dict, delivered: set[int], on_completion: OnCompletion) -> None:
+def deliver(answered: Answered, delivered: set[int], on_completion: OnCompletion) -> None:
     """Hand a returned batch's answers to `on_completion`, each index once; then raise the worker's error."""
-    for index, blob in zip(batch["index"], batch["completion"]):
-        completion = pickle.loads(blob)
-        if completion is not None and int(index) not in delivered:
-            delivered.add(int(index))
-            on_completion(int(index), completion)
-    failures = [blob for blob in batch["failure"] if blob]
-    if failures:
-        raise pickle.loads(failures[0])
+    for index, completion in zip(answered.indices, answered.completions):
+        if completion is not None and index not in delivered:
+            delivered.add(index)
+            on_completion(index, completion)
+    if answered.failure is not None:
+        raise answered.failure
 
 
 class _Replica:
-    """One model replica (one actor): loads the backend once, answers batches of pickled requests."""
+    """One model replica (one actor): loads the backend once, answers batches for the pool's life."""
 
     def __init__(self, spec: ModelSpec, threads: int) -> None:
         import torch
@@ -79,8 +83,8 @@ class _Replica:
         torch.set_num_threads(max(1, threads))
         self.backend = make_backend(spec)
 
-    def __call__(self, batch):
-        return answer_batch(self.backend, batch)
+    def answer(self, indices: list[int], requests: list[ChatRequest]) -> Answered:
+        return answer_batch(self.backend, indices, requests)
 
 
 class _HTTPClient:
@@ -89,24 +93,37 @@ class _HTTPClient:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    def __call__(self, batch):
-        return answer_batch(self.backend, batch)
+    def answer(self, indices: list[int], requests: list[ChatRequest]) -> Answered:
+        return answer_batch(self.backend, indices, requests)
 
 
 class RayReplicas:
-    """`workers` replicas of `spec`'s backend on the Ray cluster of `settings`, fed by Ray Data."""
+    """`workers` replicas of `spec`'s backend on the Ray cluster of `settings`: one pool per `ray_cluster` block
+    (a step), started on the first call and kept for the next ones."""
 
     def __init__(self, spec: ModelSpec, settings: ComputeSettings, *, batch_size: int | None = None) -> None:
         self.spec = spec
         self.settings = settings
         self.batch_size = batch_size or int(spec.options.get("batch_size", 8))
 
-    def _actors(self) -> tuple[Callable[..., Any], dict, dict]:
+    def _actors(self) -> tuple[type, dict, dict]:
         """(actor class, its constructor's arguments, its resources)."""
         resources: dict = {"num_cpus": self.settings.cpus_per_worker}
         if self.settings.gpus_per_worker:
             resources["num_gpus"] = self.settings.gpus_per_worker
         return _Replica, {"spec": self.spec, "threads": int(self.settings.cpus_per_worker)}, resources
+
+    def _pool_key(self) -> tuple:
+        return type(self).__name__, pickle.dumps(self.spec), self.settings.model_dump_json()
+
+    def _demand(self) -> dict[str, float]:
+        _, _, resources = self._actors()
+        return {"CPU": resources["num_cpus"] * self.settings.workers,
+                "GPU": resources.get("num_gpus", 0) * self.settings.workers}
+
+    def _start_pool(self) -> ReplicaPool:
+        actor, arguments, resources = self._actors()
+        return ReplicaPool(self.spec.name, actor, arguments, resources, self.settings.workers)
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         answers: list[Completion | None] = [None] * len(requests)
@@ -120,19 +137,20 @@ class RayReplicas:
     def generate_streaming(self, requests: Sequence[ChatRequest], on_completion: OnCompletion) -> None:
         if not requests:
             return
-        import ray.data
-
-        actor, arguments, resources = self._actors()
+        # Every worker gets a share of a small call; a large one goes in batches of `batch_size`.
+        size = min(self.batch_size, -(-len(requests) // self.settings.workers))
+        batches = [list(range(start, min(start + size, len(requests)))) for start in range(0, len(requests), size)]
+        key = self._pool_key()
         with ray_cluster(self.settings):
-            quiet_ray_data()
-            items = [{"index": i, "request": pickle.dumps(request)} for i, request in enumerate(requests)]
-            blocks = max(self.settings.workers, -(-len(items) // self.batch_size))
-            answered = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-                actor, fn_constructor_kwargs=arguments, batch_size=self.batch_size, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.settings.workers), **resources)
+            pool = block_pool(key, self._start_pool, self._demand())
             delivered: set[int] = set()
-            for batch in answered.iter_batches(batch_size=None, batch_format="numpy"):
-                deliver(batch, delivered, on_completion)
+            try:
+                for answered in pool.map_unordered(
+                        lambda actor, batch: actor.answer.remote(batch, [requests[i] for i in batch]), batches):
+                    deliver(answered, delivered, on_completion)
+            except BaseException:
+                drop_pool(key)
+                raise
 
 
 class RayHTTPFanout(RayReplicas):
@@ -148,7 +166,7 @@ class RayHTTPFanout(RayReplicas):
             backend.requests_per_minute = rpm / max(1, settings.workers)
         self.backend = backend
 
-    def _actors(self) -> tuple[Callable[..., Any], dict, dict]:
+    def _actors(self) -> tuple[type, dict, dict]:
         return _HTTPClient, {"backend": self.backend}, {"num_cpus": self.settings.cpus_per_worker}
 
 

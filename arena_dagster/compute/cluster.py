@@ -3,7 +3,9 @@
 A step asks `ray_cluster(settings)`; inside, `ray` is initialized: an already connected driver
 (a test's session cluster, a Dagster resource that connected) is used as it is, otherwise the
 cluster at `settings.address` is joined, or, with no address, a local cluster of
-`workers x cpus_per_worker` CPUs is started and shut down when the step ends.
+`workers x cpus_per_worker` CPUs is started and shut down when the step ends. The actor pools
+started inside the block (model replicas, pools.py) live until it ends; a block inside a block
+is the outer one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import warnings
 from typing import Callable, Iterator
 
+from arena_dagster.compute.pools import in_block, pools_block
 from arena_dagster.compute.settings import ComputeSettings
 
 Connect = Callable[[], None]
@@ -26,6 +29,15 @@ class ClusterError(RuntimeError):
 @contextlib.contextmanager
 def ray_cluster(settings: ComputeSettings, connect: Connect | None = None) -> Iterator[None]:
     """Ray initialized for the block. `connect`: how to connect instead of `ray.init` (dagster-ray's resource)."""
+    if in_block():  # inside a step's block already: its cluster and its pools
+        yield
+        return
+    with _connected(settings, connect), pools_block():
+        yield
+
+
+@contextlib.contextmanager
+def _connected(settings: ComputeSettings, connect: Connect | None) -> Iterator[None]:
     import ray
 
     if ray.is_initialized():

@@ -4,6 +4,7 @@ All three are built once per home (unpartitioned) and shared by every round: rou
 its slice of `prompt_pool`; the arena test set is the same in every round, so ratings of
 different rounds are comparable.""" 
 
+import contextlib
 
 import dagster as dg
 import polars as pl
@@ -47,15 +48,20 @@ def raw_prompts(arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResul
         "and a hard part; versioned by a hash of its prompts."
     ),
 )
-def arena_testset(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def arena_testset(context: dg.AssetExecutionContext, arena: ArenaHome, duckdb: DuckDBResource,
+                  compute: ArenaCompute) -> dg.MaterializeResult:
     from arena_dagster.judging.judges import make_judge
 
-    frame, build = testset_with_stats(
-        arena.settings(),
-        # judging still reads its settings as a plain dict
-        judge_factory=lambda: make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root),
-        log=context.log.info,
-    )
+    with contextlib.ExitStack() as on_engine:
+
+        def judge_factory():
+            # The cluster only when a judge is asked for (a difficulty judge of real sources): on Ray its replicas
+            # load once for the step, like the battles' judge.
+            on_engine.enter_context(compute.session(context))
+            return make_judge(arena.settings().judge, cache_path=arena.cache_path, home=arena.root,
+                              compute=compute.settings())
+
+        frame, build = testset_with_stats(arena.settings(), judge_factory=judge_factory, log=context.log.info)
     with duckdb.get_connection() as conn:
         write_table(conn, "arena_testset", frame)
         counts = frame.group_by("subset").len().to_dicts()

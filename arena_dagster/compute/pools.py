@@ -1,0 +1,101 @@
+"""Actor pools that live for a block of heavy work (a step), not for one call.
+
+A model's replicas load the model when they start, which costs more than answering a batch of
+a tiny model. A step answers in many calls (a 4096-prompt chunk of answers, a judge's batch of
+256 games), so `ray_cluster` (cluster.py) keeps the pools a block starts, one per key (a model
+and its options), and releases them when the block ends, normally or not: their actors are
+killed and their CPUs and GPUs go back to the cluster. A local cluster is sized for one model's
+pool (`workers x cpus_per_worker`), and a step answers its models one after the other, so a pool
+that does not fit next to the block's others releases them first (on a larger cluster an
+ensemble's judges keep a pool each). Outside a block each call is a block of its own.
+
+`ActorPool` is Ray's own (`ray.util.ActorPool`): one batch in flight per actor, the others
+waiting in the driver, so a killed run re-pays at most `workers` batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+# Actors started per pool name in this process: what a step's model loads cost (the tests count them).
+actors_started: Counter[str] = Counter()
+
+
+class ReplicaPool:
+    """`workers` actors of `actor_class(**arguments)`, each holding `resources`, fed batches through Ray's ActorPool."""
+
+    def __init__(self, name: str, actor_class: type, arguments: dict, resources: dict, workers: int) -> None:
+        import ray
+        from ray.util import ActorPool
+
+        remote = ray.remote(actor_class).options(**resources)
+        self.actors = [remote.remote(**arguments) for _ in range(workers)]
+        actors_started[name] += workers
+        self._pool = ActorPool(self.actors)
+
+    def map_unordered(self, call: Callable[[Any, Any], Any], batches: Iterable[Any]) -> Iterator[Any]:
+        """`call(actor, batch)` (an actor method's `.remote(...)`) for every batch; the results as they finish."""
+        return self._pool.map_unordered(call, list(batches))
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+_block_pools: ContextVar[dict[Hashable, ReplicaPool] | None] = ContextVar("arena_block_pools", default=None)
+
+
+def in_block() -> bool:
+    return _block_pools.get() is not None
+
+
+@contextlib.contextmanager
+def pools_block() -> Iterator[None]:
+    """The pools started inside the block live until it ends, then are released, whatever ended it."""
+    pools: dict[Hashable, ReplicaPool] = {}
+    token = _block_pools.set(pools)
+    try:
+        yield
+    finally:
+        _block_pools.reset(token)
+        release(pools)
+
+
+def release(pools: dict[Hashable, ReplicaPool]) -> None:
+    while pools:
+        pools.popitem()[1].close()
+
+
+def block_pool(key: Hashable, start: Callable[[], ReplicaPool], demand: dict[str, float]) -> ReplicaPool:
+    """The block's pool for `key`, started on first use. `demand`: the resources it holds ({"CPU": 2.0, ...});
+    where the cluster has not that much free, the block's other pools are released first."""
+    pools = _block_pools.get()
+    if pools is None:
+        raise RuntimeError("block_pool outside a ray_cluster block")
+    if key not in pools:
+        if pools and not fits(demand):
+            release(pools)
+        pools[key] = start()
+    return pools[key]
+
+
+def fits(demand: dict[str, float]) -> bool:
+    """Whether the cluster has `demand` free now (an ensemble's judges keep a pool each where they fit)."""
+    import ray
+
+    free = ray.available_resources()
+    return all(free.get(name, 0.0) >= amount for name, amount in demand.items() if amount)
+
+
+def drop_pool(key: Hashable) -> None:
+    """Release `key`'s pool now: a call that failed left batches in flight on it, so the next call starts afresh."""
+    pools = _block_pools.get()
+    if pools is not None and key in pools:
+        pools.pop(key).close()
