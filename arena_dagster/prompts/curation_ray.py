@@ -1,16 +1,18 @@
 """Prompt curation on Ray Data: `curation.curate`'s steps over blocks of the pool, with the same kept set.
 
-  1. a map over blocks (an actor pool: each worker builds the test-set and earlier-round indexes
+  1. a map over blocks (tasks: each worker process builds the test-set and earlier-round indexes
      once) computes each row's single-row filters, duplicate keys, MinHash band keys and hits
-     against earlier rounds and the test set (`curation_rows.RowJudge`);
-  2. exact and prefix duplicates: a shuffle on the duplicate key; a group keeps its smallest id;
-  3. near duplicates: a shuffle on the LSH band keys (datasketch's bands for the threshold, so the
+     against earlier rounds and the test set (`curation_rows.RowJudge`), as Arrow tables of one
+     schema; one pass brings the removed rows and the hits to the driver;
+  2. exact, prefix and near duplicates: one shuffle, on the duplicate key (a group keeps its
+     smallest id) and on the LSH band keys (datasketch's bands for the threshold, so the
      candidates are the local index's); each candidate pair is verified with the exact Jaccard of
      the shingle sets on the worker; the verified pairs (duplicates only) come to the driver,
-     which keeps the rows a pass in id order keeps (`curation_rows.greedy_keep`);
+     which leaves out the rows an exact or prefix duplicate removed and keeps the rows a pass in
+     id order keeps (`curation_rows.greedy_keep`);
   4. semantic duplicates: embeddings from an actor pool (one model per actor), pairs above the
      threshold from block-by-block products, the same pass in id order;
-  5. earlier rounds and the exact / n-gram / MinHash test-set hits apply to the survivors;
+  5. earlier rounds' and the exact / n-gram / MinHash test-set hits (from step 1) apply to the survivors;
   6. embedding decontamination: the survivors' distinct user turns go through the embedding
      actor pool, each worker keeps per test item its top-k turns above the threshold, and the
      driver merges them into the global top-k.
@@ -89,53 +91,87 @@ def _features(batch, *, key: str, config: CurationConfig, test_texts: list[str],
     return pa.Table.from_pylist(facts, schema=feature_schema())
 
 
-def _facts(table, *, columns: Sequence[str], present: str):
+FACTS = ["id", "step", "reason", "matched", "prev_reason", "prev_matched", "dc_step", "dc_reason", "dc_matched"]
+
+
+def _facts(table, *, columns: Sequence[str]):
+    """The rows of a block that stage 1 removed or found in an earlier round or the test set."""
     import pyarrow.compute as pc
 
-    return table.filter(pc.is_valid(table[present])).select(list(columns))
+    found = pc.or_(pc.or_(pc.is_valid(table["step"]), pc.is_valid(table["prev_reason"])), pc.is_valid(table["dc_step"]))
+    return table.filter(found).select(list(columns))
 
 
 def _partition(key: str, partitions: int) -> int:
     return int(key[:8], 16) % partitions if key else 0
 
 
-def _keyed(table, *, group: str, partitions: int):
+def _dedup_schema():
     import pyarrow as pa
 
-    parts = [_partition(key, partitions) for key in table[group].to_pylist()]
-    return table.select(["id", "exact_key", "prefix_key"]).append_column("part", pa.array(parts, type=pa.int64()))
+    return pa.schema([("part", pa.int64()), ("key", pa.string()), ("id", pa.int64()), ("exact_key", pa.string()),
+                      ("prefix_key", pa.string()), ("shingles", pa.binary()), ("history_shingles", pa.binary()),
+                      ("has_history", pa.bool_())])
 
 
-def _duplicates(table, *, config: CurationConfig):
+def _dedup_rows(table, *, group: str | None, near: bool, partitions: int):
+    """The one shuffle's input: a row per member of a duplicate-key group (key `=` and the digest) and, for near
+    duplicates, a row per (row, LSH band) with the shingles; each partitioned on its key's hash."""
     import pyarrow as pa
 
-    found = first_of_groups(table["id"].to_pylist(), table["exact_key"].to_pylist(), table["prefix_key"].to_pylist(), config)
-    kinds = {"id": pa.int64(), "step": pa.string(), "reason": pa.string(), "matched": pa.int64()}
-    return typed_table({name: ([hit[i] for hit in found], kind) for i, (name, kind) in enumerate(kinds.items())})
+    schema = _dedup_schema()
+    parts = []
+    if group:
+        keys = table[group].to_pylist()
+        parts.append(pa.table({"part": pa.array([_partition(k, partitions) for k in keys], type=pa.int64()),
+                               "key": pa.array(["=" + k for k in keys], type=pa.string()),
+                               **{name: table[name] for name in ("id", "exact_key", "prefix_key")}}))
+    if near:
+        rows, bands = exploded(table, "bands", ["id", "shingles", "history_shingles", "has_history"])
+        parts.append(rows.append_column("key", bands).append_column(
+            "part", pa.array([_partition(band.split(":", 1)[1], partitions) for band in bands.to_pylist()], type=pa.int64())))
+    return pa.concat_tables([_complete(part, schema) for part in parts])
 
 
-def _band_rows(table, *, partitions: int):
-    """One row per (row, LSH band), partitioned on the band's hash."""
+def _complete(table, schema):
+    """`table` with `schema`'s missing columns as nulls."""
     import pyarrow as pa
 
-    rows, bands = exploded(table, "bands", ["id", "shingles", "history_shingles", "has_history"])
-    parts = [_partition(band.split(":", 1)[1], partitions) for band in bands.to_pylist()]
-    return rows.append_column("band", bands).append_column("part", pa.array(parts, type=pa.int64()))
+    return pa.table({field.name: table[field.name] if field.name in table.column_names else pa.nulls(len(table), field.type)
+                     for field in schema}, schema=schema)
 
 
-def _verified(table, *, threshold: float):
-    """The candidate pairs (rows sharing a band) whose shingle sets' Jaccard reaches the threshold."""
+def _dedup_hits(table, *, config: CurationConfig):
+    """Per key group: the exact and prefix duplicates (`first_of_groups`) and the LSH candidate pairs whose
+    shingle sets' Jaccard reaches the threshold. Rows (kind, low, high, score, reason): a duplicate is
+    (its step, the kept id, its id, 1.0, why); a near pair is ("near", smaller id, larger id, Jaccard, null)."""
     import pyarrow as pa
 
     members: dict[str, list[int]] = {}
-    for position, band in enumerate(table["band"].to_pylist()):
-        members.setdefault(band, []).append(position)
-    ids, has = table["id"].to_pylist(), table["has_history"].to_pylist()
+    for position, key in enumerate(table["key"].to_pylist()):
+        members.setdefault(key, []).append(position)
+    ids = table["id"].to_pylist()
+    hits: list[tuple[str, int, int, float, str | None]] = []
+    keyed = [p for key, positions in members.items() if key.startswith("=") for p in positions]
+    exact, prefix = table["exact_key"].to_pylist(), table["prefix_key"].to_pylist()
+    for index, step, reason, kept in first_of_groups([ids[p] for p in keyed], [exact[p] for p in keyed],
+                                                     [prefix[p] for p in keyed], config):
+        hits.append((step, kept, index, 1.0, reason))
+    found = _verified(table, ids, [positions for key, positions in members.items() if not key.startswith("=")],
+                      config.near_dedup_threshold)
+    hits.extend(("near", low, high, score, None) for (low, high), score in found.items())
+    return typed_table({name: ([hit[i] for hit in hits], kind) for i, (name, kind) in enumerate(
+        [("kind", pa.string()), ("low", pa.int64()), ("high", pa.int64()), ("score", pa.float64()), ("reason", pa.string())])})
+
+
+def _verified(table, ids: list[int], groups: list[list[int]], threshold: float) -> dict[tuple[int, int], float]:
+    """The candidate pairs (rows sharing a band) whose shingle sets' Jaccard reaches the threshold."""
+    has = table["has_history"].to_pylist()
     raw_sets, raw_hists = table["shingles"].to_pylist(), table["history_shingles"].to_pylist()
     sets: dict[int, np.ndarray] = {}
     hists: dict[int, np.ndarray] = {}
     found: dict[tuple[int, int], float] = {}
-    for positions in members.values():
+    for positions in groups:
         for position in positions if len(positions) > 1 else ():
             sets.setdefault(position, np.frombuffer(raw_sets[position], dtype=np.uint64))
             hists.setdefault(position, np.frombuffer(raw_hists[position], dtype=np.uint64))
@@ -147,8 +183,7 @@ def _verified(table, *, threshold: float):
                 score = jaccard(sets[a], sets[b])
                 if score >= threshold:
                     found[pair] = score
-    return typed_table({"low": ([a for a, _ in found], pa.int64()), "high": ([b for _, b in found], pa.int64()),
-                   "score": (list(found.values()), pa.float64())})
+    return found
 
 
 def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequence[str | dict] = (),
@@ -183,48 +218,50 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
 
     features = _features_of(rows, config, compute, test_texts, previous)
     phases.update(n)  # every row through the per-row stage; the shuffles follow
-    facts = features.map_batches(_facts, fn_kwargs={"columns": ["id", "step", "reason", "matched"], "present": "step"},
-                                 batch_format="pyarrow", batch_size=None)
+    # One pass collects what stage 1 decided alone: the filters now, earlier rounds and test-set hits later.
+    facts = features.map_batches(_facts, fn_kwargs={"columns": FACTS}, batch_format="pyarrow", batch_size=None)
+    previous_hits, test_hits = {}, {}
     for fact in facts.iter_rows():
-        removal[int(fact["id"])] = (fact["step"], fact["reason"], json.loads(fact["matched"]) if fact["matched"] else None)
+        index = int(fact["id"])
+        if fact["step"] is not None:
+            removal[index] = (fact["step"], fact["reason"], json.loads(fact["matched"]) if fact["matched"] else None)
+            continue
+        if fact["prev_reason"] is not None:
+            previous_hits[index] = ("previous_rounds", fact["prev_reason"], json.loads(fact["prev_matched"]))
+        if fact["dc_step"] is not None:
+            test_hits[index] = (fact["dc_step"], fact["dc_reason"], json.loads(fact["dc_matched"]))
     timed("filters")
 
     def gone():
         return ray.put(np.fromiter(removal, dtype=np.int64, count=len(removal)))
 
-    if config.exact_dedup or config.prefix_dedup_chars:
-        keyed = on_survivors(features, gone(), _keyed, group="prefix_key" if config.prefix_dedup_chars else "exact_key",
-                             partitions=partitions)
-        hits = keyed.groupby("part", num_partitions=partitions).map_groups(
-            partial(_duplicates, config=config), batch_format="pyarrow")
+    group = "prefix_key" if config.prefix_dedup_chars else "exact_key" if config.exact_dedup else None
+    if group or config.near_dedup:
+        # Exact, prefix and near duplicates in one shuffle: the near pairs are found among every row the filters
+        # kept, and those with an exact or prefix duplicate are left out before the pass in id order.
+        hits = on_survivors(features, gone(), _dedup_rows, group=group, near=config.near_dedup, partitions=partitions).groupby(
+            "part", num_partitions=partitions).map_groups(partial(_dedup_hits, config=config),
+                                                                          batch_format="pyarrow")
+        edges: dict[tuple[int, int], float] = {}
         for hit in hits.iter_rows():
-            removal[int(hit["id"])] = (hit["step"], hit["reason"], int(hit["matched"]))
-        timed("exact_prefix_dup")
-
-    if config.near_dedup:
+            if hit["kind"] == "near":
+                edges[(int(hit["low"]), int(hit["high"]))] = float(hit["score"])
+            else:
+                removal[int(hit["high"])] = (hit["kind"], hit["reason"], int(hit["low"]))
         threshold = config.near_dedup_threshold
-        pairs = on_survivors(features, gone(), _band_rows, partitions=partitions).groupby(
-            "part", num_partitions=partitions).map_groups(partial(_verified, threshold=threshold), batch_format="pyarrow")
-        edges = {(int(edge["low"]), int(edge["high"])): float(edge["score"]) for edge in pairs.iter_rows()}
+        edges = {pair: score for pair, score in edges.items() if pair[0] not in removal and pair[1] not in removal}
         for index, (other, score) in greedy_keep(edges).items():
             removal[index] = ("near_dup", f"Jaccard {score:.3f} >= {threshold} "
                               f"({config.shingle} {config.shingle_size}-shingles)", other)
-        timed("near_dup")
+        timed("duplicates")
 
     if config.semantic_dedup_threshold is not None:
         semantic_duplicates(on_survivors(features, gone(), _columns, columns=["id", "semantic_text"]), config, compute, threads, removal)
         timed("semantic_dup")
 
-    if previous and config.dedup_previous:
-        hits = on_survivors(features, gone(), _facts, columns=["id", "prev_reason", "prev_matched"], present="prev_reason")
-        for hit in hits.iter_rows():
-            removal[int(hit["id"])] = ("previous_rounds", hit["prev_reason"], json.loads(hit["prev_matched"]))
-        timed("previous_rounds")
-
+    for hits in (previous_hits, test_hits):  # in curate's order: a row an earlier round used is not a test-set hit
+        removal.update({index: hit for index, hit in hits.items() if index not in removal})
     if test_texts:
-        hits = on_survivors(features, gone(), _facts, columns=["id", "dc_step", "dc_reason", "dc_matched"], present="dc_step")
-        for hit in hits.iter_rows():
-            removal[int(hit["id"])] = (hit["dc_step"], hit["dc_reason"], json.loads(hit["dc_matched"]))
         if config.decontam_embedding_threshold is not None:
             decontaminate_embeddings(features, gone(), test_texts, config, compute, threads, partitions, removal, progress)
         timed("decontam")
