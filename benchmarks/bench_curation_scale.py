@@ -6,7 +6,9 @@ Each configuration runs in its own process (so its peak RSS is the driver's alon
 first N ShareGPT prompts, decontaminated against MT-Bench with the paper's settings. Ray runs start
 a local cluster of `workers` CPUs (1 CPU and 1 torch thread a worker); the cluster's start is
 printed apart from the curation time. Prints prompts/s, the speed-up over 1 worker, the driver's
-peak RSS, whether the kept ids equal the local engine's, and the embedding cost per prompt.
+peak RSS, whether the kept ids equal the local engine's, the embedding cost per prompt, and the CPU
+time a prompt cost in every process of the run (the driver and the cluster's processes, sampled):
+the figure to compare when other jobs load the machine.
 """
 
 from __future__ import annotations
@@ -35,6 +37,38 @@ def _pool(n: int) -> tuple[list[dict], list[str]]:
     return rows[:n], against_texts([str(mtbench_questions_path())])[0]
 
 
+class _TreeCPU:
+    """CPU seconds of this process's descendants (the local Ray cluster), sampled: a worker that exits keeps its last."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(0.25):
+            for child in me.children(recursive=True):
+                try:
+                    times = child.cpu_times()
+                except psutil.Error:
+                    continue
+                self.seen[child.pid] = times.user + times.system + times.children_user + times.children_system
+
+    def __enter__(self) -> "_TreeCPU":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
 def _one(engine: str, workers: int, n: int) -> dict:
     """One configuration in this process; returns its measurements."""
     import torch
@@ -48,15 +82,19 @@ def _one(engine: str, workers: int, n: int) -> dict:
     settings = ComputeSettings(engine=engine, workers=workers)
     if engine == "ray":
         torch.set_num_threads(1)
+    threads = torch.get_num_threads()
     started = time.perf_counter()
-    with ray_cluster(settings) if engine == "ray" else _nothing():
+    with _TreeCPU() as tree, ray_cluster(settings) if engine == "ray" else _nothing():
         cluster_s = time.perf_counter() - started
-        started = time.perf_counter()
+        before = dict(tree.seen)
+        started, cpu = time.perf_counter(), time.process_time()
         result = curate_with(settings, rows, config=CurationConfig(), against=against)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        time.sleep(0.5)  # a last sample of the workers
+    cluster_cpu = sum(total - before.get(pid, 0.0) for pid, total in tree.seen.items())
     kept = [r["source_id"] for r in result.kept]
-    return {"engine": engine, "workers": workers, "seconds": seconds, "cluster_s": cluster_s,
-            "kept": len(kept), "kept_hash": hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16],
+    return {"engine": engine, "workers": workers, "torch_threads": threads, "seconds": seconds, "cluster_s": cluster_s,
+            "kept": len(kept), "driver_cpu": cpu, "cluster_cpu": cluster_cpu, "kept_hash": hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "steps": result.seconds}
 
 
@@ -109,15 +147,18 @@ def main() -> int:
     print(f"curation of {args.prompts} ShareGPT prompts (paper preset, against MT-Bench), {os.cpu_count()} CPUs, "
           f"load average {loads[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"{'engine':<8}{'workers':>8}{'seconds':>9}{'prompts/s':>11}{'vs 1 worker':>12}{'vs local':>9}"
-          f"{'peak RSS MB':>12}{'cluster s':>10}  kept ids")
+          f"{'peak RSS MB':>12}{'cluster s':>10}{'CPU ms/prompt':>14}{'driver':>8}  kept ids")
     for r in results:
         rate = args.prompts / r["seconds"]
         speedup = f"{one['seconds'] / r['seconds']:.2f}x" if one and r["engine"] == "ray" else "-"
         agree = "same" if r["kept_hash"] == local["kept_hash"] else "DIFFERENT"
         print(f"{r['engine']:<8}{r['workers']:>8}{r['seconds']:>9.1f}{rate:>11.1f}{speedup:>12}"
-              f"{local['seconds'] / r['seconds']:>8.2f}x{r['peak_rss_mb']:>12.0f}{r['cluster_s']:>10.1f}  {r['kept']} {agree}")
+              f"{local['seconds'] / r['seconds']:>8.2f}x{r['peak_rss_mb']:>12.0f}{r['cluster_s']:>10.1f}"
+              f"{1000 * (r['driver_cpu'] + r['cluster_cpu']) / args.prompts:>14.1f}{1000 * r['driver_cpu'] / args.prompts:>8.1f}"
+              f"  {r['kept']} {agree}")
     for r in results:
         print(f"  {r['engine']} {r['workers']}: seconds by step {r['steps']}")
+    print(f"local engine: {local['torch_threads']} torch threads (the whole machine); Ray: 1 CPU and 1 torch thread a worker")
     wall, cpu = _embedding_cost(min(args.prompts, 500))
     print(f"embedding alone: {1000 * wall:.1f} ms a prompt wall, {1000 * cpu:.1f} ms CPU (one process, one thread)")
     return 0

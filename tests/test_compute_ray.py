@@ -147,6 +147,29 @@ def test_ray_semantic_dedup_and_templated_preset_match_local(ray_local_cluster):
     assert _removed(on_ray) == _removed(local) and len(local.kept) == 3
 
 
+def test_ray_curation_of_blocks_of_removed_and_mixed_rows_keeps_the_local_ids(ray_local_cluster):
+    """Stage 1's blocks differ (the first all removed by the single-row filters, the next mixed): each block's facts
+    have one schema (removed rows lack most of them), so the shuffles and the embedding steps still agree with local."""
+    import pyarrow as pa
+
+    from arena_dagster.prompts.curation_rows import RowJudge, feature_schema
+
+    rows, _ = load_sharegpt(max_conversations=40)
+    pool = ([{"prompt": "hi"} for _ in range(300)] + [{"prompt": ""}] * 20
+            + [row if i % 2 else {"prompt": f"x{i}"} for i, row in enumerate(rows[:60])] + rows[:20])
+    config = CurationConfig(semantic_dedup_threshold=0.9)
+    against = [rows[3]["prompt"]]
+    local = curate(pool, config=config, against=against)
+    on_ray = curate_with(RAY2, pool, config=config, against=against)
+    assert [r.get("source_id") for r in on_ray.kept] == [r.get("source_id") for r in local.kept]
+    assert on_ray.removed == local.removed and _removed(on_ray) == _removed(local)
+    assert local.removed["too_short"] >= 330 and local.removed["invalid"] == 20 and local.removed["exact_dup"]
+    judge = RowJudge(config, against)
+    kept, removed = judge(rows[0], 0), judge({"prompt": "hi"}, 1)
+    assert set(kept) == set(feature_schema().names)
+    assert pa.Table.from_pylist([removed, kept], schema=feature_schema()).column("has_history").to_pylist() == [None, False]
+
+
 def test_curate_cli_on_ray_writes_the_local_rows(ray_local_cluster, tmp_path, capsys):
     from arena_dagster.commands.curate import main
 

@@ -1,16 +1,18 @@
 """Prompt curation on Ray Data: `curation.curate`'s steps over blocks of the pool, with the same kept set.
 
-  1. a map over blocks (an actor pool: each worker builds the test-set and earlier-round indexes
+  1. a map over blocks (tasks: each worker process builds the test-set and earlier-round indexes
      once) computes each row's single-row filters, duplicate keys, MinHash band keys and hits
-     against earlier rounds and the test set (`curation_rows.RowJudge`);
-  2. exact and prefix duplicates: a shuffle on the duplicate key; a group keeps its smallest id;
-  3. near duplicates: a shuffle on the LSH band keys (datasketch's bands for the threshold, so the
+     against earlier rounds and the test set (`curation_rows.RowJudge`), as Arrow tables of one
+     schema; one pass brings the removed rows and the hits to the driver;
+  2. exact, prefix and near duplicates: one shuffle, on the duplicate key (a group keeps its
+     smallest id) and on the LSH band keys (datasketch's bands for the threshold, so the
      candidates are the local index's); each candidate pair is verified with the exact Jaccard of
      the shingle sets on the worker; the verified pairs (duplicates only) come to the driver,
-     which keeps the rows a pass in id order keeps (`curation_rows.greedy_keep`);
+     which leaves out the rows an exact or prefix duplicate removed and keeps the rows a pass in
+     id order keeps (`curation_rows.greedy_keep`);
   4. semantic duplicates: embeddings from an actor pool (one model per actor), pairs above the
      threshold from block-by-block products, the same pass in id order;
-  5. earlier rounds and the exact / n-gram / MinHash test-set hits apply to the survivors;
+  5. earlier rounds' and the exact / n-gram / MinHash test-set hits (from step 1) apply to the survivors;
   6. embedding decontamination: the survivors' distinct user turns go through the embedding
      actor pool, each worker keeps per test item its top-k turns above the threshold, and the
      driver merges them into the global top-k.
@@ -23,19 +25,21 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from arena_dagster.compute.cluster import actor_options, quiet_ray_data, ray_cluster
+from arena_dagster.compute.cluster import quiet_ray_data, ray_cluster
 from arena_dagster.compute.progress import Progress, progress_sink
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.profile_schema.curation import CurationConfig, CurationError
 from arena_dagster.prompts.curation import STEPS, CurationResult, curate, embed_texts
 from arena_dagster.prompts.curation.decontamination import against_texts
 from arena_dagster.prompts.curation.similarity import jaccard
-from arena_dagster.prompts.curation_rows import RowJudge, first_of_groups, greedy_keep
+from arena_dagster.prompts.curation_ray_embed import decontaminate_embeddings, semantic_duplicates
+from arena_dagster.prompts.curation_rows import (RowJudge, exploded, feature_schema, first_of_groups, greedy_keep,
+                                                 on_survivors, typed_table)
 
 Sink = Callable[[str, int], Progress]  # progress.progress_sink: (label, total) -> a bar that logs
 
@@ -74,84 +78,123 @@ _JUDGES: dict[str, RowJudge] = {}
 
 
 def _features(batch, *, key: str, config: CurationConfig, test_texts: list[str], previous: list):
-    """Stage 1 as tasks (they free their CPU when done); a worker process builds the row judge once per run."""
-    import pandas as pd
+    """Stage 1 as tasks (they free their CPU when done); a worker process builds the row judge once per run.
+
+    The facts go out with one fixed schema: a block of removed rows only has the columns of a block of kept ones."""
+    import pyarrow as pa
 
     if key not in _JUDGES:
         _JUDGES.clear()
         _JUDGES[key] = RowJudge(config, test_texts, previous)
     judge = _JUDGES[key]
-    return pd.DataFrame([judge(json.loads(text), int(index)) for index, text in zip(batch["id"], batch["row"])])
+    facts = [judge(json.loads(text), index) for index, text in zip(batch["id"].to_pylist(), batch["row"].to_pylist())]
+    return pa.Table.from_pylist(facts, schema=feature_schema())
 
 
-class _Embedder:
-    """One embedding model per actor, with its share of the threads (and a GPU when the settings give one)."""
-
-    def __init__(self, threads: int, batch_size: int) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-        self.batch_size = batch_size
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        return embed_texts(texts, batch_size=self.batch_size)
+FACTS = ["id", "step", "reason", "matched", "prev_reason", "prev_matched", "dc_step", "dc_reason", "dc_matched"]
 
 
-class _SemanticVectors(_Embedder):
-    def __call__(self, batch):
-        return {"id": np.asarray(batch["id"]), "vector": self.embed([str(t) for t in batch["semantic_text"]])}
-
-
-class _TurnScorer(_Embedder):
-    """Per test item, this batch's top-k turns at or above the threshold (only those can be flagged).
-
-    Each replica embeds the (small) test set itself, so the driver never loads the model."""
-
-    def __init__(self, threads: int, batch_size: int, test_texts: list[str], k: int, threshold: float) -> None:
-        super().__init__(threads, batch_size)
-        self.tests, self.k, self.threshold = self.embed(test_texts), k, threshold
-
-    def __call__(self, batch):
-        turns = [str(t) for t in batch["turn"]]
-        sims = self.tests @ self.embed(turns).T
-        k = min(self.k, len(turns))
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        out: dict[str, list] = {"test": [-1], "score": [len(turns)], "turn": [""]}
-        for test, columns in enumerate(top):
-            for column in columns:
-                if sims[test, column] >= self.threshold:
-                    out["test"].append(test)
-                    out["score"].append(float(sims[test, column]))
-                    out["turn"].append(turns[column])
-        return {"test": np.asarray(out["test"], dtype=np.int64), "score": np.asarray(out["score"], dtype=np.float64),
-                "turn": np.asarray(out["turn"], dtype=object)}
-
-
-def _without(table, *, gone):
-    """The batch's rows whose id is not in `gone` (an object ref: one fetch a batch, not one a row)."""
-    import pyarrow as pa
+def _facts(table, *, columns: Sequence[str]):
+    """The rows of a block that stage 1 removed or found in an earlier round or the test set."""
     import pyarrow.compute as pc
-    import ray
 
-    return table.filter(pc.invert(pc.is_in(table["id"], value_set=pa.array(ray.get(gone), type=pa.int64()))))
+    found = pc.or_(pc.or_(pc.is_valid(table["step"]), pc.is_valid(table["prev_reason"])), pc.is_valid(table["dc_step"]))
+    return table.filter(found).select(list(columns))
 
 
 def _partition(key: str, partitions: int) -> int:
     return int(key[:8], 16) % partitions if key else 0
 
 
+def _dedup_schema():
+    import pyarrow as pa
+
+    return pa.schema([("part", pa.int64()), ("key", pa.string()), ("id", pa.int64()), ("exact_key", pa.string()),
+                      ("prefix_key", pa.string()), ("shingles", pa.binary()), ("history_shingles", pa.binary()),
+                      ("has_history", pa.bool_())])
+
+
+def _dedup_rows(table, *, group: str | None, near: bool, partitions: int):
+    """The one shuffle's input: a row per member of a duplicate-key group (key `=` and the digest) and, for near
+    duplicates, a row per (row, LSH band) with the shingles; each partitioned on its key's hash."""
+    import pyarrow as pa
+
+    schema = _dedup_schema()
+    parts = []
+    if group:
+        keys = table[group].to_pylist()
+        parts.append(pa.table({"part": pa.array([_partition(k, partitions) for k in keys], type=pa.int64()),
+                               "key": pa.array(["=" + k for k in keys], type=pa.string()),
+                               **{name: table[name] for name in ("id", "exact_key", "prefix_key")}}))
+    if near:
+        rows, bands = exploded(table, "bands", ["id", "shingles", "history_shingles", "has_history"])
+        parts.append(rows.append_column("key", bands).append_column(
+            "part", pa.array([_partition(band.split(":", 1)[1], partitions) for band in bands.to_pylist()], type=pa.int64())))
+    return pa.concat_tables([_complete(part, schema) for part in parts])
+
+
+def _complete(table, schema):
+    """`table` with `schema`'s missing columns as nulls."""
+    import pyarrow as pa
+
+    return pa.table({field.name: table[field.name] if field.name in table.column_names else pa.nulls(len(table), field.type)
+                     for field in schema}, schema=schema)
+
+
+def _dedup_hits(table, *, config: CurationConfig):
+    """Per key group: the exact and prefix duplicates (`first_of_groups`) and the LSH candidate pairs whose
+    shingle sets' Jaccard reaches the threshold. Rows (kind, low, high, score, reason): a duplicate is
+    (its step, the kept id, its id, 1.0, why); a near pair is ("near", smaller id, larger id, Jaccard, null)."""
+    import pyarrow as pa
+
+    members: dict[str, list[int]] = {}
+    for position, key in enumerate(table["key"].to_pylist()):
+        members.setdefault(key, []).append(position)
+    ids = table["id"].to_pylist()
+    hits: list[tuple[str, int, int, float, str | None]] = []
+    keyed = [p for key, positions in members.items() if key.startswith("=") for p in positions]
+    exact, prefix = table["exact_key"].to_pylist(), table["prefix_key"].to_pylist()
+    for index, step, reason, kept in first_of_groups([ids[p] for p in keyed], [exact[p] for p in keyed],
+                                                     [prefix[p] for p in keyed], config):
+        hits.append((step, kept, index, 1.0, reason))
+    found = _verified(table, ids, [positions for key, positions in members.items() if not key.startswith("=")],
+                      config.near_dedup_threshold)
+    hits.extend(("near", low, high, score, None) for (low, high), score in found.items())
+    return typed_table({name: ([hit[i] for hit in hits], kind) for i, (name, kind) in enumerate(
+        [("kind", pa.string()), ("low", pa.int64()), ("high", pa.int64()), ("score", pa.float64()), ("reason", pa.string())])})
+
+
+def _verified(table, ids: list[int], groups: list[list[int]], threshold: float) -> dict[tuple[int, int], float]:
+    """The candidate pairs (rows sharing a band) whose shingle sets' Jaccard reaches the threshold."""
+    has = table["has_history"].to_pylist()
+    raw_sets, raw_hists = table["shingles"].to_pylist(), table["history_shingles"].to_pylist()
+    sets: dict[int, np.ndarray] = {}
+    hists: dict[int, np.ndarray] = {}
+    found: dict[tuple[int, int], float] = {}
+    for positions in groups:
+        for position in positions if len(positions) > 1 else ():
+            sets.setdefault(position, np.frombuffer(raw_sets[position], dtype=np.uint64))
+            hists.setdefault(position, np.frombuffer(raw_hists[position], dtype=np.uint64))
+        for x, a in enumerate(positions):
+            for b in positions[x + 1 :]:
+                pair = (min(ids[a], ids[b]), max(ids[a], ids[b]))
+                if pair in found or has[a] != has[b] or (has[a] and jaccard(hists[a], hists[b]) < threshold):
+                    continue
+                score = jaccard(sets[a], sets[b])
+                if score >= threshold:
+                    found[pair] = score
+    return found
+
+
 def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequence[str | dict] = (),
                   previous: Sequence[str | dict] = (), compute: ComputeSettings,
                   progress: Sink | None = None) -> CurationResult:
-    import pandas as pd
     import ray
-    import ray.data
 
     quiet_ray_data()
     progress = progress or progress_sink()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-
     phases = progress(f"curation on Ray ({compute.workers} workers)", len(rows))
 
     def timed(step: str) -> None:
@@ -163,101 +206,64 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
             phases.log(f"curation on Ray: {step} done in {seconds[step]:.1f} s ({n / max(seconds[step], 1e-9):.1f} rows/s)")
 
     n = len(rows)
-    workers = compute.workers
-    partitions = max(2 * workers, n // 20_000 + 1)
-    blocks = max(2 * workers, min(n // 500 + 1, 4 * workers * 16))
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise CurationError(f"row {index}: expected a dict, got {type(row).__name__}")
+    if not n:
+        return CurationResult(kept=[], removed={step: 0 for step in STEPS}, removed_rows=[], n_input=0)
+    partitions = max(2 * compute.workers, n // 20_000 + 1)
     test_texts = against_texts(against)
     removal: dict[int, tuple[str, str, Any]] = {}  # id -> (step, reason, matched)
     threads = max(1, int(compute.cpus_per_worker))
 
-    items = [{"id": i, "row": json.dumps(row, default=str)} for i, row in enumerate(rows)]
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise CurationError(f"row {index}: expected a dict, got {type(row).__name__}")
-    source = ray.data.from_items(items, override_num_blocks=blocks) if items else None
-    del items
-    if source is None:
-        return CurationResult(kept=[], removed={step: 0 for step in STEPS}, removed_rows=[], n_input=0)
-    run_key = f"{time.time_ns()}-{id(rows)}"
-    features = source.map_batches(
-        _features, fn_kwargs={"key": run_key, "config": config, "test_texts": test_texts, "previous": list(previous)},
-        batch_format="pandas", batch_size=256, num_cpus=compute.cpus_per_worker).materialize()
+    features = _features_of(rows, config, compute, test_texts, previous)
     phases.update(n)  # every row through the per-row stage; the shuffles follow
-    for fact in features.filter(lambda r: r["step"] is not None).select_columns(["id", "step", "reason", "matched"]).iter_rows():
-        removal[int(fact["id"])] = (fact["step"], fact["reason"], json.loads(fact["matched"]) if fact["matched"] else None)
+    # One pass collects what stage 1 decided alone: the filters now, earlier rounds and test-set hits later.
+    facts = features.map_batches(_facts, fn_kwargs={"columns": FACTS}, batch_format="pyarrow", batch_size=None)
+    previous_hits, test_hits = {}, {}
+    for fact in facts.iter_rows():
+        index = int(fact["id"])
+        if fact["step"] is not None:
+            removal[index] = (fact["step"], fact["reason"], json.loads(fact["matched"]) if fact["matched"] else None)
+            continue
+        if fact["prev_reason"] is not None:
+            previous_hits[index] = ("previous_rounds", fact["prev_reason"], json.loads(fact["prev_matched"]))
+        if fact["dc_step"] is not None:
+            test_hits[index] = (fact["dc_step"], fact["dc_reason"], json.loads(fact["dc_matched"]))
     timed("filters")
-    alive = features.filter(lambda r: r["step"] is None)
 
-    if config.exact_dedup or config.prefix_dedup_chars:
-        group = "prefix_key" if config.prefix_dedup_chars else "exact_key"
+    def gone():
+        return ray.put(np.fromiter(removal, dtype=np.int64, count=len(removal)))
 
-        def duplicates(frame):
-            return pd.DataFrame(first_of_groups(frame["id"].tolist(), frame["exact_key"].tolist(),
-                                                frame["prefix_key"].tolist(), config),
-                                columns=["id", "step", "reason", "matched"])
-
-        keyed = alive.select_columns(["id", "exact_key", "prefix_key"]).map_batches(
-            lambda frame: frame.assign(part=[_partition(k, partitions) for k in frame[group]]), batch_format="pandas")
-        for hit in keyed.groupby("part", num_partitions=partitions).map_groups(duplicates, batch_format="pandas").iter_rows():
-            removal[int(hit["id"])] = (hit["step"], hit["reason"], int(hit["matched"]))
-        timed("exact_prefix_dup")
-
-    def survivors():
-        gone = ray.put(np.fromiter(removal, dtype=np.int64, count=len(removal)))
-        return alive.map_batches(_without, fn_kwargs={"gone": gone}, batch_format="pyarrow")
-
-    if config.near_dedup:
-        threshold = config.near_dedup_threshold
+    group = "prefix_key" if config.prefix_dedup_chars else "exact_key" if config.exact_dedup else None
+    if group or config.near_dedup:
+        # Exact, prefix and near duplicates in one shuffle: the near pairs are found among every row the filters
+        # kept, and those with an exact or prefix duplicate are left out before the pass in id order.
+        hits = on_survivors(features, gone(), _dedup_rows, group=group, near=config.near_dedup, partitions=partitions).groupby(
+            "part", num_partitions=partitions).map_groups(partial(_dedup_hits, config=config),
+                                                                          batch_format="pyarrow")
         edges: dict[tuple[int, int], float] = {}
-
-        def band_rows(row):
-            return [{"part": _partition(band.split(":", 1)[1], partitions), "band": band, "id": row["id"],
-                     "shingles": row["shingles"], "history_shingles": row["history_shingles"],
-                     "has_history": row["has_history"]} for band in row["bands"]]
-
-        def verified(frame):
-            found: dict[tuple[int, int], float] = {}
-            for _band, members in frame.groupby("band"):
-                if len(members) < 2:
-                    continue
-                ids = members["id"].tolist()
-                sets = [np.frombuffer(b, dtype=np.uint64) for b in members["shingles"]]
-                hists = [np.frombuffer(b, dtype=np.uint64) for b in members["history_shingles"]]
-                has = members["has_history"].tolist()
-                for a in range(len(ids)):
-                    for b in range(a + 1, len(ids)):
-                        pair = (min(ids[a], ids[b]), max(ids[a], ids[b]))
-                        if pair in found:
-                            continue
-                        if has[a] != has[b] or (has[a] and jaccard(hists[a], hists[b]) < threshold):
-                            continue
-                        score = jaccard(sets[a], sets[b])
-                        if score >= threshold:
-                            found[pair] = score
-            return pd.DataFrame([(a, b, s) for (a, b), s in found.items()], columns=["low", "high", "score"])
-
-        pairs = survivors().flat_map(band_rows).groupby("part", num_partitions=partitions).map_groups(verified, batch_format="pandas")
-        for edge in pairs.iter_rows():
-            edges[(int(edge["low"]), int(edge["high"]))] = float(edge["score"])
+        for hit in hits.iter_rows():
+            if hit["kind"] == "near":
+                edges[(int(hit["low"]), int(hit["high"]))] = float(hit["score"])
+            else:
+                removal[int(hit["high"])] = (hit["kind"], hit["reason"], int(hit["low"]))
+        threshold = config.near_dedup_threshold
+        edges = {pair: score for pair, score in edges.items() if pair[0] not in removal and pair[1] not in removal}
         for index, (other, score) in greedy_keep(edges).items():
             removal[index] = ("near_dup", f"Jaccard {score:.3f} >= {threshold} "
                               f"({config.shingle} {config.shingle_size}-shingles)", other)
-        timed("near_dup")
+        timed("duplicates")
 
     if config.semantic_dedup_threshold is not None:
-        _semantic(survivors(), config, compute, threads, removal)
+        semantic_duplicates(on_survivors(features, gone(), _columns, columns=["id", "semantic_text"]), config, compute, threads, removal)
         timed("semantic_dup")
 
-    if previous and config.dedup_previous:
-        for hit in survivors().filter(lambda r: r["prev_reason"] is not None).iter_rows():
-            removal[int(hit["id"])] = ("previous_rounds", hit["prev_reason"], json.loads(hit["prev_matched"]))
-        timed("previous_rounds")
-
+    for hits in (previous_hits, test_hits):  # in curate's order: a row an earlier round used is not a test-set hit
+        removal.update({index: hit for index, hit in hits.items() if index not in removal})
     if test_texts:
-        for hit in survivors().filter(lambda r: r["dc_step"] is not None).iter_rows():
-            removal[int(hit["id"])] = (hit["dc_step"], hit["dc_reason"], json.loads(hit["dc_matched"]))
         if config.decontam_embedding_threshold is not None:
-            _decontaminate_embeddings(survivors(), test_texts, config, compute, threads, partitions, removal, progress)
+            decontaminate_embeddings(features, gone(), test_texts, config, compute, threads, partitions, removal, progress)
         timed("decontam")
 
     phases.close()
@@ -271,91 +277,21 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
                           removed_rows=removed_rows, n_input=n, seconds=seconds)
 
 
-def _embedding_pool(compute: ComputeSettings) -> dict[str, Any]:
+def _columns(table, *, columns: Sequence[str]):
+    return table.select(list(columns))
+
+
+def _features_of(rows: Sequence[dict], config: CurationConfig, compute: ComputeSettings, test_texts: list[str],
+                 previous: Sequence[str | dict]):
+    """Stage 1, materialized: every block holds rows (a block of none would reach the maps below without a schema)."""
     import ray.data
 
-    options = actor_options(compute)
-    # Every replica asked for at once (an autoscaled second replica came too late to take a share),
-    # yet it may start from one: a pool never waits for CPUs that another step's replicas are still giving back.
-    pool = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=compute.workers, initial_size=compute.workers),
-            "num_cpus": options["num_cpus"]}
-    if "num_gpus" in options:
-        pool["num_gpus"] = options["num_gpus"]
-    return pool
+    n = len(rows)
+    blocks = min(n, max(2 * compute.workers, min(n // 500 + 1, 4 * compute.workers * 16)))
+    items = [{"id": i, "row": json.dumps(row, default=str)} for i, row in enumerate(rows)]
+    run_key = f"{time.time_ns()}-{id(rows)}"
+    return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        _features, fn_kwargs={"key": run_key, "config": config, "test_texts": test_texts, "previous": list(previous)},
+        batch_format="pyarrow", batch_size=256, num_cpus=compute.cpus_per_worker).materialize()
 
 
-def _similar_pairs(pairs, blocks: list, threshold: float):
-    # One batch of block pairs (i <= j): every pair of rows across the two blocks at or over the threshold.
-    import pandas as pd
-    import ray
-
-    found = []
-    for i, j in zip(pairs["i"], pairs["j"]):
-        left, right = ray.get(blocks[i]), ray.get(blocks[j])
-        sims = left["vector"] @ right["vector"].T
-        for a, b in zip(*np.nonzero(sims >= threshold)):
-            low, high = int(left["id"][a]), int(right["id"][b])
-            if low < high or (i != j and low > high):
-                found.append((min(low, high), max(low, high), float(sims[a, b])))
-    return pd.DataFrame(found, columns=["low", "high", "score"])
-
-
-def _semantic(rows, config: CurationConfig, compute: ComputeSettings, threads: int, removal: dict) -> None:
-    import ray
-
-    threshold = config.semantic_dedup_threshold
-    vectors = rows.select_columns(["id", "semantic_text"]).map_batches(
-        _SemanticVectors, fn_constructor_kwargs={"threads": threads, "batch_size": config.embed_batch_size},
-        batch_format="numpy", batch_size=256, **_embedding_pool(compute)).materialize()
-    blocks = vectors.to_numpy_refs()
-    # Block pairs (i <= j) as a dataset: Ray Data schedules them beside the pools it still holds.
-    grid = ray.data.from_items([{"i": i, "j": j} for i in range(len(blocks)) for j in range(i, len(blocks))])
-    edges = {(int(e["low"]), int(e["high"])): float(e["score"])
-             for e in grid.map_batches(_similar_pairs, fn_kwargs={"blocks": blocks, "threshold": threshold},
-                                       batch_format="pandas", batch_size=1).iter_rows()}
-    del vectors, blocks, grid  # the vectors leave the object store before the greedy pass
-    for index, (other, score) in greedy_keep(edges).items():
-        removal[index] = ("semantic_dup", f"cosine {score:.3f} >= {threshold}", other)
-
-
-def _decontaminate_embeddings(rows, test_texts: list[str], config: CurationConfig, compute: ComputeSettings,
-                              threads: int, partitions: int, removal: dict, progress: Sink) -> None:
-    import pandas as pd
-
-    threshold = config.decontam_embedding_threshold
-    row_turns = rows.select_columns(["id", "turns"]).flat_map(
-        lambda r: [{"turn": turn, "part": zlib.crc32(turn.encode()) % partitions} for turn in r["turns"]])
-    # Each partition's distinct turns longest first, so that a batch holds turns of similar lengths
-    # (little padding) while batches stay small enough to share out evenly among the replicas.
-    distinct = row_turns.groupby("part", num_partitions=partitions).map_groups(
-        lambda frame: pd.DataFrame({"turn": sorted(dict.fromkeys(frame["turn"].tolist()), key=lambda t: (-len(t), t))}),
-        batch_format="pandas").materialize()
-    count = distinct.count()
-    if not count:
-        return
-    k = min(config.decontam_top_k, count)
-    scored = distinct.map_batches(
-        _TurnScorer, fn_constructor_kwargs={"threads": threads, "batch_size": config.embed_batch_size, "test_texts": test_texts,
-                                            "k": k, "threshold": threshold},
-        batch_format="numpy", batch_size=config.embed_batch_size, **_embedding_pool(compute))
-    per_test: dict[int, list[tuple[float, str]]] = {}
-    bar = progress("embedding decontamination", count)
-    for hit in scored.iter_rows():
-        if hit["test"] < 0:  # a batch's row count, for the progress bar
-            bar.update(int(hit["score"]))
-            continue
-        per_test.setdefault(int(hit["test"]), []).append((float(hit["score"]), str(hit["turn"])))
-    bar.close()
-    best: dict[str, tuple[float, int]] = {}
-    for test, candidates in sorted(per_test.items()):
-        for score, turn in sorted(candidates, key=lambda c: (-c[0], c[1]))[:k]:
-            if score > best.get(turn, (-1.0, 0))[0]:
-                best[turn] = (score, test)
-    if not best:
-        return
-    flagged = {turn: (f"cosine {score:.3f} >= {threshold} with a test item (top-{k})", test_texts[test])
-               for turn, (score, test) in best.items()}
-    hits = rows.select_columns(["id", "turns"]).filter(lambda r: any(t in flagged for t in r["turns"]))
-    for hit in hits.iter_rows():
-        turn = next(t for t in hit["turns"] if t in flagged)
-        removal[int(hit["id"])] = ("decontam_embedding", *flagged[turn])

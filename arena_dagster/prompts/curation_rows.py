@@ -4,14 +4,16 @@ A row's filters (invalid, too short, too long, language), its duplicate keys, it
 keys, and its hits against earlier rounds and the test set depend on the row and the fixed
 inputs only, so Ray workers compute them block by block (`curation_ray.py`); the steps that
 compare rows with each other (duplicates) are decided after a shuffle. The rules and messages
-are `curation.curate`'s: the two engines keep the same rows for the same reasons.
+are `curation.curate`'s: the two engines keep the same rows for the same reasons. The facts
+travel as Arrow tables of one schema (`feature_schema`), and every later step maps over the
+rows of each block that are still alive (`on_survivors`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,6 +35,20 @@ def band_params(config: CurationConfig) -> tuple[int, int]:
 
     lsh = MinHashLSH(threshold=min(config.near_dedup_threshold, 0.99), num_perm=config.num_perm)
     return lsh.b, lsh.r
+
+
+def feature_schema():
+    """The Arrow schema of `RowJudge`'s facts. Every block of the features gets it whatever mix of removed
+    rows (which lack most facts: nulls here) and kept rows it holds, so that the blocks' schemas agree."""
+    import pyarrow as pa
+
+    text, texts = pa.string(), pa.list_(pa.string())
+    return pa.schema([
+        ("id", pa.int64()), ("step", text), ("reason", text), ("matched", text),
+        ("exact_key", text), ("prefix_key", text), ("semantic_text", text), ("shingles", pa.binary()),
+        ("history_shingles", pa.binary()), ("has_history", pa.bool_()), ("bands", texts), ("turns", texts),
+        ("prev_reason", text), ("prev_matched", text), ("dc_step", text), ("dc_reason", text), ("dc_matched", text),
+    ])
 
 
 class RowJudge:
@@ -91,7 +107,7 @@ class RowJudge:
                 self.index_test.add(position, shingles(text, config.shingle, config.shingle_size))
 
     def __call__(self, row: Any, index: int) -> dict[str, Any]:
-        """The row's facts; `step` is set when a single-row filter removes it."""
+        """The row's facts (`feature_schema`'s columns); `step` is set when a single-row filter removes it."""
         config = self.config
         out: dict[str, Any] = {"id": index, "step": None, "reason": None, "matched": None}
         if not isinstance(row, dict):
@@ -222,3 +238,43 @@ def greedy_keep(edges: dict[tuple[int, int], float]) -> dict[int, tuple[int, flo
             other, score = max(kept, key=lambda pair: (pair[1], -pair[0]))
             removed[index] = (other, score)
     return removed
+
+
+def typed_table(columns: dict[str, tuple[Any, Any]]):
+    """An Arrow table of `name: (values, type)`: typed even when empty, so a reducer's inputs concatenate."""
+    import pyarrow as pa
+
+    return pa.table({name: pa.array(values, type=kind) for name, (values, kind) in columns.items()})
+
+
+def exploded(table, column: str, keep: Sequence[str]):
+    """(`keep` columns, each repeated once per element of the list column, the elements)."""
+    import pyarrow.compute as pc
+
+    return table.select(list(keep)).take(pc.list_parent_indices(table[column])), pc.list_flatten(table[column])
+
+
+def _survivors(table, gone):
+    """The rows of a block of features that no step has removed yet (`gone`: an object ref of the removed ids)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray
+
+    keep = pc.is_null(table["step"])
+    removed = ray.get(gone)
+    if len(removed):
+        keep = pc.and_(keep, pc.invert(pc.is_in(table["id"], value_set=pa.array(removed, type=pa.int64()))))
+    return table.filter(keep)
+
+
+def _on_block_survivors(table, *, gone, fn, kwargs):
+    return fn(_survivors(table, gone), **kwargs)
+
+
+def on_survivors(features, gone, fn: Callable, **kwargs):
+    """`fn(table, **kwargs)` over each block's surviving rows, a map over the blocks of features.
+
+    The map filters the rows itself: Ray Data skips a map over a block that a filter emptied and
+    passes on an empty block without a schema, which a shuffle then cannot concatenate."""
+    return features.map_batches(_on_block_survivors, fn_kwargs={"gone": gone, "fn": fn, "kwargs": kwargs},
+                                batch_format="pyarrow", batch_size=None)
