@@ -19,7 +19,7 @@ from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
 from arena_dagster.training.ray_job import OUTPUT_DIR_KEY, job_submission
 from arena_dagster.training.ray_train import per_worker_hyperparams
-from arena_dagster.training.runner import ENTRYPOINT_MODULE, leftovers
+from arena_dagster.training.runner import ENTRYPOINT_MODULE, leftovers, run_training
 from arena_dagster.training.spec import (
     TrainingSpecError,
     read_manifest,
@@ -34,7 +34,9 @@ TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1
 def test_workers_share_the_global_batch():
     hyper = {"batch_size": 8, "gradient_accumulation_steps": 3}
     assert per_worker_hyperparams(hyper, 1) == hyper
-    assert per_worker_hyperparams(hyper, 2) == {"batch_size": 4, "gradient_accumulation_steps": 3}
+    # Rank 0 draws the stage's batches of 8 and each of 2 ranks trains on its half; RLOO divides its per-device batch.
+    assert per_worker_hyperparams(hyper, 2) == {"batch_size": 8, "gradient_accumulation_steps": 3, "split_batches": True}
+    assert per_worker_hyperparams(hyper, 2, "rl") == {"batch_size": 4, "gradient_accumulation_steps": 3}
     assert per_worker_hyperparams(hyper, 3) == {"batch_size": 8, "gradient_accumulation_steps": 1}
     with pytest.raises(TrainingSpecError, match="compute.workers=5 cannot share the global batch"):
         per_worker_hyperparams(hyper, 5)
@@ -141,6 +143,22 @@ def test_sft_on_one_ray_worker_equals_the_local_run_and_two_workers_keep_the_bat
     for figure in ("first_loss", "final_loss"):
         assert two["metrics"][figure] == pytest.approx(one["metrics"][figure], rel=0.05), figure
     assert json.loads((home / "ray2" / "config.json").read_text())["hidden_size"] == 32
+
+
+def test_two_workers_learn_the_local_loss_on_an_uneven_last_batch(workspace, ray_local_cluster):
+    """42 rows in batches of 8: the epoch ends with a batch of 2, which 2 workers share 1 + 1 (not padded to 8 rows)."""
+    home, spec = workspace["home"], workspace["spec"]
+    rows = [json.loads(row) for row in (home / "sft.jsonl").read_text().splitlines()[:42]]
+    uneven = {**spec, "dataset_path": str(write_jsonl(home / "sft-42.jsonl", rows)),
+              "hyperparams": {**spec["hyperparams"], "max_steps": 6}}  # the 6th step is the short batch
+    # The local run is one Ray worker's, bit for bit (the test above).
+    local = run_training({**uneven, "output_dir": str(home / "uneven-local")}, log=lambda _: None, timeout_s=300)
+    two = run_training(_on_ray(uneven, ray_local_cluster, 2, home / "uneven-ray2"), log=lambda _: None, timeout_s=600)
+    ours, theirs = ([loss for _step, loss in run["curves"]["loss"]] for run in (two, local))
+    for figure in ("first_loss", "final_loss"):
+        assert two["metrics"][figure] == pytest.approx(local["metrics"][figure], rel=0.05), f"2 workers {ours}, local {theirs}"
+    # Every step learns from the local run's rows: the same curve, to the order of summation.
+    assert ours == pytest.approx(theirs, rel=1e-3), f"2 workers {ours}, local {theirs}"
 
 
 def _wait_for_cpus(ray, cpus: float, timeout_s: float = 120) -> float:

@@ -7,8 +7,9 @@ driver: it joins the run's cluster through the engine seam (compute/cluster.py;
 `ray.train.torch.TorchTrainer` with one worker per `compute.workers`, each with
 `cpus_per_worker` CPUs and `gpus_per_worker` GPUs (DDP over gloo on CPU, NCCL on GPU).
 
-Every worker runs `entrypoint.train` on its share: the global batch stays the stage's (the
-per-device batch, or else the gradient accumulation, is divided by the number of workers), the
+Every worker runs `entrypoint.train` on its share: the global batch stays the stage's (rank 0
+draws the local run's batches and each rank trains on its slice; or else the gradient
+accumulation is divided by the number of workers), the
 seed is the stage's, and rank 0 writes the same folder and manifest as a local run, with
 `engine: ray` and `world_size`. Every `checkpoint_every` steps the workers hand Ray Train a
 checkpoint (`ray.train.report`); a lost worker restarts the group (`FailureConfig`), which then
@@ -52,13 +53,20 @@ def ray_storage(output_dir: Path) -> Path:
     return Path(str(output_dir) + ".ray")
 
 
-def per_worker_hyperparams(hyper: dict, world_size: int) -> dict:
-    """The stage's hyperparameters for one of `world_size` workers: the same global batch, split between them."""
+def per_worker_hyperparams(hyper: dict, world_size: int, stage: str = "sft") -> dict:
+    """The stage's hyperparameters for one of `world_size` workers: the same global batch, split between them.
+
+    Where the batch divides, rank 0 draws the stage's own batches (the local run's, the last short
+    one of an epoch included) and hands each rank its slice (`split_batches`: accelerate's
+    dispatching loader); each rank sharding the data itself would pad an epoch's short last batch
+    with rows from its start, so that step would learn from other rows than the local run's. RLOO
+    samples its prompts per rank (TRL's own sampler): its per-device batch is divided instead.
+    """
     if world_size == 1:
         return hyper
     batch, accumulation = int(hyper["batch_size"]), int(hyper.get("gradient_accumulation_steps") or 1)
     if batch % world_size == 0:
-        return {**hyper, "batch_size": batch // world_size}
+        return {**hyper, "batch_size": batch // world_size} if stage == "rl" else {**hyper, "split_batches": True}
     if accumulation % world_size == 0:
         return {**hyper, "gradient_accumulation_steps": accumulation // world_size}
     raise TrainingSpecError(
@@ -110,7 +118,7 @@ class RayWorker:
         self.world_size, self.rank, self.resume_from = world_size, rank, resume_from
 
     def trainer_spec(self, resolved: dict) -> dict:
-        return {**resolved, "hyperparams": per_worker_hyperparams(resolved["hyperparams"], self.world_size)}
+        return {**resolved, "hyperparams": per_worker_hyperparams(resolved["hyperparams"], self.world_size, resolved["stage"])}
 
     def callbacks(self) -> list:
         return [_checkpoint_callback(self.rank)]
