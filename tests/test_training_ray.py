@@ -17,7 +17,12 @@ import pytest
 from arena_dagster.defs.training_jobs import launch_training
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
-from arena_dagster.training.ray_job import OUTPUT_DIR_KEY, job_submission
+from arena_dagster.training.ray_job import (
+    OUTPUT_DIR_KEY,
+    job_submission,
+    stop_job,
+    stop_leftover_jobs,
+)
 from arena_dagster.training.ray_train import per_worker_hyperparams
 from arena_dagster.training.runner import ENTRYPOINT_MODULE, leftovers, run_training
 from arena_dagster.training.spec import (
@@ -116,6 +121,38 @@ def test_a_ray_job_has_the_training_environment_not_the_submitter_s(tmp_path):
                                                  "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     assert params["metadata"] == {OUTPUT_DIR_KEY: str(tmp_path / "SFT-I1")} and params["submission_id"].startswith("arena-SFT-I1-")
     assert job_submission([], env, compute, tmp_path / "SFT-I1")["submission_id"] != params["submission_id"]
+
+
+class _Jobs:
+    """A job server in memory (a unit test's fake: the real one is exercised by the cancel test below)."""
+
+    def __init__(self, jobs: dict[str, tuple[str, str]]) -> None:
+        from ray.job_submission import JobStatus
+
+        self.status, self.stopped = {job_id: JobStatus(status) for job_id, (_, status) in jobs.items()}, []
+        self.folders = {job_id: folder for job_id, (folder, _) in jobs.items()}
+
+    def list_jobs(self):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(submission_id=job_id, status=self.status[job_id], metadata={OUTPUT_DIR_KEY: folder})
+                for job_id, folder in self.folders.items()]
+
+    def get_job_status(self, job_id):
+        return self.status[job_id]
+
+    def stop_job(self, job_id):
+        from ray.job_submission import JobStatus
+
+        self.stopped.append(job_id)
+        self.status[job_id] = JobStatus.STOPPED
+
+
+def test_a_launch_first_stops_the_job_a_killed_run_left_for_its_checkpoint():
+    jobs = _Jobs({"a": ("/home/SFT-I1", "RUNNING"), "b": ("/home/SFT-I1", "SUCCEEDED"), "c": ("/home/DPO-I1", "PENDING")})
+    assert stop_leftover_jobs(jobs, Path("/home/SFT-I1")) == ["a"] and jobs.stopped == ["a"]
+    assert str(jobs.status["a"].value) == "STOPPED" and str(jobs.status["c"].value) == "PENDING"
+    assert stop_job(jobs, "b") == "SUCCEEDED" and jobs.stopped == ["a"]  # an ended job is left as it is
 
 
 def test_sft_on_one_ray_worker_equals_the_local_run_and_two_workers_keep_the_batch(workspace, ray_local_cluster):
