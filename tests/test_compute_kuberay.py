@@ -41,3 +41,28 @@ def test_the_readme_kuberay_cluster_has_a_gpu_worker_per_vllm_replica():
     connect = compute.connector(dg.build_init_resource_context())
     assert connect.func == cluster.connect
     assert dg.Definitions(resources={"compute": compute}).get_repository_def().get_top_level_resources()["compute"]
+
+
+def test_a_training_stage_on_kubernetes_is_a_rayjob_of_the_profile_s_worker_group(tmp_path):
+    """The RayJob PipesKubeRayJobClient creates for a stage: the job the local cluster runs, on a RayCluster of its own."""
+    import yaml
+
+    from arena_dagster.defs.kuberay import kuberay_training_job
+    from arena_dagster.training.ray_job import OUTPUT_DIR_KEY, job_submission
+
+    gpus = GPU4.model_copy(update={"runtime_env": {"env_vars": {"HF_HOME": "/models"}}})
+    submission = job_submission(["python", "-m", "arena_dagster.training.entrypoint", "/home/checkpoints/SFT-I1.spec.json"],
+                                {"PYTHONPATH": "/app", "PATH": "/bin"}, gpus.model_dump(), tmp_path / "SFT-I1")
+    manifest = kuberay_training_job(dg.build_init_resource_context(), "ghcr.io/acme/arena-dagster:1.0", gpus, submission,
+                                    namespace="arena")
+    assert manifest["kind"] == "RayJob" and manifest["metadata"]["namespace"] == "arena"
+    spec = manifest["spec"]
+    assert spec["entrypoint"] == "python -m arena_dagster.training.entrypoint /home/checkpoints/SFT-I1.spec.json"
+    assert spec["jobId"] == submission["submission_id"] and spec["metadata"] == {OUTPUT_DIR_KEY: str(tmp_path / "SFT-I1")}
+    assert spec["entrypointNumCpus"] == 0 and spec["shutdownAfterJobFinishes"] is True
+    env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
+    assert env["HF_HOME"] == "/models" and env["HF_HUB_OFFLINE"] == "1" and env["PYTHONPATH"] == "/app" and "PATH" not in env
+    [group] = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["groupName"] == "gpu" and group["replicas"] == 4 and group["rayStartParams"] == {"num-cpus": "8", "num-gpus": "1"}
+    [worker] = group["template"]["spec"]["containers"]
+    assert worker["image"] == "ghcr.io/acme/arena-dagster:1.0" and worker["resources"]["limits"]["nvidia.com/gpu"] == "1"

@@ -1,17 +1,28 @@
-"""Training stages on Ray Train (training/ray_train.py): the batch split, the spec's `compute`, and SFT on the local 2-CPU cluster."""
+"""Training stages on Ray Train (training/ray_train.py): the batch split, the spec's `compute`, and SFT on the local 2-CPU
+cluster, launched as the assets launch it (defs/training_jobs.py: a Ray job through dagster-ray's PipesRayJobClient)."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from arena_dagster.defs.training_jobs import launch_training
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
+from arena_dagster.training.ray_job import (
+    OUTPUT_DIR_KEY,
+    job_submission,
+    stop_job,
+    stop_leftover_jobs,
+)
 from arena_dagster.training.ray_train import per_worker_hyperparams
 from arena_dagster.training.runner import ENTRYPOINT_MODULE, leftovers, run_training
 from arena_dagster.training.spec import (
@@ -28,7 +39,9 @@ TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1
 def test_workers_share_the_global_batch():
     hyper = {"batch_size": 8, "gradient_accumulation_steps": 3}
     assert per_worker_hyperparams(hyper, 1) == hyper
-    assert per_worker_hyperparams(hyper, 2) == {"batch_size": 4, "gradient_accumulation_steps": 3}
+    # Rank 0 draws the stage's batches of 8 and each of 2 ranks trains on its half; RLOO divides its per-device batch.
+    assert per_worker_hyperparams(hyper, 2) == {"batch_size": 8, "gradient_accumulation_steps": 3, "split_batches": True}
+    assert per_worker_hyperparams(hyper, 2, "rl") == {"batch_size": 4, "gradient_accumulation_steps": 3}
     assert per_worker_hyperparams(hyper, 3) == {"batch_size": 8, "gradient_accumulation_steps": 1}
     with pytest.raises(TrainingSpecError, match="compute.workers=5 cannot share the global batch"):
         per_worker_hyperparams(hyper, 5)
@@ -81,27 +94,115 @@ def _weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
+def _materialize(spec: dict, engine: dict | None) -> tuple[dict, dict, list[str]]:
+    """`spec` trained as a training asset trains it (`launch_training`); its manifest, metadata and the run's log."""
+    trained: dict = {}
+
+    @dg.asset(name="stage")
+    def stage(context) -> dg.MaterializeResult:
+        trained["manifest"], reported = launch_training(context, spec, dg.PipesSubprocessClient(), engine)
+        return dg.MaterializeResult(metadata=reported)
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([stage], instance=instance)
+    lines = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    [materialization] = result.asset_materializations_for_node("stage")
+    return trained["manifest"], {key: value.value for key, value in materialization.metadata.items()}, lines
+
+
+def test_a_ray_job_has_the_training_environment_not_the_submitter_s(tmp_path):
+    env = {"PYTHONPATH": "/repo", "OMP_NUM_THREADS": "1", "HF_HOME": "/hf", "AWS_SECRET_ACCESS_KEY": "x", "PATH": "/bin"}
+    compute = {"engine": "ray", "workers": 2, "runtime_env": {"pip": ["arena-dagster"], "env_vars": {"HF_HOME": "/cluster"}}}
+    params = job_submission(["/venv/bin/python", "-m", ENTRYPOINT_MODULE, "/home/x y.spec.json"], env, compute, tmp_path / "SFT-I1")
+    assert params["entrypoint"] == f"/venv/bin/python -m {ENTRYPOINT_MODULE} '/home/x y.spec.json'"
+    assert params["runtime_env"]["pip"] == ["arena-dagster"] and params["entrypoint_num_cpus"] == 0
+    # The profile's env_vars win; the offline variables are always there; secrets and PATH stay behind.
+    assert params["runtime_env"]["env_vars"] == {"PYTHONPATH": "/repo", "OMP_NUM_THREADS": "1", "HF_HOME": "/cluster",
+                                                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    assert params["metadata"] == {OUTPUT_DIR_KEY: str(tmp_path / "SFT-I1")} and params["submission_id"].startswith("arena-SFT-I1-")
+    assert job_submission([], env, compute, tmp_path / "SFT-I1")["submission_id"] != params["submission_id"]
+
+
+class _Jobs:
+    """A job server in memory (a unit test's fake: the real one is exercised by the cancel test below)."""
+
+    def __init__(self, jobs: dict[str, tuple[str, str]]) -> None:
+        from ray.job_submission import JobStatus
+
+        self.status, self.stopped = {job_id: JobStatus(status) for job_id, (_, status) in jobs.items()}, []
+        self.folders = {job_id: folder for job_id, (folder, _) in jobs.items()}
+
+    def list_jobs(self):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(submission_id=job_id, status=self.status[job_id], metadata={OUTPUT_DIR_KEY: folder})
+                for job_id, folder in self.folders.items()]
+
+    def get_job_status(self, job_id):
+        return self.status[job_id]
+
+    def stop_job(self, job_id):
+        from ray.job_submission import JobStatus
+
+        self.stopped.append(job_id)
+        self.status[job_id] = JobStatus.STOPPED
+
+
+def test_a_launch_first_stops_the_job_a_killed_run_left_for_its_checkpoint():
+    jobs = _Jobs({"a": ("/home/SFT-I1", "RUNNING"), "b": ("/home/SFT-I1", "SUCCEEDED"), "c": ("/home/DPO-I1", "PENDING")})
+    assert stop_leftover_jobs(jobs, Path("/home/SFT-I1")) == ["a"] and jobs.stopped == ["a"]
+    assert str(jobs.status["a"].value) == "STOPPED" and str(jobs.status["c"].value) == "PENDING"
+    assert stop_job(jobs, "b") == "SUCCEEDED" and jobs.stopped == ["a"]  # an ended job is left as it is
+
+
 def test_sft_on_one_ray_worker_equals_the_local_run_and_two_workers_keep_the_batch(workspace, ray_local_cluster):
     import torch
 
     home, spec = workspace["home"], workspace["spec"]
-    local = run_training({**spec, "output_dir": str(home / "local")}, log=lambda _: None, timeout_s=300)
-    lines: list[str] = []
-    one = run_training(_on_ray(spec, ray_local_cluster, 1, home / "ray1"), log=lines.append, timeout_s=600)
+    local, local_metadata, _ = _materialize({**spec, "output_dir": str(home / "local")}, None)
+    one, metadata, lines = _materialize({**spec, "output_dir": str(home / "ray1")},
+                                        {"engine": "ray", "workers": 1, "address": ray_local_cluster})
     assert local["engine"] == "local" and local["world_size"] == 1
     assert one["engine"] == "ray" and one["world_size"] == 1 and one["spec_hash"] == local["spec_hash"]
     assert one["curves"]["loss"] == local["curves"]["loss"]
     ours, theirs = _weights(home / "ray1"), _weights(home / "local")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    # Rank 0's lines reached the caller's log, as a local process's do; no checkpoint folder stayed behind.
+    # Through the Ray job: rank 0's lines reached the run's log, the figures the asset's metadata, as a local process's do.
+    assert any("[pipes] Ray job arena-ray1-" in line for line in lines)
     assert any("[sft] step 4/4 loss" in line for line in lines) and any("on Ray Train: 1 worker(s)" in line for line in lines)
+    assert metadata["final_loss"] == local_metadata["final_loss"] == one["metrics"]["final_loss"]
+    assert metadata["spec_hash"] == one["spec_hash"]
     assert not list((home / "ray1").glob("checkpoint-*")) and not leftovers(home / "ray1")
 
-    two = run_training(_on_ray(spec, ray_local_cluster, 2, home / "ray2"), log=lambda _: None, timeout_s=600)
+    two, _, _ = _materialize({**spec, "output_dir": str(home / "ray2")},
+                             {"engine": "ray", "workers": 2, "address": ray_local_cluster})
     assert two["world_size"] == 2 and two["hyperparams"]["batch_size"] == 8 and two["metrics"]["steps"] == 4
     for figure in ("first_loss", "final_loss"):
         assert two["metrics"][figure] == pytest.approx(one["metrics"][figure], rel=0.05), figure
     assert json.loads((home / "ray2" / "config.json").read_text())["hidden_size"] == 32
+
+
+def test_two_workers_learn_the_local_loss_on_an_uneven_last_batch(workspace, ray_local_cluster):
+    """42 rows in batches of 8: the epoch ends with a batch of 2, which 2 workers share 1 + 1 (not padded to 8 rows)."""
+    home, spec = workspace["home"], workspace["spec"]
+    rows = [json.loads(row) for row in (home / "sft.jsonl").read_text().splitlines()[:42]]
+    uneven = {**spec, "dataset_path": str(write_jsonl(home / "sft-42.jsonl", rows)),
+              "hyperparams": {**spec["hyperparams"], "max_steps": 6}}  # the 6th step is the short batch
+    # The local run is one Ray worker's, bit for bit (the test above).
+    local = run_training({**uneven, "output_dir": str(home / "uneven-local")}, log=lambda _: None, timeout_s=300)
+    two = run_training(_on_ray(uneven, ray_local_cluster, 2, home / "uneven-ray2"), log=lambda _: None, timeout_s=600)
+    ours, theirs = ([loss for _step, loss in run["curves"]["loss"]] for run in (two, local))
+    for figure in ("first_loss", "final_loss"):
+        assert two["metrics"][figure] == pytest.approx(local["metrics"][figure], rel=0.05), f"2 workers {ours}, local {theirs}"
+    # Every step learns from the local run's rows: the same curve, to the order of summation.
+    assert ours == pytest.approx(theirs, rel=1e-3), f"2 workers {ours}, local {theirs}"
+
+
+def _wait_for_cpus(ray, cpus: float, timeout_s: float = 120) -> float:
+    deadline = time.time() + timeout_s
+    while ray.available_resources().get("CPU", 0) < cpus and time.time() < deadline:
+        time.sleep(1)
+    return ray.available_resources().get("CPU", 0)
 
 
 def _start_driver(spec: dict, tmp_path: Path) -> subprocess.Popen:
@@ -127,8 +228,55 @@ def test_a_killed_driver_stops_its_ray_train_workers(workspace, ray_local_cluste
     finally:
         driver.kill()
         driver.wait()
-    deadline = time.time() + 120
-    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-        time.sleep(1)
-    assert ray.available_resources().get("CPU", 0) == 2
+    assert _wait_for_cpus(ray, 2) == 2
+    assert read_manifest(output_dir) is None
+
+
+_CANCELED_RUN = '''
+import json, sys
+import dagster as dg
+from dagster._utils.interrupts import setup_interrupt_handlers
+from arena_dagster.defs.training_jobs import launch_training
+
+spec, engine = json.loads(open(sys.argv[1]).read()), json.loads(open(sys.argv[2]).read())
+setup_interrupt_handlers()  # SIGTERM as SIGINT, as in Dagster's run worker (a canceled run gets SIGTERM)
+
+@dg.asset(name="stage")
+def stage(context):
+    launch_training(context, spec, dg.PipesSubprocessClient(), engine)
+
+dg.materialize([stage])
+'''
+
+
+def test_a_canceled_run_stops_its_ray_job(workspace, ray_local_cluster, tmp_path):
+    """A canceled run (SIGTERM to the run's process) stops the training's Ray job: its status is STOPPED, its
+    Ray Train workers end and give back their CPUs, and no checkpoint is left."""
+    import ray
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    output_dir = tmp_path / "canceled"
+    spec = {**workspace["spec"], "output_dir": str(output_dir), "hyperparams": {**workspace["spec"]["hyperparams"], "max_steps": 100000}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "engine.json").write_text(json.dumps({"engine": "ray", "workers": 2, "address": ray_local_cluster}))
+    (tmp_path / "run.py").write_text(textwrap.dedent(_CANCELED_RUN))
+    run = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "spec.json"), str(tmp_path / "engine.json")],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        for line in run.stdout:
+            seen.append(line)
+            if "[sft] step" in line:  # the step lines reach the run's log while the job runs
+                break
+        assert ray.available_resources().get("CPU", 0) < 1, "".join(seen[-20:])  # both workers hold their CPU
+        run.send_signal(signal.SIGTERM)
+        rest, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    client = JobSubmissionClient(ray_local_cluster)
+    [job] = [job for job in client.list_jobs() if (job.metadata or {}).get(OUTPUT_DIR_KEY) == str(output_dir)]
+    assert job.status == JobStatus.STOPPED, rest[-2000:]
+    assert "Terminating RayJob" in rest or "ended STOPPED" in rest
+    assert _wait_for_cpus(ray, 2) == 2
     assert read_manifest(output_dir) is None

@@ -49,10 +49,11 @@ class JoinedRay(RayResource):
         return True
 
 
-def ray_resource_for(settings: ComputeSettings) -> RayResource:
-    """dagster-ray's resource for the settings' cluster; it connects when a heavy step asks, not at run start."""
+def ray_resource_for(settings: ComputeSettings, dashboard: bool = False) -> RayResource:
+    """dagster-ray's resource for the settings' cluster; it connects when a heavy step asks, not at run start.
+    `dashboard`: a local cluster started with its job server (a training step submits a Ray job to it)."""
     lifecycle = Lifecycle(connect=False, cleanup="never")
-    options = settings.ray_init_options()
+    options = settings.ray_init_options(dashboard=dashboard)
     if settings.address is None:
         return LocalRay(lifecycle=lifecycle, ray_init_options=options)
     return JoinedRay(address=settings.address, lifecycle=lifecycle, ray_init_options=options)
@@ -94,22 +95,23 @@ class ArenaCompute(dg.ConfigurableResource):
         context.log.info(f"curation on engine {settings.engine}" + (f" ({settings.workers} workers)" if settings.engine == "ray" else ""))
         return functools.partial(curate_with, settings, connect=self.connector(context), progress=progress_sink(context.log.info))
 
-    def session(self, context: Any) -> contextlib.AbstractContextManager:
+    def session(self, context: Any, dashboard: bool = False) -> contextlib.AbstractContextManager:
         """The cluster for a block of heavy work (nothing on the local engine), through the one seam."""
         from arena_dagster.compute.cluster import ray_cluster
 
         settings = self.settings()
-        return ray_cluster(settings, self.connector(context)) if settings.engine == "ray" else contextlib.nullcontext()
+        connect = self.connector(context, dashboard=dashboard)
+        return ray_cluster(settings, connect) if settings.engine == "ray" else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def training(self, context: Any) -> Iterator[dict[str, Any] | None]:
         """The `compute` a training spec carries (None on the local engine): these settings, with the address of the
-        cluster this step reaches, which the training's driver process joins (training/ray_train.py)."""
+        cluster this step reaches, whose job server runs the training's driver as a Ray job (defs/training_jobs.py)."""
         settings = self.settings()
         if settings.engine != "ray":
             yield None
             return
-        with self.session(context):
+        with self.session(context, dashboard=True):
             import ray
 
             # A cluster started for the run has no address of its own in the settings: its GCS address is it. A cluster
@@ -117,6 +119,6 @@ class ArenaCompute(dg.ConfigurableResource):
             address = (self.cluster.ray_address if self.cluster is not None else None) or settings.address
             yield {**settings.model_dump(), "address": address or ray.get_runtime_context().gcs_address}
 
-    def connector(self, context: Any) -> Callable[[], None]:
+    def connector(self, context: Any, dashboard: bool = False) -> Callable[[], None]:
         """How the seam (`compute.cluster.ray_cluster`) connects: through dagster-ray's resource, with the step's log."""
-        return functools.partial((self.cluster or ray_resource_for(self.settings())).connect, context)
+        return functools.partial((self.cluster or ray_resource_for(self.settings(), dashboard)).connect, context)

@@ -2,7 +2,8 @@
 
 Each trains in a subprocess from the previous stage's checkpoint on its stage's preference data of round r
 (or of rounds 1..r where the schedule accumulates); a stage with no data is recorded as its parent. With
-`compute.engine: ray` that subprocess is the driver of a Ray Train run on the run's cluster (training/ray_train.py)."""
+`compute.engine: ray` that process is a Ray job on the step's cluster, the driver of a Ray Train run
+(defs/training_jobs.py, training/ray_train.py)."""
 
 
 import json
@@ -15,6 +16,7 @@ from dagster_duckdb import DuckDBResource
 from arena_dagster.defs.common import OWNERS
 from arena_dagster.defs.compute import ArenaCompute
 from arena_dagster.defs.resources import ArenaHome, round_of, round_partitions
+from arena_dagster.defs.training_jobs import launch_training
 from arena_dagster.preferences.export import (
     export_dataset,
     preference_training_rows,
@@ -63,8 +65,6 @@ def _train(
     reward_model: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dg.MaterializeResult:
-    from arena_dagster.training.runner import run_training
-
     round_key = round_of(context)
     models = arena.settings().models
     name = checkpoint_name(stage, round_key)
@@ -87,24 +87,8 @@ def _train(
         replay_dataset=replay,
         reward_model=reward_model["path"] if reward_model else None,
     )
-    invocations: list[dg.PipesClientCompletedInvocation] = []
-
-    def launch(command: list[str], env: dict[str, str]) -> int:
-        # Through Dagster Pipes: the process's log lines, per-step metrics and final figures reach this asset.
-        # A non-zero exit raises DagsterPipesExecutionError; the runner turns it into a TrainingError.
-        invocations.append(pipes.run(command=command, context=context, env=env,
-                                     extras={"asset_key": context.asset_key.to_user_string()}))
-        return 0
-
     with compute.training(context) as engine:
-        if engine:
-            # The spec's `compute` (not part of its identity): the entry point drives Ray Train on this run's cluster.
-            spec["compute"] = engine
-        manifest = run_training(spec, log=context.log.info, launch=launch)
-    # A finished run with the same spec hash is reused without a process: its figures come from the manifest.
-    reported = (dict(invocations[0].get_materialize_result().metadata) if invocations else
-                {key: value for key, value in manifest.get("metrics", {}).items()
-                 if isinstance(value, (int, float)) and not isinstance(value, bool)})
+        manifest, reported = launch_training(context, spec, pipes, engine)
     with duckdb.get_connection() as conn:
         register_model(
             conn, model=name, kind=stage, round_key=round_key, path=output_dir,

@@ -52,9 +52,10 @@ class ComputeSettings(Section):
         runtime_env["env_vars"] = {**WORKER_ENV, **dict(runtime_env.get("env_vars") or {})}
         return runtime_env
 
-    def ray_init_options(self) -> dict[str, Any]:
-        """Keyword arguments of `ray.init` (also dagster-ray's `ray_init_options`) without the address."""
-        options: dict[str, Any] = {"runtime_env": self.worker_env(), "include_dashboard": False}
+    def ray_init_options(self, dashboard: bool = False) -> dict[str, Any]:
+        """Keyword arguments of `ray.init` (also dagster-ray's `ray_init_options`) without the address.
+        `dashboard`: a local cluster with its dashboard, the job server a training's Ray job is submitted to."""
+        options: dict[str, Any] = {"runtime_env": self.worker_env(), "include_dashboard": dashboard}
         if self.address is None:
             options["num_cpus"] = max(1, round(self.workers * self.cpus_per_worker))
             if self.gpus_per_worker:

@@ -1,13 +1,15 @@
 """A training stage on Ray Train: the same TRL code in `compute.workers` workers under `TorchTrainer`.
 
 The entry point (training/entrypoint.py) calls `train_on_ray` when the spec's `compute.engine`
-is `ray`; that process is then Ray's driver: it joins the run's cluster through the engine seam
-(compute/cluster.py; `compute.address`, or a local cluster of `workers` CPUs), and runs
+is `ray`; that process (the Ray job an asset submits, defs/training_jobs.py) is then Ray's
+driver: it joins the run's cluster through the engine seam (compute/cluster.py;
+`compute.address`, or a local cluster of `workers` CPUs), and runs
 `ray.train.torch.TorchTrainer` with one worker per `compute.workers`, each with
 `cpus_per_worker` CPUs and `gpus_per_worker` GPUs (DDP over gloo on CPU, NCCL on GPU).
 
-Every worker runs `entrypoint.train` on its share: the global batch stays the stage's (the
-per-device batch, or else the gradient accumulation, is divided by the number of workers), the
+Every worker runs `entrypoint.train` on its share: the global batch stays the stage's (rank 0
+draws the local run's batches and each rank trains on its slice; or else the gradient
+accumulation is divided by the number of workers), the
 seed is the stage's, and rank 0 writes the same folder and manifest as a local run, with
 `engine: ray` and `world_size`. Every `checkpoint_every` steps the workers hand Ray Train a
 checkpoint (`ray.train.report`); a lost worker restarts the group (`FailureConfig`), which then
@@ -15,13 +17,15 @@ resumes from the latest one instead of step 0.
 
 Rank 0's log lines, per-step metrics and final manifest travel to the driver through a Ray
 queue, and the driver sends them on through its own reporter (Dagster Pipes when a Pipes client
-started it), so the run's log and the asset's metadata are the same as with a local process.
-When the driver ends (a canceled run kills it), Ray ends the workers it started.
+started it: PipesRayJobClient reads them from the job's log), so the run's log and the asset's
+metadata are the same as with a local process. When the driver ends (a canceled run stops its
+job), Ray ends the workers it started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import threading
@@ -40,6 +44,8 @@ MAX_FAILURES = 2
 CHECKPOINTS_PER_RUN = 4
 # What the driver passes to the workers' environment from its own (where the package and its settings are).
 _DRIVER_ENV = ("PYTHONPATH", "ARENA_TORCH_THREADS", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+# Set by Ray in a job's entry point: the job's configuration, its runtime_env included.
+_RAY_JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def ray_storage(output_dir: Path) -> Path:
@@ -47,13 +53,20 @@ def ray_storage(output_dir: Path) -> Path:
     return Path(str(output_dir) + ".ray")
 
 
-def per_worker_hyperparams(hyper: dict, world_size: int) -> dict:
-    """The stage's hyperparameters for one of `world_size` workers: the same global batch, split between them."""
+def per_worker_hyperparams(hyper: dict, world_size: int, stage: str = "sft") -> dict:
+    """The stage's hyperparameters for one of `world_size` workers: the same global batch, split between them.
+
+    Where the batch divides, rank 0 draws the stage's own batches (the local run's, the last short
+    one of an epoch included) and hands each rank its slice (`split_batches`: accelerate's
+    dispatching loader); each rank sharding the data itself would pad an epoch's short last batch
+    with rows from its start, so that step would learn from other rows than the local run's. RLOO
+    samples its prompts per rank (TRL's own sampler): its per-device batch is divided instead.
+    """
     if world_size == 1:
         return hyper
     batch, accumulation = int(hyper["batch_size"]), int(hyper.get("gradient_accumulation_steps") or 1)
     if batch % world_size == 0:
-        return {**hyper, "batch_size": batch // world_size}
+        return {**hyper, "batch_size": batch // world_size} if stage == "rl" else {**hyper, "split_batches": True}
     if accumulation % world_size == 0:
         return {**hyper, "gradient_accumulation_steps": accumulation // world_size}
     raise TrainingSpecError(
@@ -105,7 +118,7 @@ class RayWorker:
         self.world_size, self.rank, self.resume_from = world_size, rank, resume_from
 
     def trainer_spec(self, resolved: dict) -> dict:
-        return {**resolved, "hyperparams": per_worker_hyperparams(resolved["hyperparams"], self.world_size)}
+        return {**resolved, "hyperparams": per_worker_hyperparams(resolved["hyperparams"], self.world_size, resolved["stage"])}
 
     def callbacks(self) -> list:
         return [_checkpoint_callback(self.rank)]
@@ -149,6 +162,20 @@ def _worker_loop(config: dict) -> None:
         train(config["spec"], reporter, RayWorker(context.get_world_size(), rank, resume_from))
 
 
+def _job_connect(settings: ComputeSettings) -> Callable[[], None] | None:
+    """Inside a Ray job (the asset's launch): join the cluster with the job's runtime_env, which is already the
+    workers' (training/ray_job.py); Ray refuses a driver's runtime_env that sets the same variables again."""
+    if _RAY_JOB_CONFIG not in os.environ:
+        return None
+
+    def connect() -> None:
+        import ray
+
+        ray.init(address=settings.address, logging_level=logging.WARNING, log_to_driver=False)
+
+    return connect
+
+
 def train_on_ray(spec: dict, reporter: Reporter, train: Callable[..., dict | None]) -> dict:
     """Train `spec` on Ray Train (the driver's side); returns the manifest rank 0 wrote.
 
@@ -166,7 +193,7 @@ def train_on_ray(spec: dict, reporter: Reporter, train: Callable[..., dict | Non
         **env_vars, **dict(settings.runtime_env.get("env_vars") or {})}}})
     reporter.log(f"[{resolved['stage']}] on Ray Train: {settings.workers} worker(s) x {settings.cpus_per_worker} CPU, "
                  f"{settings.gpus_per_worker} GPU, cluster {settings.address or 'local'}")
-    with ray_cluster(settings):
+    with ray_cluster(settings, _job_connect(settings)):
         from ray.train import FailureConfig, RunConfig
         from ray.train.torch import TorchConfig, TorchTrainer
         from ray.util.queue import Empty, Queue

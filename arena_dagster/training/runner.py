@@ -125,11 +125,14 @@ def run_training(
     log: Callable[[str], None] = print,
     timeout_s: float | None = None,
     launch: Launch | None = None,
+    guard: bool = True,
 ) -> dict:
     """Train `spec` in a subprocess (or reuse an identical finished run); returns its manifest.
 
     `launch(command, env) -> exit status` runs the prepared command (default: a child process
     whose output goes to `log`, killed after `timeout_s`; a custom launch enforces its own limits).
+    `guard=False` where the launch ends the process itself and is not its parent (a Ray job's
+    supervisor stops its entry point when the job stops).
     """
     resolved = validate_spec(spec)
     identity = spec_hash(spec)
@@ -148,19 +151,21 @@ def run_training(
         for stale in leftovers(output_dir):
             log(f"{output_dir.name}: removing {stale.name}, left by a run that did not finish")
             remove_tree(output_dir.parent, stale)
-        manifest = _launch(spec, resolved, output_dir, log=log, timeout_s=timeout_s, launch=launch)
+        manifest = _launch(spec, resolved, output_dir, log=log, timeout_s=timeout_s, launch=launch, guard=guard)
     if manifest.get("spec_hash") != identity:
         raise TrainingError(f"{output_dir}: manifest spec_hash {manifest.get('spec_hash')} != {identity}")
     return manifest
 
 
 def _launch(
-    spec: dict, resolved: dict, output_dir: Path, *, log: Callable[[str], None], timeout_s: float | None, launch: Launch | None
+    spec: dict, resolved: dict, output_dir: Path, *, log: Callable[[str], None], timeout_s: float | None, launch: Launch | None,
+    guard: bool = True,
 ) -> dict:
     threads = int(spec.get("threads") or 0) or None
     spec_path = spec_file(output_dir)
     spec_path.write_text(json.dumps(spec, indent=2, default=str))
-    command = guarded(training_command(resolved, str(spec_path)))
+    command = training_command(resolved, str(spec_path))
+    command = guarded(command) if guard else command
     launcher = launch or SubprocessLaunch(log=log, prefix=f"{output_dir.name}: ", timeout_s=timeout_s)
     started = time.time()
     try:

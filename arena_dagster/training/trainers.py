@@ -19,13 +19,15 @@ def _training_kwargs(spec: dict, rows: int, output_dir: Path, runtime: dict) -> 
     """TrainingArguments shared by every stage; `rows` counts the samples one epoch sees."""
     hyper = spec["hyperparams"]
     accumulation = int(hyper.get("gradient_accumulation_steps") or 1)
+    # A Ray Train worker's `split_batches` (training/ray_train.py): batch_size is the global batch, one slice a process.
+    split = bool(hyper.get("split_batches"))
     kwargs: dict[str, Any] = {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": int(hyper["batch_size"]),
         "gradient_accumulation_steps": accumulation,
         "learning_rate": float(hyper["learning_rate"]),
         "lr_scheduler_type": hyper["lr_scheduler_type"],
-        "warmup_steps": max(0, round(float(hyper.get("warmup_ratio", 0.0)) * _total_steps(hyper, rows, runtime["processes"]))),
+        "warmup_steps": max(0, round(float(hyper.get("warmup_ratio", 0.0)) * _total_steps(hyper, rows, 1 if split else runtime["processes"]))),
         "weight_decay": float(hyper["weight_decay"]),
         "seed": int(hyper["seed"]),
         "data_seed": int(hyper["seed"]),
@@ -41,6 +43,8 @@ def _training_kwargs(spec: dict, rows: int, output_dir: Path, runtime: dict) -> 
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
     }
+    if split:
+        kwargs["accelerator_config"] = {"split_batches": True, "dispatch_batches": True}
     if spec["stage"] != "rl":  # RLOOConfig has neither: it tokenizes prompts as they come.
         kwargs["max_length"] = int(hyper["max_length"])
         kwargs["dataset_num_proc"] = None

@@ -1,0 +1,82 @@
+"""A training stage as a Ray job: what the job is submitted with, and the stop of a job its submitter left behind.
+
+With `compute.engine: ray` the asset submits the entry point (the Ray Train driver, training/ray_train.py)
+as a job to the cluster's job server (its dashboard), through dagster-ray's PipesRayJobClient
+(defs/training_jobs.py). The job runs on the head node with the `runtime_env` built here: the
+profile's (`compute.runtime_env`: pip, working_dir, ...), the offline variables every worker
+gets, and the training's own environment (PYTHONPATH with the package, the thread counts, the
+HF settings), never the whole environment of the submitting process.
+
+A job outlives the process that submitted it: a canceled run stops it (the Pipes client, and
+`stop_job` on any other way out), and a submitter killed with kill -9 leaves it running on a
+cluster that outlives it, so every launch first stops the jobs still running for the same
+checkpoint folder (found by the job's metadata), as the lock and the orphan guard do for a
+local process.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from arena_dagster.profile_schema.compute import ComputeSettings
+
+# The job's metadata key naming the checkpoint folder it trains.
+OUTPUT_DIR_KEY = "arena_output_dir"
+# What the job's entry point takes from the training's environment (the rest is the cluster's).
+_JOB_ENV = ("PYTHONPATH", "PYTHONUNBUFFERED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+            "TQDM_DISABLE")
+_JOB_ENV_PREFIXES = ("ARENA_", "HF_", "TRANSFORMERS_")
+# How long a stopped job may take to end (Ray sends SIGTERM, then SIGKILL after 3 s).
+STOP_TIMEOUT_S = 60.0
+
+
+def dashboard_address(address: str) -> str:
+    """The job server of the cluster at `address`: a GCS address (`host:6379`) or `auto` resolves through the
+    cluster itself; a Ray Client address (`ray://head:10001`) is the head's dashboard on its default port."""
+    if address.startswith("ray://"):
+        return f"http://{address.removeprefix('ray://').rsplit(':', 1)[0]}:8265"
+    return address
+
+
+def job_submission(command: list[str], env: dict[str, str], compute: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    """`JobSubmissionClient.submit_job`'s arguments (dagster-ray's SubmitJobParams) for the training `command`."""
+    settings = ComputeSettings.model_validate(compute)
+    runtime_env = settings.worker_env()
+    picked = {key: value for key, value in env.items() if key in _JOB_ENV or key.startswith(_JOB_ENV_PREFIXES)}
+    runtime_env["env_vars"] = {**picked, **runtime_env["env_vars"]}
+    name = Path(output_dir).name
+    return {
+        "entrypoint": shlex.join(command),
+        "runtime_env": runtime_env,
+        "metadata": {OUTPUT_DIR_KEY: str(output_dir)},
+        # Ray job ids are never reused, finished jobs included: the folder's name and a random tail.
+        "submission_id": f"arena-{name}-{secrets.token_hex(4)}",
+        # The driver only waits on the workers: it takes no CPU from them (a 2-CPU cluster runs 2 workers).
+        "entrypoint_num_cpus": 0,
+    }
+
+
+def stop_job(client, job_id: str, timeout_s: float = STOP_TIMEOUT_S) -> str:
+    """Stop `job_id` if it still runs and wait until it has ended; returns its final status."""
+    status = client.get_job_status(job_id)
+    if not status.is_terminal():
+        client.stop_job(job_id)
+        deadline = time.monotonic() + timeout_s
+        while not status.is_terminal() and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = client.get_job_status(job_id)
+    return str(status.value if hasattr(status, "value") else status)
+
+
+def stop_leftover_jobs(client, output_dir: Path) -> list[str]:
+    """Stop the jobs still running for `output_dir` (their submitter was killed); returns their ids."""
+    stopped = []
+    for job in client.list_jobs():
+        if (job.metadata or {}).get(OUTPUT_DIR_KEY) == str(output_dir) and not job.status.is_terminal():
+            stop_job(client, job.submission_id)
+            stopped.append(job.submission_id)
+    return stopped
