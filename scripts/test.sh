@@ -15,4 +15,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # -rs: every skipped test is listed with its reason (shared data, the server, chromium); the 12 slowest are named.
-exec .venv/bin/python -m pytest -q -rs --durations=12 -p no:cacheprovider "$@"
+# Two xdist workers: many tests wait (servers, subprocess start-up, one-threaded Python) while the other core is idle;
+# tests/conftest.py keeps together what must share a worker and starts the long end-to-end tests first.
+# `bash scripts/test.sh -n 0` runs them in one process.
+exec .venv/bin/python -m pytest -q -rs --durations=12 -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder "$@"

@@ -6,6 +6,12 @@ base models are trained once per session, never in the user's own ~/.cache. Set
 ARENA_TEST_CACHE to keep that folder across sessions (e.g. in CI, between steps).
 
 `smoke_home` is one small flywheel built by the real command, used by every test that needs one.
+
+scripts/test.sh runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`): the session's
+base-model cache and `smoke_home` are shared by both (built once, under a file lock); a test file
+runs on one worker (its module-scoped fixtures, a server or a trained checkpoint, are set up once),
+the two files of `interrupted_home` on the same one, and the files of the long end-to-end tests
+(`slow`) start first.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_ROUNDS = 2
@@ -27,17 +34,54 @@ _session_cache: str | None = None
 
 def pytest_configure(config) -> None:
     global _session_cache
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(FileScheduling(), "arena-file-scheduling")
     configured = os.environ.get("ARENA_TEST_CACHE")
     if configured:
         os.environ["ARENA_CACHE"] = configured
         return
     _session_cache = tempfile.mkdtemp(prefix="arena-test-cache-")
-    os.environ["ARENA_CACHE"] = _session_cache
+    # xdist's workers start after this and inherit the environment: they share this one cache (its locks make that safe).
+    os.environ["ARENA_TEST_CACHE"] = os.environ["ARENA_CACHE"] = _session_cache
 
 
 def pytest_unconfigure(config) -> None:
     if _session_cache:
         shutil.rmtree(_session_cache, ignore_errors=True)
+
+
+# Both read the home of the `interrupted_home` fixture: one unit of work, so one worker builds it.
+INTERRUPTED_HOME_FILES = ("tests/test_crash_resume.py", "tests/test_signals.py")
+
+
+class FileScheduling:
+    """`--dist loadfile` with INTERRUPTED_HOME_FILES as one unit of work (registered when xdist is installed)."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config, log):
+        if config.getvalue("dist") != "loadfile":
+            return None
+        from xdist.scheduler import LoadFileScheduling
+
+        class Scheduling(LoadFileScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                path = super()._split_scope(nodeid)
+                return "interrupted_home" if path in INTERRUPTED_HOME_FILES else path
+
+        return Scheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """On an xdist worker: the slow tests first. Units go out in the order of their first test (with
+    --no-loadscope-reorder), so the long end-to-end runs start at once instead of ending last on one worker."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def _session_folder(tmp_path_factory) -> Path:
+    """A folder of this test session that every xdist worker shares (each worker's base temp lies in it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 def flywheel_command(home: Path, *args: str, rounds: int = SMOKE_ROUNDS) -> list[str]:
@@ -69,15 +113,20 @@ def smoke_home(tmp_path_factory) -> Path:
     """A home that `arena-dagster flywheel --profile skills_smoke --rounds 2` built, uninterrupted, through Dagster.
 
     ARENA_TEST_SMOKE_HOME names a home that command already built (to iterate on the tests that read one).
+    Under xdist the first worker that needs it builds it; the other waits for the lock and reads the same home.
     """
     reused = os.environ.get("ARENA_TEST_SMOKE_HOME")
     if reused:
         return Path(reused)
-    home = tmp_path_factory.mktemp("smoke") / "home"
-    proc = subprocess.run(flywheel_command(home), cwd=REPO, env=flywheel_env(), capture_output=True, text=True,
-                          timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    (home / "flywheel-output.txt").write_text(proc.stdout)
+    shared = _session_folder(tmp_path_factory)
+    home, built = shared / "smoke" / "home", shared / "smoke" / "home" / "flywheel-output.txt"
+    with FileLock(shared / "smoke.lock"):
+        if not built.is_file():
+            home.parent.mkdir(exist_ok=True)
+            proc = subprocess.run(flywheel_command(home), check=False, cwd=REPO, env=flywheel_env(), capture_output=True,
+                                  text=True, timeout=1800)
+            assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+            built.write_text(proc.stdout)
     return home
 
 

@@ -30,8 +30,8 @@ INTERRUPTIONS = [
     (signal.SIGKILL, "a generation", "sft_responses", "1"),
     (signal.SIGKILL, "a judgment", "dpo_judgments", "1"),
     (signal.SIGKILL, "an SQL model", "rl_battle_outcomes", "1"),
-    (signal.SIGKILL, "a training step", "reward_model", "1"),
-    # kill -TERM while round 1 trains its reward model through Pipes: the trainer must go with the run.
+    # kill -TERM while round 1 trains its reward model through Pipes: the trainer must go with the run. (No kill -9
+    # here too: a training step killed by -9 is the last round's, below, and each interruption costs a restart.)
     (signal.SIGTERM, "reward-model training (Pipes)", "reward_model", "1"),
     (signal.SIGKILL, "the gate", "promotion_gate", "1"),
     # Ctrl-C while round 2 trains SFT-I2, in the command that resumed round 1 to its end.

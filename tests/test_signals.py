@@ -33,8 +33,8 @@ def _assert_canceled(each: Interruption, round_key: str) -> None:
     assert not each.survivors, each.survivors
 
 
-@pytest.mark.timeout(5400)  # the interrupted_home fixture runs in the first of its two tests
-def test_sigterm_and_sigint_cancel_the_run_stop_its_processes_and_the_rerun_resumes(smoke_home, interrupted_home):
+@pytest.mark.timeout(5400)  # builds interrupted_home if first of its two tests; then smoke_home (xdist: built meanwhile)
+def test_sigterm_and_sigint_cancel_the_run_stop_its_processes_and_the_rerun_resumes(interrupted_home, smoke_home):
     # While round 1 trains its reward model through Pipes: the trainer must go with the run.
     (sigterm,) = interrupted_home.by(signal.SIGTERM)
     assert (sigterm.step, sigterm.partition) == ("reward_model", "1")
