@@ -111,7 +111,9 @@ def _materialize(spec: dict, engine: dict | None) -> tuple[dict, dict, list[str]
 
 
 def test_a_ray_job_has_the_training_environment_not_the_submitter_s(tmp_path):
-    env = {"PYTHONPATH": "/repo", "OMP_NUM_THREADS": "1", "HF_HOME": "/hf", "AWS_SECRET_ACCESS_KEY": "x", "PATH": "/bin"}
+    # ARENA_GUARD_PARENT: a flywheel's step process holds its launcher's pid (a job would exit at once on it).
+    env = {"PYTHONPATH": "/repo", "OMP_NUM_THREADS": "1", "HF_HOME": "/hf", "AWS_SECRET_ACCESS_KEY": "x", "PATH": "/bin",
+           "ARENA_GUARD_PARENT": "4242"}
     compute = {"engine": "ray", "workers": 2, "runtime_env": {"pip": ["arena-dagster"], "env_vars": {"HF_HOME": "/cluster"}}}
     params = job_submission(["/venv/bin/python", "-m", ENTRYPOINT_MODULE, "/home/x y.spec.json"], env, compute, tmp_path / "SFT-I1")
     assert params["entrypoint"] == f"/venv/bin/python -m {ENTRYPOINT_MODULE} '/home/x y.spec.json'"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from arena_dagster.profile_schema.compute import ComputeSettings
+from arena_dagster.training.guard import PARENT_ENV
 
 # The job's metadata key naming the checkpoint folder it trains.
 OUTPUT_DIR_KEY = "arena_output_dir"
@@ -46,7 +47,10 @@ def job_submission(command: list[str], env: dict[str, str], compute: dict[str, A
     """`JobSubmissionClient.submit_job`'s arguments (dagster-ray's SubmitJobParams) for the training `command`."""
     settings = ComputeSettings.model_validate(compute)
     runtime_env = settings.worker_env()
-    picked = {key: value for key, value in env.items() if key in _JOB_ENV or key.startswith(_JOB_ENV_PREFIXES)}
+    # Never the guard's launcher pid: the job's driver is the job supervisor's child, and a flywheel's step
+    # process carries the pid of its own launcher, which the entry point would take for a dead parent.
+    picked = {key: value for key, value in env.items()
+              if (key in _JOB_ENV or key.startswith(_JOB_ENV_PREFIXES)) and key != PARENT_ENV}
     runtime_env["env_vars"] = {**picked, **runtime_env["env_vars"]}
     name = Path(output_dir).name
     return {
