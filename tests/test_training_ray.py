@@ -120,7 +120,8 @@ def test_a_ray_job_has_the_training_environment_not_the_submitter_s(tmp_path):
     assert params["runtime_env"]["pip"] == ["arena-dagster"] and params["entrypoint_num_cpus"] == 0
     # The profile's env_vars win; the offline variables are always there; secrets and PATH stay behind.
     assert params["runtime_env"]["env_vars"] == {"PYTHONPATH": "/repo", "OMP_NUM_THREADS": "1", "HF_HOME": "/cluster",
-                                                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+                                                 "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                                 "ARENA_GUARD_PARENT": ""}
     assert params["metadata"] == {OUTPUT_DIR_KEY: str(tmp_path / "SFT-I1")} and params["submission_id"].startswith("arena-SFT-I1-")
     assert job_submission([], env, compute, tmp_path / "SFT-I1")["submission_id"] != params["submission_id"]
 

@@ -47,11 +47,11 @@ def job_submission(command: list[str], env: dict[str, str], compute: dict[str, A
     """`JobSubmissionClient.submit_job`'s arguments (dagster-ray's SubmitJobParams) for the training `command`."""
     settings = ComputeSettings.model_validate(compute)
     runtime_env = settings.worker_env()
-    # Never the guard's launcher pid: the job's driver is the job supervisor's child, and a flywheel's step
-    # process carries the pid of its own launcher, which the entry point would take for a dead parent.
-    picked = {key: value for key, value in env.items()
-              if (key in _JOB_ENV or key.startswith(_JOB_ENV_PREFIXES)) and key != PARENT_ENV}
-    runtime_env["env_vars"] = {**picked, **runtime_env["env_vars"]}
+    picked = {key: value for key, value in env.items() if key in _JOB_ENV or key.startswith(_JOB_ENV_PREFIXES)}
+    # The guard's launcher pid is emptied, not only left out: a local cluster started by a flywheel's step process
+    # hands that process's environment (with its own launcher's pid) to every job, and the entry point would take
+    # that pid for a dead parent and exit. The job's end is Ray's to decide (stop_job), not a parent's.
+    runtime_env["env_vars"] = {**picked, **runtime_env["env_vars"], PARENT_ENV: ""}
     name = Path(output_dir).name
     return {
         "entrypoint": shlex.join(command),
