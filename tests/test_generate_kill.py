@@ -105,7 +105,9 @@ def test_a_server_that_dies_mid_run_is_one_line_and_the_rerun_sends_only_the_res
 
 
 def test_ctrl_c_is_one_line_and_keeps_every_answer_received(serve, tmp_path: Path) -> None:
-    server = serve(lambda n, body: (200, ok(body), 0.02))
+    # Slower answers after the 40th: the SIGINT lands mid-run even when a loaded machine wakes this loop late
+    # (at 20 ms an answer, the command once finished all 200 before the signal came).
+    server = serve(lambda n, body: (200, ok(body), 0.02 if n < 40 else 0.25))
     prompts, out, home = write_prompts(tmp_path / "in.jsonl", N), tmp_path / "out.jsonl", tmp_path / "home"
     proc = generate_cli(server.url, prompts, out, home)
     deadline = time.monotonic() + 120

@@ -283,3 +283,27 @@ def test_a_canceled_run_stops_its_ray_job(workspace, ray_local_cluster, tmp_path
     assert "Terminating RayJob" in rest or "ended STOPPED" in rest
     assert _wait_for_cpus(ray, 2) == 2
     assert read_manifest(output_dir) is None
+
+
+def test_a_submission_waits_for_the_clusters_job_agent_and_other_errors_raise_at_once():
+    from arena_dagster.training.ray_job import submit_when_ready
+
+    class Server:
+        def __init__(self, failures: list[Exception]) -> None:
+            self.failures, self.calls = failures, 0
+
+        def submit_job(self, **params):
+            self.calls += 1
+            if self.failures:
+                raise self.failures.pop(0)
+            return params["submission_id"]
+
+    no_agent = RuntimeError("Request failed with status code 500: No available agent to submit job, please try again later..")
+    server = Server([no_agent, no_agent])
+    submit_when_ready(server, wait_s=30)
+    assert server.submit_job(submission_id="arena-x") == "arena-x" and server.calls == 3
+    refused = Server([RuntimeError("Request failed with status code 400: bad runtime_env")])
+    submit_when_ready(refused, wait_s=30)
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        refused.submit_job(submission_id="arena-y")
+    assert refused.calls == 1

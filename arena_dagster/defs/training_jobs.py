@@ -25,6 +25,7 @@ from arena_dagster.training.ray_job import (
     job_submission,
     stop_job,
     stop_leftover_jobs,
+    submit_when_ready,
 )
 
 
@@ -41,6 +42,7 @@ class RayJobLaunch:
 
         # A client per job: its message reader keeps the state of one job (a second job would find it closed).
         client = PipesRayJobClient(address=dashboard_address(self.compute["address"]), poll_interval=0.5)
+        submit_when_ready(client.client)
         for job_id in stop_leftover_jobs(client.client, self.output_dir):
             self.context.log.warning(f"{self.output_dir.name}: stopped Ray job {job_id}, left running by a run that did not finish")
         params = job_submission(command, env, self.compute, self.output_dir)
@@ -48,7 +50,10 @@ class RayJobLaunch:
             # A failed or stopped job raises (the runner turns it into a TrainingError); its error line is in the log.
             self.invocations.append(client.run(context=self.context, submit_job_params=params, extras=self.extras))
         except BaseException:
-            status = stop_job(client.client, params["submission_id"])
+            try:
+                status = stop_job(client.client, params["submission_id"])
+            except Exception as exc:  # noqa: BLE001 - e.g. never submitted: the launch's own error is the one to raise
+                status = f"unknown ({exc})"
             self.context.log.warning(f"{self.output_dir.name}: Ray job {params['submission_id']} ended {status}")
             raise
         return 0

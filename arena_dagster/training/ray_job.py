@@ -64,6 +64,33 @@ def job_submission(command: list[str], env: dict[str, str], compute: dict[str, A
     }
 
 
+# The job server answers before its node's agent has registered (a cluster started a moment ago): it refuses the
+# submission with this message and no job is made, so the same submission is sent again.
+_NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_S = 120.0
+
+
+def submit_when_ready(client, wait_s: float = AGENT_WAIT_S) -> None:
+    """Make `client.submit_job` (a JobSubmissionClient's) retry while the cluster's job agent is not up yet."""
+    from tenacity import (
+        Retrying,
+        retry_if_exception,
+        stop_after_delay,
+        wait_exponential,
+    )
+
+    submit = client.submit_job
+
+    def submit_job(**params):
+        for attempt in Retrying(retry=retry_if_exception(lambda exc: _NO_AGENT in str(exc)), stop=stop_after_delay(wait_s),
+                                wait=wait_exponential(multiplier=0.25, max=4), reraise=True):
+            with attempt:
+                return submit(**params)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    client.submit_job = submit_job
+
+
 def stop_job(client, job_id: str, timeout_s: float = STOP_TIMEOUT_S) -> str:
     """Stop `job_id` if it still runs and wait until it has ended; returns its final status."""
     status = client.get_job_status(job_id)
