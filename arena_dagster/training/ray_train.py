@@ -56,11 +56,11 @@ def ray_storage(output_dir: Path) -> Path:
 def per_worker_hyperparams(hyper: dict, world_size: int, stage: str = "sft") -> dict:
     """The stage's hyperparameters for one of `world_size` workers: the same global batch, split between them.
 
-    Where the batch divides, rank 0 draws the stage's own batches (the local run's, the last short
-    one of an epoch included) and hands each rank its slice (`split_batches`: accelerate's
-    dispatching loader); each rank sharding the data itself would pad an epoch's short last batch
-    with rows from its start, so that step would learn from other rows than the local run's. RLOO
-    samples its prompts per rank (TRL's own sampler): its per-device batch is divided instead.
+    Where the batch divides, every rank draws the stage's own batches (the local run's, from the
+    same seeded sampler) and collates its share of each batch's rows (`split_batches`); an epoch's
+    short last batch is shared as it is where it divides, else completed with as few rows of the
+    epoch's start as make it divide (`trainers.share_short_batches`). RLOO samples its prompts per
+    rank (TRL's own sampler): its per-device batch is divided instead.
     """
     if world_size == 1:
         return hyper

@@ -44,7 +44,10 @@ def _training_kwargs(spec: dict, rows: int, output_dir: Path, runtime: dict) -> 
         "dataloader_num_workers": 0,
     }
     if split:
-        kwargs["accelerator_config"] = {"split_batches": True, "dispatch_batches": True}
+        # Each process collates its own rows of the global batch: a preference batch is collated as its chosen rows
+        # then its rejected rows, so slicing collated tensors (dispatch_batches) would part chosen from rejected.
+        kwargs["accelerator_config"] = {"split_batches": True, "dispatch_batches": False}
+        share_short_batches()
     if spec["stage"] != "rl":  # RLOOConfig has neither: it tokenizes prompts as they come.
         kwargs["max_length"] = int(hyper["max_length"])
         kwargs["dataset_num_proc"] = None
@@ -53,6 +56,33 @@ def _training_kwargs(spec: dict, rows: int, output_dir: Path, runtime: dict) -> 
     else:
         kwargs["num_train_epochs"] = float(hyper.get("epochs") or 1.0)
     return kwargs
+
+
+def _short_batch_share(self):
+    """accelerate's BatchSamplerShard._iter_with_split, except for an epoch's short last batch: accelerate fills it
+    up to a whole global batch with rows of the epoch's start; here it gets only the rows that make it divide among
+    the processes (none when it divides), so that step learns from the local run's rows, or one or a few more."""
+    share = self.batch_size // self.num_processes
+    first: list = []
+    for batch in self.batch_sampler:
+        first = first or list(batch)
+        if len(batch) < self.batch_size:
+            if self.drop_last:
+                return
+            missing = -len(batch) % self.num_processes
+            batch = list(batch) + (first * (missing // len(first) + 1))[:missing]
+            share = len(batch) // self.num_processes
+        yield batch[share * self.process_index : share * (self.process_index + 1)]
+
+
+def share_short_batches() -> None:
+    """Make accelerate's split_batches share an epoch's short last batch (`_short_batch_share`), in this process."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    if not hasattr(BatchSamplerShard, "_iter_with_split"):
+        raise TrainingSpecError("this accelerate version has no BatchSamplerShard._iter_with_split: "
+                                "pin accelerate to a version arena-dagster supports (pyproject.toml)")
+    BatchSamplerShard._iter_with_split = _short_batch_share
 
 
 def _total_steps(hyper: dict, rows: int, processes: int = 1) -> int:
