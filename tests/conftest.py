@@ -143,8 +143,10 @@ def ray_local_cluster():
     """A local Ray cluster of 2 CPUs for the session (dagster-ray's tests do the same); the code under test joins it.
     With its dashboard: a training stage is a Ray job, submitted to the dashboard's job server."""
     ray = pytest.importorskip("ray")
+    from arena_dagster.compute.cluster import own_agent_port
     from arena_dagster.compute.settings import WORKER_ENV
 
+    own_agent_port()  # beside a run's cluster or another session's
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, runtime_env={"env_vars": dict(WORKER_ENV)})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -44,6 +44,8 @@ def _connected(settings: ComputeSettings, connect: Connect | None) -> Iterator[N
         yield
         return
     try:
+        if settings.address is None:
+            own_agent_port()
         if connect is not None:
             connect()
         else:
@@ -57,6 +59,32 @@ def _connected(settings: ComputeSettings, connect: Connect | None) -> Iterator[N
         yield
     finally:
         ray.shutdown()
+
+
+def own_agent_port() -> None:
+    """Local clusters started by this process give their dashboard agent a free port, not Ray's fixed 52365.
+
+    Every local cluster's agent asks for 52365 and `ray.init` has no argument to change it (`ray start` has
+    --dashboard-agent-listen-port): on a machine where another cluster runs (a second flywheel, the tests'), the
+    new cluster has no job agent, and a training step's Ray job waits for one that never comes ("No available
+    agent to submit job"). So the parameter object `ray.init` builds gets the free port it cannot be given."""
+    import socket
+
+    import ray._private.parameter as parameter
+
+    init = parameter.RayParams.__init__
+    if getattr(init, "own_agent_port", False):
+        return
+
+    def with_free_agent_port(self, *args, **kwargs):
+        if kwargs.get("dashboard_agent_listen_port") in (None, parameter.ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                kwargs["dashboard_agent_listen_port"] = probe.getsockname()[1]
+        init(self, *args, **kwargs)
+
+    with_free_agent_port.own_agent_port = True
+    parameter.RayParams.__init__ = with_free_agent_port
 
 
 def quiet_ray_data() -> None:
