@@ -74,9 +74,9 @@ def _embedding_pool(compute: ComputeSettings) -> dict[str, Any]:
     options = actor_options(compute)
     # Every replica asked for at once (an autoscaled second replica came too late to take a share),
     # yet it may start from one: a pool never waits for CPUs that another step's replicas are still giving back.
-    # Two blocks in flight a replica: the next one waits in the replica, the others wait for whichever frees first.
+    # One block in flight a replica: the others wait for whichever replica frees first, so the replicas end together.
     pool = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=compute.workers, initial_size=compute.workers,
-                                                  max_tasks_in_flight_per_actor=2),
+                                                  max_tasks_in_flight_per_actor=1),
             "num_cpus": options["num_cpus"]}
     if "num_gpus" in options:
         pool["num_gpus"] = options["num_gpus"]
