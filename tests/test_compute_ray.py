@@ -14,6 +14,7 @@ from arena_dagster.config import profile_hash
 from arena_dagster.profile_schema.curation import PRESETS, CurationConfig
 from arena_dagster.prompts.curation import curate
 from arena_dagster.prompts.curation_ray import curate_with
+from arena_dagster.prompts.curation_ray_embed import top_k_turns
 from arena_dagster.prompts.curation_rows import first_of_groups, greedy_keep
 from arena_dagster.prompts.sharegpt import load_sharegpt
 from arena_dagster.shards import connection_config
@@ -100,6 +101,17 @@ def test_greedy_keep_is_curates_pass_in_id_order():
     assert greedy_keep({(1, 2): 0.9, (2, 3): 0.95}) == {2: (1, 0.9)}
     # The most similar kept row is the one named; a tie goes to the smaller id.
     assert greedy_keep({(1, 4): 0.85, (2, 4): 0.9, (3, 4): 0.9}) == {4: (2, 0.9)}
+
+
+def test_top_k_turns_keeps_a_turn_scored_in_several_blocks_once():
+    # Rows (test, score, turn): -1 a batch's size, -2 one of its first turns. "a" was scored in two blocks.
+    batches = [(-1, 3.0, ""), (-2, 0.0, "a"), (-2, 0.0, "b"), (0, 0.9, "a"), (0, 0.8, "b"), (1, 0.7, "b"),
+               (-1, 2.0, ""), (-2, 0.0, "a"), (-2, 0.0, "c"), (0, 0.9000001, "a"), (0, 0.85, "c")]
+    k, best = top_k_turns(batches, top_k=2)
+    # Test 0's top-2 is a and c (a counted once, at its best score, so b is third); b is test 1's.
+    assert (k, best) == (2, {"a": (0.9000001, 0), "c": (0.85, 0), "b": (0.7, 1)})
+    # A pool of fewer distinct turns than top_k: k is their number, whatever the copies (the local rule).
+    assert top_k_turns(batches, top_k=5)[0] == 3
 
 
 # ---------------------------------------------------------------- on the local cluster

@@ -13,9 +13,10 @@
   4. semantic duplicates: embeddings from an actor pool (one model per actor), pairs above the
      threshold from block-by-block products, the same pass in id order;
   5. earlier rounds' and the exact / n-gram / MinHash test-set hits (from step 1) apply to the survivors;
-  6. embedding decontamination: the survivors' distinct user turns go through the embedding
-     actor pool, each worker keeps per test item its top-k turns above the threshold, and the
-     driver merges them into the global top-k.
+  6. embedding decontamination: each block's distinct user turns (no shuffle: a turn in several
+     blocks is scored in each) go through the embedding actor pool in blocks of one batch, each
+     batch keeps per test item its top-k turns above the threshold, and the driver merges them
+     (a turn once, at its best score) into the global top-k.
 
 The driver holds row ids, the removed rows' reasons and the duplicate pairs; never the features,
 the shingles or the pool's embeddings. Every removed row is counted with its step and reason.
@@ -190,8 +191,12 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
                   previous: Sequence[str | dict] = (), compute: ComputeSettings,
                   progress: Sink | None = None) -> CurationResult:
     import ray
+    from ray.data.context import DataContext, ShuffleStrategy
 
     quiet_ray_data()
+    # The duplicates' shuffle as tasks on the pooled workers: the default hash shuffle starts an aggregator actor
+    # (a process that imports Ray Data again) per partition, which cost 6-10 s of a 1000-prompt run.
+    DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     progress = progress or progress_sink()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -263,7 +268,7 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
         removal.update({index: hit for index, hit in hits.items() if index not in removal})
     if test_texts:
         if config.decontam_embedding_threshold is not None:
-            decontaminate_embeddings(features, gone(), test_texts, config, compute, threads, partitions, removal, progress)
+            decontaminate_embeddings(features, gone(), test_texts, config, compute, threads, removal, progress)
         timed("decontam")
 
     phases.close()

@@ -7,7 +7,6 @@ each batch's top-k turns, never the vectors.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any, Callable
 
 import numpy as np
@@ -39,6 +38,9 @@ class _SemanticVectors(_Embedder):
         return {"id": np.asarray(batch["id"]), "vector": self.embed([str(t) for t in batch["semantic_text"]])}
 
 
+_BATCH_SIZE, _BATCH_TURN = -1, -2  # the scorer's rows that are not hits
+
+
 class _TurnScorer(_Embedder):
     """Per test item, this batch's top-k turns at or above the threshold (only those can be flagged).
 
@@ -53,7 +55,9 @@ class _TurnScorer(_Embedder):
         sims = self.tests @ self.embed(turns).T
         k = min(self.k, len(turns))
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        out: dict[str, list] = {"test": [-1], "score": [len(turns)], "turn": [""]}
+        # A row of the batch's size (for the progress bar) and rows of its first k turns (for the pool's count).
+        out: dict[str, list] = {"test": [_BATCH_SIZE] + [_BATCH_TURN] * k, "score": [len(turns)] + [0.0] * k,
+                                "turn": [""] + turns[:k]}
         for test, columns in enumerate(top):
             for column in columns:
                 if sims[test, column] >= self.threshold:
@@ -70,7 +74,9 @@ def _embedding_pool(compute: ComputeSettings) -> dict[str, Any]:
     options = actor_options(compute)
     # Every replica asked for at once (an autoscaled second replica came too late to take a share),
     # yet it may start from one: a pool never waits for CPUs that another step's replicas are still giving back.
-    pool = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=compute.workers, initial_size=compute.workers),
+    # One block in flight a replica: the others wait for whichever replica frees first, so the replicas end together.
+    pool = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=compute.workers, initial_size=compute.workers,
+                                                  max_tasks_in_flight_per_actor=1),
             "num_cpus": options["num_cpus"]}
     if "num_gpus" in options:
         pool["num_gpus"] = options["num_gpus"]
@@ -114,21 +120,38 @@ def semantic_duplicates(rows, config: CurationConfig, compute: ComputeSettings, 
         removal[index] = ("semantic_dup", f"cosine {score:.3f} >= {threshold}", other)
 
 
-def _turn_parts(table, *, partitions: int):
+def _block_turns(table):
+    """A block's distinct turns longest first, so that a batch holds turns of similar lengths (little padding).
+
+    No shuffle brings a turn's copies together: a turn in several blocks is scored in each (`top_k_turns`
+    keeps it once)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    turns = pc.list_flatten(table["turns"])
-    return typed_table({"turn": (turns, pa.string()),
-                   "part": ([zlib.crc32(turn.encode()) % partitions for turn in turns.to_pylist()], pa.int64())})
+    turns = dict.fromkeys(pc.list_flatten(table["turns"]).to_pylist())
+    return typed_table({"turn": (sorted(turns, key=lambda t: (-len(t), t)), pa.string())})
 
 
-def _distinct_turns(table):
-    """A partition's distinct turns longest first, so that a batch holds turns of similar lengths (little
-    padding) while batches stay small enough to share out evenly among the replicas."""
-    import pyarrow as pa
-
-    return typed_table({"turn": (sorted(dict.fromkeys(table["turn"].to_pylist()), key=lambda t: (-len(t), t)), pa.string())})
+def top_k_turns(hits, top_k: int) -> tuple[int, dict[str, tuple[float, int]]]:
+    """(k, turn -> (score, test)) from the scorer's rows (test, score, turn): per test item its k best distinct
+    turns, a turn scored in several batches at its best score; a turn in several tests' top-k keeps the first
+    test of the highest score. k is `top_k`, or the pool's number of distinct turns where smaller (the local rule)."""
+    per_test: dict[int, dict[str, float]] = {}
+    some_turns: set[str] = set()  # up to top_k of the pool's distinct turns
+    for test, score, turn in hits:
+        if test == _BATCH_TURN:
+            if len(some_turns) < top_k:
+                some_turns.add(turn)
+        elif test >= 0:
+            scores = per_test.setdefault(test, {})
+            scores[turn] = max(score, scores.get(turn, score))
+    k = min(top_k, len(some_turns))
+    best: dict[str, tuple[float, int]] = {}
+    for test, scores in sorted(per_test.items()):
+        for turn, score in sorted(scores.items(), key=lambda c: (-c[1], c[0]))[:k]:
+            if score > best.get(turn, (-1.0, 0))[0]:
+                best[turn] = (score, test)
+    return k, best
 
 
 def _rows_with(table, *, flagged):
@@ -143,33 +166,30 @@ def _rows_with(table, *, flagged):
 
 
 def decontaminate_embeddings(features, gone, test_texts: list[str], config: CurationConfig, compute: ComputeSettings,
-                              threads: int, partitions: int, removal: dict, progress: Sink) -> None:
+                              threads: int, removal: dict, progress: Sink) -> None:
     import ray
 
-    threshold = config.decontam_embedding_threshold
-    distinct = on_survivors(features, gone, _turn_parts, partitions=partitions).groupby(
-        "part", num_partitions=partitions).map_groups(_distinct_turns, batch_format="pyarrow").materialize()
-    count = distinct.count()
+    threshold, top_k = config.decontam_embedding_threshold, config.decontam_top_k
+    # Blocks of one batch each: a replica is sent blocks, not batches, so larger blocks all went to the replica
+    # that started first (with 2 workers, one replica scored every turn and the other none).
+    turns = on_survivors(features, gone, _block_turns).repartition(target_num_rows_per_block=config.embed_batch_size).materialize()
+    count = turns.count()  # a turn of several blocks counts once per block
     if not count:
         return
-    k = min(config.decontam_top_k, count)
-    scored = distinct.map_batches(
+    scored = turns.map_batches(
         _TurnScorer, fn_constructor_kwargs={"threads": threads, "batch_size": config.embed_batch_size, "test_texts": test_texts,
-                                            "k": k, "threshold": threshold},
+                                            "k": top_k, "threshold": threshold},
         batch_format="numpy", batch_size=config.embed_batch_size, **_embedding_pool(compute))
-    per_test: dict[int, list[tuple[float, str]]] = {}
     bar = progress("embedding decontamination", count)
-    for hit in scored.iter_rows():
-        if hit["test"] < 0:  # a batch's row count, for the progress bar
-            bar.update(int(hit["score"]))
-            continue
-        per_test.setdefault(int(hit["test"]), []).append((float(hit["score"]), str(hit["turn"])))
+
+    def hits():
+        for hit in scored.iter_rows():
+            if hit["test"] == _BATCH_SIZE:
+                bar.update(int(hit["score"]))
+            yield int(hit["test"]), float(hit["score"]), str(hit["turn"])
+
+    k, best = top_k_turns(hits(), top_k)
     bar.close()
-    best: dict[str, tuple[float, int]] = {}
-    for test, candidates in sorted(per_test.items()):
-        for score, turn in sorted(candidates, key=lambda c: (-c[0], c[1]))[:k]:
-            if score > best.get(turn, (-1.0, 0))[0]:
-                best[turn] = (score, test)
     if not best:
         return
     flagged = {turn: (f"cosine {score:.3f} >= {threshold} with a test item (top-{k})", test_texts[test])
