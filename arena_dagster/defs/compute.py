@@ -5,7 +5,9 @@ The cluster itself is a dagster-ray resource: `LocalRay` starts a local cluster 
 Kubernetes `cluster=kuberay_cluster(...)` (defs/kuberay.py: dagster-ray's `KubeRayCluster`) takes
 their place (README, "Scale-out on Ray"). The cluster is reached
 only when a heavy step asks for it (`ArenaCompute.connector`), so a run whose steps are all
-light never starts one.
+light never starts one. A local or joined cluster, once reached, is kept for the run's later steps
+(the run's steps share one process: the in-process executor) and left when the run ends: starting
+a local cluster and stopping it cost more than a small step's work.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class ArenaCompute(dg.ConfigurableResource):
     cluster: RayResource | None = None
 
     _settings: ComputeSettings | None = PrivateAttr(default=None)
+    # The cluster this resource reached for the run's steps: None (none yet), or whether it has the job server.
+    _kept: bool | None = PrivateAttr(default=None)
 
     @classmethod
     def from_profile(cls, profile: Profile) -> "ArenaCompute":
@@ -83,6 +87,13 @@ class ArenaCompute(dg.ConfigurableResource):
             if missing:
                 context.instance.add_run_tags(run.run_id, missing)
 
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._kept is not None:
+            import ray
+
+            ray.shutdown()
+            self._kept = None
+
     def settings(self) -> ComputeSettings:
         return self._settings or ComputeSettings.model_validate(json.loads(self.settings_json))
 
@@ -93,15 +104,45 @@ class ArenaCompute(dg.ConfigurableResource):
 
         settings = self.settings()
         context.log.info(f"curation on engine {settings.engine}" + (f" ({settings.workers} workers)" if settings.engine == "ray" else ""))
-        return functools.partial(curate_with, settings, connect=self.connector(context), progress=progress_sink(context.log.info))
+        curate = functools.partial(curate_with, settings, progress=progress_sink(context.log.info))
+
+        def curate_rows(*args: Any, **kwargs: Any) -> Any:
+            with self.session(context):
+                return curate(*args, **kwargs)
+
+        return curate_rows
 
     def session(self, context: Any, dashboard: bool = False) -> contextlib.AbstractContextManager:
         """The cluster for a block of heavy work (nothing on the local engine), through the one seam."""
         from arena_dagster.compute.cluster import ray_cluster
 
         settings = self.settings()
+        if settings.engine != "ray":
+            return contextlib.nullcontext()
         connect = self.connector(context, dashboard=dashboard)
-        return ray_cluster(settings, connect) if settings.engine == "ray" else contextlib.nullcontext()
+        if self.cluster is None:
+            self._keep(context, settings, connect, dashboard)
+        return ray_cluster(settings, connect)
+
+    def _keep(self, context: Any, settings: ComputeSettings, connect: Callable[[], None], dashboard: bool) -> None:
+        """Reach the run's cluster once, for this step and the later ones. A step that submits a Ray job needs the
+        job server (the dashboard): a local cluster started without it is started again, with it."""
+        import ray
+
+        from arena_dagster.compute.cluster import join
+        from arena_dagster.compute.pools import in_block
+
+        if ray.is_initialized():
+            # A driver this resource did not start (a test's session cluster) is used as it is, never shut down;
+            # nor is a cluster whose block (and pools) is still open.
+            if self._kept is None or self._kept or not dashboard or settings.address is not None or in_block():
+                return
+            ray.shutdown()
+        join(settings, connect)
+        self._kept = dashboard
+        where = (f"the cluster at {settings.address}" if settings.address is not None else
+                 f"a local cluster of {settings.ray_init_options()['num_cpus']} CPU(s)" + (" with its job server" if dashboard else ""))
+        context.log.info(f"Ray: {where}, kept for this run's steps")
 
     @contextlib.contextmanager
     def training(self, context: Any) -> Iterator[dict[str, Any] | None]:
