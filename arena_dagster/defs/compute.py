@@ -70,8 +70,8 @@ class ArenaCompute(dg.ConfigurableResource):
     cluster: RayResource | None = None
 
     _settings: ComputeSettings | None = PrivateAttr(default=None)
-    # The cluster this resource reached for the run's steps: None (none yet), or whether it has the job server.
-    _kept: bool | None = PrivateAttr(default=None)
+    # Whether this resource reached a cluster for the run's steps (it leaves it when the run ends).
+    _kept: bool = PrivateAttr(default=False)
 
     @classmethod
     def from_profile(cls, profile: Profile) -> "ArenaCompute":
@@ -88,11 +88,11 @@ class ArenaCompute(dg.ConfigurableResource):
                 context.instance.add_run_tags(run.run_id, missing)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._kept is not None:
+        if self._kept:
             import ray
 
             ray.shutdown()
-            self._kept = None
+            self._kept = False
 
     def settings(self) -> ComputeSettings:
         return self._settings or ComputeSettings.model_validate(json.loads(self.settings_json))
@@ -121,27 +121,23 @@ class ArenaCompute(dg.ConfigurableResource):
             return contextlib.nullcontext()
         connect = self.connector(context, dashboard=dashboard)
         if self.cluster is None:
-            self._keep(context, settings, connect, dashboard)
+            self._keep(context, settings)
         return ray_cluster(settings, connect)
 
-    def _keep(self, context: Any, settings: ComputeSettings, connect: Callable[[], None], dashboard: bool) -> None:
-        """Reach the run's cluster once, for this step and the later ones. A step that submits a Ray job needs the
-        job server (the dashboard): a local cluster started without it is started again, with it."""
+    def _keep(self, context: Any, settings: ComputeSettings) -> None:
+        """Reach the run's cluster once, for this step and the later ones. A local one starts with its job server (the
+        dashboard): a training step submits its Ray job there, and a job server started minutes before it is up by
+        then (one started for the step may take minutes on a loaded machine before it takes a job)."""
         import ray
 
         from arena_dagster.compute.cluster import join
-        from arena_dagster.compute.pools import in_block
 
-        if ray.is_initialized():
-            # A driver this resource did not start (a test's session cluster) is used as it is, never shut down;
-            # nor is a cluster whose block (and pools) is still open.
-            if self._kept is None or self._kept or not dashboard or settings.address is not None or in_block():
-                return
-            ray.shutdown()
-        join(settings, connect)
-        self._kept = dashboard
-        where = (f"the cluster at {settings.address}" if settings.address is not None else
-                 f"a local cluster of {settings.ray_init_options()['num_cpus']} CPU(s)" + (" with its job server" if dashboard else ""))
+        if self._kept or ray.is_initialized():  # a driver this resource did not start (a test's session cluster): as it is
+            return
+        join(settings, self.connector(context, dashboard=True))
+        self._kept = True
+        where = f"the cluster at {settings.address}" if settings.address is not None else (
+            f"a local cluster of {settings.ray_init_options()['num_cpus']} CPU(s) with its job server")
         context.log.info(f"Ray: {where}, kept for this run's steps")
 
     @contextlib.contextmanager
