@@ -5,7 +5,8 @@ The cluster itself is a dagster-ray resource: `LocalRay` starts a local cluster 
 Kubernetes `cluster=kuberay_cluster(...)` (defs/kuberay.py: dagster-ray's `KubeRayCluster`) takes
 their place (README, "Scale-out on Ray"). The cluster is reached
 only when a heavy step asks for it (`ArenaCompute.connector`), so a run whose steps are all
-light never starts one. A local or joined cluster, once reached, is kept for the run's later steps
+light never starts one. A local (with its job server, for the training steps' Ray jobs) or joined
+cluster, once reached, is kept for the run's later steps
 (the run's steps share one process: the in-process executor) and left when the run ends: starting
 a local cluster and stopping it cost more than a small step's work.
 """
