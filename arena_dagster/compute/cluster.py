@@ -1,11 +1,11 @@
 """The seam between a heavy step and Ray: one context manager that makes a cluster reachable.
 
 A step asks `ray_cluster(settings)`; inside, `ray` is initialized: an already connected driver
-(a test's session cluster, a Dagster resource that connected) is used as it is, otherwise the
-cluster at `settings.address` is joined, or, with no address, a local cluster of
-`workers x cpus_per_worker` CPUs is started and shut down when the step ends. The actor pools
-started inside the block (model replicas, pools.py) live until it ends; a block inside a block
-is the outer one.
+(a test's session cluster, the cluster a Dagster run keeps for all its steps: defs/compute.py) is
+used as it is, otherwise the cluster at `settings.address` is joined, or, with no address, a local
+cluster of `workers x cpus_per_worker` CPUs is started, and left (shut down) when the block ends.
+The actor pools started inside the block (model replicas, pools.py) live until it ends; a block
+inside a block is the outer one.
 """
 
 from __future__ import annotations
@@ -43,6 +43,18 @@ def _connected(settings: ComputeSettings, connect: Connect | None) -> Iterator[N
     if ray.is_initialized():
         yield
         return
+    join(settings, connect)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def join(settings: ComputeSettings, connect: Connect | None = None) -> None:
+    """Initialize `ray` for the settings' cluster (through `connect` where given); one that cannot be reached or
+    started is a ClusterError that names the address."""
+    import ray
+
     try:
         if settings.address is None:
             own_agent_port()
@@ -55,10 +67,6 @@ def _connected(settings: ComputeSettings, connect: Connect | None) -> Iterator[N
         where = settings.address or "a new local cluster"
         raise ClusterError(f"no Ray cluster ({where}: {err}): start one (`ray start --head`), or leave out "
                            "--ray-address / compute.address to start a local cluster for the run") from err
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def own_agent_port() -> None:

@@ -5,7 +5,10 @@ The cluster itself is a dagster-ray resource: `LocalRay` starts a local cluster 
 Kubernetes `cluster=kuberay_cluster(...)` (defs/kuberay.py: dagster-ray's `KubeRayCluster`) takes
 their place (README, "Scale-out on Ray"). The cluster is reached
 only when a heavy step asks for it (`ArenaCompute.connector`), so a run whose steps are all
-light never starts one.
+light never starts one. A local (with its job server, for the training steps' Ray jobs) or joined
+cluster, once reached, is kept for the run's later steps
+(the run's steps share one process: the in-process executor) and left when the run ends: starting
+a local cluster and stopping it cost more than a small step's work.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class ArenaCompute(dg.ConfigurableResource):
     cluster: RayResource | None = None
 
     _settings: ComputeSettings | None = PrivateAttr(default=None)
+    # Whether this resource reached a cluster for the run's steps (it leaves it when the run ends).
+    _kept: bool = PrivateAttr(default=False)
 
     @classmethod
     def from_profile(cls, profile: Profile) -> "ArenaCompute":
@@ -83,6 +88,13 @@ class ArenaCompute(dg.ConfigurableResource):
             if missing:
                 context.instance.add_run_tags(run.run_id, missing)
 
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._kept:
+            import ray
+
+            ray.shutdown()
+            self._kept = False
+
     def settings(self) -> ComputeSettings:
         return self._settings or ComputeSettings.model_validate(json.loads(self.settings_json))
 
@@ -93,15 +105,41 @@ class ArenaCompute(dg.ConfigurableResource):
 
         settings = self.settings()
         context.log.info(f"curation on engine {settings.engine}" + (f" ({settings.workers} workers)" if settings.engine == "ray" else ""))
-        return functools.partial(curate_with, settings, connect=self.connector(context), progress=progress_sink(context.log.info))
+        curate = functools.partial(curate_with, settings, progress=progress_sink(context.log.info))
+
+        def curate_rows(*args: Any, **kwargs: Any) -> Any:
+            with self.session(context):
+                return curate(*args, **kwargs)
+
+        return curate_rows
 
     def session(self, context: Any, dashboard: bool = False) -> contextlib.AbstractContextManager:
         """The cluster for a block of heavy work (nothing on the local engine), through the one seam."""
         from arena_dagster.compute.cluster import ray_cluster
 
         settings = self.settings()
+        if settings.engine != "ray":
+            return contextlib.nullcontext()
         connect = self.connector(context, dashboard=dashboard)
-        return ray_cluster(settings, connect) if settings.engine == "ray" else contextlib.nullcontext()
+        if self.cluster is None:
+            self._keep(context, settings)
+        return ray_cluster(settings, connect)
+
+    def _keep(self, context: Any, settings: ComputeSettings) -> None:
+        """Reach the run's cluster once, for this step and the later ones. A local one starts with its job server (the
+        dashboard): a training step submits its Ray job there, and a job server started minutes before it is up by
+        then (one started for the step may take minutes on a loaded machine before it takes a job)."""
+        import ray
+
+        from arena_dagster.compute.cluster import join
+
+        if self._kept or ray.is_initialized():  # a driver this resource did not start (a test's session cluster): as it is
+            return
+        join(settings, self.connector(context, dashboard=True))
+        self._kept = True
+        where = f"the cluster at {settings.address}" if settings.address is not None else (
+            f"a local cluster of {settings.ray_init_options()['num_cpus']} CPU(s) with its job server")
+        context.log.info(f"Ray: {where}, kept for this run's steps")
 
     @contextlib.contextmanager
     def training(self, context: Any) -> Iterator[dict[str, Any] | None]:
