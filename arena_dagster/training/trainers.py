@@ -187,6 +187,39 @@ def _rl_trainer(model, tokenizer, resolved, rows, eval_rows, training_kwargs, ru
     )
 
 
+class PairsForDispatch:
+    """A preference stage's collator (DPO, reward) laid out for accelerate's dispatching loader (`split_batches`).
+
+    TRL stacks a batch of pairs as [every chosen row; every rejected row] and each process splits its rows in two
+    halves, chosen and rejected. The dispatching loader hands process r the r-th contiguous slice of the rows: with 2
+    processes, one would get every chosen row and the other every rejected one, and each would pair answers of
+    different prompts. Here the rows are reordered so that each slice is [its pairs' chosen rows; their rejected
+    rows], the local run's pairs. A batch whose pairs do not divide by the processes (an epoch's short last one) is
+    completed with its own first pairs, as accelerate completes any other uneven batch.
+    """
+
+    def __init__(self, collate, processes: int) -> None:
+        self.collate, self.processes = collate, processes
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        share = -(-len(examples) // self.processes)
+        examples = [*examples, *examples[: share * self.processes - len(examples)]]
+        batch = self.collate(examples)
+        pairs = len(examples)
+        order = torch.tensor([row for rank in range(self.processes) for start in (0, pairs)
+                              for row in range(start + rank * share, start + (rank + 1) * share)])
+        laid_out = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] != 2 * pairs:
+                # A per-pair column (a margin, precomputed reference log-probs) would be sliced at other rows.
+                raise TrainingSpecError(f"the preference batch's {key!r} has {value.shape[0]} rows, not 2 per pair: "
+                                        "it cannot be split between Ray Train workers; train it with compute.workers 1")
+            laid_out[key] = value[order] if isinstance(value, torch.Tensor) and value.dim() else value
+        return laid_out
+
+
 # One TRL trainer (and its config class) per stage; `base` trains a fresh model like SFT.
 TRAINERS = {"base": _sft_trainer, "sft": _sft_trainer, "dpo": _dpo_trainer, "reward": _reward_trainer, "rl": _rl_trainer}
 
@@ -197,4 +230,7 @@ def build_trainer(resolved: dict, rows: list[dict], eval_rows: list[dict], tmp_d
     model, tokenizer = _model_and_tokenizer(resolved)
     train_rows = len(rows) * (int(hyper["num_generations"]) if stage == "rl" else 1)
     training_kwargs = _training_kwargs(resolved, train_rows, tmp_dir, runtime)
-    return TRAINERS[stage](model, tokenizer, resolved, rows, eval_rows, training_kwargs, runtime), tokenizer
+    trainer = TRAINERS[stage](model, tokenizer, resolved, rows, eval_rows, training_kwargs, runtime)
+    if stage in ("dpo", "reward") and hyper.get("split_batches"):
+        trainer.data_collator = PairsForDispatch(trainer.data_collator, runtime["processes"])
+    return trainer, tokenizer
