@@ -35,6 +35,7 @@ from arena_dagster.training.spec import (
     spec_hash,
     validate_spec,
 )
+from arena_dagster.training.trainers import PairsForDispatch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2}
@@ -197,6 +198,28 @@ def test_sft_on_one_ray_worker_equals_the_local_run_and_two_workers_keep_the_bat
     for figure in ("first_loss", "final_loss"):
         assert two["metrics"][figure] == pytest.approx(one["metrics"][figure], rel=0.05), figure
     assert json.loads((home / "ray2" / "config.json").read_text())["hidden_size"] == 32
+
+
+def test_each_worker_gets_whole_pairs_from_the_dispatching_loader():
+    """TRL's preference batch, reordered, then sliced by accelerate as its dispatching loader slices it for 2 workers:
+    each worker's halves are the chosen and rejected answers of the same prompts (chosen 10+i, rejected 20+i)."""
+    import torch
+    from accelerate.utils import find_batch_size, slice_tensors
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    collate = PairsForDispatch(DataCollatorForPreference(pad_token_id=0), processes=2)
+
+    def pairs_of_each_worker(count: int) -> list[list[tuple[int, int]]]:
+        batch = collate([{"chosen_ids": [10 + i] * (1 + i), "rejected_ids": [20 + i]} for i in range(count)])
+        share = find_batch_size(batch) // 2
+        workers = [slice_tensors(batch, slice(rank * share, (rank + 1) * share)) for rank in range(2)]
+        return [list(zip(*(rows[:, 0].tolist() for rows in torch.chunk(worker["input_ids"], 2)))) for worker in workers]
+
+    assert pairs_of_each_worker(4) == [[(10, 20), (11, 21)], [(12, 22), (13, 23)]]
+    assert pairs_of_each_worker(2) == [[(10, 20)], [(11, 21)]]  # an epoch's short last batch, 1 + 1
+    assert pairs_of_each_worker(3) == [[(10, 20), (11, 21)], [(12, 22), (10, 20)]]  # completed with its first pair
+    with pytest.raises(TrainingSpecError, match="'margin' has 2 rows, not 2 per pair"):
+        collate([{"chosen_ids": [1], "rejected_ids": [2], "margin": 1.0}, {"chosen_ids": [3], "rejected_ids": [4], "margin": 0.5}])
 
 
 # A stage's rows and hyperparameters that end its data on an epoch's short last batch of 2, which 2 workers share 1 + 1
