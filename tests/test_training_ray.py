@@ -22,6 +22,7 @@ from arena_dagster.training.base_models import chat_row, write_jsonl
 from arena_dagster.training.ray_job import (
     OUTPUT_DIR_KEY,
     failure_cause,
+    job_failure,
     job_submission,
     readable_log,
     stop_job,
@@ -274,6 +275,10 @@ def test_a_failed_ray_job_says_why_in_the_step_s_error_and_the_run_s_log(workspa
 
 
 def test_the_cause_of_a_failed_job_is_its_driver_s_error_line():
+    from types import SimpleNamespace
+
+    from arena_dagster.backends.redact import redact
+
     pipes = json.dumps({"__dagster_pipes_version": "0.1", "method": "log", "params": {"message": "error: x", "level": "ERROR"}})
     log = f"[sft] 48 rows\nerror: /data/sft.jsonl row 3: no answer\n{pipes}\nRay shutting down\n"
     assert readable_log(log) == ["[sft] 48 rows", "error: /data/sft.jsonl row 3: no answer", "Ray shutting down"]
@@ -282,7 +287,21 @@ def test_the_cause_of_a_failed_job_is_its_driver_s_error_line():
     crashed = "Traceback (most recent call last):\n  File \"<frozen runpy>\", line 88\nModuleNotFoundError: No module named 'arena_dagster'\n"
     assert failure_cause(readable_log(crashed)) == "ModuleNotFoundError: No module named 'arena_dagster'"
     assert failure_cause(["[sft] step 1/4 loss 3.2"]) is None
-    assert readable_log("connecting to http://user:hunter22@hub:80/x?token=abc") == ["connecting to http://***@hub:80/x?token=***"]
+
+    class JobServer:  # a unit test's fake: the real job server answers the test above
+        def get_job_info(self, job_id):
+            return SimpleNamespace(status="FAILED", driver_exit_code=1, message="Job entrypoint command failed with exit code 1")
+
+        def get_job_logs(self, job_id):
+            return "fetching http://user:hunter22@hub:80/x?token=abc\n" + crashed
+
+        def get_address(self):
+            return "http://127.0.0.1:8265"
+
+    summary, tail = job_failure(JobServer(), "arena-x", redact)
+    assert summary == ("Ray job arena-x FAILED (exit code 1): ModuleNotFoundError: No module named 'arena_dagster'; "
+                       "its whole log: ray job logs arena-x --address http://127.0.0.1:8265")
+    assert tail[0] == "fetching http://***@hub:80/x?token=***" and tail[-1].startswith("ModuleNotFoundError")
 
 
 def _wait_for_cpus(ray, cpus: float, timeout_s: float = 120) -> float:

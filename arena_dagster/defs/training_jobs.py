@@ -22,6 +22,7 @@ from typing import Any
 
 import dagster as dg
 
+from arena_dagster.backends.redact import redact
 from arena_dagster.training.ray_job import (
     dashboard_address,
     job_failure,
@@ -69,7 +70,7 @@ class RayJobLaunch:
         """The failed job's error: its cause and the last lines of its log in the run's log (the client's own error only
         says that the job failed); None where the job server cannot tell."""
         try:
-            summary, tail = job_failure(client, job_id)
+            summary, tail = job_failure(client, job_id, redact)
         except Exception as exc:  # noqa: BLE001 - the cluster is gone: the client's own error is raised
             self.context.log.warning(f"{self.output_dir.name}: the log of Ray job {job_id} cannot be read: {exc}")
             return None

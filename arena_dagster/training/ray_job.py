@@ -25,10 +25,10 @@ import re
 import secrets
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from arena_dagster.backends.redact import redact
 from arena_dagster.profile_schema.compute import ComputeSettings
 from arena_dagster.training.guard import PARENT_ENV
 
@@ -130,10 +130,10 @@ _PIPES_FIELD = "__dagster_pipes_version"
 
 
 def readable_log(text: str) -> list[str]:
-    """A job log's lines as a person reads them, secrets redacted: without the Dagster Pipes messages (the entry
-    point prints every line it sends through Pipes, training/pipes.py, and a traceback goes to stderr)."""
+    """A job log's lines as a person reads them: without the Dagster Pipes messages (the entry point prints every
+    line it sends through Pipes, training/pipes.py, and a traceback goes to stderr)."""
     lines = []
-    for line in redact(text).splitlines():
+    for line in text.splitlines():
         if _PIPES_FIELD in line:
             try:
                 if _PIPES_FIELD in json.loads(line):
@@ -154,11 +154,12 @@ def failure_cause(lines: list[str]) -> str | None:
     return None
 
 
-def job_failure(client, job_id: str) -> tuple[str, list[str]]:
+def job_failure(client, job_id: str, redact: Callable[[str], str]) -> tuple[str, list[str]]:
     """Why the ended job `job_id` failed, read from the job server: one line (its status, exit code, the driver's own
-    error line and the command printing its whole log), and the last FAILURE_LOG_LINES lines of its log."""
+    error line and the command printing its whole log), and the last FAILURE_LOG_LINES lines of its log, both through
+    `redact` (the backends' credential scrubber: a log may print a URL with its token)."""
     info = client.get_job_info(job_id)
-    lines = readable_log(client.get_job_logs(job_id))
+    lines = readable_log(redact(client.get_job_logs(job_id)))
     message = [line.strip() for line in redact(info.message or "").splitlines() if line.strip()]
     cause = failure_cause(lines) or failure_cause(message) or (lines or message or ["its log is empty"])[-1]
     status = str(getattr(info.status, "value", info.status))
