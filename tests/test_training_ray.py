@@ -1,5 +1,6 @@
-"""Training stages on Ray Train (training/ray_train.py): the batch split, the spec's `compute`, and SFT on the local 2-CPU
-cluster, launched as the assets launch it (defs/training_jobs.py: a Ray job through dagster-ray's PipesRayJobClient)."""
+"""Training stages on Ray Train (training/ray_train.py): the batch split, the spec's `compute`, and SFT (with DPO and the
+reward model on an uneven batch) on the local 2-CPU cluster, launched as the assets launch it (defs/training_jobs.py: a Ray
+job through dagster-ray's PipesRayJobClient), and a failed job's cause."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ import dagster as dg
 import pytest
 
 from arena_dagster.defs.training_jobs import launch_training
+from arena_dagster.progress import step_failures
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
 from arena_dagster.training.ray_job import (
     OUTPUT_DIR_KEY,
+    failure_cause,
+    job_failure,
     job_submission,
+    readable_log,
     stop_job,
     stop_leftover_jobs,
 )
@@ -49,7 +54,7 @@ def test_workers_share_the_global_batch():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict:
-    """A tiny random Llama and its tokenizer (saved, no training), and an SFT file."""
+    """A tiny random Llama and its tokenizer (saved, no training), an SFT file and a preference pairs file."""
     from transformers import AutoModelForCausalLM, LlamaConfig, set_seed
 
     from arena_dagster.training.tokenizer import build_tokenizer, save_tokenizer
@@ -63,6 +68,9 @@ def workspace(tmp_path_factory) -> dict:
                          bos_token_id=None, **TINY_MODEL)
     AutoModelForCausalLM.from_config(config).save_pretrained(base)
     data = write_jsonl(home / "sft.jsonl", (chat_row(i.prompt, i.reference) for i in items))
+    # Preference pairs, one per prompt: the reference answer over its reversal.
+    write_jsonl(home / "pairs.jsonl", ({"prompt": i.prompt, "chosen": i.reference, "rejected": i.reference[::-1] + " ?"}
+                                       for i in items))
     spec = {"stage": "sft", "round": 1, "base_model": str(base), "dataset_path": str(data), "threads": 1,
             "hyperparams": {"max_steps": 4, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1}}
     return {"home": home, "spec": spec}
@@ -94,8 +102,8 @@ def _weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
-def _materialize(spec: dict, engine: dict | None) -> tuple[dict, dict, list[str]]:
-    """`spec` trained as a training asset trains it (`launch_training`); its manifest, metadata and the run's log."""
+def _run_stage(spec: dict, engine: dict | None) -> tuple[dg.ExecuteInProcessResult, dict | None, list]:
+    """`spec` trained as a training asset trains it (`launch_training`); the run, its manifest and its log's entries."""
     trained: dict = {}
 
     @dg.asset(name="stage")
@@ -104,10 +112,17 @@ def _materialize(spec: dict, engine: dict | None) -> tuple[dict, dict, list[str]
         return dg.MaterializeResult(metadata=reported)
 
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([stage], instance=instance)
-    lines = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    result = dg.materialize([stage], instance=instance, raise_on_error=False)
+    return result, trained.get("manifest"), list(instance.all_logs(result.run_id))
+
+
+def _materialize(spec: dict, engine: dict | None) -> tuple[dict, dict, list[str]]:
+    """`spec` trained as a training asset trains it; its manifest, metadata and the run's log."""
+    result, manifest, entries = _run_stage(spec, engine)
+    lines = [entry.user_message for entry in entries]
+    assert result.success, "\n".join(lines[-20:])
     [materialization] = result.asset_materializations_for_node("stage")
-    return trained["manifest"], {key: value.value for key, value in materialization.metadata.items()}, lines
+    return manifest, {key: value.value for key, value in materialization.metadata.items()}, lines
 
 
 def test_a_ray_job_has_the_training_environment_not_the_submitter_s(tmp_path):
@@ -205,6 +220,87 @@ def test_two_workers_train_through_an_odd_last_batch(workspace, ray_local_cluste
     assert ours[5:] == pytest.approx(theirs[5:], rel=0.05), f"2 workers {ours}, local {theirs}"
 
 
+# A stage's rows and hyperparameters that end its data on an epoch's short last batch of 2, which 2 workers share 1 + 1
+# (not padded to a full batch): SFT's 42 rows in 5 batches of 8 and one of 2; 6 pairs in batches of 4 and 2 (the
+# reward model holds 2 of its 8 pairs out). DPO as the flywheel trains it: with the NLL term on the chosen answers.
+UNEVEN = {
+    "sft": ("sft.jsonl", 42, {"max_steps": 6}),
+    "dpo": ("pairs.jsonl", 6, {"max_steps": 2, "batch_size": 4, "beta": 0.1, "rpo_alpha": 1.0}),
+    "reward": ("pairs.jsonl", 8, {"max_steps": 2, "batch_size": 4, "eval_fraction": 0.25}),
+}
+
+
+@pytest.mark.parametrize("stage", list(UNEVEN))
+def test_two_workers_learn_the_local_loss_on_an_uneven_last_batch(stage, workspace, ray_local_cluster):
+    home, spec = workspace["home"], workspace["spec"]
+    data, count, hyper = UNEVEN[stage]
+    rows = [json.loads(row) for row in (home / data).read_text().splitlines()[:count]]
+    uneven = {**spec, "stage": stage, "dataset_path": str(write_jsonl(home / f"{stage}-{count}.jsonl", rows)),
+              "hyperparams": {**spec["hyperparams"], **hyper}}
+    # The local run is one Ray worker's, bit for bit (the test above).
+    local = run_training({**uneven, "output_dir": str(home / f"uneven-{stage}-local")}, log=lambda _: None, timeout_s=300)
+    two = run_training(_on_ray(uneven, ray_local_cluster, 2, home / f"uneven-{stage}-ray2"), log=lambda _: None, timeout_s=600)
+    ours, theirs = ([loss for _step, loss in run["curves"]["loss"]] for run in (two, local))
+    assert len(ours) == hyper["max_steps"], ours
+    for figure in ("first_loss", "final_loss"):
+        assert two["metrics"][figure] == pytest.approx(local["metrics"][figure], rel=0.05), f"2 workers {ours}, local {theirs}"
+    # Every step learns from the local run's rows: the same curve, to the order of summation.
+    assert ours == pytest.approx(theirs, rel=1e-3), f"2 workers {ours}, local {theirs}"
+
+
+def test_a_failed_ray_job_says_why_in_the_step_s_error_and_the_run_s_log(workspace, ray_local_cluster):
+    """The driver fails at once on a row the submitter never reads (a conversation cut before its answer): the step's
+    error is its own error line, with the job id and the command printing the whole log, not only `FAILED`."""
+    home, spec = workspace["home"], workspace["spec"]
+    cut = json.dumps({"messages": [{"role": "user", "content": "What is 2 + 2?"}]})
+    data = home / "sft-cut.jsonl"
+    data.write_text((home / "sft.jsonl").read_text() + cut + "\n")
+    output_dir = home / "failed"
+    result, _, entries = _run_stage({**spec, "dataset_path": str(data), "output_dir": str(output_dir)},
+                                    {"engine": "ray", "workers": 1, "address": ray_local_cluster})
+    assert not result.success
+    # The step's error as the terminal's FAIL line shows it (its first line; the client's own says only `FAILED`).
+    [failure] = step_failures(entries)
+    cause = f"error: {data} row 49: the last message must be the assistant's answer"
+    assert cause in failure and " FAILED (exit code 3): " in failure, failure
+    assert "ray job logs arena-failed-" in failure and "--address http://" in failure
+    # The run's log: the same line, then the end of the job's log without the Pipes messages.
+    [report] = [entry.user_message for entry in entries if entry.user_message.startswith("Ray job arena-failed-")]
+    assert report.splitlines()[0] in failure and cause in report.splitlines()[2:], report
+    assert "__dagster_pipes_version" not in report
+    assert read_manifest(output_dir) is None
+
+
+def test_the_cause_of_a_failed_job_is_its_driver_s_error_line():
+    from types import SimpleNamespace
+
+    from arena_dagster.backends.redact import redact
+
+    pipes = json.dumps({"__dagster_pipes_version": "0.1", "method": "log", "params": {"message": "error: x", "level": "ERROR"}})
+    log = f"[sft] 48 rows\nerror: /data/sft.jsonl row 3: no answer\n{pipes}\nRay shutting down\n"
+    assert readable_log(log) == ["[sft] 48 rows", "error: /data/sft.jsonl row 3: no answer", "Ray shutting down"]
+    assert failure_cause(readable_log(log)) == "error: /data/sft.jsonl row 3: no answer"
+    # Before the entry point could report (a cluster without the package): the traceback's last line.
+    crashed = "Traceback (most recent call last):\n  File \"<frozen runpy>\", line 88\nModuleNotFoundError: No module named 'arena_dagster'\n"
+    assert failure_cause(readable_log(crashed)) == "ModuleNotFoundError: No module named 'arena_dagster'"
+    assert failure_cause(["[sft] step 1/4 loss 3.2"]) is None
+
+    class JobServer:  # a unit test's fake: the real job server answers the test above
+        def get_job_info(self, job_id):
+            return SimpleNamespace(status="FAILED", driver_exit_code=1, message="Job entrypoint command failed with exit code 1")
+
+        def get_job_logs(self, job_id):
+            return "fetching http://user:hunter22@hub:80/x?token=abc\n" + crashed
+
+        def get_address(self):
+            return "http://127.0.0.1:8265"
+
+    summary, tail = job_failure(JobServer(), "arena-x", redact)
+    assert summary == ("Ray job arena-x FAILED (exit code 1): ModuleNotFoundError: No module named 'arena_dagster'; "
+                       "its whole log: ray job logs arena-x --address http://127.0.0.1:8265")
+    assert tail[0] == "fetching http://***@hub:80/x?token=***" and tail[-1].startswith("ModuleNotFoundError")
+
+
 def _wait_for_cpus(ray, cpus: float, timeout_s: float = 120) -> float:
     deadline = time.time() + timeout_s
     while ray.available_resources().get("CPU", 0) < cpus and time.time() < deadline:
@@ -244,6 +340,7 @@ import json, sys
 import dagster as dg
 from dagster._utils.interrupts import setup_interrupt_handlers
 from arena_dagster.defs.training_jobs import launch_training
+from arena_dagster.progress import step_failures
 
 spec, engine = json.loads(open(sys.argv[1]).read()), json.loads(open(sys.argv[2]).read())
 setup_interrupt_handlers()  # SIGTERM as SIGINT, as in Dagster's run worker (a canceled run gets SIGTERM)

@@ -8,7 +8,9 @@ On the Ray engine the entry point is submitted as a Ray job to the step's cluste
 server, the dashboard: a local cluster started for the step has one, `ArenaCompute.training`);
 the job is Ray Train's driver (training/ray_train.py). A canceled run (SIGTERM, SIGINT, the UI)
 interrupts the wait and the job is stopped (the client does it on Dagster's interrupt; any other
-way out of the wait stops it here), and the Ray driver's end ends its workers. A submitter
+way out of the wait stops it here), and the Ray driver's end ends its workers. A failed job raises
+a TrainingError with its driver's own error line, and the end of its log goes to the run's log
+(training/ray_job.py `job_failure`): the client's own error says only that it failed. A submitter
 killed with kill -9 leaves its job to the next launch of the same stage, which stops it first
 (training/ray_job.py).
 """
@@ -20,13 +22,16 @@ from typing import Any
 
 import dagster as dg
 
+from arena_dagster.backends.redact import redact
 from arena_dagster.training.ray_job import (
     dashboard_address,
+    job_failure,
     job_submission,
     stop_job,
     stop_leftover_jobs,
     submit_when_ready,
 )
+from arena_dagster.training.runner import TrainingError
 
 
 class RayJobLaunch:
@@ -46,17 +51,32 @@ class RayJobLaunch:
         for job_id in stop_leftover_jobs(client.client, self.output_dir):
             self.context.log.warning(f"{self.output_dir.name}: stopped Ray job {job_id}, left running by a run that did not finish")
         params = job_submission(command, env, self.compute, self.output_dir)
+        job_id = params["submission_id"]
         try:
-            # A failed or stopped job raises (the runner turns it into a TrainingError); its error line is in the log.
             self.invocations.append(client.run(context=self.context, submit_job_params=params, extras=self.extras))
-        except BaseException:
+        except BaseException as exc:
             try:
-                status = stop_job(client.client, params["submission_id"])
-            except Exception as exc:  # noqa: BLE001 - e.g. never submitted: the launch's own error is the one to raise
-                status = f"unknown ({exc})"
-            self.context.log.warning(f"{self.output_dir.name}: Ray job {params['submission_id']} ended {status}")
+                status = stop_job(client.client, job_id)
+            except Exception as stop_error:  # noqa: BLE001 - e.g. never submitted: the launch's own error is the one to raise
+                status = f"unknown ({stop_error})"
+            self.context.log.warning(f"{self.output_dir.name}: Ray job {job_id} ended {status}")
+            failure = self._failure(client.client, job_id) if status == "FAILED" and isinstance(exc, Exception) else None
+            if failure is not None:
+                raise failure from None
             raise
         return 0
+
+    def _failure(self, client, job_id: str) -> TrainingError | None:
+        """The failed job's error: its cause and the last lines of its log in the run's log (the client's own error only
+        says that the job failed); None where the job server cannot tell."""
+        try:
+            summary, tail = job_failure(client, job_id, redact)
+        except Exception as exc:  # noqa: BLE001 - the cluster is gone: the client's own error is raised
+            self.context.log.warning(f"{self.output_dir.name}: the log of Ray job {job_id} cannot be read: {exc}")
+            return None
+        # The first line is the step's error (the terminal's FAIL line shows it); the tail follows.
+        self.context.log.error("\n".join([summary, f"the last {len(tail)} lines of the job's log:", *tail]))
+        return TrainingError(f"{self.output_dir.name}: {summary}")
 
 
 def launch_training(context: dg.AssetExecutionContext, spec: dict, pipes: dg.PipesSubprocessClient,

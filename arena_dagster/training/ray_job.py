@@ -7,6 +7,10 @@ profile's (`compute.runtime_env`: pip, working_dir, ...), the offline variables 
 gets, and the training's own environment (PYTHONPATH with the package, the thread counts, the
 HF settings), never the whole environment of the submitting process.
 
+A failed job's cause lies in its driver's log on the cluster (job-driver-<id>.log): `job_failure` reads
+it back through the job server, so the step's error names the driver's own error line and the
+run's log holds the last lines, secrets redacted, with the command that prints the whole log.
+
 A job outlives the process that submitted it: a canceled run stops it (the Pipes client, and
 `stop_job` on any other way out), and a submitter killed with kill -9 leaves it running on a
 cluster that outlives it, so every launch first stops the jobs still running for the same
@@ -16,9 +20,12 @@ local process.
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +118,52 @@ def stop_leftover_jobs(client, output_dir: Path) -> list[str]:
             stop_job(client, job.submission_id)
             stopped.append(job.submission_id)
     return stopped
+
+
+# How many of a failed job's last log lines reach the run's log.
+FAILURE_LOG_LINES = 40
+# A line that says why a driver ended: the entry point's own `error: ...`, or a traceback's last line.
+_ENTRY_POINT_ERROR = re.compile(r"^error: ")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+# Every Dagster Pipes message (a JSON line in the job's log) holds this key.
+_PIPES_FIELD = "__dagster_pipes_version"
+
+
+def readable_log(text: str) -> list[str]:
+    """A job log's lines as a person reads them: without the Dagster Pipes messages (the entry point prints every
+    line it sends through Pipes, training/pipes.py, and a traceback goes to stderr)."""
+    lines = []
+    for line in text.splitlines():
+        if _PIPES_FIELD in line:
+            try:
+                if _PIPES_FIELD in json.loads(line):
+                    continue
+            except (ValueError, TypeError):
+                pass
+        if line.strip():
+            lines.append(line.rstrip())
+    return lines
+
+
+def failure_cause(lines: list[str]) -> str | None:
+    """The line of a driver's log that says why it failed: its last `error: ` line, else its last exception line."""
+    for pattern in (_ENTRY_POINT_ERROR, _EXCEPTION_LINE):
+        found = [line.strip() for line in lines if pattern.match(line.strip())]
+        if found:
+            return found[-1]
+    return None
+
+
+def job_failure(client, job_id: str, redact: Callable[[str], str]) -> tuple[str, list[str]]:
+    """Why the ended job `job_id` failed, read from the job server: one line (its status, exit code, the driver's own
+    error line and the command printing its whole log), and the last FAILURE_LOG_LINES lines of its log, both through
+    `redact` (the backends' credential scrubber: a log may print a URL with its token)."""
+    info = client.get_job_info(job_id)
+    lines = readable_log(redact(client.get_job_logs(job_id)))
+    message = [line.strip() for line in redact(info.message or "").splitlines() if line.strip()]
+    cause = failure_cause(lines) or failure_cause(message) or (lines or message or ["its log is empty"])[-1]
+    status = str(getattr(info.status, "value", info.status))
+    exit_code = f" (exit code {info.driver_exit_code})" if info.driver_exit_code is not None else ""
+    summary = (f"Ray job {job_id} {status}{exit_code}: {cause}; its whole log: "
+               f"ray job logs {job_id} --address {client.get_address()}")
+    return summary, (lines or message)[-FAILURE_LOG_LINES:]
