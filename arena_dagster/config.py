@@ -180,14 +180,32 @@ def _holder(chain: list[tuple[Path, dict[str, Any]]], parts: list[Any]) -> Path 
 # Settings that name input files: a relative path is relative to the profile file that sets it (as
 # `extends:`), never to the working directory, which differs between the CLI and the Dagster daemon
 # (it runs in the home). Loading makes them absolute.
-FILE_SETTINGS = (("judge", "paths"), ("prompts", "questions"), ("evaluation", "reference"))
+FILE_SETTINGS = (("judge", "paths"), ("prompts", "questions"), ("evaluation", "reference"),
+                 ("models", "launch", "config_file"))
+
+
+def _setting(profile: dict[str, Any], parts: tuple[str, ...]) -> tuple[bool, Any]:
+    """(present, value) of the nested setting `parts` (absent where a level above is not a mapping)."""
+    node: Any = profile
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _with_setting(profile: dict[str, Any], parts: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A copy of `profile` (copied only along `parts`) with the nested setting `parts` set to `value`."""
+    if len(parts) == 1:
+        return {**profile, parts[0]: value}
+    return {**profile, parts[0]: _with_setting(profile[parts[0]], parts[1:], value)}
 
 
 def _with_file_paths(profile: dict[str, Any], chain: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
     out = profile
     for parts in FILE_SETTINGS:
-        section = out.get(parts[0])
-        if not isinstance(section, dict) or parts[1] not in section:
+        present, value = _setting(out, parts)
+        if not present:
             continue
         holder = _holder(chain, list(parts))
         folder = holder.parent if holder is not None else Path.cwd()
@@ -198,9 +216,8 @@ def _with_file_paths(profile: dict[str, Any], chain: list[tuple[Path, dict[str, 
             path = Path(value).expanduser()
             return str(path if path.is_absolute() else (folder / path).resolve())
 
-        value = section[parts[1]]
         resolved = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
-        out = {**out, parts[0]: {**section, parts[1]: resolved}}
+        out = _with_setting(out, parts, resolved)
     return out
 
 
@@ -284,8 +301,8 @@ def input_digest(profile: dict[str, Any]) -> str | None:
     files), None when it names none. Part of `profile_hash`: judgment files replaced in place change
     the hash, so `arena-dagster flywheel` reruns what was made from them."""
     files: list[Path] = []
-    for section, key in FILE_SETTINGS:
-        value = (profile.get(section) or {}).get(key) if isinstance(profile.get(section), dict) else None
+    for parts in FILE_SETTINGS:
+        value = _setting(profile, parts)[1]
         for entry in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
             path = Path(str(entry))
             files.extend(sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path])

@@ -238,7 +238,7 @@ class SkillsModels(_ModelsSection):
     initial_target: SkillsTarget = None
     flywheel: FlywheelSettings = None
     device: Literal[_training.DEVICES] = None  # unset: the entry point's "auto"
-    launch: LaunchSettings = None
+    launch: LaunchSettings | None = None  # null: no accelerate launch (drops the one of a profile it extends)
 
     @model_validator(mode="after")
     def _names(self) -> "SkillsModels":
@@ -263,7 +263,7 @@ class DeclaredModels(_ModelsSection):
     round_threads: PositiveInt = None
     flywheel: FlywheelSettings = None
     device: Literal[_training.DEVICES] = None  # unset: the entry point's "auto"
-    launch: LaunchSettings = None
+    launch: LaunchSettings | None = None  # null: no accelerate launch (drops the one of a profile it extends)
 
     @model_validator(mode="after")
     def _names(self) -> "DeclaredModels":

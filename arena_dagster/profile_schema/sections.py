@@ -324,6 +324,10 @@ class Profile(Section):
                 if label not in labels:
                     raise rule(f"schedule.{stage}.slice", f"stage {stage} battles slice {label!r}, which "
                                f"prompts.stage_fractions does not cut (it cuts {', '.join(sorted(labels))})")
+        launch = getattr(self.models, "launch", None)
+        if self.compute is not None and self.compute.engine == "ray" and launch is not None and launch.num_processes:
+            raise rule("models.launch.num_processes", "models.launch.num_processes and compute.engine ray both count "
+                       "the training processes", "leave num_processes out: Ray Train runs compute.workers of them")
         known = model_names(self.models)
         evaluation = self.evaluation
         if evaluation is not None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from arena_dagster.compute.cluster import ray_cluster
 from arena_dagster.profile_schema.compute import ComputeSettings
 from arena_dagster.training.data import load_rows
+from arena_dagster.training.launch_config import ray_worker_environment
 from arena_dagster.training.pipes import Reporter
 from arena_dagster.training.spec import TrainingSpecError, read_manifest, validate_spec
 
@@ -155,6 +156,8 @@ def _worker_loop(config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     reporter = QueueReporter(config["queue"]) if rank == 0 else Reporter()
+    # What `accelerate launch --config_file` hands each rank (DeepSpeed ZeRO, mixed precision), before the trainer exists.
+    os.environ.update(ray_worker_environment(config["spec"].get("launch")))
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_from:
         if resume_from:

@@ -81,7 +81,8 @@ def _free_port() -> int:
 def training_command(resolved_spec: dict, spec_path: str) -> list[str]:
     """The child's command line: the entry point itself, or `accelerate launch` of it (not yet guarded)."""
     launch = resolved_spec.get("launch")
-    if not launch:
+    # On Ray the entry point is Ray Train's driver: its workers are the ranks (training/launch_config.py).
+    if not launch or (resolved_spec.get("compute") or {}).get("engine") == "ray":
         return [sys.executable, "-m", ENTRYPOINT_MODULE, spec_path]
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if launch.get("config_file"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from arena_dagster.errors import ArenaError
+
 # The stages, their default hyperparameters and their checks are settings: the schema holds them.
 from arena_dagster.profile_schema.training import (
     COMMON_HYPERPARAMS,
@@ -28,7 +29,7 @@ from arena_dagster.profile_schema.training import (
     allowed_hyperparams,
     check_hyperparams,
 )
-
+from arena_dagster.training.launch_config import ray_worker_environment
 
 MANIFEST = "manifest.json"
 LAUNCH_KEYS = ("num_processes", "config_file", "mixed_precision")
@@ -145,8 +146,11 @@ def _check_compute(compute: Any, launch: dict | None) -> None:
     except ValidationError as err:
         raise TrainingSpecError(f"spec.compute: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
     if settings.engine == "ray" and launch:
-        raise TrainingSpecError("spec.launch (accelerate launch) and compute.engine ray both start the training processes: "
-                                "leave launch out and set compute.workers")
+        if not launch.get("config_file"):
+            raise TrainingSpecError("spec.launch (accelerate launch) and compute.engine ray both start the training processes: "
+                                    "leave launch out and set compute.workers")
+        # Ray Train starts the processes; each applies the accelerate config itself (DeepSpeed, mixed precision).
+        ray_worker_environment(launch)
 
 
 def _launch_processes(launch: Any) -> int:
