@@ -200,40 +200,25 @@ def test_sft_on_one_ray_worker_equals_the_local_run_and_two_workers_keep_the_bat
     assert json.loads((home / "ray2" / "config.json").read_text())["hidden_size"] == 32
 
 
-def test_two_workers_train_through_an_odd_last_batch(workspace, ray_local_cluster):
-    """43 rows in batches of 8: the epoch ends with 3 rows, which 2 workers cannot halve.
-    Found by the skills profile on Ray (stop 26): rank 0 dispatching the collated batches padded such a batch with
-    the epoch's first rows by concatenating tensors of other lengths and died (`Sizes of tensors must match`) after
-    25 of 240 steps; and it sliced a preference batch (chosen rows, then rejected rows) into all-chosen and
-    all-rejected halves. Now each worker collates its own half of the global batch's rows (accelerate's
-    split_batches): every full batch is the local run's, to the order of summation; the short one gets one row of
-    the epoch's start to divide (`trainers.share_short_batches`), so that step and the next epoch's lie within 5%."""
-    home, spec = workspace["home"], workspace["spec"]
-    rows = [json.loads(row) for row in (home / "sft.jsonl").read_text().splitlines()[:43]]
-    odd = {**spec, "dataset_path": str(write_jsonl(home / "sft-43.jsonl", rows)),
-           "hyperparams": {**spec["hyperparams"], "max_steps": 7}}  # the 6th step is the odd batch, the 7th a new epoch's
-    local = run_training({**odd, "output_dir": str(home / "odd-local")}, log=lambda _: None, timeout_s=300)
-    two = run_training(_on_ray(odd, ray_local_cluster, 2, home / "odd-ray2"), log=lambda _: None, timeout_s=600)
-    ours, theirs = ([loss for _step, loss in run["curves"]["loss"]] for run in (two, local))
-    assert len(ours) == len(theirs) == 7
-    assert ours[:5] == pytest.approx(theirs[:5], rel=1e-3), f"2 workers {ours}, local {theirs}"
-    assert ours[5:] == pytest.approx(theirs[5:], rel=0.05), f"2 workers {ours}, local {theirs}"
-
-
-# A stage's rows and hyperparameters that end its data on an epoch's short last batch of 2, which 2 workers share 1 + 1
-# (not padded to a full batch): SFT's 42 rows in 5 batches of 8 and one of 2; 6 pairs in batches of 4 and 2 (the
-# reward model holds 2 of its 8 pairs out). DPO as the flywheel trains it: with the NLL term on the chosen answers.
+# A stage's rows and hyperparameters that end its data on an epoch's short last batch, and how many steps are full
+# batches. SFT: 43 rows in 5 batches of 8 and one of 3, which 2 workers cannot halve: found by the skills profile on
+# Ray (stop 26), where rank 0 dispatching collated batches completed it with the epoch's first rows by concatenating
+# tensors of other lengths and died (`Sizes of tensors must match`) after 25 of 240 steps; now it gets one row of the
+# epoch's start (`trainers.share_short_batches`), so that step and the next epoch's lie within 5%. DPO and the reward
+# model: 6 pairs in batches of 4 and 2 (the reward model holds 2 of its 8 pairs out), shared 1 + 1 (not padded to a
+# full batch), every step the local run's; the dispatching loader sliced their [chosen; rejected] rows so that one
+# worker got every chosen answer and the other every rejected one. DPO as the flywheel trains it: with the NLL term.
 UNEVEN = {
-    "sft": ("sft.jsonl", 42, {"max_steps": 6}),
-    "dpo": ("pairs.jsonl", 6, {"max_steps": 2, "batch_size": 4, "beta": 0.1, "rpo_alpha": 1.0}),
-    "reward": ("pairs.jsonl", 8, {"max_steps": 2, "batch_size": 4, "eval_fraction": 0.25}),
+    "sft": ("sft.jsonl", 43, {"max_steps": 7}, 5),
+    "dpo": ("pairs.jsonl", 6, {"max_steps": 2, "batch_size": 4, "beta": 0.1, "rpo_alpha": 1.0}, 2),
+    "reward": ("pairs.jsonl", 8, {"max_steps": 2, "batch_size": 4, "eval_fraction": 0.25}, 2),
 }
 
 
 @pytest.mark.parametrize("stage", list(UNEVEN))
 def test_two_workers_learn_the_local_loss_on_an_uneven_last_batch(stage, workspace, ray_local_cluster):
     home, spec = workspace["home"], workspace["spec"]
-    data, count, hyper = UNEVEN[stage]
+    data, count, hyper, exact = UNEVEN[stage]
     rows = [json.loads(row) for row in (home / data).read_text().splitlines()[:count]]
     uneven = {**spec, "stage": stage, "dataset_path": str(write_jsonl(home / f"{stage}-{count}.jsonl", rows)),
               "hyperparams": {**spec["hyperparams"], **hyper}}
@@ -244,8 +229,9 @@ def test_two_workers_learn_the_local_loss_on_an_uneven_last_batch(stage, workspa
     assert len(ours) == hyper["max_steps"], ours
     for figure in ("first_loss", "final_loss"):
         assert two["metrics"][figure] == pytest.approx(local["metrics"][figure], rel=0.05), f"2 workers {ours}, local {theirs}"
-    # Every step learns from the local run's rows: the same curve, to the order of summation.
-    assert ours == pytest.approx(theirs, rel=1e-3), f"2 workers {ours}, local {theirs}"
+    # Every full batch learns from the local run's rows: the same loss, to the order of summation.
+    assert ours[:exact] == pytest.approx(theirs[:exact], rel=1e-3), f"2 workers {ours}, local {theirs}"
+    assert ours[exact:] == pytest.approx(theirs[exact:], rel=0.05), f"2 workers {ours}, local {theirs}"
 
 
 def test_a_failed_ray_job_says_why_in_the_step_s_error_and_the_run_s_log(workspace, ray_local_cluster):
