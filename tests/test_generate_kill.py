@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -105,9 +106,11 @@ def test_a_server_that_dies_mid_run_is_one_line_and_the_rerun_sends_only_the_res
 
 
 def test_ctrl_c_is_one_line_and_keeps_every_answer_received(serve, tmp_path: Path) -> None:
-    # Slower answers after the 40th: the SIGINT lands mid-run even when a loaded machine wakes this loop late
-    # (at 20 ms an answer, the command once finished all 200 before the signal came).
-    server = serve(lambda n, body: (200, ok(body), 0.02 if n < 40 else 0.25))
+    # Slow answers from the 40th until the signal is sent (160 of them at concurrency 4: 40 s): the SIGINT lands
+    # mid-run even when a loaded machine wakes this loop late (at 20 ms an answer the command once finished all 200
+    # before the signal came, and at 0.25 s, 10 s in all, once more at load 30); the rerun gets quick answers.
+    interrupted = threading.Event()
+    server = serve(lambda n, body: (200, ok(body), 0.02 if n < 40 or interrupted.is_set() else 1.0))
     prompts, out, home = write_prompts(tmp_path / "in.jsonl", N), tmp_path / "out.jsonl", tmp_path / "home"
     proc = generate_cli(server.url, prompts, out, home)
     deadline = time.monotonic() + 120
@@ -115,6 +118,7 @@ def test_ctrl_c_is_one_line_and_keeps_every_answer_received(serve, tmp_path: Pat
         assert proc.poll() is None
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
+    interrupted.set()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and not out.exists()
     assert err.strip().splitlines() == [
