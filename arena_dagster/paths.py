@@ -121,3 +121,29 @@ def replace_dir(root: str | os.PathLike[str], source: str | os.PathLike[str], ta
         remove_tree(root, stale)
     else:
         os.rename(source_path, target_path)
+
+
+CACHE_ENV = "ARENA_CACHE"
+CACHE_OFF = ("off", "none", "0", "false")
+
+
+def cache_root() -> Path | None:
+    """The shared cache folder (training/model_cache.py's docstring), or None when ARENA_CACHE=off."""
+    configured = os.environ.get(CACHE_ENV, "").strip()
+    if configured.lower() in CACHE_OFF:
+        return None
+    if configured:
+        return Path(configured).expanduser().resolve()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return (base / "arena-dagster").resolve()
+
+
+def base_models_cache(root: Path | None = None) -> Path | None:
+    """The base-model part of the cache (created), or None when the cache is off."""
+    root = root if root is not None else cache_root()
+    if root is None:
+        return None
+    folder = inside(root, Path(root) / "base-models", "base-model cache")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from arena_dagster.paths import UnsafePathError
+from arena_dagster.paths import UnsafePathError, cache_root
 from arena_dagster.profile_schema.models import SkillsModels
 from arena_dagster.training.base_models import build_base_models
-from arena_dagster.training.model_cache import CacheEntry, cache_root
+from arena_dagster.training.model_cache import CacheEntry
 from arena_dagster.training.spec import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]

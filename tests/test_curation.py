@@ -61,6 +61,19 @@ def test_text_forms():
     assert canonical("3*4") != canonical("3+4")
 
 
+def test_canonical_turns_exactly_the_unicode_punctuation_into_spaces():
+    """The translation table (filled as characters come) gives the per-character rule it replaced."""
+    import unicodedata
+
+    text = "".join(chr(code) for code in range(0x21, 0x3100)) + "«Qué?» — “x” 「z」 ﬁ 3+4=7"
+
+    def per_character(text: str) -> str:
+        folded = normalize(text).casefold()
+        return " ".join("".join(" " if unicodedata.category(c).startswith("P") else c for c in folded).split())
+
+    assert canonical(text) == per_character(text) == canonical(text)  # a second pass reads the filled table
+
+
 def test_every_step_is_reported_in_order_and_counts_add_up():
     rows = rows_of("Explain how a heat pump works in winter.", "hi", "Explain how a heat pump works in winter.")
     result = curate(rows, config=CurationConfig(decontam_embedding_threshold=None))
@@ -279,6 +292,35 @@ def test_embeddings_batched_by_token_count_are_one_text_at_a_time_in_input_order
     assert batched.shape == (len(texts), 384) and batched.dtype == np.float32
     assert np.abs(batched - np.stack(one_by_one)).max() < 1e-5
     assert embed_texts([]).shape == (0, 384)
+
+
+def test_batches_of_similar_lengths_bound_the_padding_and_the_batch_size():
+    from arena_dagster.prompts.curation.similarity import similar_lengths
+
+    lengths = [256, 250, 200, 191, 190, 40, 39, 38, 37, 36, 35]
+    batches = similar_lengths(lengths, 4)
+    assert [(b.start, b.stop) for b in batches] == [(0, 3), (3, 5), (5, 9), (9, 11)]
+    assert similar_lengths([], 4) == [] and similar_lengths([7] * 5, 16) == [slice(0, 5)]
+
+
+def test_test_set_embeddings_are_cached_once_in_the_base_model_cache(tmp_path, monkeypatch):
+    """Every curation (and every Ray replica) reads the test set's vectors from one cache entry, written whole."""
+    from arena_dagster.prompts.curation.similarity import embed_test_set
+
+    texts = ["Compose an engaging travel blog post about a recent trip to Hawaii.", "Why is the sky blue?"]
+    monkeypatch.setenv("ARENA_CACHE", str(tmp_path))
+    vectors = embed_test_set(texts)
+    [entry] = (tmp_path / "base-models" / "embeddings").iterdir()
+    assert np.abs(vectors - embed_texts(texts)).max() < 1e-5 and entry.suffix == ".npy"
+    np.save(entry, -vectors)  # what the entry holds is what a later run gets: it is read, not recomputed
+    assert np.array_equal(embed_test_set(texts), -vectors)
+    entry.write_bytes(entry.read_bytes()[:100])  # not a whole array: embedded again and replaced
+    assert np.abs(embed_test_set(texts) - vectors).max() < 1e-5 and np.array_equal(np.load(entry), embed_test_set(texts))
+    embed_test_set(texts[:1])
+    assert len(list(entry.parent.iterdir())) == 2  # another test set, another entry; no partial files left
+    monkeypatch.setenv("ARENA_CACHE", "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert np.abs(embed_test_set(texts) - vectors).max() < 1e-5 and not (tmp_path / "xdg").exists()
 
 
 def test_embedding_decontamination_catches_paraphrase_and_keeps_a_clean_prompt_in_a_tiny_pool():

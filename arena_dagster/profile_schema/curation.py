@@ -49,7 +49,8 @@ class CurationConfig:
     decontam_ngram: int | None = 13
     decontam_embedding_threshold: float | None = DEFAULT_DECONTAM_EMBEDDING_THRESHOLD
     decontam_top_k: int = 5
-    embed_batch_size: int = 64
+    # Texts per forward pass: on CPU a turn cost 17% less CPU in batches of 16 than of 64 (smaller products; less padding).
+    embed_batch_size: int = 16
     seed: int = 1
 
     def __post_init__(self) -> None:

@@ -37,6 +37,7 @@ from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.profile_schema.curation import CurationConfig, CurationError
 from arena_dagster.prompts.curation import STEPS, CurationResult, curate, embed_texts
 from arena_dagster.prompts.curation.decontamination import against_texts
+from arena_dagster.prompts.curation.similarity import embed_test_set
 from arena_dagster.prompts.curation.similarity import jaccard
 from arena_dagster.prompts.curation_ray_embed import decontaminate_embeddings, semantic_duplicates
 from arena_dagster.prompts.curation_rows import (RowJudge, exploded, feature_schema, first_of_groups, greedy_keep,
@@ -53,7 +54,8 @@ def curate_with(compute: ComputeSettings | None, rows: Sequence[dict], *, config
     progress = progress or progress_sink()
     if compute is None or compute.engine == "local":
         return curate(rows, config=config, against=against, previous=previous,
-                      embed=embed or _embedding_with_progress(config, progress))
+                      embed=embed or _embedding_with_progress(config, progress),
+                      embed_tests=embed or partial(embed_test_set, batch_size=config.embed_batch_size))
     with ray_cluster(compute, connect):
         return curate_on_ray(rows, config=config, against=against, previous=previous, compute=compute, progress=progress)
 

@@ -15,6 +15,7 @@ from arena_dagster.compute.cluster import actor_options
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.profile_schema.curation import CurationConfig
 from arena_dagster.prompts.curation import embed_texts
+from arena_dagster.prompts.curation.similarity import embed_test_set
 from arena_dagster.prompts.curation_rows import greedy_keep, on_survivors, typed_table
 
 Sink = Callable[[str, int], Any]  # progress.progress_sink: (label, total) -> a bar that logs
@@ -39,16 +40,18 @@ class _SemanticVectors(_Embedder):
 
 
 _BATCH_SIZE, _BATCH_TURN = -1, -2  # the scorer's rows that are not hits
+_BATCHES_PER_BLOCK = 4  # embedding batches in a block of turns (64 turns: 4000 prompts make ~60 blocks to share out)
 
 
 class _TurnScorer(_Embedder):
     """Per test item, this batch's top-k turns at or above the threshold (only those can be flagged).
 
-    Each replica embeds the (small) test set itself, so the driver never loads the model."""
+    Each replica gets the (small) test set's embeddings itself (cached: `embed_test_set`), so the driver
+    never loads the model."""
 
     def __init__(self, threads: int, batch_size: int, test_texts: list[str], k: int, threshold: float) -> None:
         super().__init__(threads, batch_size)
-        self.tests, self.k, self.threshold = self.embed(test_texts), k, threshold
+        self.tests, self.k, self.threshold = embed_test_set(test_texts, batch_size=batch_size), k, threshold
 
     def __call__(self, batch):
         turns = [str(t) for t in batch["turn"]]
@@ -170,16 +173,17 @@ def decontaminate_embeddings(features, gone, test_texts: list[str], config: Cura
     import ray
 
     threshold, top_k = config.decontam_embedding_threshold, config.decontam_top_k
-    # Blocks of one batch each: a replica is sent blocks, not batches, so larger blocks all went to the replica
+    # Blocks of a few batches: a replica is sent blocks, not batches, so much larger blocks all went to the replica
     # that started first (with 2 workers, one replica scored every turn and the other none).
-    turns = on_survivors(features, gone, _block_turns).repartition(target_num_rows_per_block=config.embed_batch_size).materialize()
+    block = _BATCHES_PER_BLOCK * config.embed_batch_size
+    turns = on_survivors(features, gone, _block_turns).repartition(target_num_rows_per_block=block).materialize()
     count = turns.count()  # a turn of several blocks counts once per block
     if not count:
         return
     scored = turns.map_batches(
         _TurnScorer, fn_constructor_kwargs={"threads": threads, "batch_size": config.embed_batch_size, "test_texts": test_texts,
                                             "k": top_k, "threshold": threshold},
-        batch_format="numpy", batch_size=config.embed_batch_size, **_embedding_pool(compute))
+        batch_format="numpy", batch_size=block, **_embedding_pool(compute))
     bar = progress("embedding decontamination", count)
 
     def hits():

@@ -20,10 +20,10 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from arena_dagster.paths import remove_tree, replace_dir
+from arena_dagster.paths import base_models_cache, cache_root, remove_tree, replace_dir
 from arena_dagster.profile_schema.models import SkillsCompetitor, SkillsModels, SkillsTarget, resolved_skills
 from arena_dagster.prompts.skills import make_items
-from arena_dagster.training.model_cache import base_models_cache, cache_root, cached_folder, cached_training
+from arena_dagster.training.model_cache import cached_folder, cached_training
 
 
 

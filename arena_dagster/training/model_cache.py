@@ -36,34 +36,10 @@ from typing import Callable, Iterator
 from arena_dagster.paths import check_name, inside, remove_tree, replace_dir
 from arena_dagster.training.spec import MANIFEST, read_manifest, spec_hash
 
-CACHE_ENV = "ARENA_CACHE"
-CACHE_OFF = ("off", "none", "0", "false")
 # Files at least this large are hard-linked from the cache; smaller ones (configs, manifests) are copied.
 LINK_MIN_BYTES = 64 * 1024
 # Manifest keys that name where the run's inputs lay: rewritten to this home's paths on restore.
 _INPUT_PATH_KEYS = ("base_model", "tokenizer", "dataset_path", "reward_model")
-
-
-def cache_root() -> Path | None:
-    """The shared cache folder (see the module docstring), or None when ARENA_CACHE=off."""
-    configured = os.environ.get(CACHE_ENV, "").strip()
-    if configured.lower() in CACHE_OFF:
-        return None
-    if configured:
-        return Path(configured).expanduser().resolve()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return (base / "arena-dagster").resolve()
-
-
-def base_models_cache(root: Path | None = None) -> Path | None:
-    """The base-model part of the cache (created), or None when the cache is off."""
-    root = root if root is not None else cache_root()
-    if root is None:
-        return None
-    folder = inside(root, Path(root) / "base-models", "base-model cache")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 class CacheEntry:

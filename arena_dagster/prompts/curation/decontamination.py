@@ -103,7 +103,7 @@ def decontaminate(run: CurationRun, test_texts: list[str]) -> None:
         turns = live_turns()
         if turns:
             pool = run.embed(turns)
-            tests = run.embed(test_texts)
+            tests = run.embed_tests(test_texts)
             k = min(run.config.decontam_top_k, len(turns))
             best: dict[int, tuple[float, int]] = {}
             for start in range(0, len(test_texts), 256):

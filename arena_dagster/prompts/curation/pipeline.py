@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Sequence
 
 from arena_dagster.profile_schema.curation import CurationConfig
 from arena_dagster.prompts.curation.decontamination import against_texts, decontaminate
 from arena_dagster.prompts.curation.dedup import drop_exact, drop_near, drop_previous, drop_semantic
 from arena_dagster.prompts.curation.filters import drop_by_length, drop_other_languages, keep_valid
-from arena_dagster.prompts.curation.similarity import EmbedFn, embed_texts
+from arena_dagster.prompts.curation.similarity import EmbedFn, embed_test_set, embed_texts
 from arena_dagster.prompts.curation.state import CurationResult, CurationRun
 
 
@@ -20,15 +21,19 @@ def curate(
     against: Sequence[str | dict] = (),
     previous: Sequence[str | dict] = (),
     embed: EmbedFn | None = None,
+    embed_tests: EmbedFn | None = None,
 ) -> CurationResult:
     """Run every step on `rows` (kept in input order; the first of duplicates survives).
 
     `against`: test-set items (strings, or rows with `prompt`/`messages`/`turns`) that no kept
     prompt may copy. `previous`: earlier rounds' prompts that no kept prompt may repeat.
-    `embed`: embedding function (defaults to MiniLM), loaded only when a step needs it.
+    `embed`: embedding function (defaults to MiniLM), loaded only when a step needs it. `embed_tests`: the one
+    for the test set (defaults to `embed` when given, else MiniLM's cached vectors: `embed_test_set`).
     """
     config = config or CurationConfig()
-    run = CurationRun(rows, config, embed or (lambda texts: embed_texts(texts, batch_size=config.embed_batch_size)))
+    if embed_tests is None and embed is None:
+        embed_tests = partial(embed_test_set, batch_size=config.embed_batch_size)
+    run = CurationRun(rows, config, embed or partial(embed_texts, batch_size=config.embed_batch_size), embed_tests)
     keep_valid(run)
     drop_by_length(run)
     drop_other_languages(run)

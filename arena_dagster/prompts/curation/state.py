@@ -43,10 +43,12 @@ class CurationResult:
 
 
 class CurationRun:
-    def __init__(self, rows: Sequence[dict], config: CurationConfig, embed: EmbedFn) -> None:
+    def __init__(self, rows: Sequence[dict], config: CurationConfig, embed: EmbedFn,
+                 embed_tests: EmbedFn | None = None) -> None:
         self.rows = rows
         self.config = config
         self.embed = embed
+        self.embed_tests = embed_tests or embed  # the test set's embeddings (curate's default: cached)
         self.removed = {step: 0 for step in STEPS}
         self.removed_rows: list[dict] = []
         self.seconds: dict[str, float] = {}
