@@ -14,7 +14,7 @@ from arena_dagster.config import profile_hash
 from arena_dagster.profile_schema.curation import PRESETS, CurationConfig
 from arena_dagster.prompts.curation import curate
 from arena_dagster.prompts.curation_ray import curate_with
-from arena_dagster.prompts.curation_ray_embed import top_k_turns
+from arena_dagster.prompts.curation_ray_embed import first_flagged_turns, top_k_turns
 from arena_dagster.prompts.curation_rows import first_of_groups, greedy_keep
 from arena_dagster.prompts.sharegpt import load_sharegpt
 from arena_dagster.shards import connection_config
@@ -112,6 +112,13 @@ def test_top_k_turns_keeps_a_turn_scored_in_several_blocks_once():
     assert (k, best) == (2, {"a": (0.9000001, 0), "c": (0.85, 0), "b": (0.7, 1)})
     # A pool of fewer distinct turns than top_k: k is their number, whatever the copies (the local rule).
     assert top_k_turns(batches, top_k=5)[0] == 3
+
+
+def test_a_row_is_removed_for_its_first_flagged_turn_from_the_hits_rows():
+    # (row id, position of the turn in the row's turns) of each hit turn, as the scorer hands them back from its blocks.
+    rows_of = {"a": {(1, 2), (2, 0)}, "b": {(1, 0), (3, 1)}, "c": {(4, 0)}}
+    assert first_flagged_turns({"a": None, "b": None}, rows_of) == {1: "b", 2: "a", 3: "b"}
+    assert first_flagged_turns({"a": None}, rows_of) == {1: "a", 2: "a"}
 
 
 # ---------------------------------------------------------------- on the local cluster

@@ -14,9 +14,10 @@
      threshold from block-by-block products, the same pass in id order;
   5. earlier rounds' and the exact / n-gram / MinHash test-set hits (from step 1) apply to the survivors;
   6. embedding decontamination: each block's distinct user turns (no shuffle: a turn in several
-     blocks is scored in each) go through the embedding actor pool in blocks of one batch, each
-     batch keeps per test item its top-k turns above the threshold, and the driver merges them
-     (a turn once, at its best score) into the global top-k.
+     blocks is scored in each), with the ids of the rows holding them, go through the embedding
+     actor pool in blocks of a few batches, each block keeps per test item its top-k turns above
+     the threshold (with their rows), and the driver merges them (a turn once, at its best score)
+     into the global top-k and removes each row for its first flagged turn.
 
 The driver holds row ids, the removed rows' reasons and the duplicate pairs; never the features,
 the shingles or the pool's embeddings. Every removed row is counted with its step and reason.

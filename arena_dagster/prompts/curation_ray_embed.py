@@ -7,6 +7,7 @@ each batch's top-k turns, never the vectors.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import numpy as np
@@ -60,15 +61,16 @@ class _TurnScorer(_Embedder):
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         # A row of the batch's size (for the progress bar) and rows of its first k turns (for the pool's count).
         out: dict[str, list] = {"test": [_BATCH_SIZE] + [_BATCH_TURN] * k, "score": [len(turns)] + [0.0] * k,
-                                "turn": [""] + turns[:k]}
+                                "turn": [""] + turns[:k], "rows": [""] * (k + 1)}
         for test, columns in enumerate(top):
             for column in columns:
                 if sims[test, column] >= self.threshold:
                     out["test"].append(test)
                     out["score"].append(float(sims[test, column]))
                     out["turn"].append(turns[column])
+                    out["rows"].append(batch["rows"][column])
         return {"test": np.asarray(out["test"], dtype=np.int64), "score": np.asarray(out["score"], dtype=np.float64),
-                "turn": np.asarray(out["turn"], dtype=object)}
+                "turn": np.asarray(out["turn"], dtype=object), "rows": np.asarray(out["rows"], dtype=object)}
 
 
 def _embedding_pool(compute: ComputeSettings) -> dict[str, Any]:
@@ -124,15 +126,19 @@ def semantic_duplicates(rows, config: CurationConfig, compute: ComputeSettings, 
 
 
 def _block_turns(table):
-    """A block's distinct turns longest first, so that a batch holds turns of similar lengths (little padding).
+    """A block's distinct turns longest first, so that a batch holds turns of similar lengths (little padding),
+    each with the block's rows that hold it: JSON [[id, the turn's position in the row's turns], ...].
 
     No shuffle brings a turn's copies together: a turn in several blocks is scored in each (`top_k_turns`
-    keeps it once)."""
+    keeps it once). The scorer hands a hit's rows back with it, so no second pass over the pool finds them."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    turns = dict.fromkeys(pc.list_flatten(table["turns"]).to_pylist())
-    return typed_table({"turn": (sorted(turns, key=lambda t: (-len(t), t)), pa.string())})
+    rows: dict[str, list[list[int]]] = {}
+    for index, row_turns in zip(table["id"].to_pylist(), table["turns"].to_pylist()):
+        for position, turn in enumerate(row_turns or ()):
+            rows.setdefault(turn, []).append([index, position])
+    turns = sorted(rows, key=lambda t: (-len(t), t))
+    return typed_table({"turn": (turns, pa.string()), "rows": ([json.dumps(rows[t]) for t in turns], pa.string())})
 
 
 def top_k_turns(hits, top_k: int) -> tuple[int, dict[str, tuple[float, int]]]:
@@ -157,21 +163,18 @@ def top_k_turns(hits, top_k: int) -> tuple[int, dict[str, tuple[float, int]]]:
     return k, best
 
 
-def _rows_with(table, *, flagged):
-    """(id, its first flagged turn) of the rows that have one; `flagged`: an object ref of the flagged turns."""
-    import pyarrow as pa
-    import ray
-
-    turns = ray.get(flagged)
-    hits = [(index, next(t for t in row_turns if t in turns))
-            for index, row_turns in zip(table["id"].to_pylist(), table["turns"].to_pylist()) if any(t in turns for t in row_turns)]
-    return typed_table({"id": ([h[0] for h in hits], pa.int64()), "turn": ([h[1] for h in hits], pa.string())})
+def first_flagged_turns(flagged, rows_of: dict[str, set[tuple[int, int]]]) -> dict[int, str]:
+    """Row id -> its first flagged turn (in the row's order), from each hit turn's (row id, position) pairs."""
+    first: dict[int, tuple[int, str]] = {}
+    for turn in flagged:
+        for index, position in rows_of[turn]:
+            if position < first.get(index, (position + 1, ""))[0]:
+                first[index] = (position, turn)
+    return {index: turn for index, (_, turn) in first.items()}
 
 
 def decontaminate_embeddings(features, gone, test_texts: list[str], config: CurationConfig, compute: ComputeSettings,
                               threads: int, removal: dict, progress: Sink) -> None:
-    import ray
-
     threshold, top_k = config.decontam_embedding_threshold, config.decontam_top_k
     # Blocks of a few batches: a replica is sent blocks, not batches, so much larger blocks all went to the replica
     # that started first (with 2 workers, one replica scored every turn and the other none).
@@ -185,11 +188,14 @@ def decontaminate_embeddings(features, gone, test_texts: list[str], config: Cura
                                             "k": top_k, "threshold": threshold},
         batch_format="numpy", batch_size=block, **_embedding_pool(compute))
     bar = progress("embedding decontamination", count)
+    rows_of: dict[str, set[tuple[int, int]]] = {}  # a hit turn -> (row id, position) of the rows holding it
 
     def hits():
         for hit in scored.iter_rows():
             if hit["test"] == _BATCH_SIZE:
                 bar.update(int(hit["score"]))
+            elif hit["test"] >= 0:
+                rows_of.setdefault(str(hit["turn"]), set()).update(map(tuple, json.loads(hit["rows"])))
             yield int(hit["test"]), float(hit["score"]), str(hit["turn"])
 
     k, best = top_k_turns(hits(), top_k)
@@ -198,5 +204,5 @@ def decontaminate_embeddings(features, gone, test_texts: list[str], config: Cura
         return
     flagged = {turn: (f"cosine {score:.3f} >= {threshold} with a test item (top-{k})", test_texts[test])
                for turn, (score, test) in best.items()}
-    for hit in on_survivors(features, gone, _rows_with, flagged=ray.put(set(flagged))).iter_rows():
-        removal[int(hit["id"])] = ("decontam_embedding", *flagged[hit["turn"]])
+    for index, turn in first_flagged_turns(flagged, rows_of).items():
+        removal[index] = ("decontam_embedding", *flagged[turn])
