@@ -12,6 +12,8 @@ home of the user:
                                     model's content identity (training/spec.py: dataset content,
                                     tokenizer content, architecture, hyperparameters, seed)
         <kind>/<key>.lock           held while one process fills the entry
+        embeddings/<key>.npy        a curation test set's MiniLM vectors (prompts/curation/similarity.py:
+                                    embed_test_set; the key hashes the model, its libraries and the texts)
 
 `ARENA_CACHE=off` turns the cache off. A home never points into the cache: each entry is
 copied into the home (large files hard-linked when the cache is on the same file system;
