@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -318,6 +319,9 @@ def test_test_set_embeddings_are_cached_once_in_the_base_model_cache(tmp_path, m
     assert np.abs(embed_test_set(texts) - vectors).max() < 1e-5 and np.array_equal(np.load(entry), embed_test_set(texts))
     embed_test_set(texts[:1])
     assert len(list(entry.parent.iterdir())) == 2  # another test set, another entry; no partial files left
+    shutil.rmtree(entry.parent)
+    entry.parent.write_text("not a folder")  # a cache that cannot be written: the vectors all the same, nothing kept
+    assert np.abs(embed_test_set(texts) - vectors).max() < 1e-5 and entry.parent.read_text() == "not a folder"
     monkeypatch.setenv("ARENA_CACHE", "off")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert np.abs(embed_test_set(texts) - vectors).max() < 1e-5 and not (tmp_path / "xdg").exists()

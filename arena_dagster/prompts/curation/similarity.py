@@ -6,6 +6,7 @@ Shingles are hashed with CRC-32 (deterministic across processes, unlike Python's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -139,15 +140,19 @@ def embed_test_set(texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
         vectors = np.load(path, allow_pickle=False)
         if vectors.ndim == 2 and len(vectors) == len(texts):
             return vectors
-    except (FileNotFoundError, ValueError, EOFError):
-        pass  # not there yet, or not a whole array (written by hand): embed and replace it
+    except (OSError, ValueError, EOFError):
+        pass  # not there yet, not a whole array, or not readable: embed (and replace it where the cache can be written)
     vectors = embed_texts(texts, batch_size=batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Replicas that start together may both embed; each writes its own file and renames it into place whole.
     partial = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(partial, "wb") as out:
-        np.save(out, vectors)
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as out:
+            np.save(out, vectors)
+        os.replace(partial, path)
+    except OSError:  # a cache that cannot be written (read-only, full): the vectors are right, only not kept
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
     return vectors
 
 
