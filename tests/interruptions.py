@@ -1,6 +1,6 @@
 """One home interrupted at every kind of step, by kill -9 and by SIGTERM / SIGINT, then let finish.
 
-`arena-dagster flywheel --profile skills_smoke --rounds 2` is started on a fresh home again and
+`arena-dagster flywheel --profile skills_smoke --rounds 1` is started on a fresh home again and
 again; each time, once a given step of a given round runs, it is either killed (the whole process
 tree: the command, the Dagster daemon it started, the code server, the run worker and any
 training subprocess, as a machine crash would) or sent SIGTERM / SIGINT (only the command, as
@@ -23,21 +23,24 @@ from conftest import REPO, flywheel_command, flywheel_env
 
 from arena_dagster.operate import open_instance
 
-# (how, what is interrupted, the step running when it comes, its round partition or None for setup)
+# (how, what is interrupted, the step running when it comes, its round partition or None for setup), in the order the
+# steps run: setup, then the one round the home builds (INTERRUPTED_ROUNDS).
 INTERRUPTIONS = [
     (signal.SIGKILL, "base-model training in setup", "base_models", None),
     (signal.SIGKILL, "the baseline evaluation", "baseline_leaderboard", None),
     (signal.SIGKILL, "a generation", "sft_responses", "1"),
+    # Ctrl-C while round 1 trains SFT-I1, in the command that resumed the killed generation.
+    (signal.SIGINT, "SFT training", "sft_checkpoint", "1"),
     (signal.SIGKILL, "a judgment", "dpo_judgments", "1"),
+    (signal.SIGKILL, "training in the last round", "dpo_checkpoint", "1"),
     (signal.SIGKILL, "an SQL model", "rl_battle_outcomes", "1"),
-    # kill -TERM while round 1 trains its reward model through Pipes: the trainer must go with the run. (No kill -9
-    # here too: a training step killed by -9 is the last round's, below, and each interruption costs a restart.)
+    # kill -TERM while round 1 trains its reward model through Pipes: the trainer must go with the run.
     (signal.SIGTERM, "reward-model training (Pipes)", "reward_model", "1"),
     (signal.SIGKILL, "the gate", "promotion_gate", "1"),
-    # Ctrl-C while round 2 trains SFT-I2, in the command that resumed round 1 to its end.
-    (signal.SIGINT, "SFT training in round 2", "sft_checkpoint", "2"),
-    (signal.SIGKILL, "training in the last round", "dpo_checkpoint", "2"),
 ]
+# One round: a second round runs the same kinds of step again (smoke_home's first round is the reference).
+INTERRUPTED_ROUNDS = 1
+
 
 
 @dataclass
@@ -114,7 +117,7 @@ def _interrupt(home: Path, cache: Path, each: Interruption, timeout_s: float = 1
     stem = home.parent / f"{each.how.name}-{each.step}-{each.partition}"
     out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        process = subprocess.Popen(flywheel_command(home), cwd=REPO, env={**flywheel_env(), "ARENA_CACHE": str(cache)},
+        process = subprocess.Popen(flywheel_command(home, rounds=INTERRUPTED_ROUNDS), cwd=REPO, env={**flywheel_env(), "ARENA_CACHE": str(cache)},
                                    stdout=stdout, stderr=stderr, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     instance = None
@@ -155,18 +158,19 @@ def interrupted_home(folder: Path) -> InterruptedHome:
         each = Interruption(how, what, step, partition)
         _interrupt(home, cache, each)
         done.append(each)
-    final = subprocess.run(flywheel_command(home), check=False, cwd=REPO, env={**flywheel_env(), "ARENA_CACHE": str(cache)},
+    final = subprocess.run(flywheel_command(home, rounds=INTERRUPTED_ROUNDS), check=False, cwd=REPO, env={**flywheel_env(), "ARENA_CACHE": str(cache)},
                            capture_output=True, text=True, timeout=1800)
     return InterruptedHome(home, done, final)
 
 
 def differing_tables(home: Path, reference: Path) -> dict[str, tuple[str | None, str | None]]:
-    """Tables whose rows differ between two homes (order-independent hashes, volatile columns left out)."""
+    """Tables whose rows differ between `home` and the first INTERRUPTED_ROUNDS rounds of `reference` (order-independent
+    hashes, volatile columns left out)."""
     from arena_dagster.warehouse import open_readonly, table_fingerprints
 
     with open_readonly(home) as conn:
-        resumed = table_fingerprints(conn)
+        resumed = table_fingerprints(conn, through_round=INTERRUPTED_ROUNDS)
     with open_readonly(reference) as conn:
-        uninterrupted = table_fingerprints(conn)
+        uninterrupted = table_fingerprints(conn, through_round=INTERRUPTED_ROUNDS)
     return {t: (resumed.get(t), uninterrupted.get(t)) for t in set(resumed) | set(uninterrupted)
             if resumed.get(t) != uninterrupted.get(t)}

@@ -4,10 +4,10 @@ The `interrupted_home` fixture (tests/interruptions.py) builds one home by `aren
 flywheel` killed (the whole process tree: the command, the Dagster daemon it started, the code
 server, the run worker and any training subprocess, as a machine crash would) while it runs each
 kind of step in turn, restarted after each kill, and finally let finish (the same home is also
-stopped by SIGTERM and SIGINT: tests/test_signals.py). Every warehouse table must then hold the
-same rows (an order-independent hash per table, volatile columns such as wall-clock times left
-out) as the uninterrupted home of the `smoke_home` fixture, built from the same profile and seed
-in another folder.
+stopped by SIGTERM and SIGINT: tests/test_signals.py); it builds setup and one round. Every
+warehouse table must then hold the same rows (an order-independent hash per table, volatile
+columns such as wall-clock times left out) as setup and the first round of the uninterrupted home
+of the `smoke_home` fixture, built from the same profile and seed in another folder.
 """
 
 from __future__ import annotations

@@ -30,12 +30,21 @@ N = 200
 CONCURRENCY = 4
 
 
+def as_from_a_terminal() -> None:
+    """SIGINT delivered and at its default, as a shell's foreground command gets it. A child inherits an ignored
+    SIGINT (Python then leaves it ignored), and a pytest worker that ran other tests in-process may hold one: the
+    Ctrl-C test's command once ignored the signal and answered all 200 prompts (exit 0) in a full CI run."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def generate_cli(url: str, prompts: Path, out: Path, home: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "arena_dagster.commands.generate", "--backend", "openai", "--base-url", url,
          "--model-name", "served", "--concurrency", str(CONCURRENCY), "--prompts", str(prompts), "--out", str(out),
          "--home", str(home), "--quiet", *extra],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
+        preexec_fn=as_from_a_terminal,
     )
 
 
