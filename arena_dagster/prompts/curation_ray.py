@@ -38,8 +38,7 @@ from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.profile_schema.curation import CurationConfig, CurationError
 from arena_dagster.prompts.curation import STEPS, CurationResult, curate, embed_texts
 from arena_dagster.prompts.curation.decontamination import against_texts
-from arena_dagster.prompts.curation.similarity import embed_test_set
-from arena_dagster.prompts.curation.similarity import jaccard
+from arena_dagster.prompts.curation.similarity import embed_test_set, jaccard
 from arena_dagster.prompts.curation_ray_embed import decontaminate_embeddings, semantic_duplicates
 from arena_dagster.prompts.curation_rows import (RowJudge, exploded, feature_schema, first_of_groups, greedy_keep,
                                                  on_survivors, typed_table)
