@@ -368,3 +368,39 @@ def test_a_signal_before_any_run_is_one_line_and_128_plus_the_signal(tmp_path, s
         lock.release()
     assert process.returncode == 128 + getattr(signal, sig)
     assert err.splitlines() == [f"arena-dagster: interrupted by {sig}: run the same command again to resume"]
+
+
+def test_round_partitions_the_sensor_adds_meanwhile_are_not_an_error(monkeypatch):
+    """The flywheel adds the pool's round partitions while its daemon's sensor may add the same keys
+    (CI, stop 27: UNIQUE constraint failed on dynamic_partitions): Dagster checks, then inserts."""
+    from dagster._core.storage.event_log.schema import DynamicPartitionsTable
+    from sqlalchemy.exc import IntegrityError
+
+    from arena_dagster.defs.automation import add_missing_round_partitions
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(dg.AssetMaterialization("prompt_pool", metadata={"rounds": 3}))
+    instance.add_dynamic_partitions("round", ["1"])
+    add = instance.add_dynamic_partitions
+    calls: list[list[str]] = []
+
+    def sensor_wins_the_race(name, keys):
+        calls.append(list(keys))
+        if len(calls) == 1:  # the sensor's insert lands between Dagster's check and its insert
+            add(name, keys)
+            with instance.event_log_storage.index_connection() as conn:
+                conn.execute(DynamicPartitionsTable.insert(), [{"partitions_def_name": name, "partition": k} for k in keys])
+        return add(name, keys)
+
+    monkeypatch.setattr(instance, "add_dynamic_partitions", sensor_wins_the_race)
+    with pytest.raises(IntegrityError):  # what the flywheel command died of
+        sensor_wins_the_race("round", ["2"])
+    instance.delete_dynamic_partition("round", "2")
+    calls.clear()
+    assert add_missing_round_partitions(instance) == []
+    assert calls == [["2", "3"]]
+    assert instance.get_dynamic_partitions("round") == ["1", "2", "3"]
+    instance.report_runless_asset_event(dg.AssetMaterialization("prompt_pool", metadata={"rounds": 4}))
+    assert add_missing_round_partitions(instance) == ["4"]
+    assert add_missing_round_partitions(instance) == []
+    assert instance.get_dynamic_partitions("round") == ["1", "2", "3", "4"]

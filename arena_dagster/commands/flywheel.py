@@ -18,8 +18,7 @@ from typing import Any, Callable
 import dagster as dg
 
 from arena_dagster.config import profile_hash, settings_of
-from arena_dagster.defs.automation import ROUND_JOB, SETUP_ASSETS, SETUP_JOB, missing_round_partitions
-from arena_dagster.defs.resources import round_partitions
+from arena_dagster.defs.automation import ROUND_JOB, SETUP_ASSETS, SETUP_JOB, add_missing_round_partitions
 from arena_dagster.errors import ArenaError
 from arena_dagster.home import (
     home_profile,
@@ -145,9 +144,7 @@ class Flywheel:
                 self._execute(SETUP_JOB, None, "setup and baseline (round 0)")
             elif on_round:
                 on_round(0)
-            missing = missing_round_partitions(self.instance)
-            if missing:
-                self.instance.add_dynamic_partitions(round_partitions.name, missing)
+            add_missing_round_partitions(self.instance)
             if setup and on_round:
                 on_round(0)
             for round_key in range(1, rounds + 1):

@@ -60,6 +60,31 @@ def missing_round_partitions(instance: dg.DagsterInstance) -> list[str]:
     return [str(r) for r in range(1, pool_rounds(instance) + 1) if str(r) not in existing]
 
 
+def add_missing_round_partitions(instance: dg.DagsterInstance, attempts: int = 3) -> list[str]:
+    """Add the round partitions the pool calls for; returns the keys this call added.
+
+    The daemon's `round_partitions_sensor` adds the same keys. Dagster's add checks which keys exist and
+    then inserts the others, not atomically, so when the sensor's insert lands between the two the
+    unique index refuses ours: the keys then exist, which is all the caller needs, so read again.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    added: list[str] = []
+    for _ in range(attempts):
+        missing = missing_round_partitions(instance)
+        if not missing:
+            return added
+        try:
+            instance.add_dynamic_partitions(round_partitions.name, missing)
+        except IntegrityError:
+            continue
+        added += missing
+    left = missing_round_partitions(instance)
+    if left:
+        raise RuntimeError(f"round partitions {left} could not be added in {attempts} attempts")
+    return added
+
+
 def finished_rounds(instance: dg.DagsterInstance) -> set[int]:
     """Rounds whose gate (target_model[r]) has been materialized."""
     return {int(key) for key in instance.get_materialized_partitions(GATE_ASSET) if key.isdigit()}
