@@ -26,8 +26,6 @@ import threading
 import time
 from pathlib import Path
 
-import dagster as dg
-
 PHASES = (("submit", "opened dagster pipes"), ("driver", "on Ray Train"), ("group", " rows (+"), ("train", "] wrote "))
 MANIFEST_STAGES = {"sft": "SFT-I1", "dpo": "DPO-I1"}
 
@@ -111,19 +109,10 @@ class CpuSampler:
 
 def timed_stage(spec: dict, engine: dict | None) -> dict:
     """The stage trained as its asset trains it; the phases' seconds, the whole step's, the CPU seconds, the loss."""
-    from arena_dagster.defs.training_jobs import launch_training
+    from arena_dagster.defs.training_jobs import materialize_stage
 
-    trained: dict = {}
-
-    @dg.asset(name="stage")
-    def stage(context) -> dg.MaterializeResult:
-        trained["manifest"], reported = launch_training(context, spec, dg.PipesSubprocessClient(), engine)
-        return dg.MaterializeResult(metadata=reported)
-
-    instance = dg.DagsterInstance.ephemeral()
     with CpuSampler() as cpu:
-        result = dg.materialize([stage], instance=instance, raise_on_error=False)
-    entries = list(instance.all_logs(result.run_id))
+        result, manifest, entries = materialize_stage(spec, engine)
     messages = [(entry.timestamp, entry.user_message or "") for entry in entries]
     if not result.success:
         raise SystemExit("\n".join(message for _, message in messages[-30:]))
@@ -136,7 +125,7 @@ def timed_stage(spec: dict, engine: dict | None) -> dict:
             phases[name], previous = at - previous, at
     phases["end"] = end - previous
     return {"phases": phases, "step_s": end - start, "cpu_s": cpu.seconds, "cpu_by_process": cpu.by_process(),
-            "loss": trained["manifest"]["metrics"]["final_loss"]}
+            "loss": manifest["metrics"]["final_loss"]}
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from arena_dagster.defs.training_jobs import launch_training
+from arena_dagster.defs.training_jobs import materialize_stage
 from arena_dagster.progress import step_failures
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
@@ -109,16 +109,7 @@ def _weights(folder: Path) -> dict:
 
 def _run_stage(spec: dict, engine: dict | None) -> tuple[dg.ExecuteInProcessResult, dict | None, list]:
     """`spec` trained as a training asset trains it (`launch_training`); the run, its manifest and its log's entries."""
-    trained: dict = {}
-
-    @dg.asset(name="stage")
-    def stage(context) -> dg.MaterializeResult:
-        trained["manifest"], reported = launch_training(context, spec, dg.PipesSubprocessClient(), engine)
-        return dg.MaterializeResult(metadata=reported)
-
-    instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([stage], instance=instance, raise_on_error=False)
-    return result, trained.get("manifest"), list(instance.all_logs(result.run_id))
+    return materialize_stage(spec, engine)
 
 
 def _materialize(spec: dict, engine: dict | None) -> tuple[dict, dict, list[str]]:
@@ -361,7 +352,7 @@ _CANCELED_RUN = '''
 import json, sys
 import dagster as dg
 from dagster._utils.interrupts import setup_interrupt_handlers
-from arena_dagster.defs.training_jobs import launch_training
+from arena_dagster.defs.training_jobs import materialize_stage
 from arena_dagster.progress import step_failures
 
 spec, engine = json.loads(open(sys.argv[1]).read()), json.loads(open(sys.argv[2]).read())
