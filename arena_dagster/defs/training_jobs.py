@@ -112,7 +112,7 @@ def materialize_stage(spec: dict, engine: dict[str, Any] | None) -> tuple[dg.Exe
     trained: dict = {}
 
     @dg.asset(name="stage")
-    def stage(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def stage(context) -> dg.MaterializeResult:  # annotated, Dagster would need the class itself, not its name
         trained["manifest"], reported = launch_training(context, spec, dg.PipesSubprocessClient(), engine)
         return dg.MaterializeResult(metadata=reported)
 
