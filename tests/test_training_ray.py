@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from arena_dagster.defs.training_jobs import launch_training
+from arena_dagster.defs.training_jobs import materialize_stage
 from arena_dagster.progress import step_failures
 from arena_dagster.prompts.skills import make_items
 from arena_dagster.training.base_models import chat_row, write_jsonl
@@ -28,7 +28,12 @@ from arena_dagster.training.ray_job import (
     stop_job,
     stop_leftover_jobs,
 )
-from arena_dagster.training.ray_train import per_worker_hyperparams
+from arena_dagster.training.ray_train import (
+    STAGE_RAY_TRAIN_ENV,
+    per_worker_hyperparams,
+    stage_ray_train_env,
+    stage_trainer,
+)
 from arena_dagster.training.runner import ENTRYPOINT_MODULE, leftovers, run_training
 from arena_dagster.training.spec import (
     TrainingSpecError,
@@ -104,16 +109,7 @@ def _weights(folder: Path) -> dict:
 
 def _run_stage(spec: dict, engine: dict | None) -> tuple[dg.ExecuteInProcessResult, dict | None, list]:
     """`spec` trained as a training asset trains it (`launch_training`); the run, its manifest and its log's entries."""
-    trained: dict = {}
-
-    @dg.asset(name="stage")
-    def stage(context) -> dg.MaterializeResult:
-        trained["manifest"], reported = launch_training(context, spec, dg.PipesSubprocessClient(), engine)
-        return dg.MaterializeResult(metadata=reported)
-
-    instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([stage], instance=instance, raise_on_error=False)
-    return result, trained.get("manifest"), list(instance.all_logs(result.run_id))
+    return materialize_stage(spec, engine)
 
 
 def _materialize(spec: dict, engine: dict | None) -> tuple[dict, dict, list[str]]:
@@ -198,6 +194,37 @@ def test_sft_on_one_ray_worker_equals_the_local_run_and_two_workers_keep_the_bat
     for figure in ("first_loss", "final_loss"):
         assert two["metrics"][figure] == pytest.approx(one["metrics"][figure], rel=0.05), figure
     assert json.loads((home / "ray2" / "config.json").read_text())["hidden_size"] == 32
+
+
+def test_a_stage_s_trainer_is_ray_train_s_without_the_helper_actors_a_stage_has_no_use_for(tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    args = {"train_loop_per_worker": lambda config: None, "scaling_config": ScalingConfig(num_workers=2),
+            "run_config": RunConfig(name="x", storage_path=str(tmp_path))}
+    ours, theirs = ({type(callback).__name__ for callback in trainer._create_default_callbacks()}
+                    for trainer in (stage_trainer(**args), TorchTrainer(**args)))
+    assert theirs - ours == {"DatasetsCallback", "PlacementGroupCleanerCallback"} and ours < theirs
+    assert isinstance(stage_trainer(**args), TorchTrainer)
+    # The preemption watcher is off and the controller polls its workers every 0.5 s, unless the job's environment says.
+    assert stage_ray_train_env({}) == STAGE_RAY_TRAIN_ENV == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+                                                              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    assert stage_ray_train_env({"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"})["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
+
+
+def test_a_stage_on_the_cluster_starts_only_the_actors_it_uses(workspace, ray_local_cluster):
+    """Each actor is a process of its own on the cores the training waits for (issue 21): a stage's job starts Ray Train's
+    controller, its workers and their synchronization actor, and the queue of rank 0's reports, nothing else."""
+    from ray.util.state import list_actors
+
+    home, spec = workspace["home"], workspace["spec"]
+    before = {actor.actor_id for actor in list_actors(address=ray_local_cluster, limit=10000, raise_on_missing_output=False)}
+    _materialize({**spec, "output_dir": str(home / "actors"), "hyperparams": {**spec["hyperparams"], "max_steps": 1}},
+                 {"engine": "ray", "workers": 1, "address": ray_local_cluster})
+    classes = {actor.class_name for actor in list_actors(address=ray_local_cluster, limit=10000, raise_on_missing_output=False)
+               if actor.actor_id not in before}
+    assert {"TrainController", "RayTrainWorker", "SynchronizationActor", "_QueueActor"} <= classes
+    assert not classes & {"DatasetManager", "PlacementGroupCleaner", "PreemptionWatcher"}, classes
 
 
 # A stage's rows and hyperparameters that end its data on an epoch's short last batch, and how many steps are full
@@ -325,7 +352,7 @@ _CANCELED_RUN = '''
 import json, sys
 import dagster as dg
 from dagster._utils.interrupts import setup_interrupt_handlers
-from arena_dagster.defs.training_jobs import launch_training
+from arena_dagster.defs.training_jobs import materialize_stage
 from arena_dagster.progress import step_failures
 
 spec, engine = json.loads(open(sys.argv[1]).read()), json.loads(open(sys.argv[2]).read())

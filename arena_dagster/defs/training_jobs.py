@@ -104,3 +104,18 @@ def launch_training(context: dg.AssetExecutionContext, spec: dict, pipes: dg.Pip
                 {key: value for key, value in manifest.get("metrics", {}).items()
                  if isinstance(value, (int, float)) and not isinstance(value, bool)})
     return manifest, reported
+
+
+def materialize_stage(spec: dict, engine: dict[str, Any] | None) -> tuple[dg.ExecuteInProcessResult, dict | None, list]:
+    """`spec` trained as its training asset trains it (`launch_training`), on a Dagster instance of its own: the run,
+    the manifest (None where it failed) and the run's log entries. For the tests and the benchmark of a stage."""
+    trained: dict = {}
+
+    @dg.asset(name="stage")
+    def stage(context) -> dg.MaterializeResult:  # annotated, Dagster would need the class itself, not its name
+        trained["manifest"], reported = launch_training(context, spec, dg.PipesSubprocessClient(), engine)
+        return dg.MaterializeResult(metadata=reported)
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([stage], instance=instance, raise_on_error=False)
+    return result, trained.get("manifest"), list(instance.all_logs(result.run_id))

@@ -20,6 +20,9 @@ queue, and the driver sends them on through its own reporter (Dagster Pipes when
 started it: PipesRayJobClient reads them from the job's log), so the run's log and the asset's
 metadata are the same as with a local process. When the driver ends (a canceled run stops its
 job), Ray ends the workers it started.
+
+Every actor is a process of its own, on the cores the training waits for: a stage starts Ray Train's controller, its
+workers, their synchronization actor and the queue, and none of the controller's other helpers (`stage_trainer`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from arena_dagster.compute.cluster import ray_cluster
@@ -47,6 +50,14 @@ CHECKPOINTS_PER_RUN = 4
 _DRIVER_ENV = ("PYTHONPATH", "ARENA_TORCH_THREADS", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 # Set by Ray in a job's entry point: the job's configuration, its runtime_env included.
 _RAY_JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# Ray Train's settings for a stage where the job's environment does not set them (the driver hands them to the controller).
+STAGE_RAY_TRAIN_ENV = {
+    # How often the controller polls the workers: the end of the training is noticed within it (Ray's default: 2 s).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # The preemption watcher (an actor, so a process of its own, each stage) polls the nodes' drain notices to checkpoint
+    # before a node goes: a stage lasts a minute, and a lost worker restarts the group from its latest checkpoint.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
 
 
 def ray_storage(output_dir: Path) -> Path:
@@ -165,6 +176,36 @@ def _worker_loop(config: dict) -> None:
         train(config["spec"], reporter, RayWorker(context.get_world_size(), rank, resume_from))
 
 
+def stage_ray_train_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Ray Train's settings for a stage's driver: STAGE_RAY_TRAIN_ENV, where `environ` (the job's) does not set them."""
+    return {key: environ.get(key, value) for key, value in STAGE_RAY_TRAIN_ENV.items()}
+
+
+def stage_trainer(**trainer_args):
+    """Ray Train's TorchTrainer (no `datasets`) without the controller's helper actors a stage's job has no use for.
+
+    Each actor is a worker process of its own (a second or more of CPU to start, on the cores the training waits for):
+    the dataset manager serves `datasets` (a stage has none: its workers read their rows themselves), and the
+    placement-group cleaner, a detached actor the controller waits for as the group starts, removes the workers'
+    placement group if the controller dies while its driver lives on (a stage's driver ends with its controller, and
+    its job's end frees the job's placement groups). Ray Train 2.60 has no setting for either: its default callbacks
+    start them (ray/train/v2/api/data_parallel_trainer.py).
+    """
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
+
+    unneeded = (DatasetsCallback, PlacementGroupCleanerCallback)
+
+    class StageTrainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list:
+            return [callback for callback in super()._create_default_callbacks() if not isinstance(callback, unneeded)]
+
+    return StageTrainer(**trainer_args)
+
+
 def _job_connect(settings: ComputeSettings) -> Callable[[], None] | None:
     """Inside a Ray job (the asset's launch): join the cluster with the job's runtime_env, which is already the
     workers' (training/ray_job.py); Ray refuses a driver's runtime_env that sets the same variables again."""
@@ -198,7 +239,7 @@ def train_on_ray(spec: dict, reporter: Reporter, train: Callable[..., dict | Non
                  f"{settings.gpus_per_worker} GPU, cluster {settings.address or 'local'}")
     with ray_cluster(settings, _job_connect(settings)):
         from ray.train import FailureConfig, RunConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.train.torch import TorchConfig
         from ray.util.queue import Empty, Queue
 
         queue = Queue()
@@ -213,8 +254,9 @@ def train_on_ray(spec: dict, reporter: Reporter, train: Callable[..., dict | Non
 
         relaying = threading.Thread(target=drain, daemon=True)
         relaying.start()
-        trainer = TorchTrainer(
-            _worker_loop,
+        os.environ.update(stage_ray_train_env(os.environ))
+        trainer = stage_trainer(
+            train_loop_per_worker=_worker_loop,
             train_loop_config={"spec": spec, "queue": queue, "train": train},
             scaling_config=scaling_config(settings),
             torch_config=TorchConfig(backend="nccl" if settings.gpus_per_worker else "gloo"),
