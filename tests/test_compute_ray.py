@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def test_stage_one_chunks_cover_the_pool_evenly_a_multiple_of_the_workers():
     for n, workers in [(1000, 1), (1000, 2), (4000, 2), (3, 2), (1, 4), (10**6, 2), (999, 3)]:
         chunks = stage_one_chunks(n, workers)
         sizes = [stop - start for start, stop in chunks]
-        assert chunks[0][0] == 0 and chunks[-1][1] == n and all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        assert chunks[0][0] == 0 and chunks[-1][1] == n and all(a[1] == b[0] for a, b in pairwise(chunks))
         assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
         assert len(chunks) == n or (len(chunks) % workers == 0 and len(chunks) >= 4 * workers)
     assert len(stage_one_chunks(1000, 2)) == 8 and len(stage_one_chunks(4000, 2)) == 20  # <= 200 rows a chunk
