@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.config import profile_hash
 from arena_dagster.profile_schema.curation import PRESETS, CurationConfig
 from arena_dagster.prompts.curation import curate
-from arena_dagster.prompts.curation_ray import curate_with
+from arena_dagster.prompts.curation_ray import curate_with, stage_one_chunks
 from arena_dagster.prompts.curation_ray_embed import first_flagged_turns, top_k_turns
 from arena_dagster.prompts.curation_rows import first_of_groups, greedy_keep
 from arena_dagster.prompts.sharegpt import load_sharegpt
@@ -101,6 +102,17 @@ def test_greedy_keep_is_curates_pass_in_id_order():
     assert greedy_keep({(1, 2): 0.9, (2, 3): 0.95}) == {2: (1, 0.9)}
     # The most similar kept row is the one named; a tie goes to the smaller id.
     assert greedy_keep({(1, 4): 0.85, (2, 4): 0.9, (3, 4): 0.9}) == {4: (2, 0.9)}
+
+
+def test_stage_one_chunks_cover_the_pool_evenly_a_multiple_of_the_workers():
+    for n, workers in [(1000, 1), (1000, 2), (4000, 2), (3, 2), (1, 4), (10**6, 2), (999, 3)]:
+        chunks = stage_one_chunks(n, workers)
+        sizes = [stop - start for start, stop in chunks]
+        assert chunks[0][0] == 0 and chunks[-1][1] == n and all(a[1] == b[0] for a, b in pairwise(chunks))
+        assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+        assert len(chunks) == n or (len(chunks) % workers == 0 and len(chunks) >= 4 * workers)
+    assert len(stage_one_chunks(1000, 2)) == 8 and len(stage_one_chunks(4000, 2)) == 20  # <= 200 rows a chunk
+    assert len(stage_one_chunks(10**6, 2)) == 128  # at most 64 a worker
 
 
 def test_top_k_turns_keeps_a_turn_scored_in_several_blocks_once():

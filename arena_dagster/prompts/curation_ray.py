@@ -1,9 +1,10 @@
 """Prompt curation on Ray Data: `curation.curate`'s steps over blocks of the pool, with the same kept set.
 
-  1. a map over blocks (tasks: each worker process builds the test-set and earlier-round indexes
-     once) computes each row's single-row filters, duplicate keys, MinHash band keys and hits
+  1. Ray tasks over chunks of the pool (each worker process builds the test-set and earlier-round
+     indexes once) compute each row's single-row filters, duplicate keys, MinHash band keys and hits
      against earlier rounds and the test set (`curation_rows.RowJudge`), as Arrow tables of one
-     schema; one pass brings the removed rows and the hits to the driver;
+     schema that become the blocks of a dataset; each task also returns its removed rows and hits,
+     which alone come to the driver;
   2. exact, prefix and near duplicates: one shuffle, on the duplicate key (a group keeps its
      smallest id) and on the LSH band keys (datasketch's bands for the threshold, so the
      candidates are the local index's); each candidate pair is verified with the exact Jaccard of
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import time
 from functools import partial
+from itertools import pairwise
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -80,29 +82,26 @@ def _embedding_with_progress(config: CurationConfig, progress: Sink):
 _JUDGES: dict[str, RowJudge] = {}
 
 
-def _features(batch, *, key: str, config: CurationConfig, test_texts: list[str], previous: list):
-    """Stage 1 as tasks (they free their CPU when done); a worker process builds the row judge once per run.
+def _stage_one(chunk, key: str, judged: tuple[CurationConfig, list[str], list]):
+    """Stage 1 of a chunk of the pool (a table of `id` and the row as JSON), in a task (it frees its CPU when done):
+    (its features, the rows stage 1 removed or found in an earlier round or the test set). A worker process
+    builds the row judge once per run (`judged`: its config, test texts and earlier rounds' prompts).
 
-    The facts go out with one fixed schema: a block of removed rows only has the columns of a block of kept ones."""
+    The features go out with one fixed schema: a block of removed rows only has the columns of a block of kept ones."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if key not in _JUDGES:
         _JUDGES.clear()
-        _JUDGES[key] = RowJudge(config, test_texts, previous)
+        _JUDGES[key] = RowJudge(*judged)
     judge = _JUDGES[key]
-    facts = [judge(json.loads(text), index) for index, text in zip(batch["id"].to_pylist(), batch["row"].to_pylist())]
-    return pa.Table.from_pylist(facts, schema=feature_schema())
+    features = pa.Table.from_pylist([judge(json.loads(text), index) for index, text in
+                                     zip(chunk["id"].to_pylist(), chunk["row"].to_pylist())], schema=feature_schema())
+    found = pc.or_(pc.or_(pc.is_valid(features["step"]), pc.is_valid(features["prev_reason"])), pc.is_valid(features["dc_step"]))
+    return features, features.filter(found).select(FACTS)
 
 
 FACTS = ["id", "step", "reason", "matched", "prev_reason", "prev_matched", "dc_step", "dc_reason", "dc_matched"]
-
-
-def _facts(table, *, columns: Sequence[str]):
-    """The rows of a block that stage 1 removed or found in an earlier round or the test set."""
-    import pyarrow.compute as pc
-
-    found = pc.or_(pc.or_(pc.is_valid(table["step"]), pc.is_valid(table["prev_reason"])), pc.is_valid(table["dc_step"]))
-    return table.filter(found).select(list(columns))
 
 
 def _partition(key: str, partitions: int) -> int:
@@ -223,13 +222,12 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
     removal: dict[int, tuple[str, str, Any]] = {}  # id -> (step, reason, matched)
     threads = max(1, int(compute.cpus_per_worker))
 
-    features = _features_of(rows, config, compute, test_texts, previous)
+    features, facts = _features_of(rows, config, compute, test_texts, previous)
     phases.update(n)  # every row through the per-row stage; the shuffles follow
-    # One pass collects what stage 1 decided alone: the filters now, earlier rounds and test-set hits later.
-    facts = features.map_batches(_facts, fn_kwargs={"columns": FACTS}, batch_format="pyarrow", batch_size=None)
+    # What stage 1 decided alone: the filters now, earlier rounds and test-set hits later.
     previous_hits, test_hits = {}, {}
-    for fact in facts.iter_rows():
-        index = int(fact["id"])
+    for fact in facts.to_pylist():
+        index = fact["id"]
         if fact["step"] is not None:
             removal[index] = (fact["step"], fact["reason"], json.loads(fact["matched"]) if fact["matched"] else None)
             continue
@@ -288,17 +286,31 @@ def _columns(table, *, columns: Sequence[str]):
     return table.select(list(columns))
 
 
+def stage_one_chunks(n: int, workers: int) -> list[tuple[int, int]]:
+    """(start, stop) of stage 1's chunks of a pool of `n` rows: the same number for each worker (a second worker
+    that starts later takes fewer), at least 4 each and at most 200 rows each up to 64 each, none empty."""
+    count = min(n, -(-max(4 * workers, min(-(-n // 200), 64 * workers)) // workers) * workers)
+    bounds = [n * i // count for i in range(count + 1)]
+    return list(pairwise(bounds))
+
+
 def _features_of(rows: Sequence[dict], config: CurationConfig, compute: ComputeSettings, test_texts: list[str],
                  previous: Sequence[str | dict]):
-    """Stage 1, materialized: every block holds rows (a block of none would reach the maps below without a schema)."""
+    """Stage 1 as Ray tasks: (the features as a dataset of one block a chunk, the facts table of `FACTS`).
+
+    Plain tasks, not a Ray Data map: the driver gets each chunk's facts without a second pass over the features,
+    and the tasks start at once (a first Ray Data execution starts its own actors first, taking the raylet's
+    worker start slots). Every chunk holds rows (a block of none would reach the maps below without a schema)."""
+    import pyarrow as pa
+    import ray
     import ray.data
 
-    n = len(rows)
-    blocks = min(n, max(2 * compute.workers, min(n // 500 + 1, 4 * compute.workers * 16)))
-    items = [{"id": i, "row": json.dumps(row, default=str)} for i, row in enumerate(rows)]
+    pool = pa.table({"id": pa.array(range(len(rows)), type=pa.int64()),
+                     "row": pa.array([json.dumps(row, default=str) for row in rows], type=pa.string())})
+    judged = ray.put((config, test_texts, list(previous)))
+    stage_one = ray.remote(_stage_one).options(num_cpus=compute.cpus_per_worker, num_returns=2)
     run_key = f"{time.time_ns()}-{id(rows)}"
-    return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        _features, fn_kwargs={"key": run_key, "config": config, "test_texts": test_texts, "previous": list(previous)},
-        batch_format="pyarrow", batch_size=256, num_cpus=compute.cpus_per_worker).materialize()
-
-
+    refs = [stage_one.remote(pool.slice(start, stop - start), run_key, judged)
+            for start, stop in stage_one_chunks(len(rows), compute.workers)]
+    facts = pa.concat_tables(ray.get([fact for _, fact in refs]))
+    return ray.data.from_arrow_refs([block for block, _ in refs]), facts
