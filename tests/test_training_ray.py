@@ -352,7 +352,7 @@ _CANCELED_RUN = '''
 import json, sys
 import dagster as dg
 from dagster._utils.interrupts import setup_interrupt_handlers
-from arena_dagster.defs.training_jobs import materialize_stage
+from arena_dagster.defs.training_jobs import launch_training
 from arena_dagster.progress import step_failures
 
 spec, engine = json.loads(open(sys.argv[1]).read()), json.loads(open(sys.argv[2]).read())
