@@ -125,10 +125,16 @@ def daemon_serving(home: Path) -> bool:
 
 
 @contextlib.contextmanager
-def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str], None], timeout_s: float = 120) -> Iterator[None]:
-    """A Dagster daemon serving the home's run queue while the block runs (the UI's, if one is open)."""
+def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str], None],
+                   timeout_s: float = 120) -> Iterator[Callable[[], None]]:
+    """A Dagster daemon serving the home's run queue while the block runs (the UI's, if one is open).
+
+    Yields `ready`, which returns once the daemon beats (at once for one already serving). The block
+    runs while a new daemon starts: its imports and its code server load beside what the block does
+    meanwhile (the command's own code server), instead of before it; call `ready` before relying on it.
+    """
     if daemon_serving(home):
-        yield
+        yield lambda: None
         return
     workspace = prepare_instance(home)
     previous = _last_heartbeat(instance)  # perhaps of a daemon that died a moment ago
@@ -138,8 +144,9 @@ def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str
             guarded([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)]),
             env={**os.environ, **environment(home)}, stdout=log, stderr=subprocess.STDOUT, cwd=str(home),
         )
-    try:
-        deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_s
+
+    def ready() -> None:
         while _last_heartbeat(instance) <= previous:
             if process.poll() is not None:
                 raise ArenaError("the Dagster daemon stopped at start", str(logs_dir(home) / "daemon.log"),
@@ -148,7 +155,9 @@ def running_daemon(home: Path, instance: dg.DagsterInstance, echo: Callable[[str
                 raise ArenaError(f"the Dagster daemon sent no heartbeat in {timeout_s:.0f} s",
                                  str(logs_dir(home) / "daemon.log"), "read the log's last lines")
             time.sleep(0.5)
-        yield
+
+    try:
+        yield ready
     finally:
         # Its code servers (and what they started) go with it, even when they outlive the daemon's own shutdown.
         started = process_tree(process.pid)

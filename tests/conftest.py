@@ -11,7 +11,7 @@ scripts/test.sh runs the suite on two pytest-xdist workers (`-n 2 --dist loadfil
 base-model cache and `smoke_home` are shared by both (built once, under a file lock); a test file
 runs on one worker (its module-scoped fixtures, a server or a trained checkpoint, are set up once),
 the two files of `interrupted_home` on the same one, and the files of the long end-to-end tests
-(`slow`) start first.
+(`slow`) start first, the longest first (LONGEST_FILES), so that short files end both workers' runs.
 """
 
 from __future__ import annotations
@@ -71,11 +71,33 @@ class FileScheduling:
         return Scheduling(config, log)
 
 
+# The files that take longest under scripts/test.sh (seconds on its two workers, stop 28's fresh-clone run), longest
+# first: a worker that draws one of them last runs on alone while the other has finished (xdist hands out a unit
+# when a worker has at most 2 tests left), so they go out first and the many short files fill both workers' ends.
+LONGEST_FILES = (
+    "tests/test_compute_ray_round.py",  # 1077 (with smoke_home, built in its setup)
+    "tests/test_crash_resume.py",  # 794 (interrupted_home)
+    "tests/test_sharegpt_flywheel.py",  # 584
+    "tests/test_server_backend.py",  # 508
+    "tests/test_training_ray.py",  # 397
+    "tests/test_compute_replicas.py",  # 378
+    "tests/test_llm_judge_runtime.py",  # 378
+    "tests/test_compute_ray.py",  # 368
+)
+
+
+def schedule_order(item) -> tuple[bool, int]:
+    """The slow tests first, then within each kind the files of LONGEST_FILES in its order, then the others."""
+    path = item.nodeid.split("::")[0]
+    rank = LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
+    return item.get_closest_marker("slow") is None, rank
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """On an xdist worker: the slow tests first. Units go out in the order of their first test (with
-    --no-loadscope-reorder), so the long end-to-end runs start at once instead of ending last on one worker."""
+    """On an xdist worker: in schedule_order. Units go out in the order of their first test (with
+    --no-loadscope-reorder), so the long runs start at once instead of ending last on one worker."""
     if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+        items.sort(key=schedule_order)
 
 
 def _session_folder(tmp_path_factory) -> Path:

@@ -138,8 +138,10 @@ class Flywheel:
                 if on_round:
                     on_round(round_key)
             return
-        with running_daemon(self.home, self.instance, self.echo):
+        with running_daemon(self.home, self.instance, self.echo) as daemon_ready:
+            # The command's code server loads while the daemon starts: each is a process that imports the code location.
             self._submitter = Submitter(self.instance, prepare_instance(self.home))
+            daemon_ready()
             if setup:
                 self._execute(SETUP_JOB, None, "setup and baseline (round 0)")
             elif on_round:
