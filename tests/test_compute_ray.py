@@ -141,6 +141,7 @@ def test_a_curation_worker_cuts_the_shuffle_and_the_turns_into_parts_that_cover_
 
     from arena_dagster.prompts.curation_ray_embed import block_turns
     from arena_dagster.prompts.curation_ray_worker import CurationWorker, dedup_parts
+    from arena_dagster.prompts.curation_rows import survivors
 
     rows = _pool()
     against = [rows[10]["prompt"]]
@@ -148,15 +149,15 @@ def test_a_curation_worker_cuts_the_shuffle_and_the_turns_into_parts_that_cover_
     worker = CurationWorker(config, against, [], threads=1, partitions=3)
     chunk = pa.table({"id": pa.array(range(len(rows)), type=pa.int64()), "row": [json.dumps(r) for r in rows]})
     features, facts, *parts = worker.stage_one(chunk)
-    whole = dedup_parts(features.filter(pa.compute.is_null(features["step"])), group="exact_key", near=True, partitions=1)[0]
+    whole = dedup_parts(survivors(features, ()), group="exact_key", near=True, partitions=1)[0]
     assert len(parts) == 3 and sum(map(len, parts)) == len(whole) > len(rows)
     assert sorted(zip(*pa.concat_tables(parts).select(["key", "id"]).to_pydict().values())) == \
         sorted(zip(*whole.select(["key", "id"]).to_pydict().values()))
     assert all(set(part["part"].to_pylist()) <= {number} for number, part in enumerate(parts))
     assert set(facts["id"].to_pylist()) == {i for i, f in enumerate(features.to_pylist()) if f["step"] or f["dc_step"]}
     gone = np.array([5, 6], dtype=np.int64)
-    turns, _ = block_turns(features.filter(pa.compute.is_null(features["step"])).filter(
-        pa.compute.invert(pa.compute.is_in(features.filter(pa.compute.is_null(features["step"]))["id"], value_set=pa.array(gone)))))
+    turns, _ = block_turns(survivors(features, gone))
+    assert len(turns) and not {5, 6} & set(survivors(features, gone)["id"].to_pylist())
     pieces = [worker.score_turns(features, gone, piece, 4) for piece in range(4)]
     assert [t for p in pieces for t, test in zip(p["turn"], p["test"]) if test == -1] == [""] * 4
     assert sum(p["score"][0] for p in pieces) == len(turns)  # each turn scored in exactly one piece
