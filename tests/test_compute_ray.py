@@ -133,6 +133,69 @@ def test_a_row_is_removed_for_its_first_flagged_turn_from_the_hits_rows():
     assert first_flagged_turns({"a": None}, rows_of) == {1: "a", 2: "a"}
 
 
+def test_a_curation_worker_cuts_the_shuffle_and_the_turns_into_parts_that_cover_them():
+    """The actor's methods run in-process here: stage 1's shuffle input split by partition holds every survivor's
+    key and band rows once; a chunk's pieces of turns hold each surviving distinct turn once, scored as a whole is."""
+    import numpy as np
+    import pyarrow as pa
+
+    from arena_dagster.prompts.curation_ray_embed import block_turns
+    from arena_dagster.prompts.curation_ray_worker import CurationWorker, dedup_parts
+    from arena_dagster.prompts.curation_rows import survivors
+
+    rows = _pool()
+    against = [rows[10]["prompt"]]
+    config = CurationConfig(prefix_dedup_chars=None)
+    worker = CurationWorker(config, against, [], threads=1, partitions=3)
+    chunk = pa.table({"id": pa.array(range(len(rows)), type=pa.int64()), "row": [json.dumps(r) for r in rows]})
+    features, facts, *parts = worker.stage_one(chunk)
+    whole = dedup_parts(survivors(features, ()), group="exact_key", near=True, partitions=1)[0]
+    assert len(parts) == 3 and sum(map(len, parts)) == len(whole) > len(rows)
+    assert sorted(zip(*pa.concat_tables(parts).select(["key", "id"]).to_pydict().values())) == \
+        sorted(zip(*whole.select(["key", "id"]).to_pydict().values()))
+    assert all(set(part["part"].to_pylist()) <= {number} for number, part in enumerate(parts))
+    assert set(facts["id"].to_pylist()) == {i for i, f in enumerate(features.to_pylist()) if f["step"] or f["dc_step"]}
+    gone = np.array([5, 6], dtype=np.int64)
+    turns, _ = block_turns(survivors(features, gone))
+    assert len(turns) and not {5, 6} & set(survivors(features, gone)["id"].to_pylist())
+    pieces = [worker.score_turns(features, gone, piece, 4) for piece in range(4)]
+    assert [t for p in pieces for t, test in zip(p["turn"], p["test"]) if test == -1] == [""] * 4
+    assert sum(p["score"][0] for p in pieces) == len(turns)  # each turn scored in exactly one piece
+    one = worker.score_turns(features, gone, 0, 1)
+    hits = {(test, turn) for p in pieces for test, turn in zip(p["test"], p["turn"]) if test >= 0}
+    assert {(test, turn) for test, turn in zip(one["test"], one["turn"]) if test >= 0} <= hits
+    assert worker.score_turns(features, np.array(range(len(rows)), dtype=np.int64), 0, 2)["score"] == [0]  # no turn left
+
+
+def test_replica_pool_calls_go_to_the_free_actor_in_any_number_of_returns(ray_local_cluster):
+    import os
+    import time
+
+    import ray
+
+    from arena_dagster.compute.pools import ReplicaPool
+
+    class Slow:
+        def __init__(self, pause: float) -> None:
+            self.pause = pause
+
+        def work(self, value: int):
+            time.sleep(self.pause if value else 10 * self.pause)  # the first call is long: the other actor takes the rest
+            return os.getpid(), value * value
+
+    pool = ReplicaPool("slow", Slow, {"pause": 0.2}, {"num_cpus": 1}, 2)
+    try:
+        ray.get([actor.work.remote(1) for actor in pool.actors])  # both started
+        refs = pool.in_order("work", [(value,) for value in range(6)], num_returns=2)
+        results = [ray.get(pair) for pair in refs]
+        assert [square for _, square in results] == [v * v for v in range(6)]
+        pids = [pid for pid, _ in results]
+        assert len(set(pids)) == 2 and pids.count(pids[0]) == 1  # the slow first call's actor took no other
+        assert sorted(position for position, _ in pool.finished("work", [(1,), (2,), (3,)])) == [0, 1, 2]
+    finally:
+        pool.close()
+
+
 # ---------------------------------------------------------------- on the local cluster
 
 

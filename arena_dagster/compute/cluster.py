@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import warnings
 from typing import Callable, Iterator
 
 from arena_dagster.compute.pools import in_block, pools_block
@@ -93,18 +91,6 @@ def own_agent_port() -> None:
 
     with_free_agent_port.own_agent_port = True
     parameter.RayParams.__init__ = with_free_agent_port
-
-
-def quiet_ray_data() -> None:
-    """Ray Data's own progress bars off: our steps print one progress line of their own (progress.py)."""
-    import ray.data
-
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message="Use 'expr' instead of 'fn'")
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
 def actor_options(settings: ComputeSettings) -> dict:

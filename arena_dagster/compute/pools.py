@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -40,6 +40,31 @@ class ReplicaPool:
     def map_unordered(self, call: Callable[[Any, Any], Any], batches: Iterable[Any]) -> Iterator[Any]:
         """`call(actor, batch)` (an actor method's `.remote(...)`) for every batch; the results as they finish."""
         return self._pool.map_unordered(call, list(batches))
+
+    def finished(self, method: str, arguments: Sequence[tuple], num_returns: int = 1) -> Iterator[tuple[int, Any]]:
+        """`actor.method.remote(*args)` for every argument tuple, each on whichever actor is free first (one call in
+        flight an actor, so that the actors end together): (the call's position, its ref or refs) as each finishes.
+        A call's refs stay in the object store: they can be passed on to later calls unread."""
+        import ray
+
+        waiting, free, running = list(enumerate(arguments))[::-1], list(self.actors), {}
+        while waiting or running:
+            while free and waiting:
+                position, args = waiting.pop()
+                actor = free.pop()
+                refs = getattr(actor, method).options(num_returns=num_returns).remote(*args)
+                running[refs[0] if num_returns > 1 else refs] = (position, refs, actor)
+            [done], _ = ray.wait(list(running), num_returns=1)
+            position, refs, actor = running.pop(done)
+            free.append(actor)
+            yield position, refs
+
+    def in_order(self, method: str, arguments: Sequence[tuple], num_returns: int = 1) -> list:
+        """`finished`'s refs in the calls' order, once every call has finished."""
+        refs: list = [None] * len(arguments)
+        for position, ref in self.finished(method, arguments, num_returns):
+            refs[position] = ref
+        return refs
 
     def close(self) -> None:
         import ray

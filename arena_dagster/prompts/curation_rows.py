@@ -5,15 +5,15 @@ keys, and its hits against earlier rounds and the test set depend on the row and
 inputs only, so Ray workers compute them block by block (`curation_ray.py`); the steps that
 compare rows with each other (duplicates) are decided after a shuffle. The rules and messages
 are `curation.curate`'s: the two engines keep the same rows for the same reasons. The facts
-travel as Arrow tables of one schema (`feature_schema`), and every later step maps over the
-rows of each block that are still alive (`on_survivors`).
+travel as Arrow tables of one schema (`feature_schema`), and every later step works on the
+rows of each block that are still alive (`survivors`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -254,27 +254,13 @@ def exploded(table, column: str, keep: Sequence[str]):
     return table.select(list(keep)).take(pc.list_parent_indices(table[column])), pc.list_flatten(table[column])
 
 
-def _survivors(table, gone):
-    """The rows of a block of features that no step has removed yet (`gone`: an object ref of the removed ids)."""
+def survivors(table, removed):
+    """The rows of a block of features that no step has removed yet: stage 1 kept them and their ids are not in
+    `removed` (the ids later steps removed, an array or sequence)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import ray
 
     keep = pc.is_null(table["step"])
-    removed = ray.get(gone)
     if len(removed):
         keep = pc.and_(keep, pc.invert(pc.is_in(table["id"], value_set=pa.array(removed, type=pa.int64()))))
     return table.filter(keep)
-
-
-def _on_block_survivors(table, *, gone, fn, kwargs):
-    return fn(_survivors(table, gone), **kwargs)
-
-
-def on_survivors(features, gone, fn: Callable, **kwargs):
-    """`fn(table, **kwargs)` over each block's surviving rows, a map over the blocks of features.
-
-    The map filters the rows itself: Ray Data skips a map over a block that a filter emptied and
-    passes on an empty block without a schema, which a shuffle then cannot concatenate."""
-    return features.map_batches(_on_block_survivors, fn_kwargs={"gone": gone, "fn": fn, "kwargs": kwargs},
-                                batch_format="pyarrow", batch_size=None)
