@@ -167,6 +167,24 @@ def test_a_curation_worker_cuts_the_shuffle_and_the_turns_into_parts_that_cover_
     assert worker.score_turns(features, np.array(range(len(rows)), dtype=np.int64), 0, 2)["score"] == [0]  # no turn left
 
 
+def test_a_curation_worker_embeds_on_the_gpu_ray_gave_it(monkeypatch):
+    """`compute.gpus_per_worker` gives each curation actor a GPU: its MiniLM runs there, else on the CPU."""
+    import ray
+    import torch
+
+    from arena_dagster.prompts.curation_ray_worker import embedding_device
+
+    assert embedding_device() == "cpu"  # in this process, no actor: the CPU
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    assert embedding_device() == "cpu"
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert embedding_device() == "cpu"  # a GPU id without a CUDA torch: the CPU, not an error at the first batch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert embedding_device() == "cuda"
+
+
 def test_replica_pool_calls_go_to_the_free_actor_in_any_number_of_returns(ray_local_cluster):
     import os
     import time

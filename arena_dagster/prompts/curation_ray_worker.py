@@ -76,7 +76,19 @@ class CurationWorker:
 
         if torch.get_num_threads() != self.threads:  # the worker's share of the CPUs, whatever OMP_NUM_THREADS says
             torch.set_num_threads(self.threads)
-        return embed_texts(texts, batch_size=self.config.embed_batch_size)
+        return embed_texts(texts, batch_size=self.config.embed_batch_size, device=embedding_device())
+
+
+def embedding_device() -> str:
+    """Where this worker's MiniLM runs: the GPU Ray gave the actor (`compute.gpus_per_worker`), else the CPU."""
+    import ray
+
+    if ray.is_initialized() and ray.get_gpu_ids():  # in-process (not an actor): no GPUs were given
+        import torch
+
+        if torch.cuda.is_available():  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPUs: "cuda" is one of them
+            return "cuda"
+    return "cpu"
 
 
 def _partition(key: str, partitions: int) -> int:

