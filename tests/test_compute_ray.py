@@ -176,7 +176,7 @@ def test_a_curation_worker_embeds_on_the_gpu_ray_gave_it(monkeypatch):
 
     assert embedding_device() == "cpu"  # in this process, no actor: the CPU
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(ray, "get_gpu_ids", list)
     assert embedding_device() == "cpu"
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
