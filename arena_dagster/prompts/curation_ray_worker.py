@@ -14,24 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from arena_dagster.profile_schema.curation import CurationConfig
-from arena_dagster.prompts.curation.similarity import (
-    embed_test_set,
-    embed_texts,
-    jaccard,
-)
-from arena_dagster.prompts.curation_ray_embed import (
-    block_turns,
-    scored_turns,
-    similar_pairs,
-)
-from arena_dagster.prompts.curation_rows import (
-    RowJudge,
-    exploded,
-    feature_schema,
-    first_of_groups,
-    survivors,
-    typed_table,
-)
+from arena_dagster.prompts.curation.similarity import embed_test_set, embed_texts, jaccard
+from arena_dagster.prompts.curation_ray_embed import block_turns, scored_turns, similar_pairs
+from arena_dagster.prompts.curation_rows import RowJudge, exploded, feature_schema, first_of_groups, survivors, typed_table
 
 FACTS = ["id", "step", "reason", "matched", "prev_reason", "prev_matched", "dc_step", "dc_reason", "dc_matched"]
 
