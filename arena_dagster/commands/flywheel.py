@@ -115,10 +115,13 @@ class Flywheel:
 
     def pending(self, rounds: int) -> tuple[bool, list[int]]:
         """(setup needed, rounds needed): never made, or made with another profile; and every round after."""
-        setup = any(latest_profile_hash(self.instance, asset) != self.hash for asset in SETUP_ASSETS)
+        # A run killed after its round's target_model was recorded but before its last steps left that round unfinished.
+        setup = (any(latest_profile_hash(self.instance, asset) != self.hash for asset in SETUP_ASSETS)
+                 or self._unfinished(SETUP_JOB, None) is not None)
         needed: list[int] = []
         for round_key in range(1, rounds + 1):
-            if setup or needed or latest_profile_hash(self.instance, "target_model", str(round_key)) != self.hash:
+            if (setup or needed or latest_profile_hash(self.instance, "target_model", str(round_key)) != self.hash
+                    or self._unfinished(ROUND_JOB, round_key) is not None):
                 needed.append(round_key)
         return setup, needed
 
@@ -192,8 +195,10 @@ class Flywheel:
         """The run of `job` (and round) to resume from where it stopped: the latest one, if it failed or was
         canceled under this profile (hash). Only a command's first run resumes: once this command has run setup
         or an earlier round, what a later run left was made from inputs that may have changed."""
-        if self._executed:
-            return None
+        return None if self._executed else self._unfinished(job, round_key)
+
+    def _unfinished(self, job: str, round_key: int | None) -> dg.DagsterRun | None:
+        """The latest run of `job` (and round) if it failed or was canceled under this profile (hash)."""
         tags = {"dagster/partition": str(round_key)} if round_key is not None else {}
         latest = self.instance.get_runs(filters=dg.RunsFilter(job_name=job, tags=tags), limit=1)
         if not latest or latest[0].status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
