@@ -203,12 +203,36 @@ class Submitter:
     def close(self) -> None:
         self._stack.close()
 
-    def submit(self, job_name: str, tags: dict[str, str]) -> str:
+    def _remote_job(self, job_name: str):
         from dagster._core.definitions.selector import JobSubsetSelector
 
-        remote_job = self.location.get_job(JobSubsetSelector(
+        return self.location.get_job(JobSubsetSelector(
             location_name=self.location.name, repository_name=self.repository.name, job_name=job_name, op_selection=None,
         ))
+
+    def resume(self, parent: dg.DagsterRun, tags: dict[str, str]) -> str | None:
+        """Submit what a failed or canceled run left undone, as the UI's "Re-execute from failure" does (its
+        finished steps' outputs are read, not made again), or None when it cannot be resumed."""
+        from dagster._core.errors import (
+            DagsterExecutionStepNotFoundError,
+            DagsterInvalidSubsetError,
+            DagsterRunNotFoundError,
+        )
+        from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
+
+        try:
+            run = self.instance.create_reexecuted_run(
+                request_context=self.workspace, parent_run=parent, code_location=self.location,
+                remote_job=self._remote_job(parent.job_name), strategy=ReexecutionStrategy.FROM_FAILURE,
+                extra_tags=tags, use_parent_run_tags=False,
+            )
+        except (DagsterInvalidSubsetError, DagsterExecutionStepNotFoundError, DagsterRunNotFoundError):
+            return None  # no step left, a job whose steps changed since, or an ancestor run deleted: run it whole
+        self.instance.submit_run(run.run_id, self.workspace)
+        return run.run_id
+
+    def submit(self, job_name: str, tags: dict[str, str]) -> str:
+        remote_job = self._remote_job(job_name)
         plan = self.location.get_execution_plan(remote_job, {}, step_keys_to_execute=None, known_state=None,
                                                 instance=self.instance)
         run = self.instance.create_run(

@@ -42,6 +42,10 @@ def test_kill_at_every_kind_of_step_then_resume_gives_the_uninterrupted_tables(i
     statuses = [run.status for run in instance.get_runs()]
     assert dg.DagsterRunStatus.STARTED not in statuses and dg.DagsterRunStatus.QUEUED not in statuses
     assert statuses.count(dg.DagsterRunStatus.FAILURE) >= len(KILL_POINTS) - 1
+    # Each rerun resumed the killed run from where it stopped (Dagster's re-execution from failure), not from scratch.
+    resumed = {run.tags.get("dagster/parent_run_id") for run in instance.get_runs()} - {None}
+    assert len(resumed) >= len(KILL_POINTS) - 1, resumed
+    assert "resuming run" in proc.stdout, proc.stdout[-3000:]
     leftovers = [p for folder in ("checkpoints", "models") for p in (home / folder).rglob("*")
                  if p.name.endswith((".tmp", ".old"))]
     assert not leftovers

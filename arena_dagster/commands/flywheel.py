@@ -71,6 +71,7 @@ class Flywheel:
         self.echo = echo
         self._lock = flywheel_lock(self.home)
         self._submitter: Submitter | None = None
+        self._executed = False  # whether this command has run a job yet (only its first may resume one)
         self.log_file = logs_dir(self.home) / f"flywheel-{datetime.now().strftime('%Y%m%d-%H%M%S')}.log"
 
     # ------------------------------------------------------------------ lifecycle
@@ -114,10 +115,13 @@ class Flywheel:
 
     def pending(self, rounds: int) -> tuple[bool, list[int]]:
         """(setup needed, rounds needed): never made, or made with another profile; and every round after."""
-        setup = any(latest_profile_hash(self.instance, asset) != self.hash for asset in SETUP_ASSETS)
+        # A run killed after its round's target_model was recorded but before its last steps left that round unfinished.
+        setup = (any(latest_profile_hash(self.instance, asset) != self.hash for asset in SETUP_ASSETS)
+                 or self._unfinished(SETUP_JOB, None) is not None)
         needed: list[int] = []
         for round_key in range(1, rounds + 1):
-            if setup or needed or latest_profile_hash(self.instance, "target_model", str(round_key)) != self.hash:
+            if (setup or needed or latest_profile_hash(self.instance, "target_model", str(round_key)) != self.hash
+                    or self._unfinished(ROUND_JOB, round_key) is not None):
                 needed.append(round_key)
         return setup, needed
 
@@ -162,8 +166,14 @@ class Flywheel:
         tags = {"arena/started_by": "cli", "arena/cli_pid": str(__import__("os").getpid()), **self.engine_tags}
         if round_key is not None:
             tags.update({"dagster/partition": str(round_key), "arena/round": str(round_key)})
-        run_id = self._submitter.submit(job, tags)
-        self.echo(f"{title}: run {run_id[:8]} of job {job}")
+        parent = self._resumable(job, round_key)
+        run_id = self._submitter.resume(parent, tags) if parent is not None else None
+        if run_id is not None:
+            self.echo(f"{title}: run {run_id[:8]} of job {job}, resuming run {parent.run_id[:8]} where it stopped")
+        else:
+            run_id = self._submitter.submit(job, tags)
+            self.echo(f"{title}: run {run_id[:8]} of job {job}")
+        self._executed = True
         printer = RunPrinter(self.log_file, verbose=self.verbose)
         started = time.monotonic()
         try:
@@ -180,6 +190,20 @@ class Flywheel:
             raise RunFailed(f"{title} failed: {failure}", f"run {run_id[:8]}",
                             f"events in {self.log_file}; rerun the same command to resume where it stopped")
         self.echo(f"{title}: done in {time.monotonic() - started:.0f} s")
+
+    def _resumable(self, job: str, round_key: int | None) -> dg.DagsterRun | None:
+        """The run of `job` (and round) to resume from where it stopped: the latest one, if it failed or was
+        canceled under this profile (hash). Only a command's first run resumes: once this command has run setup
+        or an earlier round, what a later run left was made from inputs that may have changed."""
+        return None if self._executed else self._unfinished(job, round_key)
+
+    def _unfinished(self, job: str, round_key: int | None) -> dg.DagsterRun | None:
+        """The latest run of `job` (and round) if it failed or was canceled under this profile (hash)."""
+        tags = {"dagster/partition": str(round_key)} if round_key is not None else {}
+        latest = self.instance.get_runs(filters=dg.RunsFilter(job_name=job, tags=tags), limit=1)
+        if not latest or latest[0].status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+            return None
+        return latest[0] if latest[0].tags.get("arena/profile_hash") == self.hash else None
 
     # ------------------------------------------------------------------ verification
 
