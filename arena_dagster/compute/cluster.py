@@ -94,8 +94,8 @@ def own_agent_port() -> None:
 
 
 def actor_options(settings: ComputeSettings) -> dict:
-    """`map_batches` options of an actor pool: one replica per worker, its share of CPUs and GPUs."""
-    options = {"concurrency": settings.workers, "num_cpus": settings.cpus_per_worker}
+    """An actor's resources: its worker's share of CPUs and GPUs."""
+    options: dict = {"num_cpus": settings.cpus_per_worker}
     if settings.gpus_per_worker:
         options["num_gpus"] = settings.gpus_per_worker
     return options

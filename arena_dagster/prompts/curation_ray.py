@@ -166,8 +166,7 @@ def curate_on_ray(rows: Sequence[dict], *, config: CurationConfig, against: Sequ
 def _workers(key, compute: ComputeSettings, **arguments) -> ReplicaPool:
     """The run's `workers` actors, asked for at once (each starts its process and loads its row judge while the
     others do): the block's other pools are released first where the cluster has not their CPUs and GPUs free."""
-    options = actor_options(compute)
-    resources = {name: options[name] for name in ("num_cpus", "num_gpus") if name in options}
+    resources = actor_options(compute)
     demand = {"CPU": compute.workers * compute.cpus_per_worker, "GPU": compute.workers * compute.gpus_per_worker}
     return block_pool(key, lambda: ReplicaPool("curation", CurationWorker, arguments, resources, compute.workers), demand)
 
