@@ -214,6 +214,34 @@ def test_replica_pool_calls_go_to_the_free_actor_in_any_number_of_returns(ray_lo
         pool.close()
 
 
+def test_a_pool_actor_whose_process_dies_is_started_again_and_its_call_run_again(ray_local_cluster, tmp_path):
+    """A worker killed mid-call (out of memory, a preempted node) costs its call, not the step."""
+    import os
+
+    import ray
+
+    from arena_dagster.compute.pools import ReplicaPool
+
+    class DiesOnce:
+        def __init__(self, marker: str) -> None:
+            self.marker = marker
+
+        def work(self, value: int):
+            if value == 3 and not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(1)  # the process ends mid-call, as the kernel's OOM killer ends it
+            return os.getpid(), value * value
+
+    pool = ReplicaPool("dies-once", DiesOnce, {"marker": str(tmp_path / "died")}, {"num_cpus": 1}, 2)
+    try:
+        results = {position: ray.get(ref) for position, ref in pool.finished("work", [(v,) for v in range(8)])}
+        assert (tmp_path / "died").exists()
+        assert [results[v][1] for v in range(8)] == [v * v for v in range(8)]
+        assert len({pid for pid, _ in results.values()}) == 3  # two actors, one of them in a second process
+    finally:
+        pool.close()
+
+
 # ---------------------------------------------------------------- on the local cluster
 
 

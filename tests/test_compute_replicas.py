@@ -205,3 +205,46 @@ def test_the_arena_testsets_difficulty_judge_runs_on_the_engine(ray_local_cluste
         built[engine] = (metadata["testset_version"].value, metadata["build"].value)
     assert loads == {"local": 0, "ray": 2}
     assert built["ray"] == built["local"] and built["local"][1]["hard_by"] == "judge"
+
+
+def _fragile_backend(marker, always: bool = False):
+    """An HTTP model's client whose process dies at its first batch (every batch: `always`); else it echoes."""
+    import os
+
+    from arena_dagster.backends.base import Completion
+
+    class Fragile:
+        spec = ModelSpec(name="fragile", backend="openai", path="m", base_url="http://127.0.0.1:1/v1")
+
+        def generate(self, requests):
+            if always or not os.path.exists(marker):
+                open(marker, "a").close()
+                os._exit(1)
+            return [Completion(request_id=r.request_id, text=r.messages[-1]["content"][::-1]) for r in requests]
+
+    return Fragile()
+
+
+def test_a_generation_worker_that_dies_is_replaced_and_each_answer_committed_once(ray_local_cluster, tmp_path):
+    requests = [ChatRequest(request_id=f"r{k}", messages=user_messages(f"prompt {k}")) for k in range(12)]
+    cache = CompletionCache(tmp_path / "cache.sqlite")
+    fanout = RayHTTPFanout(_fragile_backend(str(tmp_path / "died")), ComputeSettings(engine="ray", workers=2), batch_size=3)
+    result = generate_cached(fanout, requests, cache, batch_size=3)
+    assert (tmp_path / "died").exists()
+    assert [c.text for c in result.completions] == [f"prompt {k}"[::-1] for k in range(12)]
+    assert result.generated == 12 and len(cache) == 12
+
+
+def test_a_generation_worker_that_always_dies_fails_the_step_with_one_line(ray_local_cluster, tmp_path):
+    from arena_dagster.compute.pools import RESTARTS, WorkerLost
+    from arena_dagster.user_errors import as_user_error
+
+    requests = [ChatRequest(request_id=f"r{k}", messages=user_messages(f"prompt {k}")) for k in range(4)]
+    fanout = RayHTTPFanout(_fragile_backend(str(tmp_path / "died"), always=True), ComputeSettings(engine="ray", workers=1))
+    try:
+        generate_cached(fanout, requests, CompletionCache(tmp_path / "cache.sqlite"), batch_size=4)
+    except WorkerLost as err:
+        line = str(as_user_error(err))
+        assert line.startswith("a Ray worker of model fragile died") and "\n" not in line, line
+    else:
+        raise AssertionError(f"no WorkerLost after {RESTARTS} restarts")

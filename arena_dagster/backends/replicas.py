@@ -26,7 +26,7 @@ from typing import Sequence
 from arena_dagster.backends.base import Backend, BackendError, ChatRequest, Completion, ModelSpec, OnCompletion
 from arena_dagster.backends.generation import PartialBatchError
 from arena_dagster.compute.cluster import ray_cluster
-from arena_dagster.compute.pools import ReplicaPool, block_pool, drop_pool
+from arena_dagster.compute.pools import ReplicaPool, block_pool, drop_pool, losing_workers
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.errors import ArenaError
 
@@ -141,7 +141,7 @@ class RayReplicas:
         size = min(self.batch_size, -(-len(requests) // self.settings.workers))
         batches = [list(range(start, min(start + size, len(requests)))) for start in range(0, len(requests), size)]
         key = self._pool_key()
-        with ray_cluster(self.settings):
+        with ray_cluster(self.settings), losing_workers(f"model {self.spec.name}"):
             pool = block_pool(key, self._start_pool, self._demand())
             delivered: set[int] = set()
             try:

@@ -11,6 +11,12 @@ ensemble's judges keep a pool each). Outside a block each call is a block of its
 
 `ActorPool` is Ray's own (`ray.util.ActorPool`): one batch in flight per actor, the others
 waiting in the driver, so a killed run re-pays at most `workers` batches.
+
+An actor whose process dies (killed for memory, its node preempted) is started again and the call
+it held runs again on it, up to `RESTARTS` times: a long step rides out a lost worker instead of
+failing with what it did. The calls are pure (a batch's answers, a block's features) and the
+driver commits each answer once, so a call that runs twice changes nothing. Past that, the step
+fails with `WorkerLost`: a worker that dies each time (a model too large for its memory) is named.
 """
 
 from __future__ import annotations
@@ -21,8 +27,30 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 
+from arena_dagster.errors import ArenaError
+
 # Actors started per pool name in this process: what a step's model loads cost (the tests count them).
 actors_started: Counter[str] = Counter()
+
+RESTARTS = 3  # an actor's restarts (and a call's reruns on it) before its pool's step fails
+
+
+class WorkerLost(ArenaError):
+    """A pool's actor died more often than it may be restarted; the message names the pool and Ray's reason."""
+
+
+@contextlib.contextmanager
+def losing_workers(pool: str) -> Iterator[None]:
+    """Ray's error for an actor that died past its restarts, as a `WorkerLost` that names `pool`."""
+    from ray.exceptions import RayActorError
+
+    try:
+        yield
+    except RayActorError as err:
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise WorkerLost(f"a Ray worker of {pool} died {RESTARTS + 1} times", reason[:300],
+                         "see its log (`ray logs`, the dashboard); out of memory: fewer workers, a smaller batch_size, "
+                         "or more memory a worker") from err
 
 
 class ReplicaPool:
@@ -32,7 +60,7 @@ class ReplicaPool:
         import ray
         from ray.util import ActorPool
 
-        remote = ray.remote(actor_class).options(**resources)
+        remote = ray.remote(actor_class).options(**resources, max_restarts=RESTARTS, max_task_retries=RESTARTS)
         self.actors = [remote.remote(**arguments) for _ in range(workers)]
         actors_started[name] += workers
         self._pool = ActorPool(self.actors)

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from arena_dagster.compute.cluster import actor_options, ray_cluster
-from arena_dagster.compute.pools import ReplicaPool, block_pool, drop_pool
+from arena_dagster.compute.pools import ReplicaPool, block_pool, drop_pool, losing_workers
 from arena_dagster.compute.progress import Progress, progress_sink
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.profile_schema.curation import CurationConfig, CurationError
@@ -62,7 +62,7 @@ def curate_with(compute: ComputeSettings | None, rows: Sequence[dict], *, config
         return curate(rows, config=config, against=against, previous=previous,
                       embed=embed or _embedding_with_progress(config, progress),
                       embed_tests=embed or partial(embed_test_set, batch_size=config.embed_batch_size))
-    with ray_cluster(compute, connect):
+    with ray_cluster(compute, connect), losing_workers("curation"):
         return curate_on_ray(rows, config=config, against=against, previous=previous, compute=compute, progress=progress)
 
 
