@@ -223,20 +223,21 @@ def test_a_pool_actor_whose_process_dies_is_started_again_and_its_call_run_again
     from arena_dagster.compute.pools import ReplicaPool
 
     class DiesOnce:
-        def __init__(self, marker: str) -> None:
-            self.marker = marker
+        def __init__(self, marker: str, offset: int) -> None:
+            self.marker, self.offset = marker, offset
 
         def work(self, value: int):
             if value == 3 and not os.path.exists(self.marker):
                 open(self.marker, "w").close()
                 os._exit(1)  # the process ends mid-call, as the kernel's OOM killer ends it
-            return os.getpid(), value * value
+            return os.getpid(), value * value + self.offset
 
-    pool = ReplicaPool("dies-once", DiesOnce, {"marker": str(tmp_path / "died")}, {"num_cpus": 1}, 2)
+    # An argument in the object store (as curation's earlier rounds), which only the pool keeps: the restart reads it again.
+    pool = ReplicaPool("dies-once", DiesOnce, {"marker": str(tmp_path / "died"), "offset": ray.put(100)}, {"num_cpus": 1}, 2)
     try:
         results = {position: ray.get(ref) for position, ref in pool.finished("work", [(v,) for v in range(8)])}
         assert (tmp_path / "died").exists()
-        assert [results[v][1] for v in range(8)] == [v * v for v in range(8)]
+        assert [results[v][1] for v in range(8)] == [v * v + 100 for v in range(8)]
         assert len({pid for pid, _ in results.values()}) == 3  # two actors, one of them in a second process
     finally:
         pool.close()

@@ -22,6 +22,7 @@ fails with `WorkerLost`: a worker that dies each time (a model too large for its
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
@@ -47,8 +48,9 @@ def losing_workers(pool: str) -> Iterator[None]:
     try:
         yield
     except RayActorError as err:
-        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise WorkerLost(f"a Ray worker of {pool} died {RESTARTS + 1} times", reason[:300],
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # Ray colours the actor's name
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+        raise WorkerLost(f"a Ray worker of {pool} died (it is started again up to {RESTARTS} times)", reason[:300],
                          "see its log (`ray logs`, the dashboard); out of memory: fewer workers, a smaller batch_size, "
                          "or more memory a worker") from err
 
@@ -62,6 +64,7 @@ class ReplicaPool:
 
         remote = ray.remote(actor_class).options(**resources, max_restarts=RESTARTS, max_task_retries=RESTARTS)
         self.actors = [remote.remote(**arguments) for _ in range(workers)]
+        self._arguments = arguments  # a restarted actor is built from them again: their object refs must stay alive
         actors_started[name] += workers
         self._pool = ActorPool(self.actors)
 
