@@ -14,14 +14,11 @@ import contextlib
 import logging
 from typing import Callable, Iterator
 
+from arena_dagster.compute.capacity import ClusterError
 from arena_dagster.compute.pools import in_block, pools_block
 from arena_dagster.compute.settings import ComputeSettings
 
 Connect = Callable[[], None]
-
-
-class ClusterError(RuntimeError):
-    """The Ray cluster could not be reached or started; the message names the address."""
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 
+from arena_dagster.compute.capacity import Demand, check_capacity, wait_logged
 from arena_dagster.errors import ArenaError
 
 # Actors started per pool name in this process: what a step's model loads cost (the tests count them).
@@ -59,13 +60,19 @@ class ReplicaPool:
     """`workers` actors of `actor_class(**arguments)`, each holding `resources`, fed batches through Ray's ActorPool."""
 
     def __init__(self, name: str, actor_class: type, arguments: dict, resources: dict, workers: int) -> None:
+        """A cluster that can never hold the actors is a ClusterError; one that holds them later (its autoscaler adds
+        nodes, other work ends) is waited for, logged (capacity.py)."""
         import ray
         from ray.util import ActorPool
 
+        demand = Demand.of_actors(workers, resources)
+        verdict = check_capacity(demand)
         remote = ray.remote(actor_class).options(**resources, max_restarts=RESTARTS, max_task_retries=RESTARTS)
         self.actors = [remote.remote(**arguments) for _ in range(workers)]
         self._arguments = arguments  # a restarted actor is built from them again: their object refs must stay alive
         actors_started[name] += workers
+        if verdict == "wait":
+            wait_logged([actor.__ray_ready__.remote() for actor in self.actors], demand)
         self._pool = ActorPool(self.actors)
 
     def map_unordered(self, call: Callable[[Any, Any], Any], batches: Iterable[Any]) -> Iterator[Any]:

@@ -35,6 +35,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from arena_dagster.compute.capacity import Demand, check_capacity
 from arena_dagster.compute.cluster import ray_cluster
 from arena_dagster.profile_schema.compute import ComputeSettings
 from arena_dagster.training.data import load_rows
@@ -87,13 +88,18 @@ def per_worker_hyperparams(hyper: dict, world_size: int, stage: str = "sft") -> 
     )
 
 
-def scaling_config(settings: ComputeSettings):
-    from ray.train import ScalingConfig
-
+def worker_resources(settings: ComputeSettings) -> dict[str, float]:
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker:
         resources["GPU"] = settings.gpus_per_worker
-    return ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0, resources_per_worker=resources)
+    return resources
+
+
+def scaling_config(settings: ComputeSettings):
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
+                         resources_per_worker=worker_resources(settings))
 
 
 class QueueReporter(Reporter):
@@ -238,6 +244,8 @@ def train_on_ray(spec: dict, reporter: Reporter, train: Callable[..., dict | Non
     reporter.log(f"[{resolved['stage']}] on Ray Train: {settings.workers} worker(s) x {settings.cpus_per_worker} CPU, "
                  f"{settings.gpus_per_worker} GPU, cluster {settings.address or 'local'}")
     with ray_cluster(settings, _job_connect(settings)):
+        # A cluster that can never hold the workers fails here; Ray Train would wait for their placement group silently.
+        check_capacity(Demand(settings.workers, worker_resources(settings)), reporter.log)
         from ray.train import FailureConfig, RunConfig
         from ray.train.torch import TorchConfig
         from ray.util.queue import Empty, Queue
