@@ -439,3 +439,41 @@ def test_an_epochs_short_batch_is_shared_with_as_few_extra_rows_as_make_it_divid
     assert shards[0][:-1] == [list(range(b, b + 4)) for b in range(0, 40, 8)]
     assert shards[1][:-1] == [list(range(b + 4, b + 8)) for b in range(0, 40, 8)]
     assert [shard[-1] for shard in shards] == last
+
+
+def test_a_training_worker_killed_mid_stage_resumes_from_the_last_checkpoint(workspace, ray_local_cluster, tmp_path):
+    """A lost worker (a preempted node, the kernel's OOM killer) restarts the group from Ray Train's latest checkpoint,
+    not from step 0, and the stage still ends with its manifest and every step."""
+    import os
+
+    import psutil
+
+    from arena_dagster.training.ray_train import ray_storage
+
+    output_dir, steps, every = tmp_path / "preempted", 1000, 250  # a checkpoint every max_steps // 4 steps
+    driver = _start_driver(_on_ray(workspace["spec"], ray_local_cluster, 1, output_dir, max_steps=steps), tmp_path)
+    lines, killed = [], []
+    try:
+        for line in driver.stdout:
+            lines.append(line)
+            if not killed and f"[sft] step {every + 10}/{steps}" in line:
+                # Ray Train's controller takes a reported checkpoint at its next poll of the workers (0.5 s here).
+                deadline = time.time() + 30
+                while not list(ray_storage(output_dir).glob("**/checkpoint_*")) and time.time() < deadline:
+                    time.sleep(0.1)
+                time.sleep(1.5)
+                workers = [p for p in psutil.Process().children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+                assert len(workers) == 1, [p.cmdline() for p in psutil.Process().children(recursive=True)]
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+        assert driver.wait(timeout=300) == 0, "".join(lines[-30:])
+    finally:
+        driver.kill()
+    said = [line for line in lines if not line.startswith("[sft] step ")]
+    assert killed and any("resuming from Ray Train's checkpoint" in line for line in lines), "".join(said)
+    resumed = next(i for i, line in enumerate(lines) if "resuming from Ray Train's checkpoint" in line)
+    after = [int(line.split()[2].split("/")[0]) for line in lines[resumed:] if line.startswith("[sft] step ")]
+    # From the step after a checkpoint, not from step 1: only the steps since it are paid again.
+    assert after and after[0] > 1 and (after[0] - 1) % every == 0, after[:3]
+    manifest = read_manifest(output_dir)
+    assert manifest is not None and manifest["metrics"]["steps"] == steps
