@@ -25,7 +25,8 @@ from typing import Sequence
 
 from arena_dagster.backends.base import Backend, BackendError, ChatRequest, Completion, ModelSpec, OnCompletion
 from arena_dagster.backends.generation import PartialBatchError
-from arena_dagster.compute.cluster import ray_cluster
+from arena_dagster.compute.capacity import Demand
+from arena_dagster.compute.cluster import actor_options, ray_cluster
 from arena_dagster.compute.pools import ReplicaPool, block_pool, drop_pool, losing_workers
 from arena_dagster.compute.settings import ComputeSettings
 from arena_dagster.errors import ArenaError
@@ -108,18 +109,14 @@ class RayReplicas:
 
     def _actors(self) -> tuple[type, dict, dict]:
         """(actor class, its constructor's arguments, its resources)."""
-        resources: dict = {"num_cpus": self.settings.cpus_per_worker}
-        if self.settings.gpus_per_worker:
-            resources["num_gpus"] = self.settings.gpus_per_worker
-        return _Replica, {"spec": self.spec, "threads": int(self.settings.cpus_per_worker)}, resources
+        return _Replica, {"spec": self.spec, "threads": int(self.settings.cpus_per_worker)}, actor_options(self.settings)
 
     def _pool_key(self) -> tuple:
         return type(self).__name__, pickle.dumps(self.spec), self.settings.model_dump_json()
 
-    def _demand(self) -> dict[str, float]:
+    def _demand(self) -> Demand:
         _, _, resources = self._actors()
-        return {"CPU": resources["num_cpus"] * self.settings.workers,
-                "GPU": resources.get("num_gpus", 0) * self.settings.workers}
+        return Demand.of_actors(self.settings.workers, resources)
 
     def _start_pool(self) -> ReplicaPool:
         actor, arguments, resources = self._actors()

@@ -136,9 +136,9 @@ def release(pools: dict[Hashable, ReplicaPool]) -> None:
         pools.popitem()[1].close()
 
 
-def block_pool(key: Hashable, start: Callable[[], ReplicaPool], demand: dict[str, float]) -> ReplicaPool:
-    """The block's pool for `key`, started on first use. `demand`: the resources it holds ({"CPU": 2.0, ...});
-    where the cluster has not that much free, the block's other pools are released first."""
+def block_pool(key: Hashable, start: Callable[[], ReplicaPool], demand: Demand) -> ReplicaPool:
+    """The block's pool for `key`, started on first use. `demand`: the resources its actors hold; where the
+    cluster has not that much free, the block's other pools are released first."""
     pools = _block_pools.get()
     if pools is None:
         raise RuntimeError("block_pool outside a ray_cluster block")
@@ -149,12 +149,11 @@ def block_pool(key: Hashable, start: Callable[[], ReplicaPool], demand: dict[str
     return pools[key]
 
 
-def fits(demand: dict[str, float]) -> bool:
+def fits(demand: Demand) -> bool:
     """Whether the cluster has `demand` free now (an ensemble's judges keep a pool each where they fit)."""
     import ray
 
-    free = ray.available_resources()
-    return all(free.get(name, 0.0) >= amount for name, amount in demand.items() if amount)
+    return not demand.above(ray.available_resources())
 
 
 def drop_pool(key: Hashable) -> None:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from arena_dagster.compute.capacity import Demand
 from arena_dagster.compute.cluster import actor_options, ray_cluster
 from arena_dagster.compute.pools import ReplicaPool, block_pool, drop_pool, losing_workers
 from arena_dagster.compute.progress import Progress, progress_sink
@@ -167,8 +168,8 @@ def _workers(key, compute: ComputeSettings, **arguments) -> ReplicaPool:
     """The run's `workers` actors, asked for at once (each starts its process and loads its row judge while the
     others do): the block's other pools are released first where the cluster has not their CPUs and GPUs free."""
     resources = actor_options(compute)
-    demand = {"CPU": compute.workers * compute.cpus_per_worker, "GPU": compute.workers * compute.gpus_per_worker}
-    return block_pool(key, lambda: ReplicaPool("curation", CurationWorker, arguments, resources, compute.workers), demand)
+    return block_pool(key, lambda: ReplicaPool("curation", CurationWorker, arguments, resources, compute.workers),
+                      Demand.of_actors(compute.workers, resources))
 
 
 def _stage_one(workers: ReplicaPool, rows: Sequence[dict], bounds: list[tuple[int, int]], partitions: int):
